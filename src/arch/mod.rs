@@ -1,0 +1,3 @@
+//! Architecture-specific boot state (x86_64 only).
+
+pub mod x86_64;

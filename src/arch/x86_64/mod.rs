@@ -1,0 +1,9 @@
+//! x86_64 boot state: memory layout, descriptor tables, registers, CPUID, MP table and
+//! the zero page.
+
+pub mod boot_params;
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod mptable;
+pub mod regs;

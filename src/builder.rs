@@ -1,0 +1,315 @@
+//! The boot sequence, top to bottom: from validated resources to running vCPUs.
+
+use std::io::Write;
+use std::num::NonZeroU8;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::load_cmdline;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
+use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::layout::{
+    BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042,
+};
+use crate::arch::x86_64::{mptable, regs};
+use crate::devices::bus::{BusError, DeviceBuses};
+use crate::devices::legacy::boot_timer::BootTimer;
+use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
+use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_LEN, COM1_PORT};
+use crate::exit::ExitEvent;
+use crate::host::HostKvm;
+use crate::loader::{self, LoadedInitrd, LoadedKernel};
+use crate::resources::VmResources;
+use crate::vmm::{ExitSubscriber, Vmm};
+use crate::vstate::kvm::{KvmContext, KvmError};
+use crate::vstate::memory::{self, GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// The event loop every device and control source lives on.
+pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Errors while building and starting a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The host's KVM cannot run this kernel.
+    #[error(
+        "cannot boot {kernel} on this host: /dev/kvm is {host}, where unmodified kernels such as \
+         Linux fail; boot spry's probe guest here (tools/devtool quickstart does), or use a host \
+         with VT-x/AMD-V"
+    )]
+    HostCannotRunGuest {
+        /// The kernel image.
+        kernel: String,
+        /// What the host is.
+        host: &'static str,
+    },
+    /// Opening KVM failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// More vCPUs than KVM allows.
+    #[error(
+        "machine-config.vcpu_count: {wanted} is more than the {max} vCPUs this host's KVM allows"
+    )]
+    TooManyVcpus {
+        /// Requested.
+        wanted: u8,
+        /// KVM's maximum.
+        max: usize,
+    },
+    /// Guest memory could not be created.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// VM setup failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Kernel or initrd loading failed.
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    /// The final command line does not fit.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// Writing the command line into guest memory failed.
+    #[error("cannot write the kernel command line: {0}")]
+    CmdlineWrite(linux_loader::loader::Error),
+    /// Zero page.
+    #[error(transparent)]
+    BootParams(#[from] boot_params::BootParamsError),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// GDT, page tables.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// vCPU creation or configuration.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Device placement.
+    #[error("cannot place {device} on the bus")]
+    Bus {
+        /// Which device.
+        device: &'static str,
+        /// Why.
+        #[source]
+        source: BusError,
+    },
+    /// Creating an eventfd failed.
+    #[error("cannot create an eventfd for {0}")]
+    EventFd(&'static str, #[source] std::io::Error),
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::EventFd(what, e))
+}
+
+/// Refuses kernels the host cannot run, before anything is created.
+pub fn check_host_can_run(res: &VmResources, host: HostKvm) -> Result<(), BuildError> {
+    if host.runs_unmodified_guests() || res.boot.kernel.emulator_safe {
+        return Ok(());
+    }
+    Err(BuildError::HostCannotRunGuest {
+        kernel: res.boot.kernel.path.display().to_string(),
+        host: host.describe(),
+    })
+}
+
+/// Builds the VM `res` describes and starts its vCPUs. `console` receives the
+/// guest's serial output; `console_input` (a pollable fd, normally stdin) feeds it.
+pub fn build_and_start(
+    mut res: VmResources,
+    console: Box<dyn Write + Send>,
+    console_input: Option<std::os::fd::RawFd>,
+) -> Result<Vmm, BuildError> {
+    check_host_can_run(&res, HostKvm::detect())?;
+    let kvm = KvmContext::new()?;
+    let vcpu_count = res.machine.vcpu_count;
+    if usize::from(vcpu_count.get()) > kvm.max_vcpus {
+        return Err(BuildError::TooManyVcpus {
+            wanted: vcpu_count.get(),
+            max: kvm.max_vcpus,
+        });
+    }
+
+    // Memory slots go in before the irqchip exists: afterwards each costs milliseconds.
+    let guest_memory = memory::create_guest_memory(res.machine.mem_size)?;
+    if res.machine.transparent_huge_pages {
+        advise_huge_pages(&guest_memory);
+    }
+    let vm = Vm::new(&kvm.kvm)?;
+    vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
+    vm.setup_irqchip()?;
+
+    let kernel = loader::load_kernel(&guest_memory, &mut res.boot.kernel)?;
+    let initrd = match res.boot.initrd.as_mut() {
+        Some(image) => Some(loader::load_initrd(&guest_memory, image, &kernel)?),
+        None => None,
+    };
+
+    let exit = Arc::new(ExitEvent::new().map_err(|e| BuildError::EventFd("the exit event", e))?);
+    let mut event_loop = EventLoop::new().map_err(|e| {
+        BuildError::EventFd("the event loop", std::io::Error::other(format!("{e:?}")))
+    })?;
+    let mut buses = DeviceBuses::default();
+    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console)?;
+    if let Some(fd) = console_input {
+        let input = SerialInput::new(legacy.serial.clone(), fd, legacy.serial_drained);
+        event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+    }
+    event_loop.add_subscriber(Arc::new(Mutex::new(ExitSubscriber::new(exit.clone()))));
+
+    configure_system(
+        &guest_memory,
+        &res.boot.cmdline,
+        &kernel,
+        initrd,
+        vcpu_count,
+    )?;
+
+    let buses = Arc::new(buses);
+    let vcpus = create_vcpus(
+        &kvm,
+        &vm,
+        vcpu_count,
+        res.machine.smt,
+        kernel.entry,
+        &buses,
+        &exit,
+    )?;
+    let mut vmm = Vmm::new(vm, guest_memory, event_loop, exit, legacy.i8042, res);
+    for vcpu in vcpus {
+        vmm.add_vcpu(vcpu.start()?);
+    }
+    Ok(vmm)
+}
+
+/// Transparent huge pages make the guest's page faults 2 MiB at a time.
+fn advise_huge_pages(mem: &GuestMemory) {
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        let len = usize::try_from(region.len()).unwrap_or(0);
+        // SAFETY: `host..host + len` is one live mapping owned by `mem`; madvise only
+        // changes how the kernel backs it.
+        let ret = unsafe { libc::madvise(host.cast(), len, libc::MADV_HUGEPAGE) };
+        if ret != 0 {
+            log::warn!(
+                "madvise(MADV_HUGEPAGE) failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The legacy devices other parts of the VMM keep a handle on.
+struct LegacyDevices {
+    serial: Arc<Mutex<SerialDevice>>,
+    serial_drained: EventFd,
+    i8042: Arc<Mutex<I8042>>,
+}
+
+fn attach_legacy_devices(
+    vm: &Vm,
+    buses: &mut DeviceBuses,
+    exit: &Arc<ExitEvent>,
+    console: Box<dyn Write + Send>,
+) -> Result<LegacyDevices, BuildError> {
+    let com1_irq = eventfd("COM1's interrupt")?;
+    vm.register_irqfd(&com1_irq, IRQ_COM1)?;
+    let (serial, serial_drained) =
+        SerialDevice::new(com1_irq, console).map_err(|e| BuildError::EventFd("COM1", e))?;
+    let serial = Arc::new(Mutex::new(serial));
+    buses
+        .pio
+        .insert(serial.clone(), COM1_PORT, COM1_LEN)
+        .map_err(|source| BuildError::Bus {
+            device: "COM1",
+            source,
+        })?;
+
+    let kbd_irq = eventfd("the i8042 interrupt")?;
+    vm.register_irqfd(&kbd_irq, IRQ_I8042)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), kbd_irq)));
+    buses
+        .pio
+        .insert(i8042.clone(), I8042_PORT, I8042_LEN)
+        .map_err(|source| BuildError::Bus {
+            device: "i8042",
+            source,
+        })?;
+
+    buses
+        .mmio
+        .insert(
+            Arc::new(Mutex::new(BootTimer::default())),
+            BOOT_TIMER_ADDR,
+            BOOT_TIMER_SIZE,
+        )
+        .map_err(|source| BuildError::Bus {
+            device: "boot timer",
+            source,
+        })?;
+    Ok(LegacyDevices {
+        serial,
+        serial_drained,
+        i8042,
+    })
+}
+
+/// Writes everything the kernel reads at entry: command line, zero page, MP table,
+/// GDT and page tables.
+fn configure_system(
+    mem: &GuestMemory,
+    cmdline: &Cmdline,
+    kernel: &LoadedKernel,
+    initrd: Option<LoadedInitrd>,
+    vcpu_count: NonZeroU8,
+) -> Result<(), BuildError> {
+    load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline).map_err(BuildError::CmdlineWrite)?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BuildError::Cmdline)?
+        .as_bytes()
+        .len();
+    let mem_size = mem.iter().map(|r| r.len()).sum();
+    let params = boot_params::build_boot_params(&ZeroPageContents {
+        setup_header: kernel.setup_header,
+        mem_size,
+        cmdline_addr: CMDLINE_ADDR,
+        cmdline_len,
+        initrd: initrd.map(|i| (i.addr.0, i.size)),
+    })?;
+    boot_params::write_boot_params(mem, params)?;
+    mptable::setup_mptable(mem, vcpu_count.get())?;
+    regs::write_boot_tables(mem)?;
+    Ok(())
+}
+
+fn create_vcpus(
+    kvm: &KvmContext,
+    vm: &Vm,
+    vcpu_count: NonZeroU8,
+    smt: bool,
+    entry: GuestAddress,
+    buses: &Arc<DeviceBuses>,
+    exit: &Arc<ExitEvent>,
+) -> Result<Vec<Vcpu>, BuildError> {
+    (0..vcpu_count.get())
+        .map(|index| {
+            let vcpu = Vcpu::new(vm.fd(), index, buses.clone(), exit.clone())?;
+            let topology = Topology {
+                vcpu_id: index,
+                vcpu_count: vcpu_count.get(),
+                smt,
+                tsc_deadline: kvm.tsc_deadline,
+            };
+            let boot_entry = (index == 0).then_some(entry.0);
+            vcpu.configure(&kvm.supported_cpuid, topology, boot_entry)?;
+            Ok(vcpu)
+        })
+        .collect()
+}

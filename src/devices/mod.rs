@@ -1,0 +1,4 @@
+//! Emulated devices and the buses vCPUs reach them through.
+
+pub mod bus;
+pub mod legacy;

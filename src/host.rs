@@ -1,0 +1,89 @@
+//! What this host's KVM can run: hardware virtualization, or PVM, which runs
+//! unmodified guests only through KVM's instruction emulator.
+
+use std::path::Path;
+
+/// The kind of KVM behind `/dev/kvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKvm {
+    /// VT-x or AMD-V (`kvm_intel` / `kvm_amd`): any x86_64 guest runs natively.
+    Hardware,
+    /// PVM (`kvm_pvm`): no VT-x/AMD-V; unmodified guests run only through KVM's
+    /// instruction emulator, where Linux dies early.
+    Pvm,
+    /// Neither module is visible (KVM built in, or an unusual setup).
+    Unknown,
+}
+
+impl HostKvm {
+    /// Looks at which KVM vendor module is loaded.
+    pub fn detect() -> HostKvm {
+        Self::detect_in(Path::new("/sys/module"))
+    }
+
+    fn detect_in(modules: &Path) -> HostKvm {
+        let loaded = |name: &str| modules.join(name).exists();
+        if loaded("kvm_intel") || loaded("kvm_amd") {
+            HostKvm::Hardware
+        } else if loaded("kvm_pvm") {
+            HostKvm::Pvm
+        } else {
+            HostKvm::Unknown
+        }
+    }
+
+    /// Whether a guest that is not marked emulator-safe can boot here.
+    pub fn runs_unmodified_guests(self) -> bool {
+        self != HostKvm::Pvm
+    }
+
+    /// One line for users and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HostKvm::Hardware => "hardware virtualization (kvm_intel/kvm_amd)",
+            HostKvm::Pvm => {
+                "PVM (kvm_pvm: no VT-x/AMD-V; guests run through KVM's instruction emulator)"
+            }
+            HostKvm::Unknown => "KVM of unknown kind",
+        }
+    }
+}
+
+/// Total RAM of this host in bytes (`MemTotal`), if it can be read.
+pub fn total_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modules(names: &[&str]) -> vmm_sys_util::tempdir::TempDir {
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        for n in names {
+            std::fs::create_dir(dir.as_path().join(n)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn test_pvm_module_means_pvm() {
+        let dir = modules(&["kvm", "kvm_pvm"]);
+        assert_eq!(HostKvm::detect_in(dir.as_path()), HostKvm::Pvm);
+        assert!(!HostKvm::Pvm.runs_unmodified_guests());
+    }
+
+    #[test]
+    fn test_vendor_module_means_hardware() {
+        let dir = modules(&["kvm", "kvm_amd"]);
+        assert_eq!(HostKvm::detect_in(dir.as_path()), HostKvm::Hardware);
+    }
+
+    #[test]
+    fn test_host_memory_is_readable() {
+        assert!(total_memory().unwrap() > 0);
+    }
+}

@@ -1,0 +1,490 @@
+//! Kernel and initrd images: what a file is (ELF `vmlinux` or `bzImage`, Linux or an
+//! emulator-safe guest such as spry's probe) and loading it with linux-loader.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, HIMEM_START, MMIO_GAP_START};
+use crate::vstate::memory::GuestMemory;
+
+/// Errors while inspecting or loading boot images.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The image could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is neither an x86_64 ELF nor a bzImage.
+    #[error("{0} is not a kernel: neither an x86_64 ELF vmlinux nor a bzImage")]
+    NotAKernel(PathBuf),
+    /// linux-loader refused the image.
+    #[error("cannot load kernel {path}: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// linux-loader's reason.
+        source: linux_loader::loader::Error,
+    },
+    /// The initrd does not fit below the kernel's limit.
+    #[error("initrd of {size} bytes does not fit in guest memory below {limit:#x} (kernel ends at {kernel_end:#x})")]
+    InitrdTooLarge {
+        /// Initrd size.
+        size: u64,
+        /// Highest address the initrd may reach.
+        limit: u64,
+        /// Where the kernel image ends.
+        kernel_end: u64,
+    },
+    /// Copying the initrd into guest memory failed.
+    #[error("cannot copy initrd {path} into guest memory")]
+    InitrdCopy {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+}
+
+/// The two kernel image formats spry boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// Uncompressed ELF, entered at its ELF entry point.
+    Elf,
+    /// Compressed bzImage, entered at its 64-bit entry (load address + 0x200).
+    BzImage,
+}
+
+/// What spry learned about a kernel image before booting it.
+#[derive(Debug)]
+pub struct KernelImage {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Image format.
+    pub format: KernelFormat,
+    /// The image declares it runs under KVM's instruction emulator (spry's probe
+    /// guest does, Linux does not).
+    pub emulator_safe: bool,
+    /// Longest command line the kernel accepts, including the terminating NUL.
+    pub cmdline_capacity: usize,
+}
+
+/// ELF note that marks a guest as emulator-safe: owner "spry", type 1.
+const SPRY_NOTE_NAME: &[u8] = b"spry\0";
+const SPRY_NOTE_TYPE: u32 = 1;
+const SPRY_NOTE_DESC: &[u8] = b"emulator-safe";
+/// Prefix of a bzImage's `kernel_version` string that marks the probe guest.
+const PROBE_VERSION_PREFIX: &[u8] = b"spry-probe";
+
+const BZIMAGE_MAGIC: u32 = 0x5372_6448; // "HdrS"
+const BOOT_FLAG: u16 = 0xaa55;
+/// bzImage entry for the 64-bit boot protocol, relative to the protected-mode load address.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+impl KernelImage {
+    /// Opens `path` and works out what it is.
+    pub fn inspect(path: &Path) -> Result<KernelImage, LoaderError> {
+        let read_err = |source| LoaderError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = File::open(path).map_err(read_err)?;
+        let mut head = vec![0u8; 0x400];
+        let len = read_up_to(&mut file, &mut head).map_err(read_err)?;
+        head.truncate(len);
+
+        let (format, emulator_safe, cmdline_capacity) = if is_x86_64_elf(&head) {
+            let safe = elf_has_spry_note(&mut file).map_err(read_err)?;
+            (KernelFormat::Elf, safe, CMDLINE_MAX_SIZE)
+        } else if let Some(hdr) = bzimage_header(&head) {
+            let safe = bzimage_is_probe(&mut file, &hdr).map_err(read_err)?;
+            (KernelFormat::BzImage, safe, bzimage_cmdline_capacity(&hdr))
+        } else {
+            return Err(LoaderError::NotAKernel(path.to_owned()));
+        };
+        Ok(KernelImage {
+            path: path.to_owned(),
+            file,
+            format,
+            emulator_safe,
+            cmdline_capacity,
+        })
+    }
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read(&mut buf[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+fn is_x86_64_elf(head: &[u8]) -> bool {
+    const EM_X86_64: u16 = 62;
+    head.len() >= 64
+        && head[..4] == *b"\x7fELF"
+        && head[4] == 2 // ELFCLASS64
+        && head[5] == 1 // little endian
+        && u16::from_le_bytes([head[18], head[19]]) == EM_X86_64
+}
+
+/// Scans the PT_NOTE segments of an ELF for spry's emulator-safe note.
+fn elf_has_spry_note(file: &mut File) -> std::io::Result<bool> {
+    const PT_NOTE: u32 = 4;
+    const MAX_NOTES_BYTES: u64 = 1 << 20;
+    let mut ehdr = [0u8; 64];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut ehdr)?;
+    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[54], ehdr[55]]));
+    let phnum = u64::from(u16::from_le_bytes([ehdr[56], ehdr[57]]));
+    if phentsize < 56 {
+        return Ok(false);
+    }
+    for i in 0..phnum {
+        let mut phdr = [0u8; 56];
+        file.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
+        if file.read_exact(&mut phdr).is_err() {
+            return Ok(false);
+        }
+        if u32::from_le_bytes(phdr[0..4].try_into().unwrap_or_default()) != PT_NOTE {
+            continue;
+        }
+        let offset = u64::from_le_bytes(phdr[8..16].try_into().unwrap_or_default());
+        let size = u64::from_le_bytes(phdr[32..40].try_into().unwrap_or_default());
+        let mut notes = vec![0u8; usize::try_from(size.min(MAX_NOTES_BYTES)).unwrap_or(0)];
+        file.seek(SeekFrom::Start(offset))?;
+        if file.read_exact(&mut notes).is_err() {
+            continue;
+        }
+        if notes_contain_spry_mark(&notes) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn notes_contain_spry_mark(mut notes: &[u8]) -> bool {
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let word =
+            |i: usize| u32::from_le_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
+        let (namesz, descsz, kind) = (word(0) as usize, word(4) as usize, word(8));
+        let name_end = 12 + namesz;
+        let desc_start = 12 + align4(namesz);
+        let desc_end = desc_start + descsz;
+        if desc_end > notes.len() {
+            return false;
+        }
+        if kind == SPRY_NOTE_TYPE
+            && &notes[12..name_end] == SPRY_NOTE_NAME
+            && notes[desc_start..desc_end].starts_with(SPRY_NOTE_DESC)
+        {
+            return true;
+        }
+        notes = &notes[(desc_start + align4(descsz)).min(notes.len())..];
+    }
+    false
+}
+
+/// The fields of a bzImage setup header spry needs before loading.
+#[derive(Debug, Clone, Copy)]
+struct BzImageHeader {
+    version: u16,
+    kernel_version: u16,
+    cmdline_size: u32,
+}
+
+fn bzimage_header(head: &[u8]) -> Option<BzImageHeader> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes([*head.get(o)?, *head.get(o + 1)?]));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
+    if u16_at(0x1fe)? != BOOT_FLAG || u32_at(0x202)? != BZIMAGE_MAGIC {
+        return None;
+    }
+    Some(BzImageHeader {
+        version: u16_at(0x206)?,
+        kernel_version: u16_at(0x20e)?,
+        cmdline_size: u32_at(0x238)?,
+    })
+}
+
+/// `cmdline_size` exists from boot protocol 2.06; older kernels take 255 bytes.
+fn bzimage_cmdline_capacity(hdr: &BzImageHeader) -> usize {
+    let max_len = if hdr.version >= 0x0206 {
+        hdr.cmdline_size
+    } else {
+        255
+    };
+    usize::try_from(max_len)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1)
+        .min(1 << 20)
+}
+
+fn bzimage_is_probe(file: &mut File, hdr: &BzImageHeader) -> std::io::Result<bool> {
+    if hdr.kernel_version == 0 {
+        return Ok(false);
+    }
+    let mut version = [0u8; 16];
+    file.seek(SeekFrom::Start(u64::from(hdr.kernel_version) + 0x200))?;
+    let len = read_up_to(file, &mut version)?;
+    Ok(version[..len].starts_with(PROBE_VERSION_PREFIX))
+}
+
+/// Where a loaded kernel starts executing, and what the zero page must carry.
+#[derive(Debug)]
+pub struct LoadedKernel {
+    /// Guest-physical entry point for the 64-bit boot protocol.
+    pub entry: GuestAddress,
+    /// First byte past the kernel image.
+    pub end: u64,
+    /// The bzImage setup header, to be copied into the zero page.
+    pub setup_header: Option<setup_header>,
+}
+
+/// Loads `kernel` into guest memory the way its format asks.
+pub fn load_kernel(
+    mem: &GuestMemory,
+    kernel: &mut KernelImage,
+) -> Result<LoadedKernel, LoaderError> {
+    let load_err = |source| LoaderError::Load {
+        path: kernel.path.clone(),
+        source,
+    };
+    let result = match kernel.format {
+        KernelFormat::Elf => {
+            Elf::load(mem, None, &mut kernel.file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_err)?
+        }
+        KernelFormat::BzImage => {
+            BzImage::load(mem, None, &mut kernel.file, Some(GuestAddress(HIMEM_START)))
+                .map_err(load_err)?
+        }
+    };
+    let entry = match kernel.format {
+        KernelFormat::Elf => result.kernel_load,
+        KernelFormat::BzImage => result
+            .kernel_load
+            .checked_add(BZIMAGE_64BIT_ENTRY_OFFSET)
+            .ok_or(LoaderError::Load {
+                path: kernel.path.clone(),
+                source: linux_loader::loader::Error::MemoryOverflow,
+            })?,
+    };
+    Ok(LoadedKernel {
+        entry,
+        end: result.kernel_end,
+        setup_header: result.setup_header,
+    })
+}
+
+/// An initrd, opened and measured at config time.
+#[derive(Debug)]
+pub struct InitrdImage {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// The open file.
+    pub file: File,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Where the initrd landed in guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadedInitrd {
+    /// Page-aligned guest-physical address.
+    pub addr: GuestAddress,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Highest address an initrd may reach when the kernel does not say
+/// (`initrd_addr_max` of boot protocol 2.03+).
+const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+const PAGE_SIZE: u64 = 0x1000;
+
+/// Places the initrd as high as possible in low memory, page-aligned, above the
+/// kernel and below the kernel's `initrd_addr_max`, the way bootloaders do.
+pub fn initrd_address(
+    mem_size: u64,
+    size: u64,
+    kernel_end: u64,
+    initrd_addr_max: Option<u32>,
+) -> Option<u64> {
+    let limit = initrd_addr_max
+        .map(u64::from)
+        .filter(|&m| m != 0)
+        .unwrap_or(DEFAULT_INITRD_ADDR_MAX)
+        .saturating_add(1)
+        .min(mem_size.min(MMIO_GAP_START));
+    let addr = limit.checked_sub(size)? & !(PAGE_SIZE - 1);
+    (addr >= kernel_end.next_multiple_of(PAGE_SIZE)).then_some(addr)
+}
+
+/// Copies the initrd into guest memory at [`initrd_address`].
+pub fn load_initrd(
+    mem: &GuestMemory,
+    initrd: &mut InitrdImage,
+    kernel: &LoadedKernel,
+) -> Result<LoadedInitrd, LoaderError> {
+    let mem_size: u64 = mem.iter().map(|r| r.len()).sum();
+    let addr_max = kernel.setup_header.map(|h| h.initrd_addr_max);
+    let limit = addr_max.map_or(DEFAULT_INITRD_ADDR_MAX, u64::from);
+    let addr = initrd_address(mem_size, initrd.size, kernel.end, addr_max).ok_or(
+        LoaderError::InitrdTooLarge {
+            size: initrd.size,
+            limit,
+            kernel_end: kernel.end,
+        },
+    )?;
+    let copy_err = |source| LoaderError::InitrdCopy {
+        path: initrd.path.clone(),
+        source,
+    };
+    initrd
+        .file
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| copy_err(vm_memory::GuestMemoryError::IOError(e)))?;
+    let len = usize::try_from(initrd.size).unwrap_or(usize::MAX);
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut initrd.file, len)
+        .map_err(copy_err)?;
+    Ok(LoadedInitrd {
+        addr: GuestAddress(addr),
+        size: initrd.size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const MIB: u64 = 1 << 20;
+
+    fn temp_file_with(bytes: &[u8]) -> vmm_sys_util::tempfile::TempFile {
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        f.as_file().write_all(bytes).unwrap();
+        f
+    }
+
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&u32::try_from(name.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(&u32::try_from(desc.len()).unwrap().to_le_bytes());
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(name);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v.extend_from_slice(desc);
+        v.resize(v.len().next_multiple_of(4), 0);
+        v
+    }
+
+    #[test]
+    fn test_spry_note_is_found_after_other_notes() {
+        let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
+        notes.extend(note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe"));
+        assert!(notes_contain_spry_mark(&notes));
+    }
+
+    #[test]
+    fn test_linux_notes_are_not_a_spry_mark() {
+        let notes = note(b"Xen\0", 18, &[0, 0, 0, 1]);
+        assert!(!notes_contain_spry_mark(&notes));
+    }
+
+    #[test]
+    fn test_truncated_note_is_not_a_mark_and_does_not_panic() {
+        let mut notes = note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe");
+        notes.truncate(20);
+        assert!(!notes_contain_spry_mark(&notes));
+    }
+
+    #[test]
+    fn test_text_file_is_not_a_kernel() {
+        let f = temp_file_with(b"root:x:0:0:root:/root:/bin/sh\n");
+        let err = KernelImage::inspect(f.as_path()).unwrap_err();
+        assert!(matches!(err, LoaderError::NotAKernel(_)), "{err}");
+    }
+
+    #[test]
+    fn test_empty_file_is_not_a_kernel() {
+        let f = temp_file_with(b"");
+        assert!(matches!(
+            KernelImage::inspect(f.as_path()),
+            Err(LoaderError::NotAKernel(_))
+        ));
+    }
+
+    #[test]
+    fn test_bzimage_header_gives_format_and_cmdline_capacity() {
+        let mut image = vec![0u8; 0x1000];
+        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+        image[0x500..0x50a].copy_from_slice(b"6.1.0 (x)\0");
+        let f = temp_file_with(&image);
+        let kernel = KernelImage::inspect(f.as_path()).unwrap();
+        assert_eq!(kernel.format, KernelFormat::BzImage);
+        assert_eq!(kernel.cmdline_capacity, 2048);
+        assert!(!kernel.emulator_safe);
+    }
+
+    #[test]
+    fn test_bzimage_with_probe_version_is_emulator_safe() {
+        let mut image = vec![0u8; 0x1000];
+        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        image[0x500..0x50c].copy_from_slice(b"spry-probe 1");
+        let f = temp_file_with(&image);
+        assert!(KernelImage::inspect(f.as_path()).unwrap().emulator_safe);
+    }
+
+    #[test]
+    fn test_initrd_goes_to_top_of_low_memory_page_aligned() {
+        assert_eq!(
+            initrd_address(128 * MIB, 5000, 2 * MIB, None),
+            Some(128 * MIB - 0x2000)
+        );
+    }
+
+    #[test]
+    fn test_initrd_of_large_guest_stays_below_2g_limit() {
+        assert_eq!(
+            initrd_address(6 << 30, 0x1000, 2 * MIB, None),
+            Some(0x8000_0000 - 0x1000)
+        );
+    }
+
+    #[test]
+    fn test_initrd_respects_kernel_initrd_addr_max() {
+        assert_eq!(
+            initrd_address(6 << 30, 0x1000, 2 * MIB, Some(0xbfff_ffff)),
+            Some(0xc000_0000 - 0x1000)
+        );
+    }
+
+    #[test]
+    fn test_initrd_that_would_overlap_the_kernel_is_refused() {
+        assert_eq!(initrd_address(32 * MIB, 31 * MIB, 2 * MIB, None), None);
+    }
+}

@@ -1,0 +1,481 @@
+//! Validated, typed VM resources: what the builder builds, checked before anything is
+//! created so a bad config starts nothing.
+
+use std::fs::File;
+use std::num::NonZeroU8;
+
+use linux_loader::cmdline::Cmdline;
+
+use crate::config::{BootSourceConfig, MachineConfig, VmConfig};
+use crate::host;
+use crate::loader::{InitrdImage, KernelImage, LoaderError};
+
+/// Most vCPUs a spry VM may have.
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest memory spry boots with.
+pub const MIN_MEM_MIB: u32 = 16;
+/// Command line used when `boot_args` is absent: console on COM1, reset through the
+/// i8042, no PCI or modules, and the i8042 probing shortcuts microVMs use.
+pub const DEFAULT_BOOT_ARGS: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// Errors in a config's meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourcesError {
+    /// `vcpu_count` out of range.
+    #[error("machine-config.vcpu_count: {0} is out of range (1 to {MAX_VCPUS})")]
+    VcpuCount(u8),
+    /// SMT needs pairs of threads.
+    #[error("machine-config.vcpu_count: {0} is odd, but smt needs 1 or an even number of vCPUs")]
+    SmtOddVcpus(u8),
+    /// Too little memory.
+    #[error("machine-config.mem_size_mib: {0} MiB is below the {MIN_MEM_MIB} MiB minimum")]
+    MemTooSmall(u32),
+    /// More memory than the host has.
+    #[error(
+        "machine-config.mem_size_mib: {mib} MiB is more than this host's {host_mib} MiB of RAM"
+    )]
+    MemAboveHost {
+        /// Requested.
+        mib: u32,
+        /// Host total.
+        host_mib: u64,
+    },
+    /// A CPU template other than `None`.
+    #[error("machine-config.cpu_template: {0:?} is not supported (only \"None\")")]
+    CpuTemplate(String),
+    /// A huge page setting spry does not implement.
+    #[error("machine-config.huge_pages: {0:?} is not supported (\"None\" or \"Transparent\")")]
+    HugePages(String),
+    /// The kernel image is unusable.
+    #[error("boot-source.kernel_image_path")]
+    Kernel(#[source] LoaderError),
+    /// The initrd cannot be opened.
+    #[error("boot-source.initrd_path: cannot read {path}")]
+    Initrd {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd is larger than the zero page can describe.
+    #[error("boot-source.initrd_path: {path} is {size} bytes; initrds must be under 4 GiB")]
+    InitrdTooLarge {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The command line is too long for the kernel.
+    #[error("boot-source.boot_args: {len} bytes, longer than the {max} bytes the kernel accepts")]
+    BootArgsTooLong {
+        /// Its length.
+        len: usize,
+        /// The kernel's limit (without the NUL).
+        max: usize,
+    },
+    /// The command line has characters the kernel cannot take.
+    #[error(
+        "boot-source.boot_args: {0:?} is not a valid kernel command line (printable ASCII only)"
+    )]
+    BootArgsInvalid(String),
+    /// A Firecracker section spry does not implement.
+    #[error("{0}: not supported by spry")]
+    UnsupportedSection(&'static str),
+    /// A device kind not implemented yet.
+    #[error("{section}: {what} are not supported yet; remove the entries to boot without them")]
+    DevicesUnsupported {
+        /// Config key.
+        section: &'static str,
+        /// Device kind.
+        what: &'static str,
+    },
+}
+
+/// Validated machine shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// vCPU count, 1 to [`MAX_VCPUS`].
+    pub vcpu_count: NonZeroU8,
+    /// Guest RAM in bytes.
+    pub mem_size: u64,
+    /// Two threads per core.
+    pub smt: bool,
+    /// Dirty page logging on the memory slots.
+    pub track_dirty_pages: bool,
+    /// Ask for transparent huge pages on guest RAM.
+    pub transparent_huge_pages: bool,
+}
+
+/// Validated boot source.
+#[derive(Debug)]
+pub struct Boot {
+    /// The kernel, opened and identified.
+    pub kernel: KernelImage,
+    /// The initrd, opened and measured.
+    pub initrd: Option<InitrdImage>,
+    /// The command line (devices add to it at build time).
+    pub cmdline: Cmdline,
+}
+
+/// Everything the builder needs, validated.
+#[derive(Debug)]
+pub struct VmResources {
+    /// vCPUs and memory.
+    pub machine: Machine,
+    /// Kernel, initrd, command line.
+    pub boot: Boot,
+    /// The config these resources came from (as `GET /vm/config` reports it).
+    pub config: VmConfig,
+}
+
+impl Machine {
+    /// Validates `machine-config`.
+    pub fn from_config(c: &MachineConfig) -> Result<Machine, ResourcesError> {
+        let vcpu_count = NonZeroU8::new(c.vcpu_count)
+            .filter(|n| n.get() <= MAX_VCPUS)
+            .ok_or(ResourcesError::VcpuCount(c.vcpu_count))?;
+        if c.smt && c.vcpu_count > 1 && c.vcpu_count % 2 == 1 {
+            return Err(ResourcesError::SmtOddVcpus(c.vcpu_count));
+        }
+        if c.mem_size_mib < MIN_MEM_MIB {
+            return Err(ResourcesError::MemTooSmall(c.mem_size_mib));
+        }
+        let mem_size = u64::from(c.mem_size_mib) << 20;
+        if let Some(host) = host::total_memory() {
+            if mem_size > host {
+                return Err(ResourcesError::MemAboveHost {
+                    mib: c.mem_size_mib,
+                    host_mib: host >> 20,
+                });
+            }
+        }
+        match c.cpu_template.as_deref() {
+            None | Some("None") => {}
+            Some(other) => return Err(ResourcesError::CpuTemplate(other.to_owned())),
+        }
+        let transparent_huge_pages = match c.huge_pages.as_deref() {
+            None | Some("None") => false,
+            Some("Transparent") => true,
+            Some(other) => return Err(ResourcesError::HugePages(other.to_owned())),
+        };
+        Ok(Machine {
+            vcpu_count,
+            mem_size,
+            smt: c.smt,
+            track_dirty_pages: c.track_dirty_pages,
+            transparent_huge_pages,
+        })
+    }
+}
+
+/// Builds the kernel command line from `boot_args` (or the default), refusing what
+/// the kernel would truncate or reject.
+pub fn build_cmdline(boot_args: Option<&str>, capacity: usize) -> Result<Cmdline, ResourcesError> {
+    let args = boot_args.unwrap_or(DEFAULT_BOOT_ARGS).trim();
+    let max = capacity.saturating_sub(1);
+    if args.len() > max {
+        return Err(ResourcesError::BootArgsTooLong {
+            len: args.len(),
+            max,
+        });
+    }
+    if !args.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(ResourcesError::BootArgsInvalid(args.to_owned()));
+    }
+    if args.is_empty() {
+        return Cmdline::new(capacity).map_err(|_| ResourcesError::BootArgsInvalid(String::new()));
+    }
+    Cmdline::try_from(args, capacity).map_err(|_| ResourcesError::BootArgsInvalid(args.to_owned()))
+}
+
+impl Boot {
+    /// Validates `boot-source`: opens and identifies the images.
+    pub fn from_config(c: &BootSourceConfig) -> Result<Boot, ResourcesError> {
+        let kernel = KernelImage::inspect(&c.kernel_image_path).map_err(ResourcesError::Kernel)?;
+        let initrd = c
+            .initrd_path
+            .as_ref()
+            .map(|path| open_initrd(path))
+            .transpose()?;
+        let cmdline = build_cmdline(c.boot_args.as_deref(), kernel.cmdline_capacity)?;
+        Ok(Boot {
+            kernel,
+            initrd,
+            cmdline,
+        })
+    }
+}
+
+fn open_initrd(path: &std::path::Path) -> Result<InitrdImage, ResourcesError> {
+    let err = |source| ResourcesError::Initrd {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    let size = meta.len();
+    if size >= 1 << 32 {
+        return Err(ResourcesError::InitrdTooLarge {
+            path: path.to_owned(),
+            size,
+        });
+    }
+    Ok(InitrdImage {
+        path: path.to_owned(),
+        file,
+        size,
+    })
+}
+
+impl TryFrom<VmConfig> for VmResources {
+    type Error = ResourcesError;
+
+    fn try_from(config: VmConfig) -> Result<VmResources, ResourcesError> {
+        if let Some(section) = config.unsupported_sections().first() {
+            return Err(ResourcesError::UnsupportedSection(section));
+        }
+        let machine = Machine::from_config(&config.machine_config)?;
+        let boot = Boot::from_config(&config.boot_source)?;
+        if !config.drives.is_empty() {
+            return Err(ResourcesError::DevicesUnsupported {
+                section: "drives",
+                what: "virtio block devices",
+            });
+        }
+        if !config.network_interfaces.is_empty() {
+            return Err(ResourcesError::DevicesUnsupported {
+                section: "network-interfaces",
+                what: "virtio network devices",
+            });
+        }
+        Ok(VmResources {
+            machine,
+            boot,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn machine(vcpu_count: u8, mem_size_mib: u32) -> MachineConfig {
+        MachineConfig {
+            vcpu_count,
+            mem_size_mib,
+            ..MachineConfig::default()
+        }
+    }
+
+    fn error_line(e: &dyn std::error::Error) -> String {
+        let mut line = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            line.push_str(": ");
+            line.push_str(&s.to_string());
+            source = s.source();
+        }
+        line
+    }
+
+    /// A minimal x86_64 ELF header: enough to be recognised as a kernel.
+    fn fake_elf() -> vmm_sys_util::tempfile::TempFile {
+        let mut ehdr = vec![0u8; 64];
+        ehdr[..4].copy_from_slice(b"\x7fELF");
+        ehdr[4] = 2;
+        ehdr[5] = 1;
+        ehdr[18] = 62;
+        ehdr[54] = 56;
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        f.as_file().write_all(&ehdr).unwrap();
+        f
+    }
+
+    fn config_with_kernel(kernel: &std::path::Path) -> VmConfig {
+        VmConfig {
+            boot_source: BootSourceConfig {
+                kernel_image_path: kernel.to_owned(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn test_zero_vcpus_names_field_and_value() {
+        let e = Machine::from_config(&machine(0, 128)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "machine-config.vcpu_count: 0 is out of range (1 to 32)"
+        );
+    }
+
+    #[test]
+    fn test_33_vcpus_is_out_of_range() {
+        assert!(matches!(
+            Machine::from_config(&machine(33, 128)),
+            Err(ResourcesError::VcpuCount(33))
+        ));
+    }
+
+    #[test]
+    fn test_32_vcpus_is_fine() {
+        assert_eq!(
+            Machine::from_config(&machine(32, 128))
+                .unwrap()
+                .vcpu_count
+                .get(),
+            32
+        );
+    }
+
+    #[test]
+    fn test_memory_below_16_mib_is_refused() {
+        let e = Machine::from_config(&machine(1, 15)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "machine-config.mem_size_mib: 15 MiB is below the 16 MiB minimum"
+        );
+    }
+
+    #[test]
+    fn test_memory_above_host_is_refused() {
+        let e = Machine::from_config(&machine(1, u32::MAX)).unwrap_err();
+        assert!(
+            matches!(e, ResourcesError::MemAboveHost { mib: u32::MAX, .. }),
+            "{e}"
+        );
+        assert!(e
+            .to_string()
+            .starts_with("machine-config.mem_size_mib: 4294967295 MiB is more than"));
+    }
+
+    #[test]
+    fn test_smt_with_odd_vcpus_is_refused() {
+        let mut c = machine(3, 128);
+        c.smt = true;
+        assert!(matches!(
+            Machine::from_config(&c),
+            Err(ResourcesError::SmtOddVcpus(3))
+        ));
+    }
+
+    #[test]
+    fn test_cpu_template_other_than_none_is_refused() {
+        let mut c = machine(1, 128);
+        c.cpu_template = Some("T2".into());
+        assert!(matches!(
+            Machine::from_config(&c),
+            Err(ResourcesError::CpuTemplate(_))
+        ));
+    }
+
+    #[test]
+    fn test_missing_kernel_names_field_and_path() {
+        let config = config_with_kernel(std::path::Path::new("/nonexistent/vmlinux"));
+        let e = VmResources::try_from(config).unwrap_err();
+        assert_eq!(
+            error_line(&e),
+            "boot-source.kernel_image_path: cannot read /nonexistent/vmlinux: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn test_file_that_is_not_a_kernel_is_refused() {
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        f.as_file().write_all(b"#!/bin/sh\necho hi\n").unwrap();
+        let e = VmResources::try_from(config_with_kernel(f.as_path())).unwrap_err();
+        assert!(
+            error_line(&e).contains("is not a kernel"),
+            "{}",
+            error_line(&e)
+        );
+    }
+
+    #[test]
+    fn test_missing_initrd_names_field_and_path() {
+        let kernel = fake_elf();
+        let mut config = config_with_kernel(kernel.as_path());
+        config.boot_source.initrd_path = Some("/nonexistent/initrd".into());
+        let e = VmResources::try_from(config).unwrap_err();
+        assert!(
+            error_line(&e).starts_with(
+                "boot-source.initrd_path: cannot read /nonexistent/initrd: No such file"
+            ),
+            "{}",
+            error_line(&e)
+        );
+    }
+
+    #[test]
+    fn test_boot_args_longer_than_kernel_limit_are_refused() {
+        let e = build_cmdline(Some(&"a".repeat(2048)), 2048).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "boot-source.boot_args: 2048 bytes, longer than the 2047 bytes the kernel accepts"
+        );
+    }
+
+    #[test]
+    fn test_boot_args_at_kernel_limit_are_accepted() {
+        assert!(build_cmdline(Some(&"a".repeat(2047)), 2048).is_ok());
+    }
+
+    #[test]
+    fn test_boot_args_with_control_characters_are_refused() {
+        assert!(matches!(
+            build_cmdline(Some("console=ttyS0\nfoo"), 2048),
+            Err(ResourcesError::BootArgsInvalid(_))
+        ));
+    }
+
+    #[test]
+    fn test_default_boot_args_when_absent() {
+        let cmdline = build_cmdline(None, 2048).unwrap();
+        assert_eq!(
+            cmdline.as_cstring().unwrap().to_str().unwrap(),
+            DEFAULT_BOOT_ARGS
+        );
+    }
+
+    #[test]
+    fn test_drives_are_refused_until_supported() {
+        let kernel = fake_elf();
+        let mut config = config_with_kernel(kernel.as_path());
+        config.drives.push(crate::config::DriveConfig {
+            drive_id: "rootfs".into(),
+            ..Default::default()
+        });
+        let e = VmResources::try_from(config).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("drives: virtio block devices are not supported yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_unsupported_section_is_named() {
+        let kernel = fake_elf();
+        let mut config = config_with_kernel(kernel.as_path());
+        config.balloon = Some(serde_json::json!({"amount_mib": 10}));
+        let e = VmResources::try_from(config).unwrap_err();
+        assert_eq!(e.to_string(), "balloon: not supported by spry");
+    }
+
+    #[test]
+    fn test_valid_config_resolves() {
+        let kernel = fake_elf();
+        let res = VmResources::try_from(config_with_kernel(kernel.as_path())).unwrap();
+        assert_eq!(res.machine.vcpu_count.get(), 1);
+        assert_eq!(res.machine.mem_size, 128 << 20);
+        assert!(!res.boot.kernel.emulator_safe);
+    }
+}

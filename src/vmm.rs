@@ -1,0 +1,166 @@
+//! A running VM: the event loop that serves its devices, and an orderly stop.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::builder::EventLoop;
+use crate::devices::legacy::i8042::{I8042Error, I8042};
+use crate::exit::{ExitEvent, ExitReason};
+use crate::resources::VmResources;
+use crate::vstate::memory::GuestMemory;
+use crate::vstate::vcpu::VcpuHandle;
+use crate::vstate::vm::Vm;
+
+/// Errors of the running VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// epoll failed.
+    #[error("event loop failed: {0:?}")]
+    EventLoop(event_manager::Error),
+}
+
+/// Wakes the event loop when the VM must stop.
+#[derive(Debug)]
+pub struct ExitSubscriber {
+    exit: Arc<ExitEvent>,
+}
+
+impl ExitSubscriber {
+    /// Watches `exit`.
+    pub fn new(exit: Arc<ExitEvent>) -> ExitSubscriber {
+        ExitSubscriber { exit }
+    }
+}
+
+impl MutEventSubscriber for ExitSubscriber {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(self.exit.event_fd(), EventSet::IN)) {
+            log::error!("cannot watch the exit event: {e:?}");
+        }
+        if let Some(signals) = crate::exit::signal_event() {
+            if let Err(e) = ops.add(Events::new(signals, EventSet::IN)) {
+                log::error!("cannot watch stop signals: {e:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        // The reason is already recorded; draining the counter is all that is left.
+        match crate::exit::signal_event() {
+            Some(signals) if events.fd() == std::os::fd::AsRawFd::as_raw_fd(signals) => {
+                let _ = signals.read();
+            }
+            _ => {
+                let _ = self.exit.event_fd().read();
+            }
+        }
+    }
+}
+
+/// A built VM with running vCPUs.
+///
+/// Field order is drop order: vCPU threads are joined before the VM and its memory go.
+pub struct Vmm {
+    vcpus: Vec<VcpuHandle>,
+    event_loop: EventLoop,
+    exit: Arc<ExitEvent>,
+    i8042: Arc<Mutex<I8042>>,
+    vm: Vm,
+    guest_memory: GuestMemory,
+    resources: VmResources,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.vcpus.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vmm {
+    /// Assembles a VMM from built parts; vCPUs are added as they start.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vm: Vm,
+        guest_memory: GuestMemory,
+        event_loop: EventLoop,
+        exit: Arc<ExitEvent>,
+        i8042: Arc<Mutex<I8042>>,
+        resources: VmResources,
+    ) -> Vmm {
+        Vmm {
+            vcpus: Vec::new(),
+            event_loop,
+            exit,
+            i8042,
+            vm,
+            guest_memory,
+            resources,
+        }
+    }
+
+    /// Takes ownership of a started vCPU.
+    pub fn add_vcpu(&mut self, vcpu: VcpuHandle) {
+        self.vcpus.push(vcpu);
+    }
+
+    /// The exit event; recording a reason on it stops [`Vmm::run`].
+    pub fn exit_event(&self) -> &Arc<ExitEvent> {
+        &self.exit
+    }
+
+    /// Serves devices until something asks the VM to stop, then stops the vCPUs.
+    pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        let reason = loop {
+            if let Some(reason) = self.exit.reason() {
+                break reason;
+            }
+            match self.event_loop.run() {
+                Ok(_) => {}
+                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+                Err(e) => {
+                    self.stop();
+                    return Err(VmmError::EventLoop(e));
+                }
+            }
+        };
+        self.stop();
+        Ok(reason)
+    }
+
+    /// Finishes and joins every vCPU thread.
+    pub fn stop(&mut self) {
+        for vcpu in &self.vcpus {
+            vcpu.send(crate::vstate::vcpu::VcpuEvent::Finish);
+        }
+        for vcpu in &mut self.vcpus {
+            vcpu.finish();
+        }
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), I8042Error> {
+        self.i8042
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ctrl_alt_del()
+    }
+
+    /// The KVM VM.
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// The validated resources the VM was built from.
+    pub fn resources(&self) -> &VmResources {
+        &self.resources
+    }
+
+    /// Guest memory.
+    pub fn guest_memory(&self) -> &GuestMemory {
+        &self.guest_memory
+    }
+}

@@ -1,0 +1,456 @@
+//! vCPUs: set up for the 64-bit entry, then one thread each running KVM_RUN as an
+//! explicit state machine (running, paused, exited) driven by events from the VMM.
+//!
+//! A vCPU thread only runs the guest and dispatches port/MMIO exits to the buses. It
+//! never blocks on I/O and never exits the process: it records why the VM must stop
+//! in the [`ExitEvent`] and returns.
+
+use std::cell::Cell;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::x86_64::cpuid::{filter_cpuid, Topology};
+use crate::arch::x86_64::regs;
+use crate::devices::bus::DeviceBuses;
+use crate::exit::{ExitEvent, ExitReason};
+
+/// Errors while creating, configuring or driving a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("cannot create vCPU {index}")]
+    Create {
+        /// vCPU index.
+        index: u8,
+        /// KVM's answer.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A KVM_SET_* call failed during configuration.
+    #[error("cannot set {what} of vCPU {index}")]
+    Configure {
+        /// Which state.
+        what: &'static str,
+        /// vCPU index.
+        index: u8,
+        /// KVM's answer.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// KVM accepted fewer MSRs than given.
+    #[error("vCPU {index}: KVM accepted {set} of {wanted} boot MSRs")]
+    Msrs {
+        /// vCPU index.
+        index: u8,
+        /// How many KVM took.
+        set: usize,
+        /// How many were given.
+        wanted: usize,
+    },
+    /// Building boot state failed.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// The kick signal handler could not be installed.
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    /// The thread could not be spawned.
+    #[error("cannot start the thread of vCPU {index}")]
+    Spawn {
+        /// vCPU index.
+        index: u8,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the VMM asks of a vCPU thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// Stop running guest code until `Resume`.
+    Pause,
+    /// Run guest code again.
+    Resume,
+    /// Leave the thread.
+    Finish,
+}
+
+/// What a vCPU thread answers to `Pause` and `Resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuResponse {
+    /// The vCPU is paused.
+    Paused,
+    /// The vCPU is running.
+    Resumed,
+}
+
+/// Signal used to kick a vCPU thread out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|flag| {
+        let ptr = flag.get();
+        if !ptr.is_null() {
+            // SAFETY: `ptr` points at `immediate_exit` inside this thread's mmapped
+            // `kvm_run`, set by `Vcpu::run_thread` while the VcpuFd (and its mapping)
+            // is alive and cleared before it is dropped; a byte store cannot tear.
+            unsafe { ptr.write_volatile(1) };
+        }
+    });
+}
+
+fn install_kick_handler() -> Result<(), VcpuError> {
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+/// A configured vCPU, not yet running.
+#[derive(Debug)]
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    buses: Arc<DeviceBuses>,
+    exit: Arc<ExitEvent>,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` of `vm`.
+    pub fn new(
+        vm: &VmFd,
+        index: u8,
+        buses: Arc<DeviceBuses>,
+        exit: Arc<ExitEvent>,
+    ) -> Result<Vcpu, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Vcpu {
+            index,
+            fd,
+            buses,
+            exit,
+        })
+    }
+
+    fn set<T>(&self, what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VcpuError> {
+        r.map_err(|source| VcpuError::Configure {
+            what,
+            index: self.index,
+            source,
+        })
+    }
+
+    /// CPUID, MSRs, FPU and LAPIC for every vCPU; registers for the 64-bit entry at
+    /// `entry` on the boot vCPU only (the others wait for INIT/SIPI from the guest).
+    pub fn configure(
+        &self,
+        supported: &CpuId,
+        topology: Topology,
+        entry: Option<u64>,
+    ) -> Result<(), VcpuError> {
+        let mut cpuid = supported.clone();
+        filter_cpuid(&mut cpuid, topology);
+        self.set("CPUID", self.fd.set_cpuid2(&cpuid))?;
+
+        let msrs = regs::boot_msrs()?;
+        let set = self.set("MSRs", self.fd.set_msrs(&msrs))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::Msrs {
+                index: self.index,
+                set,
+                wanted: msrs.as_slice().len(),
+            });
+        }
+        self.set("FPU", self.fd.set_fpu(&regs::boot_fpu()))?;
+        let lapic = self.set("LAPIC", self.fd.get_lapic())?;
+        self.set("LAPIC", self.fd.set_lapic(&regs::boot_lapic(lapic)))?;
+
+        if let Some(entry) = entry {
+            let sregs = self.set("special registers", self.fd.get_sregs())?;
+            self.set(
+                "special registers",
+                self.fd.set_sregs(&regs::boot_sregs(sregs)),
+            )?;
+            self.set("registers", self.fd.set_regs(&regs::boot_regs(entry)))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the vCPU thread, running guest code at once.
+    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+        install_kick_handler()?;
+        let index = self.index;
+        let (event_tx, event_rx) = channel();
+        let (response_tx, response_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("spry-vcpu{index}"))
+            .spawn(move || self.run_thread(event_rx, response_tx))
+            .map_err(|source| VcpuError::Spawn { index, source })?;
+        Ok(VcpuHandle {
+            index,
+            thread: Some(thread),
+            events: event_tx,
+            responses: response_rx,
+        })
+    }
+
+    fn run_thread(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
+        let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|f| f.set(flag));
+        let mut state = VcpuState::Running;
+        loop {
+            state = match state {
+                VcpuState::Running => self.running(&events, &responses),
+                VcpuState::Paused => self.paused(&events, &responses),
+                VcpuState::Exited => break,
+            };
+        }
+        IMMEDIATE_EXIT.with(|f| f.set(std::ptr::null_mut()));
+        log::debug!("vCPU {} thread done", self.index);
+    }
+
+    /// Applies pending events; `Some(next)` when the vCPU must leave `Running`.
+    fn check_events(
+        &self,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+    ) -> Option<VcpuState> {
+        loop {
+            match events.try_recv() {
+                Ok(VcpuEvent::Pause) => {
+                    let _ = responses.send(VcpuResponse::Paused);
+                    return Some(VcpuState::Paused);
+                }
+                Ok(VcpuEvent::Resume) => {
+                    let _ = responses.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
+                    return Some(VcpuState::Exited)
+                }
+                Err(TryRecvError::Empty) => return None,
+            }
+        }
+    }
+
+    fn running(
+        &mut self,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+    ) -> VcpuState {
+        // An event sent before this thread published its immediate-exit flag had its
+        // kick lost; look before entering the guest.
+        if let Some(next) = self.check_events(events, responses) {
+            return next;
+        }
+        loop {
+            match self.run_once() {
+                Emulation::Continue => {}
+                Emulation::Interrupted => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    if let Some(next) = self.check_events(events, responses) {
+                        return next;
+                    }
+                }
+                Emulation::Stop(reason) => {
+                    log::info!("{reason}");
+                    self.exit.request(reason);
+                    return VcpuState::Exited;
+                }
+            }
+        }
+    }
+
+    fn paused(
+        &mut self,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+    ) -> VcpuState {
+        loop {
+            match events.recv_timeout(Duration::from_secs(3600)) {
+                Ok(VcpuEvent::Resume) => {
+                    let _ = responses.send(VcpuResponse::Resumed);
+                    return VcpuState::Running;
+                }
+                Ok(VcpuEvent::Pause) => {
+                    let _ = responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuEvent::Finish) | Err(RecvTimeoutError::Disconnected) => {
+                    return VcpuState::Exited
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+
+    /// One KVM_RUN and the handling of its exit.
+    fn run_once(&mut self) -> Emulation {
+        let index = self.index;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Emulation::Interrupted
+            }
+            Err(e) => {
+                return Emulation::Stop(ExitReason::VcpuError {
+                    vcpu: index,
+                    detail: format!("KVM_RUN failed: {e}"),
+                })
+            }
+        };
+        let buses = &self.buses;
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !buses.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                    log::trace!("vCPU {index}: unhandled port read {port:#x}");
+                }
+                Emulation::Continue
+            }
+            VcpuExit::IoOut(port, data) => {
+                if !buses.pio.write(u64::from(port), data) {
+                    log::trace!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
+                }
+                Emulation::Continue
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !buses.mmio.read(addr, data) {
+                    data.fill(0xff);
+                    log::debug!("vCPU {index}: unhandled MMIO read at {addr:#x}");
+                }
+                Emulation::Continue
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if !buses.mmio.write(addr, data) {
+                    log::debug!("vCPU {index}: unhandled MMIO write at {addr:#x}");
+                }
+                Emulation::Continue
+            }
+            VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Emulation::Continue,
+            VcpuExit::Shutdown => Emulation::Stop(ExitReason::TripleFault { vcpu: index }),
+            VcpuExit::SystemEvent(kind, _) => match kind {
+                KVM_SYSTEM_EVENT_RESET => Emulation::Stop(ExitReason::GuestReset),
+                KVM_SYSTEM_EVENT_SHUTDOWN => Emulation::Stop(ExitReason::GuestReset),
+                KVM_SYSTEM_EVENT_CRASH => Emulation::Stop(ExitReason::EmulationFailure {
+                    vcpu: index,
+                    detail: "guest crash system event".into(),
+                }),
+                other => Emulation::Stop(ExitReason::VcpuError {
+                    vcpu: index,
+                    detail: format!("unexpected system event {other}"),
+                }),
+            },
+            VcpuExit::InternalError => {
+                let detail = self.internal_error_detail();
+                Emulation::Stop(ExitReason::EmulationFailure {
+                    vcpu: index,
+                    detail,
+                })
+            }
+            VcpuExit::FailEntry(reason, cpu) => Emulation::Stop(ExitReason::VcpuError {
+                vcpu: index,
+                detail: format!("KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"),
+            }),
+            other => Emulation::Stop(ExitReason::VcpuError {
+                vcpu: index,
+                detail: format!("unexpected KVM exit {other:?}"),
+            }),
+        }
+    }
+
+    fn internal_error_detail(&mut self) -> String {
+        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+        // active member of the exit union.
+        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+        let what = match suberror {
+            1 => "instruction emulation failed",
+            2 => "simultaneous exceptions",
+            3 => "delivery event failed",
+            _ => "internal error",
+        };
+        match self.fd.get_regs() {
+            Ok(r) => format!("{what} (suberror {suberror}) at RIP {:#x}", r.rip),
+            Err(_) => format!("{what} (suberror {suberror})"),
+        }
+    }
+}
+
+enum Emulation {
+    Continue,
+    Interrupted,
+    Stop(ExitReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VcpuState {
+    Running,
+    Paused,
+    Exited,
+}
+
+/// The VMM's side of a running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    index: u8,
+    thread: Option<JoinHandle<()>>,
+    events: Sender<VcpuEvent>,
+    responses: Receiver<VcpuResponse>,
+}
+
+impl VcpuHandle {
+    /// Sends `event` and kicks the thread out of KVM_RUN so it sees it.
+    pub fn send(&self, event: VcpuEvent) {
+        if self.events.send(event).is_ok() {
+            self.kick();
+        }
+    }
+
+    /// Waits up to `timeout` for the thread's answer to Pause or Resume.
+    pub fn response(&self, timeout: Duration) -> Option<VcpuResponse> {
+        self.responses.recv_timeout(timeout).ok()
+    }
+
+    fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            if !thread.is_finished() {
+                if let Err(e) = thread.kill(kick_signal()) {
+                    log::warn!("cannot kick vCPU {}: {e}", self.index);
+                }
+            }
+        }
+    }
+
+    /// Asks the thread to finish and waits for it.
+    pub fn finish(&mut self) {
+        self.send(VcpuEvent::Finish);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("vCPU {} thread panicked", self.index);
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
