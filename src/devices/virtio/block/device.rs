@@ -1,0 +1,300 @@
+//! The virtio-blk device model: feature bits, config space, and serving the request
+//! queue from the event loop.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::{self, Completion, Disk, RequestError};
+use crate::config::CacheType;
+use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment};
+use crate::devices::virtio::queue::drain;
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX,
+    F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
+};
+use crate::vstate::memory::GuestMemory;
+
+/// Entries in the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// `VIRTIO_BLK_F_SEG_MAX`.
+const F_SEG_MAX: u32 = 2;
+/// `VIRTIO_BLK_F_RO`.
+const F_RO: u32 = 5;
+/// `VIRTIO_BLK_F_FLUSH`.
+const F_FLUSH: u32 = 9;
+/// Requests served per wake-up before other event sources get a turn.
+const BUDGET: usize = QUEUE_SIZE as usize;
+
+/// What a block device is built from.
+#[derive(Debug)]
+pub struct BlockConfig {
+    /// `drive_id`, also the GET_ID answer.
+    pub id: String,
+    /// Backing file path (for logs and `GET /vm/config`).
+    pub path: PathBuf,
+    /// Backing file, opened read-write unless read-only.
+    pub file: File,
+    /// Size in 512-byte sectors.
+    pub capacity: u64,
+    /// Refuse writes and advertise VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// Flush semantics.
+    pub cache: CacheType,
+}
+
+struct Active {
+    mem: GuestMemory,
+    queue: Queue,
+    broken: bool,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    config: BlockConfig,
+    name: String,
+    avail_features: u64,
+    pub(super) queue_evt: EventFd,
+    interrupt: Arc<Interrupt>,
+    active: Option<Active>,
+    errors: GuestErrorLog,
+    /// Requests completed (for metrics).
+    pub requests: u64,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("id", &self.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Block {
+    /// A block device raising `interrupt`.
+    pub fn new(config: BlockConfig, interrupt: Arc<Interrupt>) -> std::io::Result<Block> {
+        let mut avail_features = (1u64 << F_VERSION_1)
+            | (1 << F_RING_EVENT_IDX)
+            | (1 << F_RING_INDIRECT_DESC)
+            | (1 << F_SEG_MAX);
+        if config.read_only {
+            avail_features |= 1 << F_RO;
+        }
+        if config.cache == CacheType::Writeback {
+            avail_features |= 1 << F_FLUSH;
+        }
+        Ok(Block {
+            name: format!("virtio-blk {}", config.id),
+            config,
+            avail_features,
+            queue_evt: EventFd::new(EFD_NONBLOCK)?,
+            interrupt,
+            active: None,
+            errors: GuestErrorLog::default(),
+            requests: 0,
+        })
+    }
+
+    /// The eventfd KVM signals on QueueNotify for queue 0.
+    pub fn queue_event(&self) -> &EventFd {
+        &self.queue_evt
+    }
+
+    /// Whether the device asked the driver for a reset.
+    pub fn interrupt_needs_reset(&self) -> bool {
+        self.interrupt.needs_reset()
+    }
+
+    /// The drive id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// Points the drive at another file (the guest sees a config change).
+    pub fn replace_backing(&mut self, path: PathBuf, file: File, capacity: u64) {
+        self.config.path = path;
+        self.config.file = file;
+        self.config.capacity = capacity;
+        self.interrupt.signal_config_change();
+    }
+
+    fn config_space(&self) -> [u8; 24] {
+        let mut c = [0u8; 24];
+        c[0..8].copy_from_slice(&self.config.capacity.to_le_bytes());
+        // seg_max: the ring can hold this many data buffers besides header and status.
+        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        c[20..24].copy_from_slice(&request::SECTOR_SIZE.to_le_bytes());
+        c
+    }
+
+    /// Serves every pending request; called when the queue's ioeventfd fires.
+    pub fn process_queue(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if active.broken {
+            return;
+        }
+        let disk = Disk {
+            file: &self.config.file,
+            capacity: self.config.capacity,
+            read_only: self.config.read_only,
+            cache: self.config.cache,
+            id: self.config.id.as_bytes(),
+        };
+        let errors = &mut self.errors;
+        let name = &self.name;
+        let mem = &active.mem;
+        let mut served = 0u64;
+        let result = drain(&mut active.queue, mem, BUDGET, |chain| {
+            served += 1;
+            serve_chain(mem, &disk, chain, errors, name)
+        });
+        self.requests += served;
+        match result {
+            Ok(drained) => {
+                if drained.completed > 0 && active.queue.needs_notification(mem).unwrap_or(true) {
+                    self.interrupt.signal_used_queue();
+                }
+                if drained.more {
+                    // Come back after the other event sources had their turn.
+                    let _ = self.queue_evt.write(1);
+                }
+            }
+            Err(e) => {
+                self.errors.report(
+                    &self.name,
+                    format_args!("queue broken: {e}; device needs reset"),
+                );
+                active.broken = true;
+                self.interrupt.signal_needs_reset();
+            }
+        }
+    }
+}
+
+/// Serves one chain and returns its used length. A malformed chain still gets
+/// IOERR in its last writable byte when that byte is inside guest memory.
+fn serve_chain(
+    mem: &GuestMemory,
+    disk: &Disk<'_>,
+    chain: DescriptorChain<&GuestMemory>,
+    errors: &mut GuestErrorLog,
+    name: &str,
+) -> u32 {
+    let fallback = chain.clone();
+    let buffers = match ChainBuffers::from_chain(chain, mem) {
+        Ok(b) => b,
+        Err(e) => {
+            errors.report(name, format_args!("bad request chain: {e}"));
+            return write_status_to_last_writable(mem, fallback);
+        }
+    };
+    match request::execute(mem, disk, &buffers) {
+        Ok(Completion { status, used_len }) => {
+            // `execute` succeeded, so there is at least the status byte.
+            let status_at = total_len(&buffers.writable) - 1;
+            match write_at(mem, &buffers.writable, status_at, &[status]) {
+                Ok(()) => used_len,
+                Err(_) => 0,
+            }
+        }
+        Err((e, status_at)) => {
+            report_request_error(errors, name, &e);
+            if matches!(e, RequestError::NoStatus) {
+                return 0;
+            }
+            match write_at(mem, &buffers.writable, status_at, &[request::status::IOERR]) {
+                Ok(()) => 1,
+                Err(_) => 0,
+            }
+        }
+    }
+}
+
+fn report_request_error(errors: &mut GuestErrorLog, name: &str, e: &RequestError) {
+    if e.is_guest_error() {
+        errors.report(name, format_args!("bad request: {e}"));
+    } else {
+        log::error!("{name}: {e}");
+    }
+}
+
+fn write_status_to_last_writable(mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+    let last = chain.writable().filter(|d| d.len() > 0).last();
+    let Some(desc) = last else { return 0 };
+    let seg = Segment {
+        addr: vm_memory::GuestAddress(desc.addr().0.saturating_add(u64::from(desc.len()) - 1)),
+        len: 1,
+    };
+    match write_at(mem, &[seg], 0, &[request::status::IOERR]) {
+        Ok(()) => 1,
+        Err(_) => 0,
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space(), offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        self.errors.report(
+            &self.name,
+            format_args!("write to read-only config space at {offset:#x}"),
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        mut queues: Vec<Queue>,
+        _acked: u64,
+    ) -> Result<(), ActivateError> {
+        let queue = queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
+        self.active = Some(Active {
+            mem,
+            queue,
+            broken: false,
+        });
+        // Requests the driver queued before DRIVER_OK (none, if it follows the spec)
+        // are picked up on the event loop's next turn.
+        let _ = self.queue_evt.write(1);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        // Guest data is in the file already (every write completes synchronously); on
+        // Writeback drives also make it durable before spry goes.
+        if self.config.cache == CacheType::Writeback && !self.config.read_only {
+            if let Err(e) = self.config.file.sync_data() {
+                log::error!(
+                    "{}: cannot sync {}: {e}",
+                    self.name,
+                    self.config.path.display()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! One virtio-blk request: parsed from a descriptor chain's buffers and executed
+//! straight between the backing file and guest memory (`preadv`/`pwritev`).
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use crate::config::CacheType;
+use crate::devices::virtio::iovec::{
+    host_iovecs, read_prefix, sub_segments, total_len, ChainBuffers, ChainError, Segment,
+};
+use crate::vstate::memory::GuestMemory;
+
+/// Sector size of the virtio-blk protocol.
+pub const SECTOR_SIZE: u32 = 512;
+/// Bytes of a request header: type, reserved, sector.
+pub const HEADER_LEN: usize = 16;
+/// Length of a GET_ID answer.
+pub const ID_LEN: usize = 20;
+
+/// Request types (virtio 1.2, 5.2.6).
+pub mod kind {
+    /// Read.
+    pub const IN: u32 = 0;
+    /// Write.
+    pub const OUT: u32 = 1;
+    /// Flush the write cache.
+    pub const FLUSH: u32 = 4;
+    /// Device identifier.
+    pub const GET_ID: u32 = 8;
+}
+
+/// Status byte values.
+pub mod status {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Failure.
+    pub const IOERR: u8 = 1;
+    /// Request type not supported.
+    pub const UNSUPP: u8 = 2;
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The chain itself is malformed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// No device-writable byte for the status.
+    #[error("no device-writable status byte")]
+    NoStatus,
+    /// Data length is not whole sectors.
+    #[error("data length {0} is not a multiple of 512")]
+    PartialSector(usize),
+    /// The request reaches past the end of the disk.
+    #[error("sectors {sector}..+{sectors} reach past the disk's {capacity} sectors")]
+    OutOfRange {
+        /// First sector.
+        sector: u64,
+        /// Sector count.
+        sectors: u64,
+        /// Disk size.
+        capacity: u64,
+    },
+    /// A write to a read-only drive.
+    #[error("write to a read-only drive")]
+    ReadOnly,
+    /// The host file I/O failed.
+    #[error("host I/O failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// Fewer bytes moved than asked.
+    #[error("short host I/O: {done} of {wanted} bytes")]
+    Short {
+        /// Bytes moved.
+        done: usize,
+        /// Bytes asked.
+        wanted: usize,
+    },
+    /// A device-readable data buffer where the device must write.
+    #[error("read request with device-readable data buffers")]
+    ReadableData,
+}
+
+impl RequestError {
+    /// Whether this is the guest's fault (malformed request) rather than the host's.
+    pub fn is_guest_error(&self) -> bool {
+        !matches!(self, RequestError::Io(_) | RequestError::Short { .. })
+    }
+}
+
+/// The disk a request runs against.
+#[derive(Debug)]
+pub struct Disk<'a> {
+    /// Backing file.
+    pub file: &'a File,
+    /// Size in sectors.
+    pub capacity: u64,
+    /// Writes are refused.
+    pub read_only: bool,
+    /// Flush semantics.
+    pub cache: CacheType,
+    /// GET_ID answer (the drive id).
+    pub id: &'a [u8],
+}
+
+/// A finished request: the status byte and how many bytes the device wrote into
+/// the chain's writable buffers (data plus status), the used length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// Status byte.
+    pub status: u8,
+    /// Used length.
+    pub used_len: u32,
+}
+
+fn check_range(disk: &Disk<'_>, sector: u64, len: usize) -> Result<u64, RequestError> {
+    let sector_size = u64::from(SECTOR_SIZE);
+    if len as u64 % sector_size != 0 {
+        return Err(RequestError::PartialSector(len));
+    }
+    let sectors = len as u64 / sector_size;
+    match sector.checked_add(sectors) {
+        Some(end) if end <= disk.capacity => Ok(sector * sector_size),
+        _ => Err(RequestError::OutOfRange {
+            sector,
+            sectors,
+            capacity: disk.capacity,
+        }),
+    }
+}
+
+/// Runs `preadv`/`pwritev` until every byte moved, advancing past partial transfers.
+fn transfer_all(
+    file: &File,
+    mut iovecs: Vec<libc::iovec>,
+    mut offset: u64,
+    write: bool,
+) -> Result<(), RequestError> {
+    let wanted: usize = iovecs.iter().map(|v| v.iov_len).sum();
+    let mut done = 0usize;
+    let mut first = 0usize;
+    while done < wanted {
+        let iov = &iovecs[first..];
+        let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
+        let off =
+            libc::off_t::try_from(offset).map_err(|_| RequestError::Short { done, wanted })?;
+        // SAFETY: every iovec points into guest memory checked by `host_iovecs` and
+        // kept mapped by the caller's `GuestMemory`; the kernel reads or writes at
+        // most `iov_len` bytes of each.
+        let n = unsafe {
+            if write {
+                libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, off)
+            } else {
+                libc::preadv(file.as_raw_fd(), iov.as_ptr(), count, off)
+            }
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RequestError::Io(err));
+        }
+        let mut n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return Err(RequestError::Short { done, wanted });
+        }
+        done += n;
+        offset += n as u64;
+        while n > 0 && first < iovecs.len() {
+            let v = &mut iovecs[first];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                first += 1;
+            } else {
+                // SAFETY: advancing within the same iovec buffer by fewer than its length.
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Executes the request whose buffers are `buffers`; the status byte is the last
+/// writable byte.
+pub fn execute(
+    mem: &GuestMemory,
+    disk: &Disk<'_>,
+    buffers: &ChainBuffers,
+) -> Result<Completion, (RequestError, usize)> {
+    let writable_len = total_len(&buffers.writable);
+    let status_at = writable_len
+        .checked_sub(1)
+        .ok_or((RequestError::NoStatus, 0))?;
+    let fail = |e: RequestError| (e, status_at);
+
+    let mut header = [0u8; HEADER_LEN];
+    read_prefix(mem, &buffers.readable, &mut header).map_err(|e| fail(e.into()))?;
+    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let readable_data = total_len(&buffers.readable) - HEADER_LEN;
+
+    let ok = |data: usize| Completion {
+        status: status::OK,
+        used_len: u32::try_from(data + 1).unwrap_or(u32::MAX),
+    };
+    match kind {
+        kind::IN => {
+            if readable_data != 0 {
+                return Err(fail(RequestError::ReadableData));
+            }
+            let offset = check_range(disk, sector, status_at).map_err(fail)?;
+            let data: Vec<Segment> =
+                sub_segments(&buffers.writable, 0, status_at).map_err(|e| fail(e.into()))?;
+            let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
+            transfer_all(disk.file, iovecs, offset, false).map_err(fail)?;
+            Ok(ok(status_at))
+        }
+        kind::OUT => {
+            if disk.read_only {
+                return Err(fail(RequestError::ReadOnly));
+            }
+            let offset = check_range(disk, sector, readable_data).map_err(fail)?;
+            let data = sub_segments(&buffers.readable, HEADER_LEN, readable_data)
+                .map_err(|e| fail(e.into()))?;
+            let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
+            transfer_all(disk.file, iovecs, offset, true).map_err(fail)?;
+            Ok(ok(0))
+        }
+        kind::FLUSH => {
+            if disk.cache == CacheType::Writeback {
+                disk.file
+                    .sync_data()
+                    .map_err(|e| fail(RequestError::Io(e)))?;
+            }
+            Ok(ok(0))
+        }
+        kind::GET_ID => {
+            let mut id = [0u8; ID_LEN];
+            let n = disk.id.len().min(ID_LEN);
+            id[..n].copy_from_slice(&disk.id[..n]);
+            let room = status_at.min(ID_LEN);
+            crate::devices::virtio::iovec::write_at(mem, &buffers.writable, 0, &id[..room])
+                .map_err(|e| fail(e.into()))?;
+            Ok(ok(room))
+        }
+        _ => Ok(Completion {
+            status: status::UNSUPP,
+            used_len: 1,
+        }),
+    }
+}
