@@ -9,7 +9,7 @@
 pub mod block;
 pub mod iovec;
 pub mod mmio;
-// pub mod net;
+pub mod net;
 pub mod queue;
 #[cfg(test)]
 pub mod test_utils;

@@ -101,6 +101,18 @@ pub fn driver_queue(mem: &GuestMemory, size: u16) -> (MockSplitQueue<'_, GuestMe
     (vq, q)
 }
 
+/// Like [`driver_queue`], with the queue structures at `base`.
+pub fn driver_queue_at(
+    mem: &GuestMemory,
+    base: u64,
+    size: u16,
+) -> (MockSplitQueue<'_, GuestMemory>, Queue) {
+    let vq = MockSplitQueue::create(mem, GuestAddress(base), size);
+    let mut q: Queue = vq.create_queue().unwrap();
+    q.set_ready(true);
+    (vq, q)
+}
+
 /// Puts chains (lists of descriptors) at descriptor-table offset `first` onwards and
 /// makes them available.
 pub fn add_chains(vq: &MockSplitQueue<'_, GuestMemory>, first: u16, chains: &[&[Desc]]) {

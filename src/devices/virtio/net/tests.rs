@@ -1,0 +1,284 @@
+//! virtio-net against guest memory, driver-side queues and a datagram socket pair
+//! standing in for the tap (same frame boundaries, same non-blocking reads).
+#![allow(clippy::cast_possible_truncation)]
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::device::{feature, Net, NetBackend, NetDeviceConfig};
+use super::tap::{TapError, VNET_HDR_LEN};
+use crate::devices::virtio::test_utils::{
+    add_chains, counting_interrupt, default_mem, driver_queue_at, Desc, IrqCounter,
+};
+use crate::devices::virtio::{VirtioDevice, F_VERSION_1};
+use crate::vstate::memory::GuestMemory;
+
+struct SocketBackend(UnixDatagram);
+
+impl AsRawFd for SocketBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl NetBackend for SocketBackend {
+    fn supported_offloads(&self) -> libc::c_uint {
+        0
+    }
+    fn set_offloads(&self, _flags: libc::c_uint) -> Result<(), TapError> {
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        "socketpair"
+    }
+}
+
+const RXQ: u64 = 0;
+const TXQ: u64 = 0x8000;
+const BUF: u64 = 0x10_0000;
+
+struct Rig<'a> {
+    mem: &'a GuestMemory,
+    net: Net,
+    host: UnixDatagram,
+    irq: IrqCounter,
+    rx: MockSplitQueue<'a, GuestMemory>,
+    tx: MockSplitQueue<'a, GuestMemory>,
+}
+
+fn rig(mem: &GuestMemory, acked: u64) -> Rig<'_> {
+    let (device_side, host) = UnixDatagram::pair().unwrap();
+    device_side.set_nonblocking(true).unwrap();
+    host.set_nonblocking(true).unwrap();
+    let (interrupt, irq) = counting_interrupt();
+    let mut net = Net::new(
+        NetDeviceConfig {
+            id: "eth0".into(),
+            backend: Box::new(SocketBackend(device_side)),
+            mac: Some([0xaa, 0xfc, 0, 0, 0, 1]),
+            mtu: None,
+        },
+        interrupt,
+    )
+    .unwrap();
+    let (rx, rxq) = driver_queue_at(mem, RXQ, 16);
+    let (tx, txq) = driver_queue_at(mem, TXQ, 16);
+    net.activate(mem.clone(), vec![rxq, txq], acked | (1 << F_VERSION_1))
+        .unwrap();
+    Rig {
+        mem,
+        net,
+        host,
+        irq,
+        rx,
+        tx,
+    }
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend((0..len).map(|i| seed.wrapping_add(i as u8)));
+    f
+}
+
+fn used(vq: &MockSplitQueue<'_, GuestMemory>) -> Vec<(u32, u32)> {
+    (0..vq.used().idx().load())
+        .map(|i| {
+            let e = vq.used().ring().ref_at(i as usize).unwrap().load();
+            (e.id(), e.len())
+        })
+        .collect()
+}
+
+fn host_recv(host: &UnixDatagram) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 70_000];
+    host.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+#[test]
+fn test_transmitted_frame_reaches_the_host_byte_exact() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    let f = frame(100, 7);
+    r.mem.write_slice(&f[..40], GuestAddress(BUF)).unwrap();
+    r.mem
+        .write_slice(&f[40..], GuestAddress(BUF + 0x1000))
+        .unwrap();
+    add_chains(
+        &r.tx,
+        0,
+        &[&[
+            Desc::r(BUF, 40),
+            Desc::r(BUF + 0x1000, (f.len() - 40) as u32),
+        ]],
+    );
+    r.net.process_tx();
+    assert_eq!(host_recv(&r.host), Some(f));
+    assert_eq!(used(&r.tx), vec![(0, 0)]);
+    assert_eq!(r.net.counters.tx_frames, 1);
+}
+
+#[test]
+fn test_received_frame_lands_in_guest_buffer_with_one_buffer() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    let f = frame(64, 1);
+    r.host.send(&f).unwrap();
+    add_chains(&r.rx, 0, &[&[Desc::w(BUF, 2048)]]);
+    r.net.process_rx();
+    assert_eq!(used(&r.rx), vec![(0, f.len() as u32)]);
+    let mut got = vec![0u8; f.len()];
+    r.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got[VNET_HDR_LEN..], f[VNET_HDR_LEN..]);
+    assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1);
+    assert_eq!(r.irq.count(), 1);
+}
+
+#[test]
+fn test_mergeable_frame_spans_several_buffers() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 1 << feature::MRG_RXBUF);
+    let f = frame(1500, 3);
+    r.host.send(&f).unwrap();
+    add_chains(
+        &r.rx,
+        0,
+        &[
+            &[Desc::w(BUF, 1024)],
+            &[Desc::w(BUF + 0x1000, 1024)],
+            &[Desc::w(BUF + 0x2000, 1024)],
+        ],
+    );
+    r.net.process_rx();
+    assert_eq!(used(&r.rx), vec![(0, 1024), (1, (f.len() - 1024) as u32)]);
+    let mut hdr = [0u8; 12];
+    r.mem.read_slice(&mut hdr, GuestAddress(BUF)).unwrap();
+    assert_eq!(u16::from_le_bytes([hdr[10], hdr[11]]), 2);
+    let mut tail = vec![0u8; f.len() - 1024];
+    r.mem
+        .read_slice(&mut tail, GuestAddress(BUF + 0x1000))
+        .unwrap();
+    assert_eq!(tail, f[1024..]);
+    // The unused third buffer serves the next frame, once enough room for a
+    // worst-case frame (1530 bytes) is available again.
+    let f2 = frame(10, 9);
+    r.host.send(&f2).unwrap();
+    r.net.process_rx();
+    assert_eq!(used(&r.rx).len(), 2);
+    add_chains(&r.rx, 3, &[&[Desc::w(BUF + 0x3000, 1024)]]);
+    r.net.process_rx();
+    assert_eq!(used(&r.rx)[2], (2, f2.len() as u32));
+    assert_eq!(used(&r.rx).len(), 3);
+}
+
+#[test]
+fn test_frames_wait_in_the_backend_until_buffers_come() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    let f = frame(50, 5);
+    r.host.send(&f).unwrap();
+    r.net.process_rx();
+    assert!(used(&r.rx).is_empty());
+    add_chains(&r.rx, 0, &[&[Desc::w(BUF, 2048)]]);
+    r.net.process_rx();
+    assert_eq!(used(&r.rx), vec![(0, f.len() as u32)]);
+}
+
+#[test]
+fn test_many_frames_keep_their_order() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    for seed in 0..8u8 {
+        r.host.send(&frame(60, seed)).unwrap();
+    }
+    let chains: Vec<Vec<Desc>> = (0..8u64)
+        .map(|i| vec![Desc::w(BUF + i * 0x1000, 2048)])
+        .collect();
+    let refs: Vec<&[Desc]> = chains.iter().map(|c| c.as_slice()).collect();
+    add_chains(&r.rx, 0, &refs);
+    r.net.process_rx();
+    for seed in 0..8u8 {
+        let mut got = vec![0u8; 72];
+        r.mem
+            .read_slice(&mut got, GuestAddress(BUF + u64::from(seed) * 0x1000))
+            .unwrap();
+        assert_eq!(
+            got[VNET_HDR_LEN..],
+            frame(60, seed)[VNET_HDR_LEN..],
+            "frame {seed}"
+        );
+    }
+    assert_eq!(r.irq.count(), 1);
+}
+
+#[test]
+fn test_transmit_chain_with_writable_buffer_is_dropped() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    add_chains(
+        &r.tx,
+        0,
+        &[&[Desc::r(BUF, 100), Desc::w(BUF + 0x1000, 100)]],
+    );
+    r.net.process_tx();
+    assert_eq!(host_recv(&r.host), None);
+    assert_eq!(used(&r.tx), vec![(0, 0)]);
+    assert_eq!(r.net.counters.tx_dropped, 1);
+}
+
+#[test]
+fn test_transmit_shorter_than_header_is_dropped() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    add_chains(&r.tx, 0, &[&[Desc::r(BUF, 4)]]);
+    r.net.process_tx();
+    assert_eq!(host_recv(&r.host), None);
+    assert_eq!(r.net.counters.tx_dropped, 1);
+}
+
+#[test]
+fn test_transmit_outside_memory_is_dropped() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    add_chains(&r.tx, 0, &[&[Desc::r(0xdead_0000, 100)]]);
+    r.net.process_tx();
+    assert_eq!(host_recv(&r.host), None);
+    assert_eq!(used(&r.tx), vec![(0, 0)]);
+}
+
+#[test]
+fn test_readable_receive_buffer_is_returned_empty() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    r.host.send(&frame(20, 0)).unwrap();
+    add_chains(
+        &r.rx,
+        0,
+        &[&[Desc::r(BUF, 2048)], &[Desc::w(BUF + 0x1000, 2048)]],
+    );
+    r.net.process_rx();
+    assert_eq!(used(&r.rx), vec![(0, 0), (1, 32)]);
+}
+
+#[test]
+fn test_avail_index_far_ahead_breaks_the_queue() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    r.tx.avail().idx().store(5000);
+    r.net.process_tx();
+    assert!(used(&r.tx).is_empty());
+    assert!(r.irq.count() > 0);
+}
+
+#[test]
+fn test_reset_drops_queues() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    r.net.reset();
+    add_chains(&r.tx, 0, &[&[Desc::r(BUF, 100)]]);
+    r.net.process_tx();
+    assert!(used(&r.tx).is_empty());
+}
