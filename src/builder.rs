@@ -5,6 +5,7 @@ use std::num::NonZeroU8;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::IoEventAddress;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::load_cmdline;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -13,18 +14,24 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::layout::{
-    BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042,
+    BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042, IRQ_MAX, IRQ_VIRTIO_FIRST,
+    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::{mptable, regs};
 use crate::devices::bus::{BusError, DeviceBuses};
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_LEN, COM1_PORT};
+use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::mmio::{self, MmioTransport};
+use crate::devices::virtio::net::tap::Tap;
+use crate::devices::virtio::net::{Net, NetDeviceConfig};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::exit::ExitEvent;
 use crate::host::HostKvm;
 use crate::loader::{self, LoadedInitrd, LoadedKernel};
-use crate::resources::VmResources;
-use crate::vmm::{ExitSubscriber, Vmm};
+use crate::resources::{Drive, NetInterface, VmResources};
+use crate::vmm::{ExitSubscriber, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
@@ -100,6 +107,27 @@ pub enum BuildError {
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for {0}")]
     EventFd(&'static str, #[source] std::io::Error),
+    /// KVM refused a queue-notification ioeventfd.
+    #[error("cannot register the queue notifier of {device}")]
+    Ioevent {
+        /// Which device.
+        device: String,
+        /// KVM's answer.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The tap could not be opened.
+    #[error("network interface {id}")]
+    Tap {
+        /// `iface_id`.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::devices::virtio::net::tap::TapError,
+    },
+    /// Too many devices for the MMIO window or interrupt pins.
+    #[error("no room for virtio device {0}: spry wires at most 19 devices")]
+    NoDeviceSlot(String),
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
@@ -161,6 +189,18 @@ pub fn build_and_start(
     }
     event_loop.add_subscriber(Arc::new(Mutex::new(ExitSubscriber::new(exit.clone()))));
 
+    let drives = std::mem::take(&mut res.drives);
+    let mut env = DeviceEnv {
+        vm: &vm,
+        mem: &guest_memory,
+        buses: &mut buses,
+        event_loop: &mut event_loop,
+        cmdline: &mut res.boot.cmdline,
+        next_slot: 0,
+    };
+    let blocks = attach_block_devices(&mut env, drives)?;
+    let net_devices = attach_net_devices(&mut env, &res.nets)?;
+
     configure_system(
         &guest_memory,
         &res.boot.cmdline,
@@ -179,7 +219,19 @@ pub fn build_and_start(
         &buses,
         &exit,
     )?;
-    let mut vmm = Vmm::new(vm, guest_memory, event_loop, exit, legacy.i8042, res);
+    let devices = VirtioDevices {
+        blocks,
+        nets: net_devices,
+    };
+    let mut vmm = Vmm::new(
+        vm,
+        guest_memory,
+        event_loop,
+        exit,
+        legacy.i8042,
+        devices,
+        res,
+    );
     for vcpu in vcpus {
         vmm.add_vcpu(vcpu.start()?);
     }
@@ -203,6 +255,168 @@ fn advise_huge_pages(mem: &GuestMemory) {
             );
         }
     }
+}
+
+/// What attaching a virtio device needs.
+struct DeviceEnv<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemory,
+    buses: &'a mut DeviceBuses,
+    event_loop: &'a mut EventLoop,
+    cmdline: &'a mut Cmdline,
+    next_slot: u32,
+}
+
+/// Puts one virtio device on the MMIO bus with its interrupt, queue notifiers,
+/// event-loop subscription and command-line entry.
+fn attach_virtio<D>(
+    env: &mut DeviceEnv<'_>,
+    name: String,
+    device: Arc<Mutex<D>>,
+    interrupt: Arc<Interrupt>,
+    irq_evt: &EventFd,
+    queue_evts: &[&EventFd],
+) -> Result<(), BuildError>
+where
+    D: VirtioDevice + MutEventSubscriber + Send + 'static,
+{
+    let slot = env.next_slot;
+    let irq = IRQ_VIRTIO_FIRST + slot;
+    if irq > IRQ_MAX {
+        return Err(BuildError::NoDeviceSlot(name));
+    }
+    let base = VIRTIO_MMIO_BASE + u64::from(slot) * VIRTIO_MMIO_SIZE;
+    env.next_slot += 1;
+    env.vm.register_irqfd(irq_evt, irq)?;
+    for (queue, evt) in (0u32..).zip(queue_evts) {
+        env.vm
+            .fd()
+            .register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + mmio::reg::QUEUE_NOTIFY),
+                queue,
+            )
+            .map_err(|source| BuildError::Ioevent {
+                device: name.clone(),
+                source,
+            })?;
+    }
+    let transport = MmioTransport::new(name.clone(), device.clone(), interrupt, env.mem.clone());
+    env.buses
+        .mmio
+        .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+        .map_err(|source| BuildError::Bus {
+            device: "virtio",
+            source,
+        })?;
+    env.event_loop.add_subscriber(device);
+    env.cmdline
+        .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+        .map_err(BuildError::Cmdline)?;
+    log::debug!("{name} at {base:#x}, IRQ {irq}");
+    Ok(())
+}
+
+fn device_interrupt(what: &'static str) -> Result<(Arc<Interrupt>, EventFd), BuildError> {
+    let evt = eventfd(what)?;
+    let line = evt.try_clone().map_err(|e| BuildError::EventFd(what, e))?;
+    Ok((Arc::new(Interrupt::new(Box::new(line))), evt))
+}
+
+fn attach_block_devices(
+    env: &mut DeviceEnv<'_>,
+    drives: Vec<Drive>,
+) -> Result<Vec<Arc<Mutex<Block>>>, BuildError> {
+    let mut blocks = Vec::with_capacity(drives.len());
+    for drive in drives {
+        if drive.is_root {
+            add_root_args(env.cmdline, &drive)?;
+        }
+        let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
+        let name = format!("virtio-blk {}", drive.id);
+        let block = Block::new(
+            BlockConfig {
+                id: drive.id,
+                path: drive.path,
+                file: drive.file,
+                capacity: drive.capacity,
+                read_only: drive.read_only,
+                cache: drive.cache,
+            },
+            interrupt.clone(),
+        )
+        .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        let queue_evt = block
+            .queue_event()
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        let block = Arc::new(Mutex::new(block));
+        attach_virtio(env, name, block.clone(), interrupt, &irq_evt, &[&queue_evt])?;
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+/// `root=` and `ro`/`rw` for the root drive, unless the user's boot_args name a root.
+fn add_root_args(cmdline: &mut Cmdline, drive: &Drive) -> Result<(), BuildError> {
+    let current = cmdline.as_cstring().map_err(BuildError::Cmdline)?;
+    let has_root = current
+        .to_string_lossy()
+        .split_whitespace()
+        .any(|arg| arg.starts_with("root="));
+    if has_root {
+        return Ok(());
+    }
+    let root = match &drive.partuuid {
+        Some(uuid) => format!("root=PARTUUID={uuid}"),
+        None => "root=/dev/vda".to_owned(),
+    };
+    cmdline.insert_str(root).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(if drive.read_only { "ro" } else { "rw" })
+        .map_err(BuildError::Cmdline)
+}
+
+fn attach_net_devices(
+    env: &mut DeviceEnv<'_>,
+    nets: &[NetInterface],
+) -> Result<Vec<Arc<Mutex<Net>>>, BuildError> {
+    let mut devices = Vec::with_capacity(nets.len());
+    for iface in nets {
+        let tap = Tap::open(&iface.tap).map_err(|source| BuildError::Tap {
+            id: iface.id.clone(),
+            source,
+        })?;
+        let (interrupt, irq_evt) = device_interrupt("a network device's interrupt")?;
+        let net = Net::new(
+            NetDeviceConfig {
+                id: iface.id.clone(),
+                backend: Box::new(tap),
+                mac: iface.mac,
+                mtu: iface.mtu,
+            },
+            interrupt.clone(),
+        )
+        .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let [rx, tx] = net.queue_events();
+        let rx = rx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let tx = tx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let net = Arc::new(Mutex::new(net));
+        attach_virtio(
+            env,
+            format!("virtio-net {}", iface.id),
+            net.clone(),
+            interrupt,
+            &irq_evt,
+            &[&rx, &tx],
+        )?;
+        devices.push(net);
+    }
+    Ok(devices)
 }
 
 /// The legacy devices other parts of the VMM keep a handle on.

@@ -1,12 +1,16 @@
 //! Validated, typed VM resources: what the builder builds, checked before anything is
 //! created so a bad config starts nothing.
 
-use std::fs::File;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::num::NonZeroU8;
+use std::path::PathBuf;
 
 use linux_loader::cmdline::Cmdline;
 
-use crate::config::{BootSourceConfig, MachineConfig, VmConfig};
+use crate::config::{BootSourceConfig, CacheType, DriveConfig, MachineConfig, NetConfig, VmConfig};
+use crate::devices::virtio::net::tap;
 use crate::host;
 use crate::loader::{InitrdImage, KernelImage, LoaderError};
 
@@ -83,14 +87,328 @@ pub enum ResourcesError {
     /// A Firecracker section spry does not implement.
     #[error("{0}: not supported by spry")]
     UnsupportedSection(&'static str),
-    /// A device kind not implemented yet.
-    #[error("{section}: {what} are not supported yet; remove the entries to boot without them")]
-    DevicesUnsupported {
-        /// Config key.
-        section: &'static str,
-        /// Device kind.
-        what: &'static str,
+    /// An id with characters Firecracker does not allow.
+    #[error("{field}: {id:?} is not a valid id (1 to 64 alphanumerics or '_')")]
+    BadId {
+        /// `drives[i].drive_id` or `network-interfaces[i].iface_id`.
+        field: String,
+        /// The id.
+        id: String,
     },
+    /// Two devices with one id.
+    #[error("{field}: {id:?} is used twice")]
+    DuplicateId {
+        /// Which field.
+        field: String,
+        /// The id.
+        id: String,
+    },
+    /// More than one root drive.
+    #[error("drives[{index}].is_root_device: drive {id:?} is a second root device (drive {first:?} is the first)")]
+    SecondRoot {
+        /// Position in `drives`.
+        index: usize,
+        /// Its id.
+        id: String,
+        /// The other root's id.
+        first: String,
+    },
+    /// A drive without a backing file.
+    #[error("drives[{0}].path_on_host: missing (spry has no vhost-user block devices)")]
+    DriveWithoutPath(usize),
+    /// The backing file cannot be opened.
+    #[error("drives[{index}].path_on_host: cannot open {path}")]
+    DriveOpen {
+        /// Position in `drives`.
+        index: usize,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing file is not whole sectors.
+    #[error("drives[{index}].path_on_host: {path} is {size} bytes, not a multiple of 512")]
+    DriveSize {
+        /// Position in `drives`.
+        index: usize,
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// A Firecracker drive or interface option spry does not implement.
+    #[error("{field}: {value} is not supported by spry")]
+    UnsupportedOption {
+        /// Which field.
+        field: String,
+        /// What was asked.
+        value: String,
+    },
+    /// `partuuid` on a drive that is not the root.
+    #[error("drives[{0}].partuuid: only the root device boots from a partition UUID")]
+    PartuuidNotRoot(usize),
+    /// The tap is missing or unusable.
+    #[error("network-interfaces[{index}].host_dev_name")]
+    Tap {
+        /// Position in `network-interfaces`.
+        index: usize,
+        /// What is wrong.
+        #[source]
+        source: tap::TapError,
+    },
+    /// Two interfaces on one tap.
+    #[error("network-interfaces[{index}].host_dev_name: tap {name:?} is used twice")]
+    DuplicateTap {
+        /// Position.
+        index: usize,
+        /// The tap.
+        name: String,
+    },
+    /// A MAC that does not parse.
+    #[error(
+        "network-interfaces[{index}].guest_mac: {mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+    )]
+    BadMac {
+        /// Position.
+        index: usize,
+        /// The text.
+        mac: String,
+    },
+    /// A multicast MAC cannot be a station address.
+    #[error("network-interfaces[{index}].guest_mac: {mac:?} is a multicast address")]
+    MulticastMac {
+        /// Position.
+        index: usize,
+        /// The text.
+        mac: String,
+    },
+    /// MTU out of range.
+    #[error("network-interfaces[{index}].mtu: {mtu} is out of range (68 to 65535)")]
+    BadMtu {
+        /// Position.
+        index: usize,
+        /// The value.
+        mtu: u16,
+    },
+    /// More devices than the IOAPIC has pins for.
+    #[error("{0} virtio devices, more than the {MAX_VIRTIO_DEVICES} spry can wire to interrupts")]
+    TooManyDevices(usize),
+}
+
+/// Most virtio devices (IRQs 5 to 23).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
+
+/// A validated drive.
+#[derive(Debug)]
+pub struct Drive {
+    /// `drive_id`.
+    pub id: String,
+    /// Backing file path.
+    pub path: PathBuf,
+    /// Backing file, open.
+    pub file: File,
+    /// Size in sectors.
+    pub capacity: u64,
+    /// Read-only.
+    pub read_only: bool,
+    /// Flush semantics.
+    pub cache: CacheType,
+    /// Holds the root file system.
+    pub is_root: bool,
+    /// Boot from this partition instead of the whole disk.
+    pub partuuid: Option<String>,
+}
+
+/// A validated network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetInterface {
+    /// `iface_id`.
+    pub id: String,
+    /// The existing tap.
+    pub tap: String,
+    /// Guest MAC.
+    pub mac: Option<[u8; 6]>,
+    /// Advertised MTU.
+    pub mtu: Option<u16>,
+}
+
+/// Firecracker's resource id rule.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn unsupported(field: String, value: impl std::fmt::Display) -> ResourcesError {
+    ResourcesError::UnsupportedOption {
+        field,
+        value: value.to_string(),
+    }
+}
+
+/// Validates `drives`: ids, one root at most, backing files that open and are whole
+/// sectors. The root drive comes first, so the guest names it `/dev/vda`.
+pub fn drives_from_config(configs: &[DriveConfig]) -> Result<Vec<Drive>, ResourcesError> {
+    let mut seen = HashSet::new();
+    let mut root: Option<&str> = None;
+    let mut drives = Vec::with_capacity(configs.len());
+    for (index, c) in configs.iter().enumerate() {
+        let field = format!("drives[{index}].drive_id");
+        if !valid_id(&c.drive_id) {
+            return Err(ResourcesError::BadId {
+                field,
+                id: c.drive_id.clone(),
+            });
+        }
+        if !seen.insert(c.drive_id.as_str()) {
+            return Err(ResourcesError::DuplicateId {
+                field,
+                id: c.drive_id.clone(),
+            });
+        }
+        if c.is_root_device {
+            if let Some(first) = root {
+                return Err(ResourcesError::SecondRoot {
+                    index,
+                    id: c.drive_id.clone(),
+                    first: first.to_owned(),
+                });
+            }
+            root = Some(&c.drive_id);
+        } else if c.partuuid.is_some() {
+            return Err(ResourcesError::PartuuidNotRoot(index));
+        }
+        match c.io_engine.as_deref() {
+            None | Some("Sync") => {}
+            Some(other) => {
+                return Err(unsupported(
+                    format!("drives[{index}].io_engine"),
+                    format!("{other:?}"),
+                ))
+            }
+        }
+        if c.rate_limiter.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(
+                format!("drives[{index}].rate_limiter"),
+                "a rate limiter",
+            ));
+        }
+        if c.socket.is_some() {
+            return Err(unsupported(format!("drives[{index}].socket"), "vhost-user"));
+        }
+        let path = c
+            .path_on_host
+            .clone()
+            .ok_or(ResourcesError::DriveWithoutPath(index))?;
+        let open_err = |source| ResourcesError::DriveOpen {
+            index,
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!c.is_read_only)
+            .open(&path)
+            .map_err(open_err)?;
+        let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        if size % 512 != 0 {
+            return Err(ResourcesError::DriveSize { index, path, size });
+        }
+        drives.push(Drive {
+            id: c.drive_id.clone(),
+            path,
+            file,
+            capacity: size / 512,
+            read_only: c.is_read_only,
+            cache: c.cache_type,
+            is_root: c.is_root_device,
+            partuuid: c.partuuid.clone(),
+        });
+    }
+    drives.sort_by_key(|d| !d.is_root);
+    Ok(drives)
+}
+
+/// Validates `network-interfaces`: ids, existing taps used once, MACs and MTUs.
+pub fn nets_from_config(configs: &[NetConfig]) -> Result<Vec<NetInterface>, ResourcesError> {
+    let mut ids = HashSet::new();
+    let mut taps = HashSet::new();
+    let mut nets = Vec::with_capacity(configs.len());
+    for (index, c) in configs.iter().enumerate() {
+        let field = format!("network-interfaces[{index}].iface_id");
+        if !valid_id(&c.iface_id) {
+            return Err(ResourcesError::BadId {
+                field,
+                id: c.iface_id.clone(),
+            });
+        }
+        if !ids.insert(c.iface_id.as_str()) {
+            return Err(ResourcesError::DuplicateId {
+                field,
+                id: c.iface_id.clone(),
+            });
+        }
+        for (name, limiter) in [
+            ("rx_rate_limiter", &c.rx_rate_limiter),
+            ("tx_rate_limiter", &c.tx_rate_limiter),
+        ] {
+            if limiter.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(unsupported(
+                    format!("network-interfaces[{index}].{name}"),
+                    "a rate limiter",
+                ));
+            }
+        }
+        tap::check_exists(&c.host_dev_name)
+            .map_err(|source| ResourcesError::Tap { index, source })?;
+        if !taps.insert(c.host_dev_name.as_str()) {
+            return Err(ResourcesError::DuplicateTap {
+                index,
+                name: c.host_dev_name.clone(),
+            });
+        }
+        let mac = match &c.guest_mac {
+            None => None,
+            Some(text) => {
+                let mac = parse_mac(text).ok_or_else(|| ResourcesError::BadMac {
+                    index,
+                    mac: text.clone(),
+                })?;
+                if mac[0] & 1 != 0 {
+                    return Err(ResourcesError::MulticastMac {
+                        index,
+                        mac: text.clone(),
+                    });
+                }
+                Some(mac)
+            }
+        };
+        if let Some(mtu) = c.mtu {
+            if mtu < 68 {
+                return Err(ResourcesError::BadMtu { index, mtu });
+            }
+        }
+        nets.push(NetInterface {
+            id: c.iface_id.clone(),
+            tap: c.host_dev_name.clone(),
+            mac,
+            mtu: c.mtu,
+        });
+    }
+    Ok(nets)
 }
 
 /// Validated machine shape.
@@ -126,6 +444,10 @@ pub struct VmResources {
     pub machine: Machine,
     /// Kernel, initrd, command line.
     pub boot: Boot,
+    /// Block devices, root first.
+    pub drives: Vec<Drive>,
+    /// Network interfaces.
+    pub nets: Vec<NetInterface>,
     /// The config these resources came from (as `GET /vm/config` reports it).
     pub config: VmConfig,
 }
@@ -241,21 +563,17 @@ impl TryFrom<VmConfig> for VmResources {
         }
         let machine = Machine::from_config(&config.machine_config)?;
         let boot = Boot::from_config(&config.boot_source)?;
-        if !config.drives.is_empty() {
-            return Err(ResourcesError::DevicesUnsupported {
-                section: "drives",
-                what: "virtio block devices",
-            });
-        }
-        if !config.network_interfaces.is_empty() {
-            return Err(ResourcesError::DevicesUnsupported {
-                section: "network-interfaces",
-                what: "virtio network devices",
-            });
+        let drives = drives_from_config(&config.drives)?;
+        let nets = nets_from_config(&config.network_interfaces)?;
+        let devices = drives.len() + nets.len();
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ResourcesError::TooManyDevices(devices));
         }
         Ok(VmResources {
             machine,
             boot,
+            drives,
+            nets,
             config,
         })
     }
@@ -445,20 +763,138 @@ mod tests {
         );
     }
 
-    #[test]
-    fn test_drives_are_refused_until_supported() {
-        let kernel = fake_elf();
-        let mut config = config_with_kernel(kernel.as_path());
-        config.drives.push(crate::config::DriveConfig {
-            drive_id: "rootfs".into(),
+    fn drive(id: &str, path: &std::path::Path, root: bool) -> DriveConfig {
+        DriveConfig {
+            drive_id: id.into(),
+            path_on_host: Some(path.to_owned()),
+            is_root_device: root,
             ..Default::default()
-        });
-        let e = VmResources::try_from(config).unwrap_err();
+        }
+    }
+
+    fn disk(size: usize) -> vmm_sys_util::tempfile::TempFile {
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        f.as_file().write_all(&vec![0u8; size]).unwrap();
+        f
+    }
+
+    #[test]
+    fn test_root_drive_comes_first_with_sector_capacity() {
+        let (a, b) = (disk(4096), disk(1024));
+        let drives = drives_from_config(&[
+            drive("data", b.as_path(), false),
+            drive("rootfs", a.as_path(), true),
+        ])
+        .unwrap();
+        assert_eq!(drives[0].id, "rootfs");
+        assert_eq!(drives[0].capacity, 8);
+        assert_eq!(drives[1].capacity, 2);
+    }
+
+    #[test]
+    fn test_drive_size_not_whole_sectors_is_refused() {
+        let f = disk(1000);
+        let e = drives_from_config(&[drive("rootfs", f.as_path(), true)]).unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("drives: virtio block devices are not supported yet"),
+                .ends_with("is 1000 bytes, not a multiple of 512"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn test_missing_backing_file_is_named() {
+        let e = drives_from_config(&[drive(
+            "rootfs",
+            std::path::Path::new("/nonexistent/disk"),
+            true,
+        )])
+        .unwrap_err();
+        assert_eq!(
+            error_line(&e),
+            "drives[0].path_on_host: cannot open /nonexistent/disk: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn test_duplicate_drive_id_is_refused() {
+        let (a, b) = (disk(512), disk(512));
+        let e = drives_from_config(&[
+            drive("d", a.as_path(), false),
+            drive("d", b.as_path(), false),
+        ])
+        .unwrap_err();
+        assert_eq!(e.to_string(), "drives[1].drive_id: \"d\" is used twice");
+    }
+
+    #[test]
+    fn test_two_root_devices_are_refused() {
+        let (a, b) = (disk(512), disk(512));
+        let e = drives_from_config(&[drive("a", a.as_path(), true), drive("b", b.as_path(), true)])
+            .unwrap_err();
+        assert!(
+            matches!(e, ResourcesError::SecondRoot { index: 1, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn test_drive_id_with_bad_characters_is_refused() {
+        let a = disk(512);
+        let e = drives_from_config(&[drive("root-fs", a.as_path(), true)]).unwrap_err();
+        assert!(matches!(e, ResourcesError::BadId { .. }), "{e}");
+    }
+
+    #[test]
+    fn test_async_io_engine_is_refused() {
+        let a = disk(512);
+        let mut d = drive("rootfs", a.as_path(), true);
+        d.io_engine = Some("Async".into());
+        assert!(matches!(
+            drives_from_config(&[d]),
+            Err(ResourcesError::UnsupportedOption { .. })
+        ));
+    }
+
+    fn iface(id: &str, tap: &str, mac: Option<&str>) -> NetConfig {
+        NetConfig {
+            iface_id: id.into(),
+            host_dev_name: tap.into(),
+            guest_mac: mac.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn test_missing_tap_is_named() {
+        let e = nets_from_config(&[iface("eth0", "sprynotap9", None)]).unwrap_err();
+        assert!(
+            error_line(&e).starts_with(
+                "network-interfaces[0].host_dev_name: tap device \"sprynotap9\" does not exist"
+            ),
+            "{}",
+            error_line(&e)
+        );
+    }
+
+    #[test]
+    fn test_mac_parsing() {
+        assert_eq!(
+            parse_mac("AA:fc:00:00:00:01"),
+            Some([0xaa, 0xfc, 0, 0, 0, 1])
+        );
+        assert_eq!(parse_mac("aa:fc:00:00:00"), None);
+        assert_eq!(parse_mac("aa:fc:00:00:00:01:02"), None);
+        assert_eq!(parse_mac("aa-fc-00-00-00-01"), None);
+        assert_eq!(parse_mac("zz:fc:00:00:00:01"), None);
+    }
+
+    #[test]
+    fn test_valid_ids() {
+        assert!(valid_id("rootfs_1"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id("é"));
     }
 
     #[test]

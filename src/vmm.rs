@@ -7,6 +7,8 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::builder::EventLoop;
 use crate::devices::legacy::i8042::{I8042Error, I8042};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::resources::VmResources;
 use crate::vstate::memory::GuestMemory;
@@ -59,6 +61,15 @@ impl MutEventSubscriber for ExitSubscriber {
     }
 }
 
+/// Handles on the virtio devices, for runtime changes and metrics.
+#[derive(Default)]
+pub struct VirtioDevices {
+    /// Block devices, in attach order (root first).
+    pub blocks: Vec<Arc<Mutex<Block>>>,
+    /// Network devices.
+    pub nets: Vec<Arc<Mutex<Net>>>,
+}
+
 /// A built VM with running vCPUs.
 ///
 /// Field order is drop order: vCPU threads are joined before the VM and its memory go.
@@ -67,6 +78,7 @@ pub struct Vmm {
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
+    devices: VirtioDevices,
     vm: Vm,
     guest_memory: GuestMemory,
     resources: VmResources,
@@ -89,6 +101,7 @@ impl Vmm {
         event_loop: EventLoop,
         exit: Arc<ExitEvent>,
         i8042: Arc<Mutex<I8042>>,
+        devices: VirtioDevices,
         resources: VmResources,
     ) -> Vmm {
         Vmm {
@@ -96,6 +109,7 @@ impl Vmm {
             event_loop,
             exit,
             i8042,
+            devices,
             vm,
             guest_memory,
             resources,
@@ -147,6 +161,11 @@ impl Vmm {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .ctrl_alt_del()
+    }
+
+    /// The virtio devices.
+    pub fn devices(&self) -> &VirtioDevices {
+        &self.devices
     }
 
     /// The KVM VM.

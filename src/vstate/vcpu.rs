@@ -216,6 +216,13 @@ impl Vcpu {
     fn run_thread(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
         let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|f| f.set(flag));
+        if self.index == 0 {
+            // The VMM's own share of boot time ends here.
+            log::info!(
+                "vCPU 0 entering the guest {} us after spry started",
+                crate::clock::since_start().as_micros()
+            );
+        }
         let mut state = VcpuState::Running;
         loop {
             state = match state {

@@ -61,8 +61,23 @@ pub struct Block {
     interrupt: Arc<Interrupt>,
     active: Option<Active>,
     errors: GuestErrorLog,
-    /// Requests completed (for metrics).
+    /// Traffic counters.
+    pub counters: BlockCounters,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCounters {
+    /// Requests completed, any outcome.
     pub requests: u64,
+    /// Bytes read from the backing file into the guest.
+    pub read_bytes: u64,
+    /// Bytes written from the guest to the backing file.
+    pub write_bytes: u64,
+    /// Flush requests.
+    pub flushes: u64,
+    /// Requests that failed (IOERR or no status).
+    pub errors: u64,
 }
 
 impl std::fmt::Debug for Block {
@@ -94,7 +109,7 @@ impl Block {
             interrupt,
             active: None,
             errors: GuestErrorLog::default(),
-            requests: 0,
+            counters: BlockCounters::default(),
         })
     }
 
@@ -148,12 +163,10 @@ impl Block {
         let errors = &mut self.errors;
         let name = &self.name;
         let mem = &active.mem;
-        let mut served = 0u64;
+        let counters = &mut self.counters;
         let result = drain(&mut active.queue, mem, BUDGET, |chain| {
-            served += 1;
-            serve_chain(mem, &disk, chain, errors, name)
+            serve_chain(mem, &disk, chain, errors, name, counters)
         });
-        self.requests += served;
         match result {
             Ok(drained) => {
                 if drained.completed > 0 && active.queue.needs_notification(mem).unwrap_or(true) {
@@ -184,17 +197,30 @@ fn serve_chain(
     chain: DescriptorChain<&GuestMemory>,
     errors: &mut GuestErrorLog,
     name: &str,
+    counters: &mut BlockCounters,
 ) -> u32 {
+    counters.requests += 1;
     let fallback = chain.clone();
     let buffers = match ChainBuffers::from_chain(chain, mem) {
         Ok(b) => b,
         Err(e) => {
+            counters.errors += 1;
             errors.report(name, format_args!("bad request chain: {e}"));
             return write_status_to_last_writable(mem, fallback);
         }
     };
     match request::execute(mem, disk, &buffers) {
-        Ok(Completion { status, used_len }) => {
+        Ok(Completion {
+            status,
+            used_len,
+            moved,
+        }) => {
+            match moved {
+                request::Moved::Read(n) => counters.read_bytes += n as u64,
+                request::Moved::Written(n) => counters.write_bytes += n as u64,
+                request::Moved::Flushed => counters.flushes += 1,
+                request::Moved::Nothing => {}
+            }
             // `execute` succeeded, so there is at least the status byte.
             let status_at = total_len(&buffers.writable) - 1;
             match write_at(mem, &buffers.writable, status_at, &[status]) {
@@ -203,6 +229,7 @@ fn serve_chain(
             }
         }
         Err((e, status_at)) => {
+            counters.errors += 1;
             report_request_error(errors, name, &e);
             if matches!(e, RequestError::NoStatus) {
                 return 0;

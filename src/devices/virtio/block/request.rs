@@ -102,6 +102,19 @@ pub struct Disk<'a> {
     pub id: &'a [u8],
 }
 
+/// Payload a request moved, for counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moved {
+    /// Bytes read from the disk.
+    Read(usize),
+    /// Bytes written to the disk.
+    Written(usize),
+    /// A flush.
+    Flushed,
+    /// No payload.
+    Nothing,
+}
+
 /// A finished request: the status byte and how many bytes the device wrote into
 /// the chain's writable buffers (data plus status), the used length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +123,8 @@ pub struct Completion {
     pub status: u8,
     /// Used length.
     pub used_len: u32,
+    /// Payload moved.
+    pub moved: Moved,
 }
 
 fn check_range(disk: &Disk<'_>, sector: u64, len: usize) -> Result<u64, RequestError> {
@@ -201,9 +216,10 @@ pub fn execute(
     let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
     let readable_data = total_len(&buffers.readable) - HEADER_LEN;
 
-    let ok = |data: usize| Completion {
+    let ok = |data: usize, moved: Moved| Completion {
         status: status::OK,
         used_len: u32::try_from(data + 1).unwrap_or(u32::MAX),
+        moved,
     };
     match kind {
         kind::IN => {
@@ -215,7 +231,7 @@ pub fn execute(
                 sub_segments(&buffers.writable, 0, status_at).map_err(|e| fail(e.into()))?;
             let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
             transfer_all(disk.file, iovecs, offset, false).map_err(fail)?;
-            Ok(ok(status_at))
+            Ok(ok(status_at, Moved::Read(status_at)))
         }
         kind::OUT => {
             if disk.read_only {
@@ -226,7 +242,7 @@ pub fn execute(
                 .map_err(|e| fail(e.into()))?;
             let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
             transfer_all(disk.file, iovecs, offset, true).map_err(fail)?;
-            Ok(ok(0))
+            Ok(ok(0, Moved::Written(readable_data)))
         }
         kind::FLUSH => {
             if disk.cache == CacheType::Writeback {
@@ -234,7 +250,7 @@ pub fn execute(
                     .sync_data()
                     .map_err(|e| fail(RequestError::Io(e)))?;
             }
-            Ok(ok(0))
+            Ok(ok(0, Moved::Flushed))
         }
         kind::GET_ID => {
             let mut id = [0u8; ID_LEN];
@@ -243,11 +259,12 @@ pub fn execute(
             let room = status_at.min(ID_LEN);
             crate::devices::virtio::iovec::write_at(mem, &buffers.writable, 0, &id[..room])
                 .map_err(|e| fail(e.into()))?;
-            Ok(ok(room))
+            Ok(ok(room, Moved::Nothing))
         }
         _ => Ok(Completion {
             status: status::UNSUPP,
             used_len: 1,
+            moved: Moved::Nothing,
         }),
     }
 }

@@ -393,7 +393,8 @@ fn test_batch_of_requests_raises_one_interrupt() {
     let (n, _) = serve(&mut r, &[chain, chain, chain]);
     assert_eq!(n, 3);
     assert_eq!(r.irq.count(), 1);
-    assert_eq!(r.block.requests, 3);
+    assert_eq!(r.block.counters.requests, 3);
+    assert_eq!(r.block.counters.flushes, 3);
 }
 
 #[test]
