@@ -175,3 +175,52 @@ fn test_sigterm_stops_a_running_guest_cleanly() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
 }
+
+#[test]
+fn test_probe_boots_with_drives_and_a_tap_attached() {
+    let ns = match common::NetNs::new("boot") {
+        Ok(ns) => ns,
+        Err(reason) => {
+            common::skip("test_probe_boots_with_drives_and_a_tap_attached", &reason);
+            return;
+        }
+    };
+    ns.add_tap("sprytap0");
+    let scratch = Scratch::new();
+    let root = scratch.write("root.img", &vec![0u8; 1 << 20]);
+    let data = scratch.write("data.img", &vec![0u8; 1 << 16]);
+    let mut config: serde_json::Value = serde_json::from_str(&config(
+        &probe_vmlinux(),
+        &probe_args("probe.quiet=1"),
+        None,
+        1,
+        128,
+    ))
+    .unwrap();
+    config["drives"] = serde_json::json!([
+        {"drive_id": "rootfs", "path_on_host": root, "is_root_device": true, "is_read_only": false},
+        {"drive_id": "data", "path_on_host": data, "is_root_device": false, "is_read_only": true},
+    ]);
+    config["network-interfaces"] = serde_json::json!([
+        {"iface_id": "eth0", "host_dev_name": "sprytap0", "guest_mac": "AA:FC:00:00:00:01"},
+    ]);
+    let out = ns
+        .spry(&scratch, &config.to_string())
+        .arg("--log-level")
+        .arg("debug")
+        .run();
+    out.assert_probe_all_ok();
+    assert!(
+        out.stderr
+            .contains("virtio-blk rootfs at 0xd0000000, IRQ 5"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("virtio-blk data at 0xd0001000, IRQ 6"),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("virtio-net eth0 at 0xd0002000, IRQ 7"),
+        "{out}"
+    );
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{probe_vmlinux, Scratch, Spry};
+use common::{probe_vmlinux, NetNs, Scratch, Spry};
 
 /// Runs spry on `config` and checks the refusal: exit 2, nothing on the console,
 /// exactly one line on stderr, and (at debug level) no vCPU ever started.
@@ -203,4 +203,129 @@ fn test_no_config_file_is_a_usage_error() {
     let out = Spry::new().run();
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("nothing to boot"), "{out}");
+}
+
+fn with_devices(devices: &str) -> String {
+    format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, {devices}}}"#,
+        kernel()
+    )
+}
+
+#[test]
+fn test_missing_backing_file_is_named() {
+    let line = refused(&with_devices(
+        r#""drives": [{"drive_id": "rootfs", "path_on_host": "/nonexistent/rootfs.ext4", "is_root_device": true, "is_read_only": false}]"#,
+    ));
+    assert!(
+        line.ends_with("drives[0].path_on_host: cannot open /nonexistent/rootfs.ext4: No such file or directory (os error 2)"),
+        "{line}"
+    );
+}
+
+#[test]
+fn test_backing_file_of_partial_sectors_is_refused() {
+    let scratch = Scratch::new();
+    let disk = scratch.write("odd.img", &[0u8; 1000]);
+    let line = refused(&with_devices(&format!(
+        r#""drives": [{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": false}}]"#,
+        disk.display()
+    )));
+    assert!(
+        line.ends_with("is 1000 bytes, not a multiple of 512"),
+        "{line}"
+    );
+}
+
+#[test]
+fn test_duplicate_drive_id_is_refused() {
+    let scratch = Scratch::new();
+    let a = scratch.write("a.img", &[0u8; 512]);
+    let b = scratch.write("b.img", &[0u8; 512]);
+    let line = refused(&with_devices(&format!(
+        r#""drives": [{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}, {{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}]"#,
+        a.display(),
+        b.display()
+    )));
+    assert!(
+        line.ends_with(r#"drives[1].drive_id: "data" is used twice"#),
+        "{line}"
+    );
+}
+
+#[test]
+fn test_two_root_devices_are_refused() {
+    let scratch = Scratch::new();
+    let a = scratch.write("a.img", &[0u8; 512]);
+    let b = scratch.write("b.img", &[0u8; 512]);
+    let line = refused(&with_devices(&format!(
+        r#""drives": [{{"drive_id": "one", "path_on_host": "{}", "is_root_device": true}}, {{"drive_id": "two", "path_on_host": "{}", "is_root_device": true}}]"#,
+        a.display(),
+        b.display()
+    )));
+    assert!(
+        line.ends_with(r#"drives[1].is_root_device: drive "two" is a second root device (drive "one" is the first)"#),
+        "{line}"
+    );
+}
+
+#[test]
+fn test_missing_tap_is_refused() {
+    let line = refused(&with_devices(
+        r#""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "sprymissing0"}]"#,
+    ));
+    assert!(
+        line.contains(
+            r#"network-interfaces[0].host_dev_name: tap device "sprymissing0" does not exist"#
+        ),
+        "{line}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/class/net/sprymissing0").exists(),
+        "spry created the tap"
+    );
+}
+
+#[test]
+fn test_unparsable_mac_is_refused() {
+    let ns = match NetNs::new("mac") {
+        Ok(ns) => ns,
+        Err(reason) => {
+            common::skip("test_unparsable_mac_is_refused", &reason);
+            return;
+        }
+    };
+    ns.add_tap("sprytap0");
+    let scratch = Scratch::new();
+    let config = with_devices(
+        r#""network-interfaces": [{"iface_id": "eth0", "host_dev_name": "sprytap0", "guest_mac": "AA:FC:00:00:00"}]"#,
+    );
+    let out = ns.spry(&scratch, &config).run();
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.trim_end().ends_with(r#"network-interfaces[0].guest_mac: "AA:FC:00:00:00" is not a MAC address (aa:bb:cc:dd:ee:ff)"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn test_same_tap_twice_is_refused() {
+    let ns = match NetNs::new("duptap") {
+        Ok(ns) => ns,
+        Err(reason) => {
+            common::skip("test_same_tap_twice_is_refused", &reason);
+            return;
+        }
+    };
+    ns.add_tap("sprytap0");
+    let scratch = Scratch::new();
+    let config = with_devices(
+        r#""network-interfaces": [{"iface_id": "a", "host_dev_name": "sprytap0"}, {"iface_id": "b", "host_dev_name": "sprytap0"}]"#,
+    );
+    let out = ns.spry(&scratch, &config).run();
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(
+        out.stderr.contains(r#"tap "sprytap0" is used twice"#),
+        "{out}"
+    );
 }

@@ -286,3 +286,151 @@ pub fn probe_initrd(payload_len: usize) -> Vec<u8> {
 pub fn probe_args(extra: &str) -> String {
     format!("console=ttyS0 reboot=k panic=1 pci=off {extra}")
 }
+
+/// A network namespace of the test's own, with tap devices in it; removed on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace, or says why it cannot (not root, no `ip`).
+    pub fn new(tag: &str) -> Result<NetNs, String> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            return Err("needs root to create network namespaces and tap devices".into());
+        }
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("spry-{tag}-{}-{n}", std::process::id());
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map_err(|e| format!("cannot run `ip`: {e}"))?;
+        if !status.success() {
+            return Err(format!("`ip netns add {name}` failed"));
+        }
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        Ok(ns)
+    }
+
+    /// Runs `ip ARGS` inside the namespace and asserts it worked.
+    pub fn ip(&self, args: &[&str]) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name, "ip"])
+            .args(args)
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip {args:?} failed in {}", self.name);
+    }
+
+    /// Adds an up tap device called `tap`.
+    pub fn add_tap(&self, tap: &str) {
+        self.ip(&["tuntap", "add", tap, "mode", "tap"]);
+        self.ip(&["link", "set", tap, "up"]);
+    }
+
+    /// A spry invocation that runs inside this namespace.
+    pub fn spry(&self, scratch: &Scratch, config: &str) -> Spry {
+        let path = scratch.write("vm.json", config.as_bytes());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
+            .arg(spry_bin())
+            .arg("--config-file")
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Spry {
+            cmd,
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// A raw AF_PACKET socket bound to `ifname` inside the namespace: sees every frame
+    /// the guest sends on the tap, and sends frames the guest receives.
+    pub fn packet_socket(&self, ifname: &str) -> std::os::fd::OwnedFd {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let path = format!("/var/run/netns/{}", self.name);
+        let ifname = std::ffi::CString::new(ifname).expect("ifname");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&path).expect("open netns");
+                // SAFETY: setns on this scoped thread only, with a valid netns fd; the
+                // thread ends right after creating the socket.
+                assert_eq!(
+                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                    0,
+                    "setns"
+                );
+                let proto = (libc::ETH_P_ALL as u16).to_be();
+                // SAFETY: plain socket(2) call.
+                let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+                assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+                // SAFETY: `fd` is a fresh socket we own.
+                let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+                // SAFETY: if_nametoindex reads a NUL-terminated string.
+                let index = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
+                assert!(index > 0, "no interface {ifname:?}");
+                // SAFETY: sockaddr_ll is plain data.
+                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = proto;
+                addr.sll_ifindex = index as i32;
+                // SAFETY: `addr` is a valid sockaddr_ll of the given size.
+                let ret = unsafe {
+                    libc::bind(
+                        sock.as_raw_fd(),
+                        std::ptr::addr_of!(addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(ret, 0, "bind: {}", std::io::Error::last_os_error());
+                sock
+            })
+            .join()
+            .expect("netns thread")
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Receives one frame from a packet socket, waiting up to `timeout`.
+pub fn recv_frame(sock: &std::os::fd::OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+        return None;
+    }
+    let mut buf = vec![0u8; 70_000];
+    // SAFETY: `buf` has room for `buf.len()` bytes.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).ok().map(|n| buf[..n].to_vec())
+}
+
+/// Sends one frame on a packet socket.
+pub fn send_frame(sock: &std::os::fd::OwnedFd, frame: &[u8]) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `frame` is a valid buffer of its length.
+    let n = unsafe { libc::send(sock.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    assert_eq!(
+        usize::try_from(n).ok(),
+        Some(frame.len()),
+        "send: {}",
+        std::io::Error::last_os_error()
+    );
+}
