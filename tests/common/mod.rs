@@ -359,11 +359,8 @@ impl NetNs {
                 let ns = std::fs::File::open(&path).expect("open netns");
                 // SAFETY: setns on this scoped thread only, with a valid netns fd; the
                 // thread ends right after creating the socket.
-                assert_eq!(
-                    unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0,
-                    "setns"
-                );
+                let entered = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(entered, 0, "setns");
                 let proto = (libc::ETH_P_ALL as u16).to_be();
                 // SAFETY: plain socket(2) call.
                 let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
@@ -377,7 +374,7 @@ impl NetNs {
                 let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
                 addr.sll_family = libc::AF_PACKET as u16;
                 addr.sll_protocol = proto;
-                addr.sll_ifindex = index as i32;
+                addr.sll_ifindex = i32::try_from(index).expect("ifindex");
                 // SAFETY: `addr` is a valid sockaddr_ll of the given size.
                 let ret = unsafe {
                     libc::bind(
