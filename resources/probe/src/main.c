@@ -37,6 +37,26 @@ int check_register(const char *name)
 	return next_check++;
 }
 
+#include <stdarg.h>
+u32 vfmt_str(char *buf, u32 cap, const char *fmt, va_list ap);
+
+/* names of checks registered with a formatted name */
+static char name_pool[3072];
+static u32 name_used;
+
+int check_register_fmt(const char *fmt, ...)
+{
+	char *n = name_pool + name_used;
+	u32 room = sizeof(name_pool) - name_used;
+	if (room < 2)
+		return check_register("?");
+	va_list ap;
+	va_start(ap, fmt);
+	name_used += vfmt_str(n, room, fmt, ap) + 1;
+	va_end(ap);
+	return check_register(n);
+}
+
 int check_failed(int id)
 {
 	return checks[id].state == CHECK_FAIL;

@@ -126,6 +126,8 @@ void check_mptable(void)
 		p += 8;
 	}
 	facts.mp_cpus = cpus;
+	facts.mpc_table = t;
+	facts.mpc_isa_bus = isa_bus;
 	if (count)
 		FAIL(CHK_MPTABLE, "%lu entries missing (table length %lu)", count, len);
 	if (bsps != 1 || bsp_id != facts.lapic_id)
@@ -141,4 +143,23 @@ void check_mptable(void)
 	if (cfg.has_expect_cpus && cpus != cfg.expect_cpus)
 		FAIL(CHK_MPTABLE, "%u enabled cpus, probe.expect_cpus=%lu", cpus, cfg.expect_cpus);
 	OK(CHK_MPTABLE, "%u cpus", cpus);
+}
+
+/* IOAPIC pin of ISA IRQ 'irq' from the MP table's interrupt source entries
+ * (used after the boot timer, by the modes that route more ISA IRQs). */
+u32 mp_isa_pin(u32 irq, u32 dflt)
+{
+	u64 t = facts.mpc_table;
+	if (!t)
+		return dflt;
+	u64 end = t + ld16(t + 4), p = t + 44, count = ld16(t + 34);
+	for (; count && p < end; count--) {
+		u64 x = ld64(p);
+		u32 type = (u8)x;
+		if (type == MPC_INTSRC && (u8)(x >> 32) == facts.mpc_isa_bus && (u8)(x >> 40) == irq &&
+		    (u8)(x >> 48) == facts.ioapic_id)
+			return (u8)(x >> 56);
+		p += type == MPC_CPU ? 20 : 8;
+	}
+	return dflt;
 }

@@ -28,8 +28,17 @@ void pr_line_break(void)
 		pr_always("\n");
 }
 
+/* fmt_str() target: while set, output goes to this buffer instead */
+static char *sbuf;
+static u32 slen, scap;
+
 static void put(char c)
 {
+	if (sbuf) {
+		if (slen + 1 < scap)
+			sbuf[slen++] = c;
+		return;
+	}
 	obuf[olen++] = c;
 	if (olen == sizeof(obuf))
 		pr_flush();
@@ -37,6 +46,14 @@ static void put(char c)
 
 static void put_run(const char *s, u64 n)
 {
+	if (sbuf) {
+		u64 k = scap - 1 - slen;
+		if (k > n)
+			k = n;
+		memcpy(sbuf + slen, s, k);
+		slen += (u32)k;
+		return;
+	}
 	while (n) {
 		u64 k = sizeof(obuf) - olen;
 		if (k > n)
@@ -189,4 +206,31 @@ void pr_always(const char *fmt, ...)
 	vfmt(fmt, ap);
 	va_end(ap);
 	end_call();
+}
+
+/* Formats into buf (NUL-terminated, truncated to cap - 1 characters);
+ * returns the length. */
+u32 fmt_str(char *buf, u32 cap, const char *fmt, ...)
+{
+	va_list ap;
+	sbuf = buf;
+	slen = 0;
+	scap = cap;
+	va_start(ap, fmt);
+	vfmt(fmt, ap);
+	va_end(ap);
+	buf[slen] = 0;
+	sbuf = NULL;
+	return slen;
+}
+
+u32 vfmt_str(char *buf, u32 cap, const char *fmt, va_list ap)
+{
+	sbuf = buf;
+	slen = 0;
+	scap = cap;
+	vfmt(fmt, ap);
+	buf[slen] = 0;
+	sbuf = NULL;
+	return slen;
 }

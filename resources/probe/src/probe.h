@@ -38,7 +38,7 @@ enum check_id {
 	CHK_MODE,
 	CHK_EXCEPTION,
 	CHK_FIRST_DYNAMIC,      /* modes may register more with check_register() */
-	CHK_MAX = 32
+	CHK_MAX = 96
 };
 
 enum check_state { CHECK_NOT_RUN = 0, CHECK_OK, CHECK_FAIL };
@@ -69,6 +69,11 @@ static inline __attribute__((always_inline)) void check_record(int id, int ok, c
 	r->arg[3] = d;
 }
 int check_register(const char *name);
+/* check_register() with a formatted name (kept in a static pool) */
+int check_register_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* record and print at once (mode checks print as they complete) */
+#define OK_NOW(id, ...)   do { OK((id), __VA_ARGS__); check_print(id); } while (0)
+#define FAIL_NOW(id, ...) do { FAIL((id), __VA_ARGS__); check_print(id); } while (0)
 void check_print(int id);
 void check_print_pending(void);
 int check_failed(int id);
@@ -92,6 +97,13 @@ struct probe_config {
 	const char *mode;       /* points into the command line, not terminated */
 	u32 mode_len;
 	u8 has_expect_mem_mib, has_expect_cpus, has_expect_initrd;
+	u8 bench_write;         /* probe.bench_op=write */
+	/* virtio modes (see README) */
+	u64 blk_first, blk_count;       /* probe.blk_sectors=<first>:<count> */
+	u64 net_tx, net_rx, net_timeout_ms;
+	u64 virtio_timeout_ms;
+	u64 count_ms;
+	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx;
 };
 extern struct probe_config cfg;
 
@@ -107,6 +119,8 @@ struct probe_facts {
 	u64 ioapic_base;        /* from the MP table, default IOAPIC_DEFAULT */
 	u32 ioapic_id;
 	u32 uart_pin;           /* IOAPIC pin for ISA IRQ 4 (MP table), default 4 */
+	u64 mpc_table;          /* MP configuration table (0 if unusable) */
+	u32 mpc_isa_bus;        /* its ISA bus id */
 	u32 mp_cpus;
 	u64 initrd_addr, initrd_size;
 	u8 boot_timer_ok;       /* 0xC0000000 is identity-mapped */
@@ -147,11 +161,14 @@ u8 serial_rx(void);
 void pr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));   /* suppressed by probe.quiet */
 void pr_always(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void pr_flush(void);
+u32 fmt_str(char *buf, u32 cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void pr_line_break(void);
 
 /* ---- interrupts ----------------------------------------------------------- */
-#define VEC_UART     0x24
-#define VEC_TIMER    0x30
+#define VEC_IRQ(n)   (0x20 + (n))     /* ISA IRQ / GSI n (0..23) -> vector 0x20..0x37 */
+#define VEC_KBD      VEC_IRQ(1)
+#define VEC_UART     VEC_IRQ(4)
+#define VEC_TIMER    0x3e
 #define VEC_SPURIOUS 0x3f
 #define NUM_VECTORS  64         /* IDT entries provided by isr.S */
 
@@ -192,6 +209,18 @@ struct probe_mode {
 extern const struct probe_mode probe_modes[];
 extern const u32 probe_num_modes;
 void console_run(void);
+void count_run(void);
+void blk_mode(void);
+void blkbench_mode(void);
+void net_mode(void);
+void netbench_mode(void);
+void hostile_mode(void);
+
+/* i8042 keyboard (kbd.c): IRQ 1 through the IOAPIC, Ctrl-Alt-Del detection */
+void kbd_init(void);
+void kbd_stop(void);
+extern volatile u8 kbd_ctrl_alt_del;
+u32 mp_isa_pin(u32 irq, u32 dflt);
 
 void print_summary(void);
 void __attribute__((noreturn)) probe_reset(void);
