@@ -431,3 +431,49 @@ pub fn send_frame(sock: &std::os::fd::OwnedFd, frame: &[u8]) {
         std::io::Error::last_os_error()
     );
 }
+
+/// A minimal emulator-safe ELF kernel: `code` at physical 0x1000000, entered there,
+/// with spry's emulator-safe note so it boots on PVM hosts too.
+pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x100_0000;
+    let mut note = Vec::new();
+    note.extend_from_slice(&5u32.to_le_bytes());
+    note.extend_from_slice(&13u32.to_le_bytes());
+    note.extend_from_slice(&1u32.to_le_bytes());
+    note.extend_from_slice(b"spry\0\0\0\0");
+    note.extend_from_slice(b"emulator-safe\0\0\0");
+    let phoff = 64u64;
+    let note_off = phoff + 2 * 56;
+    let code_off = (note_off + note.len() as u64).next_multiple_of(16);
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // x86_64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&BASE.to_le_bytes()); // entry
+    elf.extend_from_slice(&phoff.to_le_bytes());
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no sections
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    elf.extend_from_slice(&64u16.to_le_bytes());
+    elf.extend_from_slice(&56u16.to_le_bytes());
+    elf.extend_from_slice(&2u16.to_le_bytes());
+    elf.extend_from_slice(&[0; 6]);
+    let phdr = |kind: u32, flags: u32, off: u64, addr: u64, size: u64| {
+        let mut p = Vec::new();
+        p.extend_from_slice(&kind.to_le_bytes());
+        p.extend_from_slice(&flags.to_le_bytes());
+        p.extend_from_slice(&off.to_le_bytes());
+        p.extend_from_slice(&addr.to_le_bytes());
+        p.extend_from_slice(&addr.to_le_bytes());
+        p.extend_from_slice(&size.to_le_bytes());
+        p.extend_from_slice(&size.to_le_bytes());
+        p.extend_from_slice(&16u64.to_le_bytes());
+        p
+    };
+    elf.extend(phdr(1, 5, code_off, BASE, code.len() as u64));
+    elf.extend(phdr(4, 4, note_off, 0, note.len() as u64));
+    elf.extend_from_slice(&note);
+    elf.resize(code_off as usize, 0);
+    elf.extend_from_slice(code);
+    elf
+}

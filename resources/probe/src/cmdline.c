@@ -10,6 +10,11 @@
  *   probe.initrd_sum=0|1|2      initrd checksum: skip / before (default) /
  *                               after the boot-timer write
  *   probe.marks=1               write stage numbers to MMIO 0xC0000008
+ *   virtio, count and bench modes: probe.blk_sectors=F:C, probe.net_tx=N,
+ *   probe.net_rx=N, probe.net_timeout_ms=N, probe.virtio_timeout_ms=N,
+ *   probe.count_ms=N, probe.bench_reqs=N, probe.bench_size=N,
+ *   probe.bench_op=read|write, probe.bench_depth=N, probe.bench_frames=N,
+ *   probe.bench_rx=N (see README.md)
  * Numbers are decimal or 0x-prefixed hex.
  */
 #include "probe.h"
@@ -19,6 +24,14 @@ struct probe_config cfg = {
 	.initrd_sum = 1,
 	.mode = "checks",
 	.mode_len = 6,
+	.blk_first = 0,
+	.blk_count = 8,
+	.net_tx = 4,
+	.net_timeout_ms = 2000,
+	.virtio_timeout_ms = 1000,
+	.count_ms = 10,
+	.bench_reqs = 1000,
+	.bench_frames = 1000,
 };
 
 static int parse_num(const char *s, u64 n, u64 *out)
@@ -63,6 +76,16 @@ static const struct option options[] = {
 	{ "irq_timeout_ms", 14, &cfg.irq_timeout_ms, NULL },
 	{ "initrd_sum", 10, &cfg.initrd_sum, NULL },
 	{ "marks", 5, &cfg.marks, NULL },
+	{ "net_tx", 6, &cfg.net_tx, NULL },
+	{ "net_rx", 6, &cfg.net_rx, NULL },
+	{ "net_timeout_ms", 14, &cfg.net_timeout_ms, NULL },
+	{ "virtio_timeout_ms", 17, &cfg.virtio_timeout_ms, NULL },
+	{ "count_ms", 8, &cfg.count_ms, NULL },
+	{ "bench_reqs", 10, &cfg.bench_reqs, NULL },
+	{ "bench_size", 10, &cfg.bench_size, NULL },
+	{ "bench_depth", 11, &cfg.bench_depth, NULL },
+	{ "bench_frames", 12, &cfg.bench_frames, NULL },
+	{ "bench_rx", 8, &cfg.bench_rx, NULL },
 };
 
 /* key/val: the text after "probe." split at '=' */
@@ -71,6 +94,27 @@ static void option(const char *key, u64 klen, const char *val, u64 vlen)
 	if (klen == 4 && !memcmp(key, "mode", 4)) {
 		cfg.mode = val;
 		cfg.mode_len = (u32)vlen;
+		return;
+	}
+	if (klen == 8 && !memcmp(key, "bench_op", 8)) {
+		if (vlen == 5 && !memcmp(val, "write", 5))
+			cfg.bench_write = 1;
+		else if (vlen == 4 && !memcmp(val, "read", 4))
+			cfg.bench_write = 0;
+		else
+			FAIL(CHK_CMDLINE, "bad value '%.*s' for probe.bench_op (read|write)", vlen, val);
+		return;
+	}
+	if (klen == 11 && !memcmp(key, "blk_sectors", 11)) {
+		const char *colon = memchr_fast(val, vlen, ':');
+		u64 first, count;
+		if (!colon || !parse_num(val, (u64)(colon - val), &first) ||
+		    !parse_num(colon + 1, vlen - (u64)(colon - val) - 1, &count) || !count) {
+			FAIL(CHK_CMDLINE, "bad value '%.*s' for probe.blk_sectors (<first>:<count>)", vlen, val);
+			return;
+		}
+		cfg.blk_first = first;
+		cfg.blk_count = count;
 		return;
 	}
 	for (u32 i = 0; i < ARRAY_SIZE(options); i++) {

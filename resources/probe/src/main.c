@@ -8,6 +8,7 @@
  *   5. the mode's extra checks, summary line, the mode's interactive part
  *   6. reset through the i8042
  */
+#include <stdarg.h>
 #include "io.h"
 #include "probe.h"
 
@@ -37,7 +38,6 @@ int check_register(const char *name)
 	return next_check++;
 }
 
-#include <stdarg.h>
 u32 vfmt_str(char *buf, u32 cap, const char *fmt, va_list ap);
 
 /* names of checks registered with a formatted name */
@@ -115,6 +115,12 @@ void probe_reset(void)
 const struct probe_mode probe_modes[] = {
 	{ "checks", NULL, NULL },
 	{ "console", NULL, console_run },
+	{ "count", NULL, count_run },
+	{ "blk", blk_mode, NULL },
+	{ "net", net_mode, NULL },
+	{ "hostile", hostile_mode, NULL },
+	{ "blkbench", blkbench_mode, NULL },
+	{ "netbench", netbench_mode, NULL },
 };
 const u32 probe_num_modes = ARRAY_SIZE(probe_modes);
 
