@@ -26,14 +26,22 @@ const POPCNT: &[u8] = &[0xf3, 0x48, 0x0f, 0xb8, 0xc0, 0xb0, 0xfe, 0xe6, 0x64, 0x
 fn test_i8042_reset_exits_zero_and_logs_it() {
     let out = run(RESET);
     assert_eq!(out.code(), Some(0), "{out}");
-    assert!(out.stderr.contains("VM stopped: guest reset the machine"), "{out}");
+    assert!(
+        out.stderr.contains("VM stopped: guest reset the machine"),
+        "{out}"
+    );
 }
 
 #[test]
 fn test_triple_fault_exits_3_with_one_line() {
     let out = run(TRIPLE_FAULT);
     assert_eq!(out.code(), Some(3), "{out}");
-    assert!(out.stderr.lines().any(|l| l == "spry: vCPU 0 triple-faulted (KVM shutdown)"), "{out}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l == "spry: vCPU 0 triple-faulted (KVM shutdown)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -48,7 +56,8 @@ fn test_emulation_failure_exits_4_naming_the_rip() {
     let out = run(POPCNT);
     assert_eq!(out.code(), Some(4), "{out}");
     assert!(
-        out.stderr.lines().any(|l| l.starts_with("spry: vCPU 0: KVM emulation failure: instruction emulation failed")
+        out.stderr.lines().any(|l| l
+            .starts_with("spry: vCPU 0: KVM emulation failure: instruction emulation failed")
             && l.contains("RIP 0x1000000")),
         "{out}"
     );
