@@ -51,10 +51,13 @@ impl HostKvm {
 
 /// Total RAM of this host in bytes (`MemTotal`), if it can be read.
 pub fn total_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    // SAFETY: sysinfo is plain data; zeroed is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo(2) fills the struct it is given.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    u64::from(info.totalram).checked_mul(u64::from(info.mem_unit))
 }
 
 #[cfg(test)]

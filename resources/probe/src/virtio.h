@@ -169,9 +169,9 @@ int vq_wait(struct vq *q, u16 n, int irq, u64 timeout_ms);
 void *dma_alloc(u64 size, u64 align);
 u64 dma_avail(void);
 
-#define TICK_MS 1
-extern volatile u64 ticks;      /* milliseconds since virtio_setup() (LAPIC timer) */
-static inline u64 deadline(u64 ms) { return ticks + ms / TICK_MS + 1; }
+#define TICK_MS 5               /* LAPIC timer period; each tick costs ~50 instructions */
+extern volatile u64 ticks;      /* milliseconds since virtio_setup(), in TICK_MS steps */
+static inline u64 deadline(u64 ms) { return ticks + ms + TICK_MS; }
 static inline int expired(u64 dl) { return (s64)(ticks - dl) >= 0; }
 /* sleep (sti; hlt) for about ms milliseconds */
 void msleep(u64 ms);
