@@ -103,9 +103,11 @@ impl std::fmt::Debug for MmioTransport {
 }
 
 fn fresh_queues(max_sizes: &[u16]) -> Vec<Queue> {
+    // Devices declare power-of-two sizes; should one not, the queue fails validation
+    // at activation (the device then asks for a reset) instead of panicking here.
     max_sizes
         .iter()
-        .map(|&max| Queue::new(max).unwrap_or_else(|_| Queue::new(256).unwrap_or_default()))
+        .map(|&max| Queue::new(max).unwrap_or_default())
         .collect()
 }
 
