@@ -1,7 +1,8 @@
 /*
  * Kernel command line options of the probe (space-separated tokens; unknown
  * tokens are ignored, Linux-style):
- *   probe.mode=checks|console   what to do after the entry checks
+ *   probe.mode=checks|console|count|blk|net|hostile|blkbench|netbench
+ *                               what to do after the entry checks
  *   probe.expect_mem_mib=N      e820 must describe N MiB of RAM
  *   probe.expect_cpus=N         the MP table must list N enabled CPUs
  *   probe.expect_initrd=0|1     an initrd must be absent / present
@@ -14,7 +15,7 @@
  *   probe.net_rx=N, probe.net_timeout_ms=N, probe.virtio_timeout_ms=N,
  *   probe.count_ms=N, probe.bench_reqs=N, probe.bench_size=N,
  *   probe.bench_op=read|write, probe.bench_depth=N, probe.bench_frames=N,
- *   probe.bench_rx=N (see README.md)
+ *   probe.bench_rx=N, probe.bench_irq=0|1 (see README.md)
  * Numbers are decimal or 0x-prefixed hex.
  */
 #include "probe.h"
@@ -86,6 +87,7 @@ static const struct option options[] = {
 	{ "bench_depth", 11, &cfg.bench_depth, NULL },
 	{ "bench_frames", 12, &cfg.bench_frames, NULL },
 	{ "bench_rx", 8, &cfg.bench_rx, NULL },
+	{ "bench_irq", 9, &cfg.bench_irq, NULL },
 };
 
 /* key/val: the text after "probe." split at '=' */

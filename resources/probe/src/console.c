@@ -1,6 +1,7 @@
 /*
  * probe.mode=console: echo every byte received on COM1 back to it until 'q'
- * or Ctrl-D (0x04) arrives, then print "probe: console bye" and reset.
+ * or Ctrl-D (0x04) arrives, then print "probe: console bye" and reset; or
+ * until Ctrl-Alt-Del arrives on the i8042 (kbd.c): "probe: ctrl-alt-del".
  * RX is interrupt driven (IER RDA, ISA IRQ 4 via the IOAPIC) with "sti; hlt"
  * in between; a periodic LAPIC timer also wakes the loop so input is still
  * seen (by polling LSR) if RX interrupts never arrive.
@@ -37,12 +38,20 @@ void console_run(void)
 			ioapic_route(facts.uart_pin, VEC_UART, facts.lapic_id);
 		lapic_timer_periodic(VEC_TIMER, POLL_NS);
 	}
+	kbd_init();
 	outb(COM1 + 4, 0x0b);           /* MCR: DTR RTS OUT2 */
 	outb(COM1 + 1, IER_RDI);
 	pr_always("probe: console ready\n");
 	pr_flush();
 	for (;;) {
 		cli();
+		if (kbd_ctrl_alt_del) {
+			outb(COM1 + 1, 0);
+			lapic_timer_stop();
+			kbd_stop();
+			pr_always("%sprobe: ctrl-alt-del\n", last == '\n' ? "" : "\n");
+			return;
+		}
 		while (serial_rx_ready()) {
 			char c = (char)serial_rx();
 			if (c == 'q' || c == 0x04) {

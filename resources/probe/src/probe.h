@@ -103,7 +103,7 @@ struct probe_config {
 	u64 net_tx, net_rx, net_timeout_ms;
 	u64 virtio_timeout_ms;
 	u64 count_ms;
-	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx;
+	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx, bench_irq;
 };
 extern struct probe_config cfg;
 

@@ -128,12 +128,12 @@ void vdev_reset(struct vdev *d);
 void vdev_irq(struct vdev *d, int on);  /* route (1) or mask (0) the device's IOAPIC pin */
 
 /* avail ring: add a chain head, then kick (notify unless suppressed) */
-static inline void vq_add(struct vq *q, u16 head)
+static inline __attribute__((always_inline)) void vq_add(struct vq *q, u16 head)
 {
 	q->avail[2 + (q->avail_idx & (q->size - 1))] = head;
 	q->avail_idx++;
 }
-static inline void vq_publish(struct vq *q)
+static inline __attribute__((always_inline)) void vq_publish(struct vq *q)
 {
 	barrier();
 	q->avail[1] = q->avail_idx;
@@ -141,10 +141,10 @@ static inline void vq_publish(struct vq *q)
 void vq_kick(struct vq *q);     /* vq_publish + notify if the device wants it */
 void vq_notify(struct vq *q);   /* unconditional QueueNotify write */
 
-static inline u16 vq_used_idx(struct vq *q) { return *(volatile u16 *)&q->used[1]; }
-static inline u16 vq_pending(struct vq *q) { return (u16)(vq_used_idx(q) - q->last_used); }
+static inline __attribute__((always_inline)) u16 vq_used_idx(struct vq *q) { return *(volatile u16 *)&q->used[1]; }
+static inline __attribute__((always_inline)) u16 vq_pending(struct vq *q) { return (u16)(vq_used_idx(q) - q->last_used); }
 /* next used element: returns its id, *len its length; call only if pending */
-static inline u32 vq_get(struct vq *q, u32 *len)
+static inline __attribute__((always_inline)) u32 vq_get(struct vq *q, u32 *len)
 {
 	volatile u32 *e = (volatile u32 *)((u64)q->used + 4 + 8 * (q->last_used & (q->size - 1)));
 	q->last_used++;
@@ -153,7 +153,7 @@ static inline u32 vq_get(struct vq *q, u32 *len)
 	return e[0];
 }
 /* EVENT_IDX: interrupt when the used index passes last_used + n - 1 */
-static inline void vq_want_irq_after(struct vq *q, u16 n)
+static inline __attribute__((always_inline)) void vq_want_irq_after(struct vq *q, u16 n)
 {
 	q->avail[2 + q->size] = (u16)(q->last_used + n - 1);
 }
@@ -177,10 +177,28 @@ static inline int expired(u64 dl) { return (s64)(ticks - dl) >= 0; }
 void msleep(u64 ms);
 
 /* the boot timer: spry logs each 123 written here with a monotonic stamp */
-static inline void boot_timer_mark(void)
+static inline __attribute__((always_inline)) void boot_timer_mark(void)
 {
 	if (facts.boot_timer_ok)
 		mmio_write8(BOOT_TIMER_ADDR, BOOT_TIMER_MAGIC);
+}
+
+/* qword string helpers: one emulated iteration per 8 bytes */
+static inline void copy_q(void *d, const void *s, u64 nq)
+{
+	__asm__ volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(nq) : : "memory");
+}
+static inline void fill_q(void *d, u64 v, u64 nq)
+{
+	__asm__ volatile("rep stosq" : "+D"(d), "+c"(nq) : "a"(v) : "memory");
+}
+static inline int equal_q(const void *a, const void *b, u64 nq)
+{
+	u8 ne;
+	if (!nq)
+		return 1;
+	__asm__ volatile("repe cmpsq" : "+D"(b), "+S"(a), "+c"(nq), "=@ccnz"(ne) : : "memory");
+	return !ne;
 }
 
 static inline void irq_enable(void) { __asm__ volatile("sti" ::: "memory"); }
