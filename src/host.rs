@@ -57,7 +57,7 @@ pub fn total_memory() -> Option<u64> {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }
-    u64::from(info.totalram).checked_mul(u64::from(info.mem_unit))
+    info.totalram.checked_mul(u64::from(info.mem_unit))
 }
 
 #[cfg(test)]

@@ -417,22 +417,29 @@ impl Net {
                     return Ok(RxStop::BackendEmpty);
                 }
             };
+            // How much of the frame each chain holds: every chain up to the one
+            // holding the last byte (at least one, even for an empty read).
             let mut left = n;
-            let mut used_chains = 0u16;
-            for (head, segs) in &chains {
-                if left == 0 && used_chains > 0 {
+            let mut lengths = Vec::with_capacity(chains.len());
+            for (_, segs) in &chains {
+                if left == 0 && !lengths.is_empty() {
                     break;
                 }
                 let len = total_len(segs).min(left);
                 left -= len;
+                lengths.push(len);
+            }
+            // Bounded by the queue size, a u16.
+            let used_chains = u16::try_from(lengths.len()).unwrap_or(u16::MAX);
+            // num_buffers (offset 10 of the header) must be in guest memory before the
+            // used entries publish the frame; the tap leaves those bytes alone.
+            let _ = write_at(&a.mem, &chains[0].1, 10, &used_chains.to_le_bytes());
+            for ((head, _), len) in chains.iter().zip(lengths) {
                 a.rx.add_used(&a.mem, *head, u32::try_from(len).unwrap_or(u32::MAX))
                     .map_err(|e| QueueError::Ring(e.to_string()))?;
-                used_chains += 1;
             }
             // Unused chains go back to the driver's side of the ring.
             a.rx.set_next_avail((Wrapping(start) + Wrapping(used_chains)).0);
-            // num_buffers sits at offset 10 of the header the tap wrote.
-            let _ = write_at(&a.mem, &chains[0].1, 10, &used_chains.to_le_bytes());
             self.counters.rx_frames += 1;
             self.counters.rx_bytes += n as u64;
             *delivered += 1;
