@@ -477,3 +477,155 @@ pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(code);
     elf
 }
+
+/// A spry that is still running, with its console readable line by line.
+pub struct Running {
+    child: Child,
+    start: Instant,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
+    stderr_reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+    pub stdin: Option<std::process::ChildStdin>,
+}
+
+impl Spry {
+    /// Starts spry and returns at once.
+    pub fn start(&mut self) -> Running {
+        let start = Instant::now();
+        let mut child = self.spawn();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout_reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_reader = std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = stderr.read_to_end(&mut s);
+            s
+        });
+        Running {
+            stdin: child.stdin.take(),
+            child,
+            start,
+            lines,
+            seen: Vec::new(),
+            stdout_reader: Some(stdout_reader),
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+}
+
+impl Running {
+    /// Waits until the console shows a line for which `want` holds; returns it.
+    pub fn wait_for(&mut self, want: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        if let Some(l) = self.seen.iter().find(|l| want(l)) {
+            return Some(l.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = want(&line);
+                    self.seen.push(line.clone());
+                    if hit {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for spry to exit (killing it at the deadline) and collects everything.
+    pub fn finish(mut self, timeout: Duration) -> Outcome {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait spry") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().expect("wait killed spry");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if let Some(r) = self.stdout_reader.take() {
+            let _ = r.join();
+        }
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        let stderr = self
+            .stderr_reader
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default();
+        let mut stdout = self.seen.join("\n");
+        stdout.push('\n');
+        Outcome {
+            status,
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+/// Receives the next frame arriving from the guest (not frames the host sent
+/// itself) whose EtherType is `ethertype`, within `timeout`.
+pub fn recv_guest_frame(
+    sock: &std::os::fd::OwnedFd,
+    ethertype: u16,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; 70_000];
+        // SAFETY: sockaddr_ll is plain data.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are valid for the sizes given.
+        let n = unsafe {
+            libc::recvfrom(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                std::ptr::addr_of_mut!(from).cast(),
+                &mut from_len,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        if !outgoing && n >= 14 && u16::from_be_bytes([buf[12], buf[13]]) == ethertype {
+            return Some(buf[..n].to_vec());
+        }
+    }
+}

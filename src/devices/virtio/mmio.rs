@@ -119,12 +119,13 @@ impl MmioTransport {
         interrupt: Arc<Interrupt>,
         mem: GuestMemory,
     ) -> MmioTransport {
-        let (device_type, avail_features, queue_max_sizes) = {
+        let (device_type, avail_features, queue_max_sizes, errors) = {
             let d = device.lock().unwrap_or_else(PoisonError::into_inner);
             (
                 d.device_type(),
                 d.avail_features(),
                 d.queue_max_sizes().to_vec(),
+                d.guest_errors(),
             )
         };
         MmioTransport {
@@ -142,7 +143,7 @@ impl MmioTransport {
             queue_select: 0,
             status: 0,
             activated: false,
-            errors: GuestErrorLog::default(),
+            errors,
         }
     }
 
@@ -164,9 +165,8 @@ impl MmioTransport {
 
     fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
         if !self.queue_setup_allowed() {
-            let name = self.name.clone();
             self.errors.report(
-                &name,
+                &self.name,
                 format_args!("queue configured outside FEATURES_OK..DRIVER_OK"),
             );
             return;
@@ -227,9 +227,8 @@ impl MmioTransport {
             match self.activate() {
                 Ok(()) => self.activated = true,
                 Err(e) => {
-                    let name = self.name.clone();
                     self.errors
-                        .report(&name, format_args!("cannot activate: {e}"));
+                        .report(&self.name, format_args!("cannot activate: {e}"));
                     self.interrupt.signal_needs_reset();
                 }
             }
@@ -271,9 +270,10 @@ impl MmioTransport {
             }
             reg::CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
-                let name = self.name.clone();
-                self.errors
-                    .report(&name, format_args!("read of unknown register {offset:#x}"));
+                self.errors.report(
+                    &self.name,
+                    format_args!("read of unknown register {offset:#x}"),
+                );
                 0
             }
         }
@@ -285,9 +285,8 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_select = value,
             reg::DRIVER_FEATURES => {
                 if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-                    let name = self.name.clone();
                     self.errors.report(
-                        &name,
+                        &self.name,
                         format_args!("features written outside DRIVER..FEATURES_OK"),
                     );
                     return;
@@ -322,9 +321,10 @@ impl MmioTransport {
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
             reg::STATUS => self.set_status(value),
             _ => {
-                let name = self.name.clone();
-                self.errors
-                    .report(&name, format_args!("write of unknown register {offset:#x}"));
+                self.errors.report(
+                    &self.name,
+                    format_args!("write of unknown register {offset:#x}"),
+                );
             }
         }
     }
@@ -338,9 +338,8 @@ impl BusDevice for MmioTransport {
         }
         if data.len() != 4 || offset % 4 != 0 {
             data.fill(0);
-            let name = self.name.clone();
             self.errors.report(
-                &name,
+                &self.name,
                 format_args!("{}-byte register read at {offset:#x}", data.len()),
             );
             return;
@@ -354,9 +353,8 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            let name = self.name.clone();
             self.errors.report(
-                &name,
+                &self.name,
                 format_args!("{}-byte register write at {offset:#x}", data.len()),
             );
             return;
@@ -408,6 +406,9 @@ mod tests {
         }
         fn reset(&mut self) {
             self.resets += 1;
+        }
+        fn guest_errors(&self) -> GuestErrorLog {
+            GuestErrorLog::default()
         }
     }
 

@@ -172,6 +172,8 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops serving and drops the queues (the driver reset the device).
     fn reset(&mut self);
+    /// The device's once-only log of guest errors, shared with its transport.
+    fn guest_errors(&self) -> GuestErrorLog;
 }
 
 /// Reads `data.len()` bytes at `offset` of a config space image, zero-filling past
@@ -187,17 +189,18 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// Logs a guest-caused device error once per device, then stays quiet.
-#[derive(Debug, Default)]
+/// Logs a guest-caused device error once per device, then stays quiet: a guest must
+/// not be able to flood spry's log. Clones share the "already logged" state, so the
+/// transport and the device model count as one device.
+#[derive(Debug, Default, Clone)]
 pub struct GuestErrorLog {
-    logged: bool,
+    logged: std::sync::Arc<AtomicBool>,
 }
 
 impl GuestErrorLog {
     /// Logs `message` for `device` if nothing was logged yet.
-    pub fn report(&mut self, device: &str, message: std::fmt::Arguments<'_>) {
-        if !self.logged {
-            self.logged = true;
+    pub fn report(&self, device: &str, message: std::fmt::Arguments<'_>) {
+        if !self.logged.swap(true, Ordering::Relaxed) {
             log::warn!("{device}: {message} (further guest errors on this device are not logged)");
         }
     }

@@ -160,7 +160,7 @@ impl Block {
             cache: self.config.cache,
             id: self.config.id.as_bytes(),
         };
-        let errors = &mut self.errors;
+        let errors = &self.errors;
         let name = &self.name;
         let mem = &active.mem;
         let counters = &mut self.counters;
@@ -195,7 +195,7 @@ fn serve_chain(
     mem: &GuestMemory,
     disk: &Disk<'_>,
     chain: DescriptorChain<&GuestMemory>,
-    errors: &mut GuestErrorLog,
+    errors: &GuestErrorLog,
     name: &str,
     counters: &mut BlockCounters,
 ) -> u32 {
@@ -242,7 +242,7 @@ fn serve_chain(
     }
 }
 
-fn report_request_error(errors: &mut GuestErrorLog, name: &str, e: &RequestError) {
+fn report_request_error(errors: &GuestErrorLog, name: &str, e: &RequestError) {
     if e.is_guest_error() {
         errors.report(name, format_args!("bad request: {e}"));
     } else {
@@ -303,6 +303,10 @@ impl VirtioDevice for Block {
         // are picked up on the event loop's next turn.
         let _ = self.queue_evt.write(1);
         Ok(())
+    }
+
+    fn guest_errors(&self) -> GuestErrorLog {
+        self.errors.clone()
     }
 
     fn reset(&mut self) {

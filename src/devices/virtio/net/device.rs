@@ -456,7 +456,7 @@ impl Net {
             return;
         }
         let mem = a.mem.clone();
-        let errors = &mut self.errors;
+        let errors = &self.errors;
         let counters = &mut self.counters;
         let name = &self.name;
         let backend_name = self.backend.name();
@@ -562,6 +562,10 @@ impl VirtioDevice for Net {
         let _ = self.rx_evt.write(1);
         let _ = self.tx_evt.write(1);
         Ok(())
+    }
+
+    fn guest_errors(&self) -> GuestErrorLog {
+        self.errors.clone()
     }
 
     fn reset(&mut self) {
