@@ -623,7 +623,7 @@ pub fn recv_guest_frame(
             )
         };
         let Ok(n) = usize::try_from(n) else { continue };
-        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
         if !outgoing && n >= 14 && u16::from_be_bytes([buf[12], buf[13]]) == ethertype {
             return Some(buf[..n].to_vec());
         }
