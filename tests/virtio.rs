@@ -2,6 +2,8 @@
 //! the probe guest's own drivers: data lands byte-exact in host files and on the tap,
 //! and a guest sending malformed requests cannot break spry.
 
+#![allow(clippy::cast_possible_truncation)]
+
 mod common;
 
 use std::time::Duration;
