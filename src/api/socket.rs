@@ -104,15 +104,16 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
 }
 
 fn bind_error(path: &Path, source: std::io::Error) -> SocketError {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     match source.raw_os_error() {
         Some(libc::EADDRINUSE) => SocketError::Exists(path.to_owned()),
-        Some(libc::ENOENT) => SocketError::NoDirectory {
+        // ENOENT also comes from file systems that cannot hold sockets (procfs).
+        Some(libc::ENOENT) if !dir.exists() => SocketError::NoDirectory {
             path: path.to_owned(),
-            dir: path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned(),
+            dir: dir.to_owned(),
         },
         _ => SocketError::Bind {
             path: path.to_owned(),
