@@ -122,6 +122,22 @@ fn test_getting_started_flow_boots_the_probe_and_removes_the_socket() {
 }
 
 #[test]
+fn test_api_serves_within_firecracker_8_ms_cpu_budget() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch);
+
+    let line = spry.wait_for_log(Duration::from_secs(10), |l| l.contains("API serving"));
+
+    // "... API serving 280 us after spry started (1330 us of CPU)"
+    let cpu_us: u64 = line
+        .rsplit_once('(')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no CPU figure in {line:?}"));
+    assert!(cpu_us < 8_000, "{line}");
+}
+
+#[test]
 fn test_instance_info_before_boot_says_not_started() {
     let scratch = Scratch::new();
     let spry = SpryApi::start(&scratch.path("api.sock"), &["--id", "sandbox-7"]);

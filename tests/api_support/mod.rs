@@ -259,6 +259,22 @@ impl SpryApi {
         }
     }
 
+    /// Waits until spry's stderr has a line satisfying `pred`, and returns it.
+    pub fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| pred(l)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such log line within {timeout:?}\n--- stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Types `bytes` on the guest console.
     pub fn type_keys(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin");
