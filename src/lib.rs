@@ -23,8 +23,9 @@ pub mod vstate;
 use std::path::{Path, PathBuf};
 
 use crate::api::channel::ApiInbox;
-use crate::api::controller::RuntimeController;
-use crate::api::controller::{Booted, ControllerError, PrebootController, PrebootEnd};
+use crate::api::controller::{
+    Booted, ControllerError, PrebootController, PrebootEnd, RuntimeController,
+};
 use crate::api::server::ServerError;
 use crate::api::socket::SocketError;
 use crate::config::{ConfigError, VmConfig};

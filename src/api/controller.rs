@@ -183,18 +183,16 @@ impl PrebootController {
                 "Not started",
             ))),
             VmmAction::Runtime(_) => Err(ControllerError::BeforeStart),
-            VmmAction::Preboot(PrebootAction::InstanceStart) => self.start(),
-            VmmAction::Preboot(action) => {
-                self.configure(action)?;
-                Ok(Outcome::Done(VmmData::Empty))
-            }
+            VmmAction::Preboot(action) => self.preboot(action),
         }
     }
 
-    /// Applies one configuring call after checking it as far as it can be checked
-    /// alone; nothing changes when it is refused.
-    fn configure(&mut self, action: PrebootAction) -> Result<(), ControllerError> {
+    /// Boots on `InstanceStart`; otherwise applies one configuring call after
+    /// checking it as far as it can be checked alone (nothing changes when it is
+    /// refused).
+    fn preboot(&mut self, action: PrebootAction) -> Result<Outcome, ControllerError> {
         match action {
+            PrebootAction::InstanceStart => return self.start(),
             PrebootAction::PutBootSource(boot) => {
                 Boot::from_config(&boot)?;
                 self.config.boot_source = boot;
@@ -226,9 +224,8 @@ impl PrebootController {
                 self.metrics = Some(MetricsSink::open(&metrics)?);
                 self.config.metrics = Some(metrics);
             }
-            PrebootAction::InstanceStart => return Err(ControllerError::AfterStart),
         }
-        Ok(())
+        Ok(Outcome::Done(VmmData::Empty))
     }
 
     /// Validates the whole configuration and boots it.

@@ -7,8 +7,8 @@ use hyper::Method;
 use serde::de::DeserializeOwned;
 
 use super::action::{
-    ActionType, DriveUpdate, InstanceActionInfo, MachineConfigUpdate, PrebootAction, Query,
-    RuntimeAction, VmState, VmStateUpdate, VmmAction,
+    ActionType, DriveUpdate, InstanceActionInfo, PrebootAction, Query, RuntimeAction, VmState,
+    VmStateUpdate, VmmAction,
 };
 use crate::config::{DriveConfig, NetConfig};
 use crate::resources::valid_id;
@@ -283,9 +283,7 @@ fn put_machine_config(_: Option<&str>, body: &[u8]) -> Result<VmmAction, Request
 }
 
 fn patch_machine_config(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
-    preboot(PrebootAction::PatchMachineConfig(json::<
-        MachineConfigUpdate,
-    >(body)?))
+    preboot(PrebootAction::PatchMachineConfig(json(body)?))
 }
 
 fn put_boot_source(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {

@@ -161,13 +161,44 @@ pub fn call(socket: &Path, method: &str, path: &str, body: &str) -> Response {
     Client::connect(socket).call(method, path, body)
 }
 
+/// What a spry child printed: console lines and stderr, collected by threads.
+#[derive(Clone, Default)]
+struct Output {
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Output {
+    /// Polls `check` until it gives a value, failing after `timeout` with `what`
+    /// and everything spry printed.
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+                self.lines.lock().unwrap().join("\n"),
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// A spry child serving an API socket, with its console lines collected.
 pub struct SpryApi {
     pub child: Child,
     pub socket: PathBuf,
     pub stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
+    out: Output,
 }
 
 impl SpryApi {
@@ -182,18 +213,17 @@ impl SpryApi {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn spry");
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = Output::default();
         let stdout = child.stdout.take().expect("stdout");
-        let sink = lines.clone();
+        let sink = out.lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line);
             }
         });
-        let stderr_text = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr");
-        let sink = stderr_text.clone();
+        let sink = out.stderr.clone();
         std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut chunk) {
@@ -210,23 +240,18 @@ impl SpryApi {
             child,
             socket: socket.to_owned(),
             stdin,
-            lines,
-            stderr: stderr_text,
+            out,
         };
         spry.wait_for_socket();
         spry
     }
 
     fn wait_for_socket(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the API socket never answered\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.out.wait_until(
+            Duration::from_secs(20),
+            "the API socket never answered",
+            || UnixStream::connect(&self.socket).ok(),
+        );
     }
 
     pub fn call(&self, method: &str, path: &str, body: &str) -> Response {
@@ -235,44 +260,25 @@ impl SpryApi {
 
     /// Console lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.out.lines.lock().unwrap().clone()
     }
 
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.out.stderr.lock().unwrap().clone()
     }
 
     /// Waits until a console line satisfies `pred`, and returns it.
     pub fn wait_for_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such console line within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.lines().join("\n"),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.out.wait_until(timeout, "no such console line", || {
+            self.lines().into_iter().find(|l| pred(l))
+        })
     }
 
     /// Waits until spry's stderr has a line satisfying `pred`, and returns it.
     pub fn wait_for_log(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.stderr().lines().find(|l| pred(l)) {
-                return line.to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no such log line within {timeout:?}\n--- stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.out.wait_until(timeout, "no such log line", || {
+            self.stderr().lines().find(|l| pred(l)).map(str::to_owned)
+        })
     }
 
     /// Types `bytes` on the guest console.
@@ -284,19 +290,11 @@ impl SpryApi {
 
     /// Waits for spry to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait spry") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "spry did not exit within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.lines().join("\n"),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let child = &mut self.child;
+        let status = self.out.wait_until(timeout, "spry did not exit", || {
+            child.try_wait().expect("wait spry")
+        });
+        status.code()
     }
 
     /// Stops spry with SIGTERM and returns its exit code.
