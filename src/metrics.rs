@@ -328,7 +328,8 @@ impl MetricsSink {
     }
 }
 
-/// Marks metrics as due every [`FLUSH_INTERVAL`], from the event loop.
+/// Marks metrics as due at a fixed interval ([`FLUSH_INTERVAL`] in spry), from the
+/// event loop.
 #[derive(Debug)]
 pub struct FlushTimer {
     timer: TimerFd,
@@ -336,11 +337,14 @@ pub struct FlushTimer {
 }
 
 impl FlushTimer {
-    /// A running timer that sets `due` on every expiry.
-    pub fn start(due: Arc<std::sync::atomic::AtomicBool>) -> Result<FlushTimer, MetricsError> {
+    /// A running timer that sets `due` every `interval`.
+    pub fn start(
+        due: Arc<std::sync::atomic::AtomicBool>,
+        interval: Duration,
+    ) -> Result<FlushTimer, MetricsError> {
         let mut timer = TimerFd::new().map_err(|e| MetricsError::Timer(e.into()))?;
         timer
-            .reset(FLUSH_INTERVAL, Some(FLUSH_INTERVAL))
+            .reset(interval, Some(interval))
             .map_err(|e| MetricsError::Timer(e.into()))?;
         Ok(FlushTimer { timer, due })
     }
@@ -400,6 +404,21 @@ mod tests {
         assert_eq!(line["vcpu"]["exit_io_out"], 150);
         assert_eq!(line["block_rootfs"]["read_bytes"], 6144);
         assert_eq!(line["net"]["rx_bytes"], 0);
+    }
+
+    #[test]
+    fn test_flush_timer_marks_metrics_due_from_the_event_loop() {
+        let due = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let timer = FlushTimer::start(due.clone(), Duration::from_millis(5)).unwrap();
+        let mut event_loop =
+            event_manager::EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+                .unwrap();
+        event_manager::SubscriberOps::add_subscriber(&mut event_loop, Arc::new(Mutex::new(timer)));
+
+        let dispatched = event_loop.run_with_timeout(1000).unwrap();
+
+        assert_eq!(dispatched, 1);
+        assert!(due.load(Ordering::Relaxed));
     }
 
     #[test]

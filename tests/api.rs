@@ -368,6 +368,39 @@ fn test_flush_metrics_writes_a_json_line_with_exit_and_api_counts() {
 }
 
 #[test]
+fn test_metrics_section_of_the_config_file_is_flushed() {
+    let scratch = Scratch::new();
+    let metrics = scratch.path("metrics.json");
+    let mut config: serde_json::Value = serde_json::from_str(&common::config(
+        &kernel(),
+        &probe_args("probe.mode=console"),
+        None,
+        1,
+        128,
+    ))
+    .unwrap();
+    config["metrics"] = serde_json::json!({"metrics_path": metrics});
+    let config_file = scratch.write("vm.json", config.to_string().as_bytes());
+    let spry = SpryApi::start(
+        &scratch.path("api.sock"),
+        &["--config-file", config_file.to_str().unwrap()],
+    );
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: console ready");
+
+    let flush = spry.call("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+
+    assert_eq!(flush.status, 204);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(line["vcpu"]["exit_io_out"].as_u64() > Some(100), "{line}");
+    let exported = spry.call("GET", "/vm/config", "").json();
+    assert_eq!(
+        exported["metrics"]["metrics_path"],
+        metrics.to_str().unwrap()
+    );
+}
+
+#[test]
 fn test_put_logger_sends_log_lines_to_the_file() {
     let scratch = Scratch::new();
     let spry = SpryApi::start(&scratch.path("api.sock"), &[]);

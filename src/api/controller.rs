@@ -300,7 +300,7 @@ impl RuntimeController {
         }
         let metrics_due = Arc::new(AtomicBool::new(false));
         if metrics.is_some() {
-            let timer = FlushTimer::start(metrics_due.clone())?;
+            let timer = FlushTimer::start(metrics_due.clone(), crate::metrics::FLUSH_INTERVAL)?;
             vmm.add_subscriber(Arc::new(Mutex::new(timer)));
         }
         Ok(RuntimeController {
