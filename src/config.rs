@@ -71,12 +71,12 @@ pub struct VmConfig {
     /// Firecracker's `memory-hotplug`; not supported.
     #[serde(default, skip_serializing)]
     pub memory_hotplug: Option<serde_json::Value>,
-    /// Firecracker's `logger`; not supported in the config file.
-    #[serde(default, skip_serializing)]
-    pub logger: Option<serde_json::Value>,
-    /// Firecracker's `metrics`; not supported in the config file.
-    #[serde(default, skip_serializing)]
-    pub metrics: Option<serde_json::Value>,
+    /// Where spry's log lines go, and which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    /// Where metrics lines go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl VmConfig {
@@ -96,8 +96,6 @@ impl VmConfig {
             ("mmds-config", &self.mmds_config),
             ("pmem", &self.pmem),
             ("memory-hotplug", &self.memory_hotplug),
-            ("logger", &self.logger),
-            ("metrics", &self.metrics),
         ]
         .into_iter()
         .filter(|(_, v)| used(v))
@@ -218,6 +216,76 @@ pub struct NetConfig {
     pub tx_rate_limiter: Option<serde_json::Value>,
 }
 
+/// `logger` (Firecracker's `PUT /logger` body). Absent fields keep their current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    /// File or FIFO the lines go to instead of stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// Most verbose level written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<LogLevel>,
+    /// Write each line's level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Write each line's source file and line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    /// Only write lines from modules under this path (e.g. `spry::api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// A log level in Firecracker's spelling (`Error`, `Warning`, `Info`, `Debug`,
+/// `Trace`, `Off`), accepted in any letter case and as `Warn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(pub log::LevelFilter);
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<LogLevel, String> {
+        let level = match text.to_ascii_lowercase().as_str() {
+            "off" => log::LevelFilter::Off,
+            "error" => log::LevelFilter::Error,
+            "warning" | "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a log level (Error, Warning, Info, Debug, Trace or Off)"
+                ))
+            }
+        };
+        Ok(LogLevel(level))
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(level: LogLevel) -> String {
+        match level.0 {
+            log::LevelFilter::Off => "Off",
+            log::LevelFilter::Error => "Error",
+            log::LevelFilter::Warn => "Warning",
+            log::LevelFilter::Info => "Info",
+            log::LevelFilter::Debug => "Debug",
+            log::LevelFilter::Trace => "Trace",
+        }
+        .to_owned()
+    }
+}
+
+/// `metrics` (Firecracker's `PUT /metrics` body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// File or FIFO that receives one JSON object per line.
+    pub metrics_path: PathBuf,
+}
+
 /// Parses `text` as a config, naming the offending field on error.
 pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
     let de = &mut serde_json::Deserializer::from_str(text);
@@ -325,6 +393,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.unsupported_sections(), vec!["vsock"]);
+    }
+
+    #[test]
+    fn test_logger_and_metrics_sections_parse() {
+        let config = parse_config(
+            r#"{"boot-source": {"kernel_image_path": "/k"},
+                "logger": {"log_path": "/tmp/log", "level": "warning", "show_level": true},
+                "metrics": {"metrics_path": "/tmp/metrics"}}"#,
+        )
+        .unwrap();
+        let logger = config.logger.unwrap();
+        assert_eq!(logger.level, Some(LogLevel(log::LevelFilter::Warn)));
+        assert_eq!(logger.show_level, Some(true));
+        assert_eq!(
+            config.metrics.unwrap().metrics_path,
+            PathBuf::from("/tmp/metrics")
+        );
+    }
+
+    #[test]
+    fn test_unknown_log_level_names_the_value() {
+        let (field, message) = parse_config(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "logger": {"level": "Loud"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(field, "logger.level");
+        assert!(message.contains("\"Loud\" is not a log level"), "{message}");
+    }
+
+    #[test]
+    fn test_log_level_serializes_in_firecracker_spelling() {
+        let text = serde_json::to_string(&LogLevel(log::LevelFilter::Warn)).unwrap();
+        assert_eq!(text, "\"Warning\"");
     }
 
     #[test]

@@ -123,6 +123,14 @@ pub fn catch_stop_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The stop signal caught so far, if any (the VMM checks this before a VM exists).
+pub fn caught_signal() -> Option<i32> {
+    match SIGNALLED.load(Ordering::SeqCst) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
 /// The event stop signals fire, once [`catch_stop_signals`] ran.
 pub fn signal_event() -> Option<&'static EventFd> {
     SIGNAL_EVENT.get()
@@ -153,10 +161,7 @@ impl ExitEvent {
     pub fn reason(&self) -> Option<ExitReason> {
         let slot = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
         slot.clone()
-            .or_else(|| match SIGNALLED.load(Ordering::SeqCst) {
-                0 => None,
-                n => Some(ExitReason::Signal(n)),
-            })
+            .or_else(|| caught_signal().map(ExitReason::Signal))
     }
 
     /// The event fd the event loop waits on.

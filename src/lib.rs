@@ -3,6 +3,7 @@
 //! loop.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod clock;
@@ -12,16 +13,29 @@ pub mod exit;
 pub mod host;
 pub mod loader;
 pub mod logger;
+pub mod metrics;
 pub mod resources;
+pub mod sink;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;
 
 use std::path::{Path, PathBuf};
 
+use crate::api::channel::ApiInbox;
+use crate::api::controller::{
+    Booted, ControllerError, PrebootController, PrebootEnd, RuntimeController,
+};
+use crate::api::server::ServerError;
+use crate::api::socket::SocketError;
 use crate::config::{ConfigError, VmConfig};
 use crate::exit::ExitReason;
+use crate::logger::LoggerError;
+use crate::metrics::{MetricsError, MetricsSink};
 use crate::resources::{ResourcesError, VmResources};
+
+/// The instance id when `--id` is not given (Firecracker's).
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
 
 /// Everything that can make `spry` fail.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,24 @@ pub enum Error {
         #[source]
         source: ResourcesError,
     },
+    /// The config file's `logger` cannot be applied.
+    #[error(transparent)]
+    Logger(#[from] LoggerError),
+    /// The config file's `metrics` file cannot be opened.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The API socket cannot be created.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The API thread cannot start.
+    #[error(transparent)]
+    ApiServer(#[from] ServerError),
+    /// The API channel cannot be created.
+    #[error("cannot create the API request channel")]
+    ApiChannel(#[source] std::io::Error),
+    /// Serving API requests on the VMM thread failed.
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
     /// Building the VM failed.
     #[error(transparent)]
     Build(#[from] builder::BuildError),
@@ -50,24 +82,118 @@ pub enum Error {
 }
 
 impl Error {
-    /// Process exit code: 2 for a config the user must fix, 1 for everything else.
+    /// Process exit code: 2 for a config or command line the user must fix, 1 for
+    /// everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Resources { .. } => 2,
+            Error::Config(_)
+            | Error::Resources { .. }
+            | Error::Logger(_)
+            | Error::Metrics(_)
+            | Error::Socket(_) => 2,
             _ => 1,
         }
     }
 }
 
-/// Boots the VM `config_path` describes with its console on stdin/stdout, and
-/// returns how it ended.
-pub fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
+/// `e` and its sources on one line, `: `-separated.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
+/// How `spry` was asked to run.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// Boot this config file at once and serve no API (`--no-api`).
+    ConfigFile(PathBuf),
+    /// Serve the API on a socket.
+    Api {
+        /// The socket path.
+        api_sock: PathBuf,
+        /// Boot the VM this config file describes at once; without one, the VM is
+        /// configured and started over the API.
+        config_file: Option<PathBuf>,
+        /// The id `GET /` reports.
+        instance_id: String,
+    },
+}
+
+/// Runs one sandbox as `how` says and returns how it ended. The API socket serves
+/// before the VM exists, and its file is removed on every way out.
+pub fn launch(how: &Launch) -> Result<ExitReason, Error> {
+    let (api_sock, config_file, instance_id) = match how {
+        Launch::ConfigFile(path) => return run_config_file(path),
+        Launch::Api {
+            api_sock,
+            config_file,
+            instance_id,
+        } => (api_sock, config_file, instance_id),
+    };
+    exit::catch_stop_signals().map_err(Error::Signals)?;
+    let (listener, _socket_file) = api::socket::bind(api_sock)?;
+    let (client, inbox) = api::channel::channel().map_err(Error::ApiChannel)?;
+    api::server::start(listener, client)?;
+    let booted = match config_file {
+        Some(config_file) => boot_config_file(config_file)?,
+        None => {
+            let preboot = PrebootController::new(instance_id.clone(), Some(libc::STDIN_FILENO));
+            match preboot.serve_until_start(&inbox)? {
+                PrebootEnd::Started(booted) => *booted,
+                PrebootEnd::Signalled(signal) => return Ok(ExitReason::Signal(signal)),
+            }
+        }
+    };
+    run_booted(booted, instance_id, Some(inbox))
+}
+
+/// Reads, checks and boots a config file, with its logger and metrics applied first.
+fn boot_config_file(config_path: &Path) -> Result<Booted, Error> {
     let config = VmConfig::from_file(config_path)?;
+    if let Some(logger_config) = &config.logger {
+        logger::configure(logger_config)?;
+    }
+    let metrics = config.metrics.as_ref().map(MetricsSink::open).transpose()?;
     let resources = VmResources::try_from(config).map_err(|source| Error::Resources {
         path: config_path.to_owned(),
         source,
     })?;
-    run(resources)
+    let vmm = builder::build_and_start(
+        resources,
+        Box::new(std::io::stdout()),
+        Some(libc::STDIN_FILENO),
+    )?;
+    Ok(Booted { vmm, metrics })
+}
+
+/// Runs a booted VM until it stops, serving `inbox`'s API requests if there is one.
+fn run_booted(
+    mut booted: Booted,
+    instance_id: &str,
+    inbox: Option<ApiInbox>,
+) -> Result<ExitReason, Error> {
+    let _raw_terminal = terminal::RawTerminal::enter(libc::STDIN_FILENO);
+    let mut controller = RuntimeController::attach(
+        &mut booted.vmm,
+        instance_id.to_owned(),
+        inbox,
+        booted.metrics,
+    )?;
+    Ok(booted.vmm.run_with(&mut controller)?)
+}
+
+/// Boots the VM `config_path` describes with its console on stdin/stdout, and
+/// returns how it ended.
+pub fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
+    exit::catch_stop_signals().map_err(Error::Signals)?;
+    let booted = boot_config_file(config_path)?;
+    run_booted(booted, DEFAULT_INSTANCE_ID, None)
 }
 
 /// Boots `resources` with the console on stdin/stdout and runs until the VM stops.

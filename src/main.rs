@@ -1,9 +1,11 @@
-//! The `spry` command: boot a microVM from a Firecracker-style JSON config.
+//! The `spry` command: boot a microVM from a Firecracker-style JSON config, or drive
+//! one over Firecracker's REST API on a Unix socket.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use spry::Launch;
 
 /// spry: a KVM microVM monitor with container-grade start time.
 #[derive(Debug, Parser)]
@@ -12,9 +14,15 @@ struct Cli {
     /// Boot the VM this Firecracker-style JSON file describes.
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
-    /// Serve no API socket (the only mode so far; accepted for Firecracker compatibility).
-    #[arg(long)]
+    /// Serve Firecracker's REST API on this Unix socket (created by spry, removed at exit).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_api")]
+    api_sock: Option<PathBuf>,
+    /// Serve no API socket (the default unless --api-sock is given; for Firecracker compatibility).
+    #[arg(long, requires = "config_file")]
     no_api: bool,
+    /// The instance id `GET /` reports.
+    #[arg(long, value_name = "ID", default_value = spry::DEFAULT_INSTANCE_ID, value_parser = instance_id)]
+    id: String,
     /// Accepted for Firecracker compatibility: spry's boot timer is always on.
     #[arg(long)]
     boot_timer: bool,
@@ -23,26 +31,36 @@ struct Cli {
     log_level: log::LevelFilter,
 }
 
-fn error_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        line.push_str(": ");
-        line.push_str(&s.to_string());
-        source = s.source();
+/// Firecracker's rule for `--id`: 1 to 64 alphanumerics or `-`.
+fn instance_id(text: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("1 to 64 alphanumerics or '-'".to_owned())
     }
-    line
 }
 
 fn main() -> ExitCode {
     spry::clock::mark_process_start();
     let cli = Cli::parse();
     spry::logger::init(cli.log_level);
-    let Some(config_file) = cli.config_file else {
-        eprintln!("spry: nothing to boot: pass --config-file FILE (see --help)");
-        return ExitCode::from(2);
+    let how = match (cli.api_sock, cli.config_file) {
+        (Some(api_sock), config_file) => Launch::Api {
+            api_sock,
+            config_file,
+            instance_id: cli.id,
+        },
+        (None, Some(config_file)) => Launch::ConfigFile(config_file),
+        (None, None) => {
+            eprintln!(
+                "spry: nothing to boot: pass --config-file FILE or --api-sock PATH (see --help)"
+            );
+            return ExitCode::from(2);
+        }
     };
-    match spry::run_config_file(&config_file) {
+    match spry::launch(&how) {
         Ok(reason) => {
             log::info!("VM stopped: {reason}");
             if reason.exit_code() != 0 {
@@ -51,7 +69,7 @@ fn main() -> ExitCode {
             ExitCode::from(reason.exit_code())
         }
         Err(e) => {
-            eprintln!("spry: {}", error_line(&e));
+            eprintln!("spry: {}", spry::error_line(&e));
             ExitCode::from(e.exit_code())
         }
     }

@@ -313,25 +313,12 @@ pub fn drives_from_config(configs: &[DriveConfig]) -> Result<Vec<Drive>, Resourc
             .path_on_host
             .clone()
             .ok_or(ResourcesError::DriveWithoutPath(index))?;
-        let open_err = |source| ResourcesError::DriveOpen {
-            index,
-            path: path.clone(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(!c.is_read_only)
-            .open(&path)
-            .map_err(open_err)?;
-        let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        if size % 512 != 0 {
-            return Err(ResourcesError::DriveSize { index, path, size });
-        }
+        let (file, capacity) = open_backing_file(index, &path, c.is_read_only)?;
         drives.push(Drive {
             id: c.drive_id.clone(),
             path,
             file,
-            capacity: size / 512,
+            capacity,
             read_only: c.is_read_only,
             cache: c.cache_type,
             is_root: c.is_root_device,
@@ -340,6 +327,34 @@ pub fn drives_from_config(configs: &[DriveConfig]) -> Result<Vec<Drive>, Resourc
     }
     drives.sort_by_key(|d| !d.is_root);
     Ok(drives)
+}
+
+/// Opens the backing file of `drives[index]` (read-write unless `read_only`) and
+/// returns it with its size in 512-byte sectors.
+pub fn open_backing_file(
+    index: usize,
+    path: &std::path::Path,
+    read_only: bool,
+) -> Result<(File, u64), ResourcesError> {
+    let open_err = |source| ResourcesError::DriveOpen {
+        index,
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(open_err)?;
+    let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+    if size % 512 != 0 {
+        return Err(ResourcesError::DriveSize {
+            index,
+            path: path.to_owned(),
+            size,
+        });
+    }
+    Ok((file, size / 512))
 }
 
 /// Validates `network-interfaces`: ids, existing taps used once, MACs and MTUs.

@@ -1,6 +1,8 @@
-//! A running VM: the event loop that serves its devices, and an orderly stop.
+//! A running VM: the event loop that serves its devices, pause and resume, and an
+//! orderly stop.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -10,10 +12,15 @@ use crate::devices::legacy::i8042::{I8042Error, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
+use crate::metrics::VcpuExitCounters;
 use crate::resources::VmResources;
 use crate::vstate::memory::GuestMemory;
-use crate::vstate::vcpu::VcpuHandle;
+use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
 use crate::vstate::vm::Vm;
+
+/// How long a vCPU may take to acknowledge a pause or resume. A vCPU leaves KVM_RUN
+/// within microseconds of its kick; only a wedged host misses this.
+pub const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors of the running VMM.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +28,31 @@ pub enum VmmError {
     /// epoll failed.
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A vCPU did not acknowledge a pause or resume in time.
+    #[error("vCPU {vcpu} did not {what} within {timeout:?}")]
+    VcpuNoAnswer {
+        /// The vCPU.
+        vcpu: u8,
+        /// "pause" or "resume".
+        what: &'static str,
+        /// How long spry waited.
+        timeout: Duration,
+    },
+}
+
+/// Work that needs the whole VMM (API requests, metrics), done on the event-loop
+/// thread after each batch of events, so it never races the devices it inspects.
+pub trait RunHook {
+    /// Called after every batch of events the event loop dispatched.
+    fn after_events(&mut self, vmm: &mut Vmm);
+}
+
+/// No work besides the devices.
+#[derive(Debug)]
+pub struct NoHook;
+
+impl RunHook for NoHook {
+    fn after_events(&mut self, _vmm: &mut Vmm) {}
 }
 
 /// Wakes the event loop when the VM must stop.
@@ -75,6 +107,7 @@ pub struct VirtioDevices {
 /// Field order is drop order: vCPU threads are joined before the VM and its memory go.
 pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
+    paused: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
@@ -106,6 +139,7 @@ impl Vmm {
     ) -> Vmm {
         Vmm {
             vcpus: Vec::new(),
+            paused: false,
             event_loop,
             exit,
             i8042,
@@ -126,8 +160,18 @@ impl Vmm {
         &self.exit
     }
 
+    /// Adds an event source to the event loop (the API wake-up, the metrics timer).
+    pub fn add_subscriber(&mut self, subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>) {
+        event_manager::SubscriberOps::add_subscriber(&mut self.event_loop, subscriber);
+    }
+
     /// Serves devices until something asks the VM to stop, then stops the vCPUs.
     pub fn run(&mut self) -> Result<ExitReason, VmmError> {
+        self.run_with(&mut NoHook)
+    }
+
+    /// [`Vmm::run`], calling `hook` after each batch of events.
+    pub fn run_with(&mut self, hook: &mut dyn RunHook) -> Result<ExitReason, VmmError> {
         let reason = loop {
             if let Some(reason) = self.exit.reason() {
                 break reason;
@@ -140,15 +184,76 @@ impl Vmm {
                     return Err(VmmError::EventLoop(e));
                 }
             }
+            hook.after_events(self);
         };
         self.stop();
         Ok(reason)
     }
 
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Stops every vCPU from running guest code. Devices keep serving what the guest
+    /// queued, so the guest finds them consistent when it resumes. If a vCPU does not
+    /// acknowledge, the others are resumed and the VM keeps running.
+    pub fn pause(&mut self) -> Result<(), VmmError> {
+        if let Err(e) = self.tell_vcpus(VcpuEvent::Pause, VcpuResponse::Paused, "pause") {
+            let _ = self.tell_vcpus(VcpuEvent::Resume, VcpuResponse::Resumed, "resume");
+            return Err(e);
+        }
+        self.paused = true;
+        Ok(())
+    }
+
+    /// Lets every vCPU run guest code again.
+    pub fn resume(&mut self) -> Result<(), VmmError> {
+        self.tell_vcpus(VcpuEvent::Resume, VcpuResponse::Resumed, "resume")?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Sends `event` to every vCPU, then waits for each to answer `want`.
+    fn tell_vcpus(
+        &self,
+        event: VcpuEvent,
+        want: VcpuResponse,
+        what: &'static str,
+    ) -> Result<(), VmmError> {
+        for vcpu in &self.vcpus {
+            vcpu.send(event);
+        }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
+        for vcpu in &self.vcpus {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match vcpu.response(left) {
+                    Some(answer) if answer == want => break,
+                    // A late answer to an earlier request that timed out.
+                    Some(_) => {}
+                    None => {
+                        return Err(VmmError::VcpuNoAnswer {
+                            vcpu: vcpu.index(),
+                            what,
+                            timeout: VCPU_ANSWER_TIMEOUT,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each vCPU's exit counters.
+    pub fn vcpu_exit_counters(&self) -> impl Iterator<Item = &VcpuExitCounters> {
+        self.vcpus.iter().map(VcpuHandle::exit_counters)
+    }
+
     /// Finishes and joins every vCPU thread.
     pub fn stop(&mut self) {
         for vcpu in &self.vcpus {
-            vcpu.send(crate::vstate::vcpu::VcpuEvent::Finish);
+            vcpu.send(VcpuEvent::Finish);
         }
         for vcpu in &mut self.vcpus {
             vcpu.finish();

@@ -21,6 +21,7 @@ use crate::arch::x86_64::cpuid::{filter_cpuid, Topology};
 use crate::arch::x86_64::regs;
 use crate::devices::bus::DeviceBuses;
 use crate::exit::{ExitEvent, ExitReason};
+use crate::metrics::VcpuExitCounters;
 
 /// Errors while creating, configuring or driving a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +131,7 @@ pub struct Vcpu {
     fd: VcpuFd,
     buses: Arc<DeviceBuses>,
     exit: Arc<ExitEvent>,
+    counters: Arc<VcpuExitCounters>,
 }
 
 impl Vcpu {
@@ -148,6 +150,7 @@ impl Vcpu {
             fd,
             buses,
             exit,
+            counters: Arc::default(),
         })
     }
 
@@ -201,6 +204,7 @@ impl Vcpu {
         let index = self.index;
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
+        let counters = self.counters.clone();
         let thread = std::thread::Builder::new()
             .name(format!("spry-vcpu{index}"))
             .spawn(move || self.run_thread(event_rx, response_tx))
@@ -210,6 +214,7 @@ impl Vcpu {
             thread: Some(thread),
             events: event_tx,
             responses: response_rx,
+            counters,
         })
     }
 
@@ -244,6 +249,7 @@ impl Vcpu {
         loop {
             match events.try_recv() {
                 Ok(VcpuEvent::Pause) => {
+                    self.tell_guest_paused();
                     let _ = responses.send(VcpuResponse::Paused);
                     return Some(VcpuState::Paused);
                 }
@@ -255,6 +261,15 @@ impl Vcpu {
                 }
                 Err(TryRecvError::Empty) => return None,
             }
+        }
+    }
+
+    /// Sets kvmclock's "guest stopped" flag so the guest's soft-lockup watchdog does
+    /// not mistake the pause for a hang. Guests without kvmclock make KVM answer
+    /// EINVAL, and hosts without it ENOTTY; both are fine.
+    fn tell_guest_paused(&self) {
+        if let Err(e) = self.fd.kvmclock_ctrl() {
+            log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.index);
         }
     }
 
@@ -311,21 +326,24 @@ impl Vcpu {
     /// One KVM_RUN and the handling of its exit.
     fn run_once(&mut self) -> Emulation {
         let index = self.index;
+        let counters = &self.counters;
         let exit = match self.fd.run() {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 return Emulation::Interrupted
             }
             Err(e) => {
+                VcpuExitCounters::count(&counters.failures);
                 return Emulation::Stop(ExitReason::VcpuError {
                     vcpu: index,
                     detail: format!("KVM_RUN failed: {e}"),
-                })
+                });
             }
         };
         let buses = &self.buses;
         match exit {
             VcpuExit::IoIn(port, data) => {
+                VcpuExitCounters::count(&counters.io_in);
                 if !buses.pio.read(u64::from(port), data) {
                     data.fill(0xff);
                     log::trace!("vCPU {index}: unhandled port read {port:#x}");
@@ -333,12 +351,14 @@ impl Vcpu {
                 Emulation::Continue
             }
             VcpuExit::IoOut(port, data) => {
+                VcpuExitCounters::count(&counters.io_out);
                 if !buses.pio.write(u64::from(port), data) {
                     log::trace!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
                 }
                 Emulation::Continue
             }
             VcpuExit::MmioRead(addr, data) => {
+                VcpuExitCounters::count(&counters.mmio_read);
                 if !buses.mmio.read(addr, data) {
                     data.fill(0xff);
                     log::debug!("vCPU {index}: unhandled MMIO read at {addr:#x}");
@@ -346,6 +366,7 @@ impl Vcpu {
                 Emulation::Continue
             }
             VcpuExit::MmioWrite(addr, data) => {
+                VcpuExitCounters::count(&counters.mmio_write);
                 if !buses.mmio.write(addr, data) {
                     log::debug!("vCPU {index}: unhandled MMIO write at {addr:#x}");
                 }
@@ -366,20 +387,29 @@ impl Vcpu {
                 }),
             },
             VcpuExit::InternalError => {
+                VcpuExitCounters::count(&counters.failures);
                 let detail = self.internal_error_detail();
                 Emulation::Stop(ExitReason::EmulationFailure {
                     vcpu: index,
                     detail,
                 })
             }
-            VcpuExit::FailEntry(reason, cpu) => Emulation::Stop(ExitReason::VcpuError {
-                vcpu: index,
-                detail: format!("KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"),
-            }),
-            other => Emulation::Stop(ExitReason::VcpuError {
-                vcpu: index,
-                detail: format!("unexpected KVM exit {other:?}"),
-            }),
+            VcpuExit::FailEntry(reason, cpu) => {
+                VcpuExitCounters::count(&counters.failures);
+                Emulation::Stop(ExitReason::VcpuError {
+                    vcpu: index,
+                    detail: format!(
+                        "KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
+                    ),
+                })
+            }
+            other => {
+                VcpuExitCounters::count(&counters.failures);
+                Emulation::Stop(ExitReason::VcpuError {
+                    vcpu: index,
+                    detail: format!("unexpected KVM exit {other:?}"),
+                })
+            }
         }
     }
 
@@ -420,9 +450,20 @@ pub struct VcpuHandle {
     thread: Option<JoinHandle<()>>,
     events: Sender<VcpuEvent>,
     responses: Receiver<VcpuResponse>,
+    counters: Arc<VcpuExitCounters>,
 }
 
 impl VcpuHandle {
+    /// The vCPU's index.
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The vCPU's exit counters.
+    pub fn exit_counters(&self) -> &VcpuExitCounters {
+        &self.counters
+    }
+
     /// Sends `event` and kicks the thread out of KVM_RUN so it sees it.
     pub fn send(&self, event: VcpuEvent) {
         if self.events.send(event).is_ok() {
