@@ -1,10 +1,6 @@
 //! spry driven over its Firecracker-compatible API socket by real HTTP clients
 //! (curl, and a raw client for pipelining, stalls and garbage), booting the probe
 //! guest.
-//!
-//! The pause/resume and Ctrl-Alt-Del tests need the probe's `count` mode and its
-//! i8042 Ctrl-Alt-Del handling; point `SPRY_PROBE_DIR` at a probe build that has
-//! them if this checkout's probe does not.
 
 mod api_support;
 mod common;
@@ -21,7 +17,7 @@ use common::{probe_args, Scratch};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn kernel() -> PathBuf {
-    api_support::probe_kernel(common::probe_vmlinux)
+    common::probe_vmlinux()
 }
 
 /// `curl --unix-socket`, the way people script Firecracker: (status, body).

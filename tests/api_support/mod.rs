@@ -498,13 +498,3 @@ impl Rng {
         mutate(base, &mutations)
     }
 }
-
-/// The probe kernel the API tests boot: `SPRY_PROBE_DIR/vmlinux` when set (a probe
-/// built elsewhere, e.g. with modes this checkout does not have yet), else the one
-/// tests/common builds.
-pub fn probe_kernel(default: impl FnOnce() -> PathBuf) -> PathBuf {
-    match std::env::var_os("SPRY_PROBE_DIR") {
-        Some(dir) => PathBuf::from(dir).join("vmlinux"),
-        None => default(),
-    }
-}
