@@ -22,7 +22,7 @@ use crate::devices::bus::{BusError, DeviceBuses};
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_LEN, COM1_PORT};
-use crate::devices::virtio::block::{Block, BlockConfig};
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::{Net, NetDeviceConfig};
@@ -333,19 +333,9 @@ fn attach_block_devices(
             add_root_args(env.cmdline, &drive)?;
         }
         let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
-        let name = format!("virtio-blk {}", drive.id);
-        let block = Block::new(
-            BlockConfig {
-                id: drive.id,
-                path: drive.path,
-                file: drive.file,
-                capacity: drive.capacity,
-                read_only: drive.read_only,
-                cache: drive.cache,
-            },
-            interrupt.clone(),
-        )
-        .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        let name = format!("virtio-blk {}", drive.block.id);
+        let block = Block::new(drive.block, interrupt.clone())
+            .map_err(|e| BuildError::EventFd("a block queue", e))?;
         let queue_evt = block
             .queue_event()
             .try_clone()
@@ -373,7 +363,7 @@ fn add_root_args(cmdline: &mut Cmdline, drive: &Drive) -> Result<(), BuildError>
     };
     cmdline.insert_str(root).map_err(BuildError::Cmdline)?;
     cmdline
-        .insert_str(if drive.read_only { "ro" } else { "rw" })
+        .insert_str(if drive.block.read_only { "ro" } else { "rw" })
         .map_err(BuildError::Cmdline)
 }
 

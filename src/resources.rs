@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use linux_loader::cmdline::Cmdline;
 
-use crate::config::{BootSourceConfig, CacheType, DriveConfig, MachineConfig, NetConfig, VmConfig};
+use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, VmConfig};
+use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::tap;
 use crate::host;
 use crate::loader::{InitrdImage, KernelImage, LoaderError};
@@ -199,21 +200,11 @@ pub enum ResourcesError {
 /// Most virtio devices (IRQs 5 to 23).
 pub const MAX_VIRTIO_DEVICES: usize = 19;
 
-/// A validated drive.
+/// A validated drive: the block device to build, and how the guest boots from it.
 #[derive(Debug)]
 pub struct Drive {
-    /// `drive_id`.
-    pub id: String,
-    /// Backing file path.
-    pub path: PathBuf,
-    /// Backing file, open.
-    pub file: File,
-    /// Size in sectors.
-    pub capacity: u64,
-    /// Read-only.
-    pub read_only: bool,
-    /// Flush semantics.
-    pub cache: CacheType,
+    /// The device: id, open backing file, capacity, read-only, cache type.
+    pub block: BlockConfig,
     /// Holds the root file system.
     pub is_root: bool,
     /// Boot from this partition instead of the whole disk.
@@ -315,12 +306,14 @@ pub fn drives_from_config(configs: &[DriveConfig]) -> Result<Vec<Drive>, Resourc
             .ok_or(ResourcesError::DriveWithoutPath(index))?;
         let (file, capacity) = open_backing_file(index, &path, c.is_read_only)?;
         drives.push(Drive {
-            id: c.drive_id.clone(),
-            path,
-            file,
-            capacity,
-            read_only: c.is_read_only,
-            cache: c.cache_type,
+            block: BlockConfig {
+                id: c.drive_id.clone(),
+                path,
+                file,
+                capacity,
+                read_only: c.is_read_only,
+                cache: c.cache_type,
+            },
             is_root: c.is_root_device,
             partuuid: c.partuuid.clone(),
         });
@@ -597,6 +590,7 @@ impl TryFrom<VmConfig> for VmResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error_line;
     use std::io::Write;
 
     fn machine(vcpu_count: u8, mem_size_mib: u32) -> MachineConfig {
@@ -605,17 +599,6 @@ mod tests {
             mem_size_mib,
             ..MachineConfig::default()
         }
-    }
-
-    fn error_line(e: &dyn std::error::Error) -> String {
-        let mut line = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            line.push_str(": ");
-            line.push_str(&s.to_string());
-            source = s.source();
-        }
-        line
     }
 
     /// A minimal x86_64 ELF header: enough to be recognised as a kernel.
@@ -801,9 +784,9 @@ mod tests {
             drive("rootfs", a.as_path(), true),
         ])
         .unwrap();
-        assert_eq!(drives[0].id, "rootfs");
-        assert_eq!(drives[0].capacity, 8);
-        assert_eq!(drives[1].capacity, 2);
+        assert_eq!(drives[0].block.id, "rootfs");
+        assert_eq!(drives[0].block.capacity, 8);
+        assert_eq!(drives[1].block.capacity, 2);
     }
 
     #[test]

@@ -349,7 +349,13 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            self.device().write_config(offset - reg::CONFIG, data);
+            let config_offset = offset - reg::CONFIG;
+            if !self.device().write_config(config_offset, data) {
+                self.errors.report(
+                    &self.name,
+                    format_args!("write to read-only config space at {config_offset:#x}"),
+                );
+            }
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -393,7 +399,6 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             read_config_bytes(&self.config, offset, data);
         }
-        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
         fn activate(
             &mut self,
             _mem: GuestMemory,

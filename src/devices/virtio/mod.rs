@@ -161,8 +161,11 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// Reads the device-specific configuration space.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes the device-specific configuration space.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Writes the device-specific configuration space; `false` where it is read-only
+    /// (all of it, for spry's devices).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) -> bool {
+        false
+    }
     /// Starts serving `queues` with the features the driver acknowledged.
     fn activate(
         &mut self,

@@ -280,13 +280,6 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config_space(), offset, data);
     }
 
-    fn write_config(&mut self, offset: u64, _data: &[u8]) {
-        self.errors.report(
-            &self.name,
-            format_args!("write to read-only config space at {offset:#x}"),
-        );
-    }
-
     fn activate(
         &mut self,
         mem: GuestMemory,
