@@ -1,0 +1,200 @@
+//! QEMU's microvm machine (Debian's qemu-system-x86) with KVM, booting the same guest.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::child::Measured;
+use crate::guest::{Guest, GuestKind};
+use crate::procfs::{self, MemoryUse};
+use crate::systems::{
+    image_file, run_helper, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
+};
+
+/// qemu-system-x86_64 -M microvm.
+#[derive(Debug)]
+pub struct Qemu {
+    binary: PathBuf,
+    guest: Guest,
+    timeout: Duration,
+}
+
+impl Qemu {
+    /// QEMU at `binary` booting `guest`.
+    pub fn new(binary: PathBuf, guest: Guest, timeout: Duration) -> Qemu {
+        Qemu {
+            binary,
+            guest,
+            timeout,
+        }
+    }
+
+    /// The kernel image QEMU is given: QEMU loads an ELF vmlinux only through a PVH
+    /// note, which Linux has and the probe has not, so the probe goes in as a bzImage.
+    fn kernel(&self) -> &PathBuf {
+        match self.guest.kind {
+            GuestKind::Linux => &self.guest.vmlinux,
+            GuestKind::Probe => &self.guest.bzimage,
+        }
+    }
+
+    /// The arguments for `workload` with `kernel`.
+    pub fn args(&self, workload: Workload, kernel: &std::path::Path) -> Vec<String> {
+        let rtc = match self.guest.kind {
+            GuestKind::Linux => "on",
+            GuestKind::Probe => "off",
+        };
+        let mut boot_args = self.guest.boot_args(workload);
+        let mut args: Vec<String> = [
+            "-M",
+            &format!("microvm,x-option-roms=off,acpi=off,rtc={rtc}"),
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            &self.guest.mem_mib.to_string(),
+            "-smp",
+            &self.guest.vcpus.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-kernel",
+            &kernel.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        if let Some(rootfs) = &self.guest.rootfs {
+            boot_args.push_str(" root=/dev/vda ro");
+            args.extend(
+                [
+                    "-drive",
+                    &format!(
+                        "id=root,file={},format=raw,if=none,readonly=on",
+                        rootfs.display()
+                    ),
+                    "-device",
+                    "virtio-blk-device,drive=root",
+                ]
+                .map(str::to_owned),
+            );
+        }
+        args.extend(["-append".to_owned(), boot_args]);
+        args
+    }
+
+    fn spawn(&self, workload: Workload, kernel: &std::path::Path) -> Result<Measured, SystemError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.args(workload, kernel));
+        Ok(Measured::spawn(cmd, workload != Workload::RunToExit)?)
+    }
+
+    /// Boots once; `Err(reason)` says why QEMU cannot run this guest here.
+    pub fn check(&self) -> Result<(), String> {
+        match self.start(Workload::RunToExit, 0) {
+            Ok(mut instance) => {
+                let _ = instance.process.wait_exit(self.timeout);
+                Ok(())
+            }
+            Err(e) => Err(self.diagnose(&e)),
+        }
+    }
+
+    fn diagnose(&self, error: &SystemError) -> String {
+        let first = error.to_string().replace('\n', " / ");
+        if self.guest.kind != GuestKind::Probe {
+            return format!("QEMU did not boot the Linux guest: {first}");
+        }
+        // What the ELF vmlinux gets, for the record.
+        let elf = self
+            .spawn(Workload::RunToExit, &self.guest.vmlinux)
+            .ok()
+            .and_then(|mut p| p.wait_exit(Duration::from_secs(5)).ok().map(|_| p.tail()))
+            .map(|t| t.replace('\n', " / "))
+            .unwrap_or_default();
+        format!(
+            "QEMU cannot boot the probe guest: given the ELF vmlinux it refuses it ('{elf}': QEMU \
+             loads ELF kernels only through a PVH entry note, which the probe lacks); given the \
+             bzImage, its microvm firmware (qboot) enters the kernel through the 16-bit real-mode \
+             setup entry, where the probe only has `cli; hlt` (it implements the 64-bit entry \
+             only), so no console output or boot signal ever comes ({first})"
+        )
+    }
+}
+
+impl Sandbox for Qemu {
+    fn name(&self) -> &str {
+        "QEMU"
+    }
+
+    fn phrase(&self) -> String {
+        "QEMU".into()
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Vm
+    }
+
+    fn version(&self) -> String {
+        run_helper(&self.binary, &["--version"])
+            .ok()
+            .and_then(|v| v.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn command_line(&self, workload: Workload) -> String {
+        let args: Vec<String> = self
+            .args(workload, self.kernel())
+            .into_iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a
+                }
+            })
+            .collect();
+        format!("{} {}", self.binary.display(), args.join(" "))
+    }
+
+    fn start(&self, workload: Workload, _tag: usize) -> Result<Instance, SystemError> {
+        let mut process = self.spawn(workload, self.kernel())?;
+        let running = self.guest.running_line();
+        let ((), running_us) = process.wait_for(running, self.timeout, |l| {
+            l.text.starts_with(running).then_some(())
+        })?;
+        if workload != Workload::RunToExit {
+            if let Some(idle) = self.guest.idle_line() {
+                process.wait_for(idle, self.timeout, |l| l.text.contains(idle).then_some(()))?;
+            }
+        }
+        Ok(Instance {
+            process,
+            running_us,
+            vcpu_entry_us: None,
+            main_us: None,
+            container: None,
+        })
+    }
+
+    fn request_stop(&self, instance: &mut Instance) -> Result<(), SystemError> {
+        Ok(instance.process.send(self.guest.stop_input())?)
+    }
+
+    fn memory(&self, instance: &Instance) -> Result<MemoryUse, SystemError> {
+        let guest_kib = u64::from(self.guest.mem_mib) * 1024;
+        Ok(procfs::memory_use(instance.process.pid(), Some(guest_kib))?)
+    }
+
+    fn image(&self) -> Vec<ImageFile> {
+        let mut files = vec![image_file("kernel", self.kernel().clone())];
+        if let Some(rootfs) = &self.guest.rootfs {
+            files.push(image_file("root file system", rootfs.clone()));
+        }
+        files
+    }
+}
