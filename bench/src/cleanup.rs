@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Errors installing the interrupt handling.
@@ -33,6 +34,13 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     paths: BTreeSet::new(),
 });
 
+/// Set once cleanup has started: whatever registers after that is removed at once.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -40,6 +48,9 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// A process group (a child spawned as its own group leader) to kill on cleanup.
 pub fn add_process_group(pgid: i32) {
     registry().process_groups.insert(pgid);
+    if stopping() {
+        kill_group(pgid);
+    }
 }
 
 /// The group's leader was reaped: forget it.
@@ -115,6 +126,16 @@ fn remove(path: &Path) {
 /// Removes everything still registered: kills process groups, deletes containers and
 /// taps, removes scratch paths.
 pub fn cleanup_all() {
+    cleanup_registered();
+}
+
+/// Like [`cleanup_all`], and from now on kills whatever registers.
+pub fn stop_everything() {
+    STOPPING.store(true, Ordering::SeqCst);
+    cleanup_registered();
+}
+
+fn cleanup_registered() {
     let taken = std::mem::take(&mut *registry());
     for pgid in &taken.process_groups {
         kill_group(*pgid);
@@ -162,7 +183,7 @@ pub fn install_interrupt_handler() -> Result<(), CleanupError> {
             let ret = unsafe { libc::sigwait(&set, &mut signal) };
             if ret == 0 {
                 eprintln!("\nspry-bench: interrupted (signal {signal}): cleaning up");
-                cleanup_all();
+                stop_everything();
                 std::process::exit(128 + signal);
             }
         })

@@ -7,6 +7,7 @@ mod boot;
 mod child;
 mod cleanup;
 mod clock;
+mod compare;
 mod guest;
 mod host;
 mod procfs;
@@ -51,6 +52,67 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         memory_runs: usize,
     },
+    /// Issue 5 (the default): spry against a runc container, QEMU and Firecracker;
+    /// writes report.md, results.json and plots.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Smoke run: 3 runs after 1 warm-up, density K=3.
+    #[arg(long)]
+    quick: bool,
+    /// Measured runs per system and metric (default 20; 3 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Warm-up runs per system (default 3; 1 with --quick).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Density levels, comma-separated (default 10,50,100; 3 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    density: Option<Vec<usize>>,
+    /// A Firecracker binary to include.
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<PathBuf>,
+    /// Leave QEMU out.
+    #[arg(long)]
+    no_qemu: bool,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    fn settings(&self) -> compare::Settings {
+        compare::Settings {
+            runs: self.runs.unwrap_or(if self.quick { 3 } else { 20 }).max(1),
+            warmup: self.warmup.unwrap_or(if self.quick { 1 } else { 3 }),
+            density: self
+                .density
+                .clone()
+                .unwrap_or_else(|| if self.quick { vec![3] } else { vec![10, 50, 100] }),
+            quick: self.quick,
+            firecracker: self
+                .firecracker
+                .clone()
+                .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
+            no_qemu: self.no_qemu,
+        }
+    }
+}
+
+impl Default for CompareArgs {
+    fn default() -> CompareArgs {
+        CompareArgs {
+            quick: false,
+            runs: None,
+            warmup: None,
+            density: None,
+            firecracker: None,
+            no_qemu: false,
+            out: None,
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -73,6 +135,10 @@ enum BenchError {
     Setup(#[from] setup::SetupError),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Compare(#[from] compare::CompareError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -91,7 +157,28 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             let report = boot::run(&env, runs, warmup, memory_runs)?;
             println!("{}", report.render());
         }
-        None => {}
+        Some(Bench::Compare(args)) => run_compare(&env, &args)?,
+        None => run_compare(&env, &CompareArgs::default())?,
+    }
+    Ok(())
+}
+
+fn run_compare(env: &setup::Env, args: &CompareArgs) -> Result<(), BenchError> {
+    let comparison = compare::run(env, args.settings())?;
+    let out = args.out.clone().unwrap_or_else(|| env.build.join("bench"));
+    let written = report::write_report(&comparison, &out)?;
+    println!("{}", report::markdown::headline_table(&comparison));
+    for line in report::markdown::headline_sentences(&comparison) {
+        println!("{line}");
+    }
+    for peer in &comparison.unavailable {
+        println!("not compared: {}: {}", peer.name, peer.reason);
+    }
+    println!("\nreport:  {}", written.markdown.display());
+    println!("numbers: {}", written.json.display());
+    match &written.plot_problem {
+        Some(problem) => println!("plots:   none: {problem}"),
+        None => println!("plots:   {} files in {}", written.plots.len(), out.display()),
     }
     Ok(())
 }

@@ -2,11 +2,23 @@
 
 use crate::stats::Summary;
 
-/// A Markdown table with `headers` and `rows`, columns padded to equal width. The
-/// first column is left-aligned, the others right-aligned (numbers).
+fn is_number(cell: &str) -> bool {
+    cell == "–" || cell.parse::<f64>().is_ok()
+}
+
+/// A Markdown table with `headers` and `rows`, columns padded to equal width. Columns
+/// of numbers are right-aligned, the others left-aligned.
 pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let columns = headers.len();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let numeric: Vec<bool> = (0..columns)
+        .map(|i| {
+            !rows.is_empty()
+                && rows
+                    .iter()
+                    .all(|r| r.get(i).is_some_and(|c| is_number(c)))
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count().max(3)).collect();
     for row in rows {
         for (i, cell) in row.iter().take(columns).enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
@@ -14,10 +26,10 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     }
     let pad = |i: usize, text: &str| {
         let fill = widths[i].saturating_sub(text.chars().count());
-        if i == 0 {
-            format!("{text}{}", " ".repeat(fill))
-        } else {
+        if numeric[i] {
             format!("{}{text}", " ".repeat(fill))
+        } else {
+            format!("{text}{}", " ".repeat(fill))
         }
     };
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
@@ -27,11 +39,11 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
             .iter()
             .enumerate()
             .map(|(i, w)| {
-                let dashes = "-".repeat(w.saturating_sub(1).max(2));
-                if i == 0 {
-                    format!("{dashes}-")
-                } else {
+                let dashes = "-".repeat(w - 1);
+                if numeric[i] {
                     format!("{dashes}:")
+                } else {
+                    format!("{dashes}-")
                 }
             })
             .collect(),
@@ -77,18 +89,23 @@ mod tests {
         );
         assert_eq!(
             t,
-            "| system | ms    |\n\
+            "| system |    ms |\n\
              | ------ | ----: |\n\
              | spry   |   3.5 |\n\
              | runc   | 41.25 |\n"
-                .replace("| ms    |", "|    ms |")
         );
     }
 
     #[test]
     fn test_short_rows_get_empty_cells() {
         let t = markdown_table(&["a", "b"], &[vec!["x".into()]]);
-        assert!(t.ends_with("| x   |    |\n"), "{t}");
+        assert_eq!(t, "| a   | b   |\n| --- | --- |\n| x   |     |\n");
+    }
+
+    #[test]
+    fn test_text_columns_are_left_aligned() {
+        let t = markdown_table(&["k", "what"], &[vec!["1".into(), "Rss".into()]]);
+        assert_eq!(t, "|   k | what |\n| --: | ---- |\n|   1 | Rss  |\n");
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub struct ImageFile {
 }
 
 /// One system under comparison.
-pub trait Sandbox {
+pub trait Sandbox: Sync {
     /// Short name for tables ("spry", "runc", "QEMU", "Firecracker").
     fn name(&self) -> &str;
     /// The phrase a headline uses ("a runc container", "QEMU").

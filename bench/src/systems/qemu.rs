@@ -50,8 +50,6 @@ impl Qemu {
             &format!("microvm,x-option-roms=off,acpi=off,rtc={rtc}"),
             "-accel",
             "kvm",
-            "-cpu",
-            "host",
             "-m",
             &self.guest.mem_mib.to_string(),
             "-smp",

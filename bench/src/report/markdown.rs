@@ -1,0 +1,272 @@
+//! The Markdown report of a comparison.
+
+use std::fmt::Write;
+
+use crate::compare::{Comparison, SystemResult};
+use crate::report::headline::{self, Wording};
+use crate::report::table::{markdown_table, num, summary_cells};
+use crate::stats::{summarize, Summary};
+use crate::systems::Kind;
+
+fn summary(values: impl Iterator<Item = f64>) -> Option<Summary> {
+    summarize(&values.collect::<Vec<_>>())
+}
+
+/// Median start → running of a system, ms.
+pub fn start_running(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.to_running_ms))
+}
+
+fn start_exit(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.to_exit_ms))
+}
+
+fn restart(r: &SystemResult) -> Option<Summary> {
+    summary(r.restart_ms.iter().copied())
+}
+
+fn pss(r: &SystemResult) -> Option<Summary> {
+    summary(r.memory.iter().map(|m| m.pss_mib))
+}
+
+fn cpu(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.cpu_ms))
+}
+
+fn image_mib(r: &SystemResult) -> f64 {
+    r.image.iter().map(|f| f.bytes as f64).sum::<f64>() / (1024.0 * 1024.0)
+}
+
+/// The headline sentence for one metric, spry against every peer that has a value.
+fn sentence(
+    c: &Comparison,
+    wording: Wording,
+    metric: impl Fn(&SystemResult) -> Option<Summary>,
+) -> Option<String> {
+    let (spry, peers) = c.systems.split_first()?;
+    let ours = metric(spry)?.median;
+    let theirs: Vec<(String, f64)> = peers
+        .iter()
+        .filter_map(|p| metric(p).map(|s| (p.phrase.clone(), s.median)))
+        .collect();
+    headline::sentence(wording, ours, &theirs)
+}
+
+/// The headline sentences (medians of this run).
+pub fn headline_sentences(c: &Comparison) -> Vec<String> {
+    let mut lines: Vec<String> = [
+        sentence(c, headline::STARTS, start_running),
+        sentence(c, headline::RESTARTS, restart),
+        sentence(c, headline::MEMORY, pss),
+        sentence(c, headline::CPU, cpu),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    lines.extend(aims(c));
+    lines
+}
+
+/// The project's aims on PVM hosts: start within 2x of runc and ahead of QEMU.
+fn aims(c: &Comparison) -> Vec<String> {
+    let Some(spry) = c.systems.first().and_then(start_running) else {
+        return Vec::new();
+    };
+    let peer = |name: &str| c.systems.iter().find(|s| s.name == name).and_then(start_running);
+    let mut out = Vec::new();
+    match peer("runc") {
+        Some(runc) => out.push(format!(
+            "Aim \"start within 2x of a runc container\": {} (spry/runc = {:.2}).",
+            if spry.median <= 2.0 * runc.median { "met" } else { "MISSED" },
+            spry.median / runc.median
+        )),
+        None => out.push("Aim \"start within 2x of a runc container\": not judged (runc did not run).".into()),
+    }
+    match peer("QEMU") {
+        Some(qemu) => out.push(format!(
+            "Aim \"ahead of QEMU\": {} (spry/QEMU = {:.2}).",
+            if spry.median < qemu.median { "met" } else { "MISSED" },
+            spry.median / qemu.median
+        )),
+        None => out.push("Aim \"ahead of QEMU\": not judged (QEMU did not run; see below).".into()),
+    }
+    out
+}
+
+fn median_cell(s: Option<Summary>) -> String {
+    s.map_or("–".into(), |s| num(s.median))
+}
+
+/// The one table for the README: medians per system.
+pub fn headline_table(c: &Comparison) -> String {
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                median_cell(start_running(r)),
+                median_cell(start_exit(r)),
+                median_cell(restart(r)),
+                median_cell(pss(r)),
+                median_cell(cpu(r)),
+                r.density.last().map_or("–".into(), |d| format!("{} at K={}", num(d.launch_per_s), d.k)),
+                num(image_mib(r)),
+            ]
+        })
+        .collect();
+    markdown_table(
+        &[
+            "system",
+            "start → running ms",
+            "start → exit ms",
+            "restart ms",
+            "idle Pss MiB",
+            "CPU/start ms",
+            "launches/s",
+            "image MiB",
+        ],
+        &rows,
+    )
+}
+
+fn stats_table(c: &Comparison, metrics: &[(&str, &dyn Fn(&SystemResult) -> Option<Summary>)]) -> String {
+    let mut rows = Vec::new();
+    for r in &c.systems {
+        for (label, metric) in metrics {
+            let s = metric(r);
+            let mut row = vec![r.name.clone(), (*label).to_owned(), s.map_or("0".into(), |s| s.n.to_string())];
+            row.extend(summary_cells(s.as_ref()));
+            rows.push(row);
+        }
+    }
+    markdown_table(&["system", "metric", "n", "median", "p90", "min", "max"], &rows)
+}
+
+/// The whole report. `plots` lists the plot files (relative to the report).
+pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> String {
+    let mut out = String::new();
+    let h = &c.host;
+    let _ = writeln!(out, "# spry benchmark: sandboxes side by side\n");
+    let _ = writeln!(
+        out,
+        "{}, host `{}`: {} ({} CPUs), {} MiB RAM, Linux {}, KVM: {}.\n",
+        h.date, h.hostname, h.cpu, h.cpus, h.mem_total_mib, h.kernel, h.kvm.describe()
+    );
+    let _ = writeln!(
+        out,
+        "VM guest: **{}** ({} vCPU, {} MiB): {}.\n",
+        c.guest.label(),
+        c.guest.vcpus,
+        c.guest.mem_mib,
+        c.guest.why
+    );
+    let _ = writeln!(
+        out,
+        "Every system: {} warm-up and {} measured runs per metric, alternated between systems{}.\n",
+        c.settings.warmup,
+        c.settings.runs,
+        if c.settings.quick { " (--quick smoke run: too few runs for conclusions)" } else { "" }
+    );
+    let _ = writeln!(out, "## Headline\n");
+    for line in headline_sentences(c) {
+        let _ = writeln!(out, "- {line}");
+    }
+    let _ = writeln!(out, "\nMedians:\n\n{}", headline_table(c));
+
+    let _ = writeln!(out, "## Start time (ms)\n");
+    let _ = writeln!(out, "Process start (parent's CLOCK_MONOTONIC just before spawn) to the running signal, and to the process's exit after the workload ended.\n");
+    out.push_str(&stats_table(c, &[("start → running", &start_running), ("start → exit", &start_exit)]));
+    let _ = writeln!(out, "\n## Restart time (ms)\n");
+    let _ = writeln!(out, "Stop request of an idle sandbox to its replacement's running signal (stop + start; see the notes).\n");
+    out.push_str(&stats_table(c, &[("stop + start → running", &restart)]));
+    let _ = writeln!(out, "\n## Memory per idle sandbox (MiB)\n");
+    out.push_str(&stats_table(
+        c,
+        &[
+            ("Rss", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.rss_mib))),
+            ("Pss", &pss),
+            ("own Rss (without guest RAM)", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.own_rss_mib))),
+            ("own Pss (without guest RAM)", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.own_pss_mib))),
+        ],
+    ));
+    let _ = writeln!(out, "\n## CPU per start (ms, user + system)\n");
+    out.push_str(&stats_table(c, &[("CPU per start", &cpu)]));
+
+    let _ = writeln!(out, "\n## Density\n");
+    let _ = writeln!(out, "K idle sandboxes launched at once; launch time is the first spawn to the last running signal. One sample per K.\n");
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .flat_map(|r| {
+            r.density.iter().map(|d| {
+                vec![
+                    r.name.clone(),
+                    d.k.to_string(),
+                    num(d.launch_ms),
+                    num(d.launch_per_s),
+                    num(d.pss_per_instance_mib),
+                    num(d.rss_per_instance_mib),
+                    num(d.host_mem_per_instance_mib),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&markdown_table(
+        &["system", "K", "launch ms", "launches/s", "Pss/instance MiB", "Rss/instance MiB", "host MemAvailable drop/instance MiB"],
+        &rows,
+    ));
+    for capped in &c.density_capped {
+        let _ = writeln!(out, "\n- dropped {capped}");
+    }
+
+    let _ = writeln!(out, "\n## Image size\n");
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .flat_map(|r| {
+            r.image.iter().map(|f| {
+                vec![
+                    r.name.clone(),
+                    f.role.clone(),
+                    format!("`{}`", f.path.display()),
+                    num(f.bytes as f64 / (1024.0 * 1024.0)),
+                    num(f.disk_bytes as f64 / (1024.0 * 1024.0)),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&markdown_table(&["system", "what", "path", "MiB", "MiB on disk"], &rows));
+
+    let _ = writeln!(out, "\n## Peers that did not run\n");
+    if c.unavailable.is_empty() {
+        let _ = writeln!(out, "None: every peer ran.");
+    }
+    for u in &c.unavailable {
+        let _ = writeln!(out, "- **{}**: {}", u.name, u.reason);
+    }
+
+    let _ = writeln!(out, "\n## How it was measured\n");
+    for note in &c.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    let _ = writeln!(out, "\nVersions and exact commands:\n");
+    for r in &c.systems {
+        let kind = match r.kind {
+            Kind::Vm => "VM",
+            Kind::Container => "container",
+        };
+        let _ = writeln!(out, "- **{}** ({kind}): {}", r.name, r.version);
+        for (what, command) in &r.commands {
+            let _ = writeln!(out, "  - {what}: `{command}`");
+        }
+    }
+    let _ = writeln!(out, "\n## Plots\n");
+    if let Some(note) = plot_note {
+        let _ = writeln!(out, "{note}\n");
+    }
+    for plot in plots {
+        let _ = writeln!(out, "- [{plot}]({plot})");
+    }
+    out
+}
