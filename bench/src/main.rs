@@ -8,10 +8,12 @@ mod child;
 mod cleanup;
 mod clock;
 mod compare;
+mod devices;
 mod guest;
 mod host;
 mod procfs;
 mod progress;
+mod rawsock;
 mod report;
 mod setup;
 mod spry_log;
@@ -52,9 +54,48 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         memory_runs: usize,
     },
+    /// Issue 3: requests/s, MiB/s and spry CPU per request through virtio-blk.
+    Block(DeviceCli),
+    /// Issue 3: frames/s, MiB/s and spry CPU per frame through virtio-net (a tap).
+    Net(DeviceCli),
     /// Issue 5 (the default): spry against a runc container, QEMU and Firecracker;
     /// writes report.md, results.json and plots.
     Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DeviceCli {
+    /// Request (frame) sizes, comma-separated, K/M suffixes allowed (default: block
+    /// 4K,64K,1M; net 64,1514,65535).
+    #[arg(long, value_delimiter = ',', value_parser = devices::parse_size)]
+    sizes: Option<Vec<u64>>,
+    /// Requests (frames) per run.
+    #[arg(long, default_value_t = 1000)]
+    reqs: u64,
+    /// Runs per case, each alternated with a 0-request baseline run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Operations: block read,write; net tx,rx.
+    #[arg(long, value_delimiter = ',')]
+    ops: Option<Vec<String>>,
+}
+
+impl DeviceCli {
+    fn args(&self, device: devices::Device) -> devices::DeviceArgs {
+        let (sizes, ops) = match device {
+            devices::Device::Block => (vec![4 << 10, 64 << 10, 1 << 20], vec!["read", "write"]),
+            devices::Device::Net => (vec![64, 1514, 65535], vec!["tx", "rx"]),
+        };
+        devices::DeviceArgs {
+            sizes: self.sizes.clone().unwrap_or(sizes),
+            requests: self.reqs,
+            runs: self.runs.max(1),
+            ops: self
+                .ops
+                .clone()
+                .unwrap_or_else(|| ops.into_iter().map(str::to_owned).collect()),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +179,8 @@ enum BenchError {
     #[error(transparent)]
     Compare(#[from] compare::CompareError),
     #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+    #[error(transparent)]
     Report(#[from] report::ReportError),
 }
 
@@ -155,6 +198,14 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             memory_runs,
         }) => {
             let report = boot::run(&env, runs, warmup, memory_runs)?;
+            println!("{}", report.render());
+        }
+        Some(Bench::Block(args)) => {
+            let report = devices::block(&env, &args.args(devices::Device::Block))?;
+            println!("{}", report.render());
+        }
+        Some(Bench::Net(args)) => {
+            let report = devices::net(&env, &args.args(devices::Device::Net))?;
             println!("{}", report.render());
         }
         Some(Bench::Compare(args)) => run_compare(&env, &args)?,

@@ -8,6 +8,12 @@ pub struct Progress {
     phase: String,
     total: usize,
     done: usize,
+    terminal: bool,
+}
+
+fn stderr_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
 }
 
 impl Progress {
@@ -17,6 +23,7 @@ impl Progress {
             phase: phase.to_owned(),
             total,
             done: 0,
+            terminal: stderr_is_terminal(),
         }
     }
 
@@ -24,20 +31,26 @@ impl Progress {
     pub fn step(&mut self, system: &str, warmup: bool) {
         self.done += 1;
         let kind = if warmup { " (warm-up)" } else { "" };
-        eprint!(
-            "\r\x1b[K[{}] {}/{} {system}{kind}",
-            self.phase, self.done, self.total
-        );
-        let _ = std::io::stderr().flush();
+        if self.terminal {
+            eprint!(
+                "\r\x1b[K[{}] {}/{} {system}{kind}",
+                self.phase, self.done, self.total
+            );
+            let _ = std::io::stderr().flush();
+        } else if self.done == 1 || self.done % (self.total / 10).max(1) == 0 {
+            // In logs, about ten lines per phase.
+            eprintln!("[{}] {}/{} {system}{kind}", self.phase, self.done, self.total);
+        }
     }
 
     /// A note on its own line.
     pub fn note(&self, text: &str) {
-        eprintln!("\r\x1b[K[{}] {text}", self.phase);
+        let clear = if self.terminal { "\r\x1b[K" } else { "" };
+        eprintln!("{clear}[{}] {text}", self.phase);
     }
 
     /// Ends the phase's line.
     pub fn done(&self) {
-        eprintln!("\r\x1b[K[{}] {} steps done", self.phase, self.done);
+        self.note(&format!("{} steps done", self.done));
     }
 }
