@@ -11,7 +11,7 @@ use crate::progress::Progress;
 use crate::report::table::{markdown_table, num, summary_cells};
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
-use crate::systems::vm::{Vmm, VmSystem};
+use crate::systems::vm::{VmSystem, Vmm};
 use crate::systems::{check_exit, Sandbox, SystemError, Workload};
 
 /// Errors of the boot benchmark.
@@ -49,7 +49,11 @@ pub struct BootSample {
 }
 
 /// Boots `system` once, to exit, and times it.
-pub fn boot_once(system: &dyn Sandbox, tag: usize, timeout: Duration) -> Result<BootSample, SystemError> {
+pub fn boot_once(
+    system: &dyn Sandbox,
+    tag: usize,
+    timeout: Duration,
+) -> Result<BootSample, SystemError> {
     let mut instance = system.start(Workload::RunToExit, tag)?;
     let exit = instance.process.wait_exit(timeout)?;
     system.finish(&mut instance);
@@ -82,7 +86,11 @@ pub struct OwnMemory {
 
 /// Starts the idle (console-mode) guest, reads spry's smaps, and stops it with the
 /// guest's own reboot.
-pub fn own_memory(system: &dyn Sandbox, tag: usize, timeout: Duration) -> Result<OwnMemory, SystemError> {
+pub fn own_memory(
+    system: &dyn Sandbox,
+    tag: usize,
+    timeout: Duration,
+) -> Result<OwnMemory, SystemError> {
     let mut instance = system.start(Workload::Idle, tag)?;
     let memory = system.memory(&instance);
     let exit = system.stop(&mut instance, timeout)?;
@@ -119,7 +127,13 @@ impl BootReport {
     pub fn render(&self) -> String {
         let s = &self.samples;
         let vmm_share = column(s, |b| b.to_vcpu_entry_ms);
-        let own = summarize(&self.memory.iter().map(|m| m.own_rss_mib).collect::<Vec<_>>());
+        let own = summarize(
+            &self
+                .memory
+                .iter()
+                .map(|m| m.own_rss_mib)
+                .collect::<Vec<_>>(),
+        );
         let aim = |summary: Option<Summary>, limit: f64| match summary {
             Some(x) if x.median < limit => format!("met (median < {limit})"),
             Some(_) => format!("MISSED (median >= {limit})"),
@@ -132,15 +146,72 @@ impl BootReport {
             cells.push(note);
             rows.push(cells);
         };
-        row("(a) start → guest boot-timer write", "ms", column(s, |b| Some(b.to_running_ms)), String::new());
-        row("(b) start → spry exit after the guest's reset", "ms", column(s, |b| Some(b.to_exit_ms)), String::new());
-        row("(c) start → vCPU 0 enters the guest (VMM share)", "ms", vmm_share, format!("aim < 5 ms: {}", aim(vmm_share, 5.0)));
-        row("    exec → spry main", "ms", column(s, |b| b.exec_to_main_ms), String::new());
-        row("    spry main → vCPU 0 enters the guest", "ms", column(s, |b| b.main_to_vcpu_entry_ms), String::new());
-        row("CPU per boot (user + system, incl. the emulated guest)", "ms", column(s, |b| Some(b.cpu_ms)), String::new());
-        row("(d) spry's own memory: Rss outside guest RAM", "MiB", own, format!("aim < 5 MiB: {}", aim(own, 5.0)));
-        row("    Pss outside guest RAM", "MiB", summarize(&self.memory.iter().map(|m| m.own_pss_mib).collect::<Vec<_>>()), String::new());
-        row("    guest RAM touched (Rss of the guest mapping)", "MiB", summarize(&self.memory.iter().map(|m| m.guest_rss_mib).collect::<Vec<_>>()), String::new());
+        row(
+            "(a) start → guest boot-timer write",
+            "ms",
+            column(s, |b| Some(b.to_running_ms)),
+            String::new(),
+        );
+        row(
+            "(b) start → spry exit after the guest's reset",
+            "ms",
+            column(s, |b| Some(b.to_exit_ms)),
+            String::new(),
+        );
+        row(
+            "(c) start → vCPU 0 enters the guest (VMM share)",
+            "ms",
+            vmm_share,
+            format!("aim < 5 ms: {}", aim(vmm_share, 5.0)),
+        );
+        row(
+            "    exec → spry main",
+            "ms",
+            column(s, |b| b.exec_to_main_ms),
+            String::new(),
+        );
+        row(
+            "    spry main → vCPU 0 enters the guest",
+            "ms",
+            column(s, |b| b.main_to_vcpu_entry_ms),
+            String::new(),
+        );
+        row(
+            "CPU per boot (user + system, incl. the emulated guest)",
+            "ms",
+            column(s, |b| Some(b.cpu_ms)),
+            String::new(),
+        );
+        row(
+            "(d) spry's own memory: Rss outside guest RAM",
+            "MiB",
+            own,
+            format!("aim < 5 MiB: {}", aim(own, 5.0)),
+        );
+        row(
+            "    Pss outside guest RAM",
+            "MiB",
+            summarize(
+                &self
+                    .memory
+                    .iter()
+                    .map(|m| m.own_pss_mib)
+                    .collect::<Vec<_>>(),
+            ),
+            String::new(),
+        );
+        row(
+            "    guest RAM touched (Rss of the guest mapping)",
+            "MiB",
+            summarize(
+                &self
+                    .memory
+                    .iter()
+                    .map(|m| m.guest_rss_mib)
+                    .collect::<Vec<_>>(),
+            ),
+            String::new(),
+        );
         let found = self.memory.iter().all(|m| m.guest_mapping_found);
         format!(
             "spry boot benchmark: {} ({} vCPU, {} MiB), {} runs after warm-up; memory from {} idle runs{}\n\n{}",
@@ -156,7 +227,12 @@ impl BootReport {
 }
 
 /// Runs the boot benchmark: `warmup` + `runs` boots, then `memory_runs` idle runs.
-pub fn run(env: &Env, runs: usize, warmup: usize, memory_runs: usize) -> Result<BootReport, BootError> {
+pub fn run(
+    env: &Env,
+    runs: usize,
+    warmup: usize,
+    memory_runs: usize,
+) -> Result<BootReport, BootError> {
     let guest = Guest::for_host(env.host.kvm, &env.build, 128);
     env.ensure_probe()?;
     let dir = env.scratch_dir("boot")?;
@@ -167,7 +243,8 @@ pub fn run(env: &Env, runs: usize, warmup: usize, memory_runs: usize) -> Result<
     let mut samples = Vec::with_capacity(runs);
     for run in 0..warmup + runs {
         progress.step("spry", run < warmup);
-        let sample = boot_once(&spry, run, timeout).map_err(|source| BootError::Run { run, source })?;
+        let sample =
+            boot_once(&spry, run, timeout).map_err(|source| BootError::Run { run, source })?;
         if run >= warmup {
             samples.push(sample);
         }
@@ -175,7 +252,9 @@ pub fn run(env: &Env, runs: usize, warmup: usize, memory_runs: usize) -> Result<
     let mut memory = Vec::with_capacity(memory_runs);
     for run in 0..memory_runs {
         progress.step("spry idle", false);
-        memory.push(own_memory(&spry, run, timeout).map_err(|source| BootError::Run { run, source })?);
+        memory.push(
+            own_memory(&spry, run, timeout).map_err(|source| BootError::Run { run, source })?,
+        );
     }
     progress.done();
     Ok(BootReport {

@@ -8,8 +8,8 @@ use std::process::{ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use crate::clock::monotonic_us;
 use crate::cleanup;
+use crate::clock::monotonic_us;
 
 /// Errors running a measured process.
 #[derive(Debug, thiserror::Error)]
@@ -56,20 +56,9 @@ pub enum ChildError {
     },
 }
 
-/// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// stdout.
-    Out,
-    /// stderr.
-    Err,
-}
-
-/// One line of output and when it arrived.
+/// One line of output (stdout or stderr) and when it arrived.
 #[derive(Debug, Clone)]
 pub struct Line {
-    /// The stream.
-    pub stream: Stream,
     /// The text, without the newline.
     pub text: String,
     /// `CLOCK_MONOTONIC` when the harness read it, µs.
@@ -111,7 +100,7 @@ pub struct Measured {
     exit: Option<Exit>,
 }
 
-fn forward_lines(stream: Stream, pipe: impl Read, tx: Sender<Line>) {
+fn forward_lines(pipe: impl Read, tx: Sender<Line>) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::new();
     loop {
@@ -121,7 +110,7 @@ fn forward_lines(stream: Stream, pipe: impl Read, tx: Sender<Line>) {
             Ok(_) => {
                 let at_us = monotonic_us();
                 let text = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                if tx.send(Line { stream, text, at_us }).is_err() {
+                if tx.send(Line { text, at_us }).is_err() {
                     return;
                 }
             }
@@ -181,10 +170,10 @@ impl Measured {
         let (lines_tx, lines_rx) = channel();
         if let Some(out) = child.stdout.take() {
             let tx = lines_tx.clone();
-            std::thread::spawn(move || forward_lines(Stream::Out, out, tx));
+            std::thread::spawn(move || forward_lines(out, tx));
         }
         if let Some(err) = child.stderr.take() {
-            std::thread::spawn(move || forward_lines(Stream::Err, err, lines_tx));
+            std::thread::spawn(move || forward_lines(err, lines_tx));
         }
         let (exit_tx, exit_rx) = channel();
         std::thread::spawn(move || reap(pid, exit_tx));
@@ -230,7 +219,11 @@ impl Measured {
         mut parse: impl FnMut(&Line) -> Option<T>,
     ) -> Result<(T, u64), ChildError> {
         self.drain();
-        if let Some(found) = self.lines.iter().find_map(|l| parse(l).map(|v| (v, l.at_us))) {
+        if let Some(found) = self
+            .lines
+            .iter()
+            .find_map(|l| parse(l).map(|v| (v, l.at_us)))
+        {
             return Ok(found);
         }
         let deadline = Instant::now() + timeout;

@@ -109,12 +109,6 @@ pub fn add_path(path: &Path) {
     registry().paths.insert(path.to_owned());
 }
 
-/// Removes a scratch path now and forgets it.
-pub fn remove_path(path: &Path) {
-    remove(path);
-    registry().paths.remove(path);
-}
-
 fn remove(path: &Path) {
     if path.is_dir() {
         let _ = std::fs::remove_dir_all(path);

@@ -16,7 +16,7 @@ use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
 use crate::systems::qemu::Qemu;
 use crate::systems::runc::{build_bundle, find_program, Runc};
-use crate::systems::vm::{Vmm, VmSystem};
+use crate::systems::vm::{VmSystem, Vmm};
 use crate::systems::{check_exit, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
 
 /// Errors of the comparison.
@@ -253,7 +253,11 @@ fn measure_density(
     available_before: u64,
     instances: &[Instance],
 ) -> Result<DensityPoint, SystemError> {
-    let last_running = instances.iter().map(|i| i.running_us).max().unwrap_or(first_spawn);
+    let last_running = instances
+        .iter()
+        .map(|i| i.running_us)
+        .max()
+        .unwrap_or(first_spawn);
     std::thread::sleep(SETTLE);
     let mut total = procfs::MemoryUse::default();
     for instance in instances {
@@ -272,18 +276,18 @@ fn measure_density(
     })
 }
 
+/// The systems that run, and the peers that cannot (with the reason).
+type Roster = (Vec<Box<dyn Sandbox>>, Vec<Unavailable>);
+
 /// The systems that run here, and the peers that cannot, with the reason.
-fn systems(
-    env: &Env,
-    guest: &Guest,
-    settings: &Settings,
-) -> Result<(Vec<Box<dyn Sandbox>>, Vec<Unavailable>), CompareError> {
+fn systems(env: &Env, guest: &Guest, settings: &Settings) -> Result<Roster, CompareError> {
     let dir = env.scratch_dir("compare")?;
-    let spry = VmSystem::new(Vmm::Spry, env.spry.clone(), guest.clone(), &dir, TIMEOUT)
-        .map_err(|source| CompareError::Spry {
+    let spry = VmSystem::new(Vmm::Spry, env.spry.clone(), guest.clone(), &dir, TIMEOUT).map_err(
+        |source| CompareError::Spry {
             phase: "setup",
             source,
-        })?;
+        },
+    )?;
     let mut systems: Vec<Box<dyn Sandbox>> = vec![Box::new(spry)];
     let mut unavailable = Vec::new();
     match runc(env, &dir) {
@@ -328,14 +332,25 @@ fn systems(
                 .into(),
         }),
         Some(binary) => {
-            let fc = VmSystem::new(Vmm::Firecracker, binary.clone(), guest.clone(), &dir, TIMEOUT);
-            match fc.map_err(|e| e.to_string()).and_then(|fc| {
-                start_sample(&fc).map(|_| fc).map_err(|e| e.to_string())
-            }) {
+            let fc = VmSystem::new(
+                Vmm::Firecracker,
+                binary.clone(),
+                guest.clone(),
+                &dir,
+                TIMEOUT,
+            );
+            match fc
+                .map_err(|e| e.to_string())
+                .and_then(|fc| start_sample(&fc).map(|_| fc).map_err(|e| e.to_string()))
+            {
                 Ok(fc) => systems.push(Box::new(fc)),
                 Err(reason) => unavailable.push(Unavailable {
                     name: "Firecracker".into(),
-                    reason: format!("{} did not boot the {}: {reason}", binary.display(), guest.label()),
+                    reason: format!(
+                        "{} did not boot the {}: {reason}",
+                        binary.display(),
+                        guest.label()
+                    ),
                 }),
             }
         }
@@ -429,7 +444,12 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             }
             progress.step(system.name(), run < settings.warmup);
             let mut failed = Vec::new();
-            if let Some(sample) = record(start_sample(system.as_ref()), system.name(), "start", &mut failed)? {
+            if let Some(sample) = record(
+                start_sample(system.as_ref()),
+                system.name(),
+                "start",
+                &mut failed,
+            )? {
                 if run >= settings.warmup {
                     results[i].start.push(sample);
                 }
@@ -446,7 +466,12 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
     for (i, system) in systems.iter().enumerate() {
         let mut failed = Vec::new();
         let instance = if alive[i] {
-            record(system.start(Workload::IdleAttached, tag()), system.name(), "restart", &mut failed)?
+            record(
+                system.start(Workload::IdleAttached, tag()),
+                system.name(),
+                "restart",
+                &mut failed,
+            )?
         } else {
             None
         };
@@ -461,7 +486,12 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             };
             progress.step(system.name(), false);
             let mut failed = Vec::new();
-            if let Some(ms) = record(restart_sample(system.as_ref(), instance), system.name(), "restart", &mut failed)? {
+            if let Some(ms) = record(
+                restart_sample(system.as_ref(), instance),
+                system.name(),
+                "restart",
+                &mut failed,
+            )? {
                 results[i].restart_ms.push(ms);
             }
             drop_failed(&mut alive, &failed);
@@ -484,7 +514,12 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             }
             progress.step(system.name(), false);
             let mut failed = Vec::new();
-            if let Some(sample) = record(memory_sample(system.as_ref()), system.name(), "memory", &mut failed)? {
+            if let Some(sample) = record(
+                memory_sample(system.as_ref()),
+                system.name(),
+                "memory",
+                &mut failed,
+            )? {
                 results[i].memory.push(sample);
             }
             drop_failed(&mut alive, &failed);
@@ -503,7 +538,12 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             }
             progress.step(&format!("{} x{k}", system.name()), false);
             let mut failed = Vec::new();
-            if let Some(point) = record(density_point(system.as_ref(), k), system.name(), "density", &mut failed)? {
+            if let Some(point) = record(
+                density_point(system.as_ref(), k),
+                system.name(),
+                "density",
+                &mut failed,
+            )? {
                 results[i].density.push(point);
             }
             drop_failed(&mut alive, &failed);
@@ -536,7 +576,10 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             .to_owned(),
     ];
     if env.spry_is_debug() {
-        notes.push(format!("spry is a debug build ({}): not representative", env.spry.display()));
+        notes.push(format!(
+            "spry is a debug build ({}): not representative",
+            env.spry.display()
+        ));
     }
     Ok(Comparison {
         host: env.host.clone(),
@@ -567,11 +610,19 @@ fn density_levels(
         .iter()
         .flat_map(|r| r.memory.iter().map(|m| m.rss_mib))
         .fold(1.0, f64::max);
-    Ok(cap_levels(wanted, available_mib * DENSITY_MEMORY_SHARE, per_instance))
+    Ok(cap_levels(
+        wanted,
+        available_mib * DENSITY_MEMORY_SHARE,
+        per_instance,
+    ))
 }
 
 /// Keeps the levels whose `k * per_instance_mib` fits in `budget_mib`.
-pub fn cap_levels(wanted: &[usize], budget_mib: f64, per_instance_mib: f64) -> (Vec<usize>, Vec<String>) {
+pub fn cap_levels(
+    wanted: &[usize],
+    budget_mib: f64,
+    per_instance_mib: f64,
+) -> (Vec<usize>, Vec<String>) {
     let mut kept = Vec::new();
     let mut dropped = Vec::new();
     for &k in wanted {
@@ -596,6 +647,10 @@ mod tests {
         let (kept, dropped) = cap_levels(&[10, 50, 100], 1000.0, 12.0);
         assert_eq!(kept, vec![10, 50]);
         assert_eq!(dropped.len(), 1);
-        assert!(dropped[0].starts_with("K=100: needs ~1200 MiB"), "{}", dropped[0]);
+        assert!(
+            dropped[0].starts_with("K=100: needs ~1200 MiB"),
+            "{}",
+            dropped[0]
+        );
     }
 }

@@ -16,6 +16,7 @@ use crate::child::Measured;
 use crate::cleanup;
 use crate::clock::{monotonic_us, ms_between};
 use crate::guest::{Guest, GuestKind};
+use crate::procfs;
 use crate::progress::Progress;
 use crate::rawsock::{frame, RawSender, RawSocketError, ETH_P_PROBE};
 use crate::report::table::{markdown_table, num};
@@ -144,7 +145,12 @@ impl CaseResult {
     pub fn thread_us_per_request(&self, name: &str) -> Option<f64> {
         let of = |runs: &[Run]| {
             Self::median(runs.iter().filter_map(|r| {
-                let ns: u64 = r.threads.iter().filter(|(n, _)| n == name).map(|(_, ns)| ns).sum();
+                let ns: u64 = r
+                    .threads
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, ns)| ns)
+                    .sum();
                 (ns > 0).then_some(ns as f64 / 1000.0)
             }))
         };
@@ -265,8 +271,14 @@ const DISK_BYTES: u64 = 64 << 20;
 const RX_MAX_FRAME: u64 = 1514;
 
 fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
+
+/// Feeds a running guest (the receive benchmark) and returns when it started.
+type Feed<'a> = &'a dyn Fn(&mut Measured) -> Result<u64, DeviceError>;
 
 /// One spry run of the probe in `mode` with `words` on its command line.
 struct ProbeRun<'a> {
@@ -284,7 +296,7 @@ impl ProbeRun<'_> {
         mode: &'static str,
         words: &str,
         marks: usize,
-        feed: Option<&dyn Fn(&mut Measured) -> Result<u64, DeviceError>>,
+        feed: Option<Feed<'_>>,
     ) -> Result<Run, DeviceError> {
         // Not quiet: the bench modes' own lines ("rx ready", failures) are needed; they
         // are printed outside the timed window.
@@ -294,8 +306,11 @@ impl ProbeRun<'_> {
             what: what.to_owned(),
             source,
         };
-        write_json(&config, &vm_config(self.guest, &args, self.drives.clone(), self.nets.clone()))
-            .map_err(err)?;
+        write_json(
+            &config,
+            &vm_config(self.guest, &args, self.drives.clone(), self.nets.clone()),
+        )
+        .map_err(err)?;
         let mut process = Measured::spawn(vmm_command(Vmm::Spry, &self.env.spry, &config), false)
             .map_err(|e| err(e.into()))?;
         let mut stamps = Vec::new();
@@ -306,7 +321,7 @@ impl ProbeRun<'_> {
             fed_at = Some(feed(&mut process)?);
         }
         self.wait_marks(&mut process, &mut stamps, marks, mode, what)?;
-        let threads = thread_cpu_ns(process.pid());
+        let threads = procfs::thread_cpu_ns(process.pid());
         let exit = process.wait_exit(TIMEOUT).map_err(|e| err(e.into()))?;
         if let Some(line) = process.lines.iter().find(|l| l.text.contains(": FAIL")) {
             return Err(DeviceError::GuestFailed {
@@ -351,9 +366,18 @@ impl ProbeRun<'_> {
         Ok(())
     }
 
-    fn explain(&self, process: &Measured, mode: &'static str, what: &str, source: SystemError) -> DeviceError {
+    fn explain(
+        &self,
+        process: &Measured,
+        mode: &'static str,
+        what: &str,
+        source: SystemError,
+    ) -> DeviceError {
         let lines = &process.lines;
-        if let Some(l) = lines.iter().find(|l| l.text.starts_with("probe: mode: FAIL")) {
+        if let Some(l) = lines
+            .iter()
+            .find(|l| l.text.starts_with("probe: mode: FAIL"))
+        {
             return DeviceError::NoMode {
                 probe: self.guest.vmlinux.clone(),
                 mode,
@@ -371,26 +395,6 @@ impl ProbeRun<'_> {
             source,
         }
     }
-}
-
-/// CPU time per thread of `pid` (name, ns) from schedstat; empty if it has exited.
-fn thread_cpu_ns(pid: i32) -> Vec<(String, u64)> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| {
-            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
-            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
-            Some((name.trim().to_owned(), parse_schedstat_ns(&stat)?))
-        })
-        .collect()
-}
-
-/// The on-CPU nanoseconds (first field) of a schedstat line.
-pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
 }
 
 fn make_disk(path: &Path) -> Result<(), DeviceError> {
@@ -411,7 +415,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some((i, _)) => t.split_at(i),
         None => (t, ""),
     };
-    let value: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 1M)"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 1M)"))?;
     let factor = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
@@ -452,17 +458,31 @@ pub fn block(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> 
             nets: serde_json::json!([]),
         };
         for &size in &args.sizes {
-            let case = Case { op, size, requests: args.requests };
-            let words = |n: u64| format!("probe.bench_op={op} probe.bench_size={size} probe.bench_reqs={n}");
+            let case = Case {
+                op,
+                size,
+                requests: args.requests,
+            };
+            let words = |n: u64| {
+                format!("probe.bench_op={op} probe.bench_size={size} probe.bench_reqs={n}")
+            };
             let what = format!("blkbench {op} {}", size_label(size));
-            let mut result = CaseResult { case, runs: Vec::new(), baseline: Vec::new() };
+            let mut result = CaseResult {
+                case,
+                runs: Vec::new(),
+                baseline: Vec::new(),
+            };
             progress.step(&what, true);
             probe.run(&what, "blkbench", &words(args.requests), 3, None)?;
             for _ in 0..args.runs {
                 progress.step(&format!("{what} baseline"), false);
-                result.baseline.push(probe.run(&what, "blkbench", &words(0), 3, None)?);
+                result
+                    .baseline
+                    .push(probe.run(&what, "blkbench", &words(0), 3, None)?);
                 progress.step(&what, false);
-                result.runs.push(probe.run(&what, "blkbench", &words(args.requests), 3, None)?);
+                result
+                    .runs
+                    .push(probe.run(&what, "blkbench", &words(args.requests), 3, None)?);
             }
             cases.push(result);
         }
@@ -481,7 +501,9 @@ fn probe_guest(env: &Env) -> Result<Guest, DeviceError> {
     env.ensure_probe()?;
     let guest = Guest::for_host(env.host.kvm, &env.build, 128);
     if guest.kind == GuestKind::Linux {
-        return Err(DeviceError::LinuxNotImplemented(env.host.kvm.describe().into()));
+        return Err(DeviceError::LinuxNotImplemented(
+            env.host.kvm.describe().into(),
+        ));
     }
     Ok(guest)
 }
@@ -494,10 +516,12 @@ impl TapGuard {
         cleanup::add_tap(name);
         let ip = PathBuf::from("ip");
         let run = |args: &[&str]| {
-            run_helper(&ip, args).map(|_| ()).map_err(|source| DeviceError::Run {
-                what: format!("creating tap {name}"),
-                source,
-            })
+            run_helper(&ip, args)
+                .map(|_| ())
+                .map_err(|source| DeviceError::Run {
+                    what: format!("creating tap {name}"),
+                    source,
+                })
         };
         run(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
         run(&["link", "set", "dev", name, "up"])?;
@@ -536,7 +560,10 @@ pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
     };
     let mut cases = Vec::new();
     let mut skipped = Vec::new();
-    let mut progress = Progress::new("net", args.ops.len() * args.sizes.len() * (args.runs * 2 + 1));
+    let mut progress = Progress::new(
+        "net",
+        args.ops.len() * args.sizes.len() * (args.runs * 2 + 1),
+    );
     for op in &args.ops {
         let rx = op == "rx";
         let op: &'static str = if rx { "rx" } else { "tx" };
@@ -554,14 +581,21 @@ pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
                     format!("probe.bench_size={size} probe.bench_frames={count}")
                 }
             };
-            let sender = if rx { Some(RawSender::open(&tap.0)?) } else { None };
+            let sender = if rx {
+                Some(RawSender::open(&tap.0)?)
+            } else {
+                None
+            };
             let feed = |count: u64| {
                 let sender = sender.as_ref();
                 let tap = &tap;
                 move |p: &mut Measured| -> Result<u64, DeviceError> {
                     let ready = "probe: netbench rx ready";
                     p.wait_for(ready, TIMEOUT, |l| l.text.starts_with(ready).then_some(()))
-                        .map_err(|e| DeviceError::Run { what: "netbench rx".into(), source: e.into() })?;
+                        .map_err(|e| DeviceError::Run {
+                            what: "netbench rx".into(),
+                            source: e.into(),
+                        })?;
                     let started = monotonic_us();
                     if let Some(sender) = sender {
                         send_paced(sender, tap, count, size)?;
@@ -577,7 +611,15 @@ pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
                     probe.run(&what, "netbench", &words(count), 3, None)
                 }
             };
-            let mut result = CaseResult { case: Case { op, size, requests: n }, runs: Vec::new(), baseline: Vec::new() };
+            let mut result = CaseResult {
+                case: Case {
+                    op,
+                    size,
+                    requests: n,
+                },
+                runs: Vec::new(),
+                baseline: Vec::new(),
+            };
             progress.step(&what, true);
             run_one(n)?;
             for _ in 0..args.runs {
@@ -588,7 +630,10 @@ pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
                 result.runs.push(run_one(n)?);
                 let delivered = tap.counter("rx_packets").saturating_sub(before);
                 if !rx && delivered < n {
-                    progress.note(&format!("{what}: the host saw {delivered} of {n} frames on {}", tap.0));
+                    progress.note(&format!(
+                        "{what}: the host saw {delivered} of {n} frames on {}",
+                        tap.0
+                    ));
                 }
             }
             cases.push(result);
@@ -606,8 +651,18 @@ pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
 }
 
 /// Sends `count` frames to the guest, keeping at most 256 in the tap's queue.
-fn send_paced(sender: &RawSender, tap: &TapGuard, count: u64, size: u64) -> Result<(), DeviceError> {
-    let f = frame(GUEST_MAC, HOST_MAC, ETH_P_PROBE, usize::try_from(size).unwrap_or(1514));
+fn send_paced(
+    sender: &RawSender,
+    tap: &TapGuard,
+    count: u64,
+    size: u64,
+) -> Result<(), DeviceError> {
+    let f = frame(
+        GUEST_MAC,
+        HOST_MAC,
+        ETH_P_PROBE,
+        usize::try_from(size).unwrap_or(1514),
+    );
     let base = tap.counter("tx_packets");
     let deadline = std::time::Instant::now() + TIMEOUT;
     let mut sent = 0;
@@ -630,14 +685,26 @@ mod tests {
     use super::*;
 
     fn run(elapsed_ms: f64, cpu_us: u64, loop_ns: u64) -> Run {
-        Run { elapsed_ms, cpu_us, threads: vec![("spry".into(), loop_ns), ("spry-vcpu0".into(), 1)] }
+        Run {
+            elapsed_ms,
+            cpu_us,
+            threads: vec![("spry".into(), loop_ns), ("spry-vcpu0".into(), 1)],
+        }
     }
 
     #[test]
     fn test_rates_and_cpu_per_request_from_medians() {
         let result = CaseResult {
-            case: Case { op: "read", size: 4096, requests: 1000 },
-            runs: vec![run(100.0, 30_000, 9_000_000), run(50.0, 20_000, 5_000_000), run(200.0, 40_000, 7_000_000)],
+            case: Case {
+                op: "read",
+                size: 4096,
+                requests: 1000,
+            },
+            runs: vec![
+                run(100.0, 30_000, 9_000_000),
+                run(50.0, 20_000, 5_000_000),
+                run(200.0, 40_000, 7_000_000),
+            ],
             baseline: vec![run(1.0, 10_000, 2_000_000)],
         };
         // Median 100 ms for 1000 requests.
@@ -663,10 +730,5 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("3G").is_err());
         assert!(parse_size("x").is_err());
-    }
-
-    #[test]
-    fn test_schedstat_first_field_is_ns_on_cpu() {
-        assert_eq!(parse_schedstat_ns("915608 0 1\n"), Some(915_608));
     }
 }

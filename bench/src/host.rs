@@ -34,7 +34,9 @@ impl KvmFlavour {
     pub fn describe(self) -> &'static str {
         match self {
             KvmFlavour::Hardware => "hardware virtualization (kvm_intel/kvm_amd)",
-            KvmFlavour::Pvm => "PVM (kvm_pvm: no VT-x/AMD-V; guests run through KVM's instruction emulator)",
+            KvmFlavour::Pvm => {
+                "PVM (kvm_pvm: no VT-x/AMD-V; guests run through KVM's instruction emulator)"
+            }
             KvmFlavour::Unknown => "KVM of unknown kind (no vendor module visible)",
             KvmFlavour::Missing => "no /dev/kvm",
         }

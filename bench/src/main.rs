@@ -98,7 +98,7 @@ impl DeviceCli {
     }
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 struct CompareArgs {
     /// Smoke run: 3 runs after 1 warm-up, density K=3.
     #[arg(long)]
@@ -128,30 +128,19 @@ impl CompareArgs {
         compare::Settings {
             runs: self.runs.unwrap_or(if self.quick { 3 } else { 20 }).max(1),
             warmup: self.warmup.unwrap_or(if self.quick { 1 } else { 3 }),
-            density: self
-                .density
-                .clone()
-                .unwrap_or_else(|| if self.quick { vec![3] } else { vec![10, 50, 100] }),
+            density: self.density.clone().unwrap_or_else(|| {
+                if self.quick {
+                    vec![3]
+                } else {
+                    vec![10, 50, 100]
+                }
+            }),
             quick: self.quick,
             firecracker: self
                 .firecracker
                 .clone()
                 .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
             no_qemu: self.no_qemu,
-        }
-    }
-}
-
-impl Default for CompareArgs {
-    fn default() -> CompareArgs {
-        CompareArgs {
-            quick: false,
-            runs: None,
-            warmup: None,
-            density: None,
-            firecracker: None,
-            no_qemu: false,
-            out: None,
         }
     }
 }
@@ -189,7 +178,10 @@ fn run(cli: Cli) -> Result<(), BenchError> {
     let _cleanup = cleanup::CleanupGuard;
     let env = setup::Env::new(cli.spry, cli.build_dir)?;
     if env.spry_is_debug() {
-        eprintln!("spry-bench: warning: {} is a debug build; numbers from it are not representative", env.spry.display());
+        eprintln!(
+            "spry-bench: warning: {} is a debug build; numbers from it are not representative",
+            env.spry.display()
+        );
     }
     match cli.command {
         Some(Bench::Boot {
@@ -229,7 +221,11 @@ fn run_compare(env: &setup::Env, args: &CompareArgs) -> Result<(), BenchError> {
     println!("numbers: {}", written.json.display());
     match &written.plot_problem {
         Some(problem) => println!("plots:   none: {problem}"),
-        None => println!("plots:   {} files in {}", written.plots.len(), out.display()),
+        None => println!(
+            "plots:   {} files in {}",
+            written.plots.len(),
+            out.display()
+        ),
     }
     Ok(())
 }

@@ -105,53 +105,25 @@ pub fn memory_use(pid: i32, guest_kib: Option<u64>) -> Result<MemoryUse, ProcErr
     Ok(parse_smaps(&text, guest_kib))
 }
 
-/// User and system CPU time of a process, in clock ticks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CpuTicks {
-    /// utime.
-    pub user: u64,
-    /// stime.
-    pub system: u64,
+/// On-CPU time of every thread of `pid` (name, ns) from schedstat; empty once it
+/// has exited.
+pub fn thread_cpu_ns(pid: i32) -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            Some((name.trim().to_owned(), parse_schedstat_ns(&stat)?))
+        })
+        .collect()
 }
 
-/// utime and stime from `/proc/<pid>/stat` (or `/proc/<pid>/task/<tid>/stat`) text.
-/// The command name may hold spaces and parentheses, so fields count from the last `)`.
-pub fn parse_stat_cpu(text: &str) -> Option<CpuTicks> {
-    let after_comm = &text[text.rfind(')')? + 1..];
-    let mut fields = after_comm.split_whitespace();
-    // Fields after the name start at stat field 3 (state); utime is field 14.
-    let user = fields.nth(11)?.parse().ok()?;
-    let system = fields.next()?.parse().ok()?;
-    Some(CpuTicks { user, system })
-}
-
-/// Clock ticks per second for stat's CPU fields.
-pub fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
-}
-
-/// CPU time of every thread of `pid`, by thread name (`comm`), in microseconds.
-pub fn thread_cpu_us(pid: i32) -> Result<Vec<(String, u64)>, ProcError> {
-    let dir = PathBuf::from(format!("/proc/{pid}/task"));
-    let entries = std::fs::read_dir(&dir).map_err(|source| ProcError::Read {
-        path: dir.clone(),
-        source,
-    })?;
-    let per_tick = 1_000_000 / ticks_per_second();
-    let mut threads = Vec::new();
-    for entry in entries.flatten() {
-        let stat_path = entry.path().join("stat");
-        let text = read(stat_path.clone())?;
-        let ticks = parse_stat_cpu(&text).ok_or(ProcError::Format {
-            path: stat_path,
-            what: "utime/stime fields",
-        })?;
-        let name = read(entry.path().join("comm"))?.trim().to_owned();
-        threads.push((name, (ticks.user + ticks.system) * per_tick));
-    }
-    Ok(threads)
+/// The on-CPU nanoseconds (first field) of a schedstat line.
+pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// `pid` and all its descendants, from `/proc/<pid>/task/<tid>/children`.
@@ -168,7 +140,11 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
             let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
                 continue;
             };
-            all.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
         }
     }
     all
@@ -213,7 +189,10 @@ Pss:                  12 kB
         let m = parse_smaps(SMAPS, Some(131072));
         assert!(m.guest_mapping_found);
         assert_eq!((m.rss_kib, m.pss_kib), (2860, 2460));
-        assert_eq!((m.guest_rss_kib, m.own_rss_kib(), m.own_pss_kib()), (2048, 812, 412));
+        assert_eq!(
+            (m.guest_rss_kib, m.own_rss_kib(), m.own_pss_kib()),
+            (2048, 812, 412)
+        );
     }
 
     #[test]
@@ -230,14 +209,20 @@ Pss:                  12 kB
     }
 
     #[test]
-    fn test_stat_cpu_with_spaces_and_parens_in_the_name() {
-        let stat = "1234 (spry (vcpu 0)) S 1 1234 1234 0 -1 4194560 100 0 0 0 17 5 0 0 20 0 2 0";
-        assert_eq!(parse_stat_cpu(stat), Some(CpuTicks { user: 17, system: 5 }));
+    fn test_schedstat_first_field_is_ns_on_cpu() {
+        assert_eq!(
+            parse_schedstat_ns(
+                "915608 0 1
+"
+            ),
+            Some(915_608)
+        );
     }
 
     #[test]
-    fn test_stat_cpu_truncated_is_none() {
-        assert_eq!(parse_stat_cpu("1 (x) S 1 2"), None);
+    fn test_threads_of_self_have_cpu_time() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(!thread_cpu_ns(me).is_empty());
     }
 
     #[test]

@@ -39,7 +39,10 @@ impl Progress {
             let _ = std::io::stderr().flush();
         } else if self.done == 1 || self.done % (self.total / 10).max(1) == 0 {
             // In logs, about ten lines per phase.
-            eprintln!("[{}] {}/{} {system}{kind}", self.phase, self.done, self.total);
+            eprintln!(
+                "[{}] {}/{} {system}{kind}",
+                self.phase, self.done, self.total
+            );
         }
     }
 

@@ -58,7 +58,13 @@ impl RawSender {
             .ok_or_else(|| RawSocketError::NoInterface(iface.to_owned()))?;
         let protocol = i32::from(u16::try_from(libc::ETH_P_ALL).unwrap_or(3).to_be());
         // SAFETY: socket takes no pointers; the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
         if raw < 0 {
             return Err(RawSocketError::Open(std::io::Error::last_os_error()));
         }

@@ -61,7 +61,9 @@ pub struct Env {
 /// The repository this binary was built from.
 pub fn default_repo() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map_or(manifest.clone(), Path::to_path_buf)
+    manifest
+        .parent()
+        .map_or(manifest.clone(), Path::to_path_buf)
 }
 
 /// The spry binary: `--spry`, else `$SPRY_BIN`, else `spry` next to this binary, else
@@ -103,7 +105,8 @@ impl Env {
 
     /// Builds the probe guest into build/probe unless it is there.
     pub fn ensure_probe(&self) -> Result<(), SetupError> {
-        if self.build.join("probe/vmlinux").is_file() && self.build.join("probe/bzImage").is_file() {
+        if self.build.join("probe/vmlinux").is_file() && self.build.join("probe/bzImage").is_file()
+        {
             return Ok(());
         }
         self.run_script("resources/probe/build.sh", "probe", "the probe guest")
@@ -113,7 +116,10 @@ impl Env {
     /// they are there (minutes on a cold cache).
     pub fn ensure_guest(&self) -> Result<(), SetupError> {
         let needed = ["vmlinux", "bzImage", "rootfs.ext4", "initramfs.cpio"];
-        if needed.iter().all(|f| self.build.join("guest").join(f).is_file()) {
+        if needed
+            .iter()
+            .all(|f| self.build.join("guest").join(f).is_file())
+        {
             return Ok(());
         }
         self.run_script(

@@ -50,7 +50,8 @@ mod tests {
 
     #[test]
     fn test_boot_timer_line_with_monotonic_stamp() {
-        let line = "[spry   17.065ms INFO ] Guest-boot-time = 17061 us 17 ms, 4423 CPU us 4 CPU ms \
+        let line =
+            "[spry   17.065ms INFO ] Guest-boot-time = 17061 us 17 ms, 4423 CPU us 4 CPU ms \
                     (monotonic 3560122058 us)";
         assert_eq!(
             parse_boot_timer(line),
@@ -67,7 +68,10 @@ mod tests {
         let line = "2024-01-01T00:00:00 [anonymous-instance:fc_vcpu 0] Guest-boot-time =  \
                     12345 us 12 ms, 3000 CPU us 3 CPU ms";
         let stamp = parse_boot_timer(line).unwrap();
-        assert_eq!((stamp.since_main_us, stamp.cpu_us, stamp.monotonic_us), (12345, 3000, None));
+        assert_eq!(
+            (stamp.since_main_us, stamp.cpu_us, stamp.monotonic_us),
+            (12345, 3000, None)
+        );
     }
 
     #[test]
@@ -83,6 +87,9 @@ mod tests {
 
     #[test]
     fn test_vcpu_entry_of_another_vcpu_is_ignored() {
-        assert_eq!(parse_vcpu_entry("vCPU 1 entering the guest 5 us after spry started"), None);
+        assert_eq!(
+            parse_vcpu_entry("vCPU 1 entering the guest 5 us after spry started"),
+            None
+        );
     }
 }

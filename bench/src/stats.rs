@@ -76,7 +76,10 @@ mod tests {
     #[test]
     fn test_summary_min_max_mean() {
         let s = summarize(&[5.0, 1.0, 3.0]).unwrap();
-        assert_eq!((s.n, s.min, s.max, s.mean, s.median), (3, 1.0, 5.0, 3.0, 3.0));
+        assert_eq!(
+            (s.n, s.min, s.max, s.mean, s.median),
+            (3, 1.0, 5.0, 3.0, 3.0)
+        );
     }
 
     #[test]

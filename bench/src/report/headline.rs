@@ -95,7 +95,11 @@ mod tests {
 
     #[test]
     fn test_three_peers_are_comma_separated() {
-        let peers = [("a".to_string(), 1.0), ("b".to_string(), 4.0), ("c".to_string(), 2.0)];
+        let peers = [
+            ("a".to_string(), 1.0),
+            ("b".to_string(), 4.0),
+            ("c".to_string(), 2.0),
+        ];
         assert_eq!(
             sentence(STARTS, 2.0, &peers).unwrap(),
             "spry starts 2.0x slower than a, 2.0x faster than b and about as fast as c."

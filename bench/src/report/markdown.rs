@@ -72,20 +72,35 @@ fn aims(c: &Comparison) -> Vec<String> {
     let Some(spry) = c.systems.first().and_then(start_running) else {
         return Vec::new();
     };
-    let peer = |name: &str| c.systems.iter().find(|s| s.name == name).and_then(start_running);
+    let peer = |name: &str| {
+        c.systems
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(start_running)
+    };
     let mut out = Vec::new();
     match peer("runc") {
         Some(runc) => out.push(format!(
             "Aim \"start within 2x of a runc container\": {} (spry/runc = {:.2}).",
-            if spry.median <= 2.0 * runc.median { "met" } else { "MISSED" },
+            if spry.median <= 2.0 * runc.median {
+                "met"
+            } else {
+                "MISSED"
+            },
             spry.median / runc.median
         )),
-        None => out.push("Aim \"start within 2x of a runc container\": not judged (runc did not run).".into()),
+        None => out.push(
+            "Aim \"start within 2x of a runc container\": not judged (runc did not run).".into(),
+        ),
     }
     match peer("QEMU") {
         Some(qemu) => out.push(format!(
             "Aim \"ahead of QEMU\": {} (spry/QEMU = {:.2}).",
-            if spry.median < qemu.median { "met" } else { "MISSED" },
+            if spry.median < qemu.median {
+                "met"
+            } else {
+                "MISSED"
+            },
             spry.median / qemu.median
         )),
         None => out.push("Aim \"ahead of QEMU\": not judged (QEMU did not run; see below).".into()),
@@ -110,7 +125,9 @@ pub fn headline_table(c: &Comparison) -> String {
                 median_cell(restart(r)),
                 median_cell(pss(r)),
                 median_cell(cpu(r)),
-                r.density.last().map_or("–".into(), |d| format!("{} at K={}", num(d.launch_per_s), d.k)),
+                r.density.last().map_or("–".into(), |d| {
+                    format!("{} at K={}", num(d.launch_per_s), d.k)
+                }),
                 num(image_mib(r)),
             ]
         })
@@ -130,17 +147,27 @@ pub fn headline_table(c: &Comparison) -> String {
     )
 }
 
-fn stats_table(c: &Comparison, metrics: &[(&str, &dyn Fn(&SystemResult) -> Option<Summary>)]) -> String {
+/// A labelled statistic of a system.
+type Metric<'a> = (&'a str, &'a dyn Fn(&SystemResult) -> Option<Summary>);
+
+fn stats_table(c: &Comparison, metrics: &[Metric<'_>]) -> String {
     let mut rows = Vec::new();
     for r in &c.systems {
         for (label, metric) in metrics {
             let s = metric(r);
-            let mut row = vec![r.name.clone(), (*label).to_owned(), s.map_or("0".into(), |s| s.n.to_string())];
+            let mut row = vec![
+                r.name.clone(),
+                (*label).to_owned(),
+                s.map_or("0".into(), |s| s.n.to_string()),
+            ];
             row.extend(summary_cells(s.as_ref()));
             rows.push(row);
         }
     }
-    markdown_table(&["system", "metric", "n", "median", "p90", "min", "max"], &rows)
+    markdown_table(
+        &["system", "metric", "n", "median", "p90", "min", "max"],
+        &rows,
+    )
 }
 
 /// The whole report. `plots` lists the plot files (relative to the report).
@@ -151,7 +178,13 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
     let _ = writeln!(
         out,
         "{}, host `{}`: {} ({} CPUs), {} MiB RAM, Linux {}, KVM: {}.\n",
-        h.date, h.hostname, h.cpu, h.cpus, h.mem_total_mib, h.kernel, h.kvm.describe()
+        h.date,
+        h.hostname,
+        h.cpu,
+        h.cpus,
+        h.mem_total_mib,
+        h.kernel,
+        h.kvm.describe()
     );
     let _ = writeln!(
         out,
@@ -161,7 +194,8 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
         c.guest.mem_mib,
         c.guest.why
     );
-    let _ = writeln!(
+    let _ =
+        writeln!(
         out,
         "Every system: {} warm-up and {} measured runs per metric, alternated between systems{}.\n",
         c.settings.warmup,
@@ -176,7 +210,13 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
 
     let _ = writeln!(out, "## Start time (ms)\n");
     let _ = writeln!(out, "Process start (parent's CLOCK_MONOTONIC just before spawn) to the running signal, and to the process's exit after the workload ended.\n");
-    out.push_str(&stats_table(c, &[("start → running", &start_running), ("start → exit", &start_exit)]));
+    out.push_str(&stats_table(
+        c,
+        &[
+            ("start → running", &start_running),
+            ("start → exit", &start_exit),
+        ],
+    ));
     let _ = writeln!(out, "\n## Restart time (ms)\n");
     let _ = writeln!(out, "Stop request of an idle sandbox to its replacement's running signal (stop + start; see the notes).\n");
     out.push_str(&stats_table(c, &[("stop + start → running", &restart)]));
@@ -184,10 +224,16 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
     out.push_str(&stats_table(
         c,
         &[
-            ("Rss", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.rss_mib))),
+            ("Rss", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.rss_mib))
+            }),
             ("Pss", &pss),
-            ("own Rss (without guest RAM)", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.own_rss_mib))),
-            ("own Pss (without guest RAM)", &|r: &SystemResult| summary(r.memory.iter().map(|m| m.own_pss_mib))),
+            ("own Rss (without guest RAM)", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.own_rss_mib))
+            }),
+            ("own Pss (without guest RAM)", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.own_pss_mib))
+            }),
         ],
     ));
     let _ = writeln!(out, "\n## CPU per start (ms, user + system)\n");
@@ -213,7 +259,15 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
         })
         .collect();
     out.push_str(&markdown_table(
-        &["system", "K", "launch ms", "launches/s", "Pss/instance MiB", "Rss/instance MiB", "host MemAvailable drop/instance MiB"],
+        &[
+            "system",
+            "K",
+            "launch ms",
+            "launches/s",
+            "Pss/instance MiB",
+            "Rss/instance MiB",
+            "host MemAvailable drop/instance MiB",
+        ],
         &rows,
     ));
     for capped in &c.density_capped {
@@ -236,7 +290,10 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
             })
         })
         .collect();
-    out.push_str(&markdown_table(&["system", "what", "path", "MiB", "MiB on disk"], &rows));
+    out.push_str(&markdown_table(
+        &["system", "what", "path", "MiB", "MiB on disk"],
+        &rows,
+    ));
 
     let _ = writeln!(out, "\n## Peers that did not run\n");
     if c.unavailable.is_empty() {

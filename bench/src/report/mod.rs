@@ -57,9 +57,15 @@ pub fn write_report(c: &Comparison, dir: &Path) -> Result<Written, ReportError> 
         Err(e) => (Vec::new(), Some(format!("No plots: {e}."))),
     };
     let markdown = dir.join("report.md");
-    write(&markdown, &markdown::render(c, &plots, plot_problem.as_deref()))?;
+    write(
+        &markdown,
+        &markdown::render(c, &plots, plot_problem.as_deref()),
+    )?;
     let json = dir.join("results.json");
-    write(&json, &serde_json::to_string_pretty(c).map_err(ReportError::Json)?)?;
+    write(
+        &json,
+        &serde_json::to_string_pretty(c).map_err(ReportError::Json)?,
+    )?;
     Ok(Written {
         markdown,
         json,

@@ -126,7 +126,10 @@ fn bar_chart<DB: DrawingBackend>(
     chart
         .draw_series((0u32..).zip(bars).map(|(i, b)| {
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), b.median)],
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), b.median),
+                ],
                 color(i as usize).filled(),
             );
             bar.set_margin(0, 0, 24, 24);
@@ -136,7 +139,10 @@ fn bar_chart<DB: DrawingBackend>(
     chart
         .draw_series((0u32..).zip(bars).map(|(i, b)| {
             PathElement::new(
-                vec![(SegmentValue::CenterOf(i), b.median), (SegmentValue::CenterOf(i), b.p90)],
+                vec![
+                    (SegmentValue::CenterOf(i), b.median),
+                    (SegmentValue::CenterOf(i), b.p90),
+                ],
                 BLACK.stroke_width(2),
             )
         }))
@@ -216,8 +222,17 @@ const SIZE: (u32, u32) = (900, 540);
 
 /// What a plot shows.
 enum Figure<'a> {
-    Bars { title: &'a str, y: &'a str, bars: Vec<Bar> },
-    Lines { title: &'a str, x: &'a str, y: &'a str, lines: Vec<Line> },
+    Bars {
+        title: &'a str,
+        y: &'a str,
+        bars: Vec<Bar>,
+    },
+    Lines {
+        title: &'a str,
+        x: &'a str,
+        y: &'a str,
+        lines: Vec<Line>,
+    },
 }
 
 fn draw(figure: &Figure<'_>, dir: &Path, name: &str) -> Result<Vec<String>, PlotError> {
@@ -238,7 +253,10 @@ fn draw(figure: &Figure<'_>, dir: &Path, name: &str) -> Result<Vec<String>, Plot
     Ok(written)
 }
 
-fn render<DB: DrawingBackend>(figure: &Figure<'_>, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+fn render<DB: DrawingBackend>(
+    figure: &Figure<'_>,
+    area: &DrawingArea<DB, Shift>,
+) -> Result<(), String> {
     match figure {
         Figure::Bars { title, y, bars } => bar_chart(area, title, y, bars),
         Figure::Lines { title, x, y, lines } => line_chart(area, title, x, y, lines),
@@ -262,7 +280,10 @@ fn summary_of(values: impl Iterator<Item = f64>) -> Option<Summary> {
     summarize(&values.collect::<Vec<_>>())
 }
 
-fn density_lines(c: &Comparison, value: impl Fn(&crate::compare::DensityPoint) -> f64) -> Vec<Line> {
+fn density_lines(
+    c: &Comparison,
+    value: impl Fn(&crate::compare::DensityPoint) -> f64,
+) -> Vec<Line> {
     c.systems
         .iter()
         .filter(|r| !r.density.is_empty())

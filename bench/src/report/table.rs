@@ -11,12 +11,7 @@ fn is_number(cell: &str) -> bool {
 pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let columns = headers.len();
     let numeric: Vec<bool> = (0..columns)
-        .map(|i| {
-            !rows.is_empty()
-                && rows
-                    .iter()
-                    .all(|r| r.get(i).is_some_and(|c| is_number(c)))
-        })
+        .map(|i| !rows.is_empty() && rows.iter().all(|r| r.get(i).is_some_and(|c| is_number(c))))
         .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count().max(3)).collect();
     for row in rows {
@@ -85,7 +80,10 @@ mod tests {
     fn test_table_pads_columns_and_right_aligns_numbers() {
         let t = markdown_table(
             &["system", "ms"],
-            &[vec!["spry".into(), "3.5".into()], vec!["runc".into(), "41.25".into()]],
+            &[
+                vec!["spry".into(), "3.5".into()],
+                vec!["runc".into(), "41.25".into()],
+            ],
         );
         assert_eq!(
             t,

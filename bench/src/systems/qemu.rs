@@ -148,13 +148,7 @@ impl Sandbox for Qemu {
         let args: Vec<String> = self
             .args(workload, self.kernel())
             .into_iter()
-            .map(|a| {
-                if a.contains(' ') {
-                    format!("'{a}'")
-                } else {
-                    a
-                }
-            })
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect();
         format!("{} {}", self.binary.display(), args.join(" "))
     }

@@ -229,12 +229,19 @@ impl Sandbox for Runc {
     }
 
     fn image(&self) -> Vec<ImageFile> {
-        vec![image_file("OCI bundle (rootfs + config.json)", self.bundle.clone())]
+        vec![image_file(
+            "OCI bundle (rootfs + config.json)",
+            self.bundle.clone(),
+        )]
     }
 
     fn finish(&self, instance: &mut Instance) {
         if let Some(id) = instance.container.take() {
-            if instance.process.exit_status().is_some_and(|e| e.status.success()) {
+            if instance
+                .process
+                .exit_status()
+                .is_some_and(|e| e.status.success())
+            {
                 // `runc run` deleted it on its way out; a detached one was deleted.
                 cleanup::forget_container(&id);
             } else {
@@ -258,8 +265,16 @@ mod tests {
 
     #[test]
     fn test_detached_only_for_idle() {
-        let r = Runc::new("runc".into(), "/b".into(), "p".into(), Duration::from_secs(1));
+        let r = Runc::new(
+            "runc".into(),
+            "/b".into(),
+            "p".into(),
+            Duration::from_secs(1),
+        );
         assert_eq!(r.args(Workload::Idle, "p-1")[1], "--detach");
-        assert_eq!(r.args(Workload::RunToExit, "p-1"), ["run", "--bundle", "/b", "p-1"]);
+        assert_eq!(
+            r.args(Workload::RunToExit, "p-1"),
+            ["run", "--bundle", "/b", "p-1"]
+        );
     }
 }

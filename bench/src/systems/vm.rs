@@ -71,9 +71,18 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SystemEr
 pub fn vmm_command(vmm: Vmm, binary: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(binary);
     match vmm {
-        Vmm::Spry => cmd.arg("--config-file").arg(config).args(["--log-level", "info"]),
+        Vmm::Spry => cmd
+            .arg("--config-file")
+            .arg(config)
+            .args(["--log-level", "info"]),
         Vmm::Firecracker => cmd
-            .args(["--no-api", "--boot-timer", "--level", "Info", "--config-file"])
+            .args([
+                "--no-api",
+                "--boot-timer",
+                "--level",
+                "Info",
+                "--config-file",
+            ])
             .arg(config),
     };
     cmd
@@ -85,8 +94,9 @@ pub fn wait_boot_timer(
     process: &mut Measured,
     timeout: Duration,
 ) -> Result<(u64, Option<u64>), SystemError> {
-    let (stamp, arrived_us) =
-        process.wait_for("the boot-timer log line", timeout, |l| parse_boot_timer(&l.text))?;
+    let (stamp, arrived_us) = process.wait_for("the boot-timer log line", timeout, |l| {
+        parse_boot_timer(&l.text)
+    })?;
     // spry stamps the write with CLOCK_MONOTONIC; Firecracker does not, so its line's
     // arrival time stands in.
     let running_us = stamp.monotonic_us.unwrap_or(arrived_us);
@@ -114,7 +124,12 @@ impl VmSystem {
         let none = serde_json::json!([]);
         write_json(
             &run_config,
-            &vm_config(&guest, &guest.boot_args(Workload::RunToExit), none.clone(), none.clone()),
+            &vm_config(
+                &guest,
+                &guest.boot_args(Workload::RunToExit),
+                none.clone(),
+                none.clone(),
+            ),
         )?;
         write_json(
             &idle_config,
