@@ -3,6 +3,7 @@
 //! them are removed when the benchmark ends or is interrupted (Ctrl-C, SIGTERM, SIGHUP).
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -176,7 +177,10 @@ pub fn install_interrupt_handler() -> Result<(), CleanupError> {
             // sigwait only waits for one of the blocked signals in `set`.
             let ret = unsafe { libc::sigwait(&set, &mut signal) };
             if ret == 0 {
-                eprintln!("\nspry-bench: interrupted (signal {signal}): cleaning up");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nspry-bench: interrupted (signal {signal}): cleaning up"
+                );
                 stop_everything();
                 std::process::exit(128 + signal);
             }

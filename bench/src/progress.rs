@@ -31,15 +31,19 @@ impl Progress {
     pub fn step(&mut self, system: &str, warmup: bool) {
         self.done += 1;
         let kind = if warmup { " (warm-up)" } else { "" };
+        // Progress never fails the benchmark, even with stderr gone.
+        let mut err = std::io::stderr();
         if self.terminal {
-            eprint!(
+            let _ = write!(
+                err,
                 "\r\x1b[K[{}] {}/{} {system}{kind}",
                 self.phase, self.done, self.total
             );
-            let _ = std::io::stderr().flush();
+            let _ = err.flush();
         } else if self.done == 1 || self.done % (self.total / 10).max(1) == 0 {
             // In logs, about ten lines per phase.
-            eprintln!(
+            let _ = writeln!(
+                err,
                 "[{}] {}/{} {system}{kind}",
                 self.phase, self.done, self.total
             );
@@ -49,7 +53,7 @@ impl Progress {
     /// A note on its own line.
     pub fn note(&self, text: &str) {
         let clear = if self.terminal { "\r\x1b[K" } else { "" };
-        eprintln!("{clear}[{}] {text}", self.phase);
+        let _ = writeln!(std::io::stderr(), "{clear}[{}] {text}", self.phase);
     }
 
     /// Ends the phase's line.
