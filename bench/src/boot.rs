@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::clock::ms_between;
 use crate::guest::Guest;
 use crate::progress::Progress;
-use crate::report::table::{markdown_table, num, summary_cells};
+use crate::report::table::{markdown_table, summary_cells};
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
 use crate::systems::vm::{VmSystem, Vmm};
@@ -126,103 +126,99 @@ impl BootReport {
     /// The table, with the aims checked.
     pub fn render(&self) -> String {
         let s = &self.samples;
+        let memory =
+            |f: fn(&OwnMemory) -> f64| summarize(&self.memory.iter().map(f).collect::<Vec<_>>());
         let vmm_share = column(s, |b| b.to_vcpu_entry_ms);
-        let own = summarize(
-            &self
-                .memory
-                .iter()
-                .map(|m| m.own_rss_mib)
-                .collect::<Vec<_>>(),
-        );
-        let aim = |summary: Option<Summary>, limit: f64| match summary {
-            Some(x) if x.median < limit => format!("met (median < {limit})"),
-            Some(_) => format!("MISSED (median >= {limit})"),
-            None => "not measured".into(),
+        let own = memory(|m| m.own_rss_mib);
+        let aim = |summary: Option<Summary>, limit: f64, unit: &str| match summary {
+            Some(x) if x.median < limit => format!("aim < {limit} {unit}: met"),
+            Some(_) => format!("aim < {limit} {unit}: MISSED"),
+            None => format!("aim < {limit} {unit}: not measured"),
         };
-        let mut rows = Vec::new();
-        let mut row = |name: &str, unit: &str, summary: Option<Summary>, note: String| {
-            let mut cells = vec![name.to_owned(), unit.to_owned()];
-            cells.extend(summary_cells(summary.as_ref()));
-            cells.push(note);
-            rows.push(cells);
+        let metrics: [(&str, &str, Option<Summary>, String); 9] = [
+            (
+                "(a) start → guest boot-timer write",
+                "ms",
+                column(s, |b| Some(b.to_running_ms)),
+                String::new(),
+            ),
+            (
+                "(b) start → spry exit after the guest's reset",
+                "ms",
+                column(s, |b| Some(b.to_exit_ms)),
+                String::new(),
+            ),
+            (
+                "(c) start → vCPU 0 enters the guest (VMM share)",
+                "ms",
+                vmm_share,
+                aim(vmm_share, 5.0, "ms"),
+            ),
+            (
+                "    exec → spry main",
+                "ms",
+                column(s, |b| b.exec_to_main_ms),
+                String::new(),
+            ),
+            (
+                "    spry main → vCPU 0 enters the guest",
+                "ms",
+                column(s, |b| b.main_to_vcpu_entry_ms),
+                String::new(),
+            ),
+            (
+                "CPU per boot (user + system, incl. the emulated guest)",
+                "ms",
+                column(s, |b| Some(b.cpu_ms)),
+                String::new(),
+            ),
+            (
+                "(d) spry's own memory: Rss outside guest RAM",
+                "MiB",
+                own,
+                aim(own, 5.0, "MiB"),
+            ),
+            (
+                "    Pss outside guest RAM",
+                "MiB",
+                memory(|m| m.own_pss_mib),
+                String::new(),
+            ),
+            (
+                "    guest RAM touched (Rss of the guest mapping)",
+                "MiB",
+                memory(|m| m.guest_rss_mib),
+                String::new(),
+            ),
+        ];
+        let rows: Vec<Vec<String>> = metrics
+            .into_iter()
+            .map(|(name, unit, summary, note)| {
+                let mut cells = vec![name.to_owned(), unit.to_owned()];
+                cells.extend(summary_cells(summary.as_ref()));
+                cells.push(note);
+                cells
+            })
+            .collect();
+        let mapping = if self.memory.iter().all(|m| m.guest_mapping_found) {
+            ""
+        } else {
+            " (guest-RAM mapping NOT found by its size: own memory includes it)"
         };
-        row(
-            "(a) start → guest boot-timer write",
-            "ms",
-            column(s, |b| Some(b.to_running_ms)),
-            String::new(),
-        );
-        row(
-            "(b) start → spry exit after the guest's reset",
-            "ms",
-            column(s, |b| Some(b.to_exit_ms)),
-            String::new(),
-        );
-        row(
-            "(c) start → vCPU 0 enters the guest (VMM share)",
-            "ms",
-            vmm_share,
-            format!("aim < 5 ms: {}", aim(vmm_share, 5.0)),
-        );
-        row(
-            "    exec → spry main",
-            "ms",
-            column(s, |b| b.exec_to_main_ms),
-            String::new(),
-        );
-        row(
-            "    spry main → vCPU 0 enters the guest",
-            "ms",
-            column(s, |b| b.main_to_vcpu_entry_ms),
-            String::new(),
-        );
-        row(
-            "CPU per boot (user + system, incl. the emulated guest)",
-            "ms",
-            column(s, |b| Some(b.cpu_ms)),
-            String::new(),
-        );
-        row(
-            "(d) spry's own memory: Rss outside guest RAM",
-            "MiB",
-            own,
-            format!("aim < 5 MiB: {}", aim(own, 5.0)),
-        );
-        row(
-            "    Pss outside guest RAM",
-            "MiB",
-            summarize(
-                &self
-                    .memory
-                    .iter()
-                    .map(|m| m.own_pss_mib)
-                    .collect::<Vec<_>>(),
-            ),
-            String::new(),
-        );
-        row(
-            "    guest RAM touched (Rss of the guest mapping)",
-            "MiB",
-            summarize(
-                &self
-                    .memory
-                    .iter()
-                    .map(|m| m.guest_rss_mib)
-                    .collect::<Vec<_>>(),
-            ),
-            String::new(),
-        );
-        let found = self.memory.iter().all(|m| m.guest_mapping_found);
         format!(
-            "spry boot benchmark: {} ({} vCPU, {} MiB), {} runs after warm-up; memory from {} idle runs{}\n\n{}",
+            "spry boot benchmark: {} ({} vCPU, {} MiB), {} boots after warm-up; memory from {} \
+             idle boots{mapping}\n\n{}\nguest: {}\n",
             self.guest.label(),
             self.guest.vcpus,
             self.guest.mem_mib,
             self.runs,
             self.memory.len(),
-            if found { "" } else { " (guest-RAM mapping NOT found by size: own memory includes it)" },
-            markdown_table(&["metric", "unit", "median", "p90", "min", "max", "note"], &rows)
-        ) + &format!("\nguest: {}\n", self.guest.why) + &format!("medians: start→running {} ms, VMM share {} ms\n", num(column(s, |b| Some(b.to_running_ms)).map_or(0.0, |x| x.median)), num(vmm_share.map_or(0.0, |x| x.median)))
+            markdown_table(
+                &["metric", "unit", "median", "p90", "min", "max", "note"],
+                &rows
+            ),
+            self.guest.why
+        )
     }
 }
 

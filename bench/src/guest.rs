@@ -106,11 +106,12 @@ impl Guest {
         }
     }
 
-    /// The console line that says an idle guest is waiting for input, if it prints one.
+    /// The console line after which an idle guest waits for input (Linux's init
+    /// prints it just before running `read x`).
     pub fn idle_line(&self) -> Option<&'static str> {
         match self.kind {
             GuestKind::Probe => Some("probe: console ready"),
-            GuestKind::Linux => None,
+            GuestKind::Linux => Some("spry-guest: init running"),
         }
     }
 

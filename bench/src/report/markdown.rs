@@ -327,3 +327,125 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
     }
     out
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::compare::{DensityPoint, MemorySample, Settings, StartSample, Unavailable};
+    use crate::guest::Guest;
+    use crate::host::{HostInfo, KvmFlavour};
+
+    fn system(name: &str, phrase: &str, kind: Kind, start_ms: f64, pss: f64) -> SystemResult {
+        SystemResult {
+            name: name.into(),
+            phrase: phrase.into(),
+            kind,
+            version: format!("{name} 1.0"),
+            commands: vec![("run to exit".into(), format!("{name} run"))],
+            start: [1.0, 1.1, 0.9]
+                .iter()
+                .map(|f| StartSample {
+                    to_running_ms: start_ms * f,
+                    to_exit_ms: start_ms * f + 5.0,
+                    cpu_ms: 2.0,
+                })
+                .collect(),
+            restart_ms: vec![start_ms + 10.0; 3],
+            memory: vec![
+                MemorySample {
+                    rss_mib: pss * 2.0,
+                    pss_mib: pss,
+                    own_rss_mib: pss,
+                    own_pss_mib: pss,
+                };
+                3
+            ],
+            density: vec![DensityPoint {
+                k: 10,
+                launch_ms: 100.0,
+                launch_per_s: 100.0,
+                pss_per_instance_mib: pss,
+                rss_per_instance_mib: pss,
+                host_mem_per_instance_mib: pss,
+            }],
+            image: Vec::new(),
+        }
+    }
+
+    /// A comparison of spry (4 ms) with a container (10 ms) and QEMU (40 ms).
+    pub(crate) fn fixture() -> Comparison {
+        Comparison {
+            host: HostInfo {
+                hostname: "box".into(),
+                cpu: "Test CPU".into(),
+                cpus: 2,
+                kernel: "6.1".into(),
+                kvm: KvmFlavour::Pvm,
+                mem_total_mib: 1024,
+                date: "2026-12-01T00:00:00Z".into(),
+            },
+            guest: Guest::probe(std::path::Path::new("/b"), 128, "PVM host".into()),
+            spry: "/bin/spry".into(),
+            settings: Settings {
+                runs: 3,
+                warmup: 1,
+                density: vec![10],
+                quick: true,
+                firecracker: None,
+                no_qemu: false,
+            },
+            systems: vec![
+                system("spry", "spry", Kind::Vm, 4.0, 2.0),
+                system("runc", "a runc container", Kind::Container, 10.0, 1.0),
+                system("QEMU", "QEMU", Kind::Vm, 40.0, 20.0),
+            ],
+            unavailable: vec![Unavailable {
+                name: "Firecracker".into(),
+                reason: "no binary given".into(),
+            }],
+            density_capped: Vec::new(),
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn test_headline_sentences_state_every_ratio() {
+        let lines = headline_sentences(&fixture());
+        assert_eq!(
+            lines[0],
+            "spry starts 2.5x faster than a runc container and 10.0x faster than QEMU."
+        );
+        assert_eq!(
+            lines[2],
+            "spry uses 2.0x more memory than a runc container and 10.0x less memory than QEMU."
+        );
+        assert!(lines.contains(
+            &"Aim \"start within 2x of a runc container\": met (spry/runc = 0.40).".to_owned()
+        ));
+        assert!(lines.contains(&"Aim \"ahead of QEMU\": met (spry/QEMU = 0.10).".to_owned()));
+    }
+
+    #[test]
+    fn test_headline_table_has_a_row_per_system() {
+        let table = headline_table(&fixture());
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].starts_with("| spry   |"), "{table}");
+        assert!(
+            rows[0].contains("| 4.00 |") || rows[0].contains(" 4.00 "),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn test_report_lists_unavailable_peers_and_commands() {
+        let report = render(&fixture(), &["start.svg".into()], None);
+        assert!(
+            report.contains("- **Firecracker**: no binary given"),
+            "{report}"
+        );
+        assert!(report.contains("  - run to exit: `runc run`"), "{report}");
+        assert!(report.contains("- [start.svg](start.svg)"), "{report}");
+        assert!(report.contains("KVM: PVM"), "{report}");
+    }
+}

@@ -210,6 +210,7 @@ fn line_chart<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
@@ -345,6 +346,15 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
                 x: "K (concurrent sandboxes)",
                 y: "MiB per instance",
                 lines: density_lines(c, |d| d.pss_per_instance_mib),
+            },
+        ),
+        (
+            "density-host-memory",
+            Figure::Lines {
+                title: "Density: host MemAvailable drop per instance",
+                x: "K (concurrent sandboxes)",
+                y: "MiB per instance",
+                lines: density_lines(c, |d| d.host_mem_per_instance_mib),
             },
         ),
         (

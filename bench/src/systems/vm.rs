@@ -59,6 +59,26 @@ pub fn vm_config(
     })
 }
 
+/// The commit of the repository spry-bench was built from (spry is built from the
+/// same tree by tools/bench), with `-dirty` for uncommitted changes.
+fn git_commit() -> Option<String> {
+    let repo = crate::setup::default_repo();
+    let repo = repo.to_string_lossy();
+    let commit = super::run_helper(
+        std::path::Path::new("git"),
+        &[
+            "-C",
+            &repo,
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=10",
+        ],
+    )
+    .ok()?;
+    Some(commit.trim().to_owned()).filter(|c| !c.is_empty())
+}
+
 /// Writes `value` as JSON to `path`.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SystemError> {
     std::fs::write(path, value.to_string()).map_err(|source| SystemError::Write {
@@ -170,10 +190,14 @@ impl Sandbox for VmSystem {
     }
 
     fn version(&self) -> String {
-        super::run_helper(&self.binary, &["--version"])
+        let version = super::run_helper(&self.binary, &["--version"])
             .ok()
             .and_then(|v| v.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".into())
+            .unwrap_or_else(|| "unknown".into());
+        match (self.vmm, git_commit()) {
+            (Vmm::Spry, Some(commit)) => format!("{version} (git {commit})"),
+            _ => version,
+        }
     }
 
     fn command_line(&self, workload: Workload) -> String {
