@@ -219,10 +219,13 @@ impl DeviceReport {
             &rows,
         ));
         out.push_str(
-            "\nCPU per request: spry's user + system time (wait4) of a run minus that of the same \
-             guest doing 0 requests, over the requests; the thread columns use schedstat at the \
-             last request's stamp. The vCPU thread includes the guest's own instructions, which \
-             KVM's emulator runs there on PVM hosts; the event-loop thread is spry's device work.\n",
+            "\nCPU per request: spry's CPU time of a run minus that of the same guest doing 0 \
+             requests, over the requests: the whole process from wait4, and per thread from \
+             schedstat at the last request's stamp. The event-loop thread is spry's own device \
+             work (queue processing, the host I/O, the interrupt). The vCPU thread runs the guest: \
+             on PVM hosts KVM's emulator executes the probe's instructions there, and the probe \
+             polls the used ring while it waits, so that column is close to the wall time of the \
+             run and is the guest's cost, not spry's.\n",
         );
         for skipped in &self.skipped {
             out.push_str(&format!("\nskipped {skipped}\n"));
