@@ -292,3 +292,87 @@ fn test_ctrl_c_leaves_no_vmm_container_or_scratch_behind() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Runs a device benchmark; `None` (with the skip recorded) where this probe or host
+/// cannot.
+fn device_bench(test: &str, args: &[&str]) -> Option<String> {
+    if let Some(reason) = cannot_run() {
+        skip(test, &reason);
+        return None;
+    }
+    let output = Command::new(bench_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run spry-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if stderr.contains("has no probe.mode=") {
+        skip(
+            test,
+            "the probe guest has no benchmark modes yet (resources/probe blkbench/netbench)",
+        );
+        return None;
+    }
+    assert!(
+        output.status.success(),
+        "spry-bench {args:?} failed\n{stdout}\n{stderr}"
+    );
+    Some(stdout)
+}
+
+/// The numeric cells of the first table row whose first cell is `op`.
+fn row_numbers(table: &str, op: &str) -> Vec<f64> {
+    table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {op} ")))
+        .map(|l| l.split('|').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn test_block_bench_reports_rates_and_cpu_per_request() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let args = [
+        "block", "--runs", "1", "--reqs", "64", "--sizes", "4K", "--ops", "read",
+    ];
+    let Some(stdout) = device_bench("test_block_bench_reports_rates_and_cpu_per_request", &args)
+    else {
+        return;
+    };
+    // requests, runs, req/s, MiB/s, CPU µs/req, event-loop µs/req, vCPU µs/req.
+    let cells = row_numbers(&stdout, "read");
+    assert_eq!(cells.len(), 7, "{stdout}");
+    assert_eq!(cells[0], 64.0);
+    assert!(
+        cells[2] > 10.0 && cells[3] > 0.0,
+        "rates {cells:?}\n{stdout}"
+    );
+}
+
+#[test]
+fn test_net_bench_sends_and_receives_and_removes_its_tap() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let args = ["net", "--runs", "1", "--reqs", "64", "--sizes", "64"];
+    let Some(stdout) = device_bench(
+        "test_net_bench_sends_and_receives_and_removes_its_tap",
+        &args,
+    ) else {
+        return;
+    };
+    for op in ["tx", "rx"] {
+        let cells = row_numbers(&stdout, op);
+        assert!(
+            cells.len() == 7 && cells[2] > 10.0,
+            "{op}: {cells:?}\n{stdout}"
+        );
+    }
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("sbt"),
+        "tap left behind"
+    );
+}
