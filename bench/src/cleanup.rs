@@ -25,6 +25,7 @@ struct Registry {
     process_groups: BTreeSet<i32>,
     containers: BTreeSet<String>,
     taps: BTreeSet<String>,
+    netns: BTreeSet<String>,
     paths: BTreeSet<PathBuf>,
 }
 
@@ -32,6 +33,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     process_groups: BTreeSet::new(),
     containers: BTreeSet::new(),
     taps: BTreeSet::new(),
+    netns: BTreeSet::new(),
     paths: BTreeSet::new(),
 });
 
@@ -96,13 +98,28 @@ pub fn add_tap(name: &str) {
 
 /// Deletes a tap device and forgets it.
 pub fn delete_tap(name: &str) {
-    let _ = Command::new("ip")
-        .args(["link", "del", "dev", name])
+    quiet_command("ip", &["link", "del", "dev", name]);
+    registry().taps.remove(name);
+}
+
+/// A network namespace to delete on cleanup.
+pub fn add_netns(name: &str) {
+    registry().netns.insert(name.to_owned());
+}
+
+/// Deletes a network namespace and forgets it.
+pub fn delete_netns(name: &str) {
+    quiet_command("ip", &["netns", "del", name]);
+    registry().netns.remove(name);
+}
+
+fn quiet_command(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    registry().taps.remove(name);
 }
 
 /// A scratch file or directory to remove on cleanup.
@@ -145,12 +162,10 @@ fn cleanup_registered() {
             .status();
     }
     for tap in &taken.taps {
-        let _ = Command::new("ip")
-            .args(["link", "del", "dev", tap])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        quiet_command("ip", &["link", "del", "dev", tap]);
+    }
+    for netns in &taken.netns {
+        quiet_command("ip", &["netns", "del", netns]);
     }
     for path in taken.paths.iter().rev() {
         remove(path);

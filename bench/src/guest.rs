@@ -98,6 +98,15 @@ impl Guest {
         }
     }
 
+    /// The Linux guest's command line running `cmd` with `sh -c` (init's run mode),
+    /// then rebooting; `extra` words are added (e.g. `ip=`).
+    pub fn linux_run_args(cmd: &str, extra: &str) -> String {
+        format!(
+            "{LINUX_ARGS} {extra} spry.mode=run spry.cmd={}",
+            form_urlencode(cmd)
+        )
+    }
+
     /// Console input that makes an idle guest reboot.
     pub fn stop_input(&self) -> &'static [u8] {
         match self.kind {
@@ -134,9 +143,32 @@ impl Guest {
     }
 }
 
+/// `spry.cmd=` encoding (the guest init's urldecode): a space is `+`, bytes other
+/// than letters, digits and `-_./=` are `%XX`.
+pub fn form_urlencode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b' ' => out.push('+'),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'=' => {
+                out.push(char::from(byte));
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_form_urlencode_matches_the_guest_init() {
+        assert_eq!(form_urlencode("echo hello; exit 3"), "echo+hello%3B+exit+3");
+        assert_eq!(form_urlencode("date +%s"), "date+%2B%25s");
+        assert_eq!(form_urlencode("a=$(cat /x)"), "a=%24%28cat+/x%29");
+    }
 
     #[test]
     fn test_pvm_host_boots_the_probe() {

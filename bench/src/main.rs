@@ -78,6 +78,16 @@ struct DeviceCli {
     /// Operations: block read,write; net tx,rx.
     #[arg(long, value_delimiter = ',')]
     ops: Option<Vec<String>>,
+    /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
+    #[arg(long, value_enum, default_value = "auto")]
+    guest: devices::GuestChoice,
+    /// Systems to run, comma-separated (QEMU only with the Linux guest).
+    #[arg(long, value_delimiter = ',', default_value = "spry,qemu")]
+    systems: Vec<String>,
+    /// QEMU's accelerator: kvm, or tcg to check the harness where KVM cannot run
+    /// the guest (its numbers then mean nothing).
+    #[arg(long, default_value = "kvm")]
+    qemu_accel: String,
 }
 
 impl DeviceCli {
@@ -94,6 +104,9 @@ impl DeviceCli {
                 .ops
                 .clone()
                 .unwrap_or_else(|| ops.into_iter().map(str::to_owned).collect()),
+            guest: self.guest,
+            systems: self.systems.clone(),
+            qemu_accel: self.qemu_accel.clone(),
         }
     }
 }

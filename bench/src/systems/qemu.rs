@@ -17,6 +17,7 @@ pub struct Qemu {
     binary: PathBuf,
     guest: Guest,
     timeout: Duration,
+    accel: String,
 }
 
 impl Qemu {
@@ -26,7 +27,15 @@ impl Qemu {
             binary,
             guest,
             timeout,
+            accel: "kvm".into(),
         }
+    }
+
+    /// Uses `accel` instead of KVM (`tcg` checks the harness where KVM cannot run
+    /// the guest; its numbers mean nothing).
+    pub fn with_accel(mut self, accel: &str) -> Qemu {
+        self.accel = accel.to_owned();
+        self
     }
 
     /// The kernel image QEMU is given: QEMU loads an ELF vmlinux only through a PVH
@@ -40,16 +49,27 @@ impl Qemu {
 
     /// The arguments for `workload` with `kernel`.
     pub fn args(&self, workload: Workload, kernel: &std::path::Path) -> Vec<String> {
+        self.args_with(&self.guest.boot_args(workload), kernel, &[])
+    }
+
+    /// The arguments booting `kernel` with `boot_args` and `devices` (extra QEMU
+    /// arguments) after the root disk, if the guest has one.
+    pub fn args_with(
+        &self,
+        boot_args: &str,
+        kernel: &std::path::Path,
+        devices: &[String],
+    ) -> Vec<String> {
         let rtc = match self.guest.kind {
             GuestKind::Linux => "on",
             GuestKind::Probe => "off",
         };
-        let mut boot_args = self.guest.boot_args(workload);
+        let mut boot_args = boot_args.to_owned();
         let mut args: Vec<String> = [
             "-M",
             &format!("microvm,x-option-roms=off,acpi=off,rtc={rtc}"),
             "-accel",
-            "kvm",
+            &self.accel,
             "-m",
             &self.guest.mem_mib.to_string(),
             "-smp",
@@ -81,8 +101,16 @@ impl Qemu {
                 .map(str::to_owned),
             );
         }
+        args.extend(devices.iter().cloned());
         args.extend(["-append".to_owned(), boot_args]);
         args
+    }
+
+    /// The command booting the guest's usual kernel with `boot_args` and `devices`.
+    pub fn command_with(&self, boot_args: &str, devices: &[String]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.args_with(boot_args, self.kernel(), devices));
+        cmd
     }
 
     fn spawn(&self, workload: Workload, kernel: &std::path::Path) -> Result<Measured, SystemError> {
