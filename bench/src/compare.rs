@@ -373,23 +373,45 @@ fn runc(env: &Env, dir: &std::path::Path) -> Result<Runc, String> {
     Ok(runc)
 }
 
-/// Records `result` for system `index`, or drops the peer (spry's failures end the
-/// run).
-fn record<T>(
-    result: Result<T, SystemError>,
-    name: &str,
-    phase: &'static str,
-    failed: &mut Vec<Unavailable>,
-) -> Result<Option<T>, CompareError> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(source) if name == "spry" => Err(CompareError::Spry { phase, source }),
-        Err(e) => {
-            failed.push(Unavailable {
-                name: name.to_owned(),
-                reason: format!("failed in the {phase} phase: {e}"),
-            });
-            Ok(None)
+/// Which systems are still in the comparison: a peer that fails a phase is dropped
+/// and listed with the reason; spry (system 0) failing ends the run.
+struct Roll {
+    names: Vec<String>,
+    alive: Vec<bool>,
+    dropped: Vec<Unavailable>,
+}
+
+impl Roll {
+    fn new(systems: &[Box<dyn Sandbox>]) -> Roll {
+        Roll {
+            names: systems.iter().map(|s| s.name().to_owned()).collect(),
+            alive: vec![true; systems.len()],
+            dropped: Vec::new(),
+        }
+    }
+
+    fn alive(&self, index: usize) -> bool {
+        self.alive[index]
+    }
+
+    /// The value of system `index`'s `result` in `phase`, or `None` once it failed.
+    fn take<T>(
+        &mut self,
+        index: usize,
+        phase: &'static str,
+        result: Result<T, SystemError>,
+    ) -> Result<Option<T>, CompareError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(source) if index == 0 => Err(CompareError::Spry { phase, source }),
+            Err(e) => {
+                self.alive[index] = false;
+                self.dropped.push(Unavailable {
+                    name: self.names[index].clone(),
+                    reason: format!("failed in the {phase} phase: {e}"),
+                });
+                Ok(None)
+            }
         }
     }
 }
@@ -425,81 +447,45 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             image: s.image(),
         })
         .collect();
-    let names: Vec<String> = systems.iter().map(|s| s.name().to_owned()).collect();
-    let mut alive: Vec<bool> = vec![true; systems.len()];
-    let drop_failed = |alive: &mut Vec<bool>, failed: &[Unavailable]| {
-        for f in failed {
-            if let Some(i) = names.iter().position(|n| *n == f.name) {
-                alive[i] = false;
-            }
-        }
-    };
+    let mut roll = Roll::new(&systems);
 
     // Start: warm-up, then N alternated runs.
     let mut progress = Progress::new("start", systems.len() * (settings.warmup + settings.runs));
     for run in 0..settings.warmup + settings.runs {
         for (i, system) in systems.iter().enumerate() {
-            if !alive[i] {
+            if !roll.alive(i) {
                 continue;
             }
             progress.step(system.name(), run < settings.warmup);
-            let mut failed = Vec::new();
-            if let Some(sample) = record(
-                start_sample(system.as_ref()),
-                system.name(),
-                "start",
-                &mut failed,
-            )? {
-                if run >= settings.warmup {
-                    results[i].start.push(sample);
-                }
+            let sample = roll.take(i, "start", start_sample(system.as_ref()))?;
+            if let Some(sample) = sample.filter(|_| run >= settings.warmup) {
+                results[i].start.push(sample);
             }
-            drop_failed(&mut alive, &failed);
-            unavailable.extend(failed);
         }
     }
     progress.done();
 
     // Restart: stop an attached idle instance, start its replacement.
     let mut progress = Progress::new("restart", systems.len() * settings.runs);
-    let mut current: Vec<Option<Instance>> = Vec::new();
+    let mut current: Vec<Option<Instance>> = Vec::with_capacity(systems.len());
     for (i, system) in systems.iter().enumerate() {
-        let mut failed = Vec::new();
-        let instance = if alive[i] {
-            record(
-                system.start(Workload::IdleAttached, tag()),
-                system.name(),
-                "restart",
-                &mut failed,
-            )?
-        } else {
-            None
-        };
-        drop_failed(&mut alive, &failed);
-        unavailable.extend(failed);
-        current.push(instance);
+        let started = system.start(Workload::IdleAttached, tag());
+        current.push(roll.take(i, "restart", started)?);
     }
     for _ in 0..settings.runs {
         for (i, system) in systems.iter().enumerate() {
-            let Some(instance) = current[i].as_mut().filter(|_| alive[i]) else {
+            let Some(instance) = current[i].as_mut().filter(|_| roll.alive(i)) else {
                 continue;
             };
             progress.step(system.name(), false);
-            let mut failed = Vec::new();
-            if let Some(ms) = record(
-                restart_sample(system.as_ref(), instance),
-                system.name(),
-                "restart",
-                &mut failed,
-            )? {
+            let sample = restart_sample(system.as_ref(), instance);
+            if let Some(ms) = roll.take(i, "restart", sample)? {
                 results[i].restart_ms.push(ms);
             }
-            drop_failed(&mut alive, &failed);
-            unavailable.extend(failed);
         }
     }
-    for (i, system) in systems.iter().enumerate() {
-        if let Some(mut instance) = current[i].take() {
+    for (system, instance) in systems.iter().zip(current.iter_mut()) {
+        if let Some(mut instance) = instance.take() {
             let _ = system.stop(&mut instance, TIMEOUT);
         }
     }
@@ -509,21 +495,13 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
     let mut progress = Progress::new("memory", systems.len() * settings.runs);
     for _ in 0..settings.runs {
         for (i, system) in systems.iter().enumerate() {
-            if !alive[i] {
+            if !roll.alive(i) {
                 continue;
             }
             progress.step(system.name(), false);
-            let mut failed = Vec::new();
-            if let Some(sample) = record(
-                memory_sample(system.as_ref()),
-                system.name(),
-                "memory",
-                &mut failed,
-            )? {
+            if let Some(sample) = roll.take(i, "memory", memory_sample(system.as_ref()))? {
                 results[i].memory.push(sample);
             }
-            drop_failed(&mut alive, &failed);
-            unavailable.extend(failed);
         }
     }
     progress.done();
@@ -533,24 +511,17 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
     let mut progress = Progress::new("density", systems.len() * levels.len());
     for &k in &levels {
         for (i, system) in systems.iter().enumerate() {
-            if !alive[i] {
+            if !roll.alive(i) {
                 continue;
             }
             progress.step(&format!("{} x{k}", system.name()), false);
-            let mut failed = Vec::new();
-            if let Some(point) = record(
-                density_point(system.as_ref(), k),
-                system.name(),
-                "density",
-                &mut failed,
-            )? {
+            if let Some(point) = roll.take(i, "density", density_point(system.as_ref(), k))? {
                 results[i].density.push(point);
             }
-            drop_failed(&mut alive, &failed);
-            unavailable.extend(failed);
         }
     }
     progress.done();
+    unavailable.extend(roll.dropped);
 
     let mut notes = vec![
         "Restart = stop + start: spry exits when the guest resets (no in-process restart yet), \

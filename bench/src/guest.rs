@@ -124,6 +124,18 @@ impl Guest {
         }
     }
 
+    /// Waits until an idle guest printed its idle line (if it has one).
+    pub fn wait_idle(
+        &self,
+        process: &mut crate::child::Measured,
+        timeout: std::time::Duration,
+    ) -> Result<(), crate::child::ChildError> {
+        if let Some(idle) = self.idle_line() {
+            process.wait_for(idle, timeout, |l| l.text.contains(idle).then_some(()))?;
+        }
+        Ok(())
+    }
+
     /// The first console line that proves the guest runs (for VMMs without a boot
     /// timer device).
     pub fn running_line(&self) -> &'static str {

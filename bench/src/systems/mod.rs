@@ -173,6 +173,23 @@ fn tree_size(path: &std::path::Path) -> (u64, u64) {
     sizes
 }
 
+/// The first line `binary --version` prints, or "unknown".
+pub fn version_line(binary: &std::path::Path) -> String {
+    run_helper(binary, &["--version"])
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A VM's memory: smaps of its process, guest RAM found by `mem_mib`.
+pub fn vm_memory(instance: &Instance, mem_mib: u32) -> Result<MemoryUse, SystemError> {
+    let guest_kib = u64::from(mem_mib) * 1024;
+    Ok(crate::procfs::memory_use(
+        instance.process.pid(),
+        Some(guest_kib),
+    )?)
+}
+
 /// Runs a helper command to completion and returns its stdout.
 pub fn run_helper(program: &std::path::Path, args: &[&str]) -> Result<String, SystemError> {
     let command = format!("{} {}", program.display(), args.join(" "));

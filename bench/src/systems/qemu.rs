@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use crate::child::Measured;
 use crate::guest::{Guest, GuestKind};
-use crate::procfs::{self, MemoryUse};
+use crate::procfs::MemoryUse;
 use crate::systems::{
-    image_file, run_helper, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
+    image_file, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
 };
 
 /// qemu-system-x86_64 -M microvm.
@@ -166,10 +166,7 @@ impl Sandbox for Qemu {
     }
 
     fn version(&self) -> String {
-        run_helper(&self.binary, &["--version"])
-            .ok()
-            .and_then(|v| v.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".into())
+        version_line(&self.binary)
     }
 
     fn command_line(&self, workload: Workload) -> String {
@@ -188,9 +185,7 @@ impl Sandbox for Qemu {
             l.text.starts_with(running).then_some(())
         })?;
         if workload != Workload::RunToExit {
-            if let Some(idle) = self.guest.idle_line() {
-                process.wait_for(idle, self.timeout, |l| l.text.contains(idle).then_some(()))?;
-            }
+            self.guest.wait_idle(&mut process, self.timeout)?;
         }
         Ok(Instance {
             process,
@@ -206,8 +201,7 @@ impl Sandbox for Qemu {
     }
 
     fn memory(&self, instance: &Instance) -> Result<MemoryUse, SystemError> {
-        let guest_kib = u64::from(self.guest.mem_mib) * 1024;
-        Ok(procfs::memory_use(instance.process.pid(), Some(guest_kib))?)
+        vm_memory(instance, self.guest.mem_mib)
     }
 
     fn image(&self) -> Vec<ImageFile> {

@@ -10,7 +10,7 @@ use crate::child::Measured;
 use crate::cleanup;
 use crate::procfs::{self, MemoryUse};
 use crate::systems::{
-    image_file, run_helper, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
+    image_file, run_helper, version_line, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
 };
 
 /// The line the container's init prints once it runs.
@@ -177,10 +177,7 @@ impl Sandbox for Runc {
     }
 
     fn version(&self) -> String {
-        run_helper(&self.runc, &["--version"])
-            .ok()
-            .and_then(|v| v.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".into())
+        version_line(&self.runc)
     }
 
     fn command_line(&self, workload: Workload) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::child::Measured;
 use crate::guest::Guest;
-use crate::procfs::{self, MemoryUse};
+use crate::procfs::MemoryUse;
 use crate::spry_log::{parse_boot_timer, parse_vcpu_entry};
 use crate::systems::{image_file, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
 
@@ -190,10 +190,7 @@ impl Sandbox for VmSystem {
     }
 
     fn version(&self) -> String {
-        let version = super::run_helper(&self.binary, &["--version"])
-            .ok()
-            .and_then(|v| v.lines().next().map(str::to_owned))
-            .unwrap_or_else(|| "unknown".into());
+        let version = super::version_line(&self.binary);
         match (self.vmm, git_commit()) {
             (Vmm::Spry, Some(commit)) => format!("{version} (git {commit})"),
             _ => version,
@@ -216,9 +213,7 @@ impl Sandbox for VmSystem {
         let (running_us, main_us) = wait_boot_timer(&mut process, self.timeout)?;
         let vcpu_entry_us = process.lines.iter().find_map(|l| parse_vcpu_entry(&l.text));
         if workload != Workload::RunToExit {
-            if let Some(idle) = self.guest.idle_line() {
-                process.wait_for(idle, self.timeout, |l| l.text.contains(idle).then_some(()))?;
-            }
+            self.guest.wait_idle(&mut process, self.timeout)?;
         }
         Ok(Instance {
             process,
@@ -234,8 +229,7 @@ impl Sandbox for VmSystem {
     }
 
     fn memory(&self, instance: &Instance) -> Result<MemoryUse, SystemError> {
-        let guest_kib = u64::from(self.guest.mem_mib) * 1024;
-        Ok(procfs::memory_use(instance.process.pid(), Some(guest_kib))?)
+        super::vm_memory(instance, self.guest.mem_mib)
     }
 
     fn image(&self) -> Vec<ImageFile> {
