@@ -42,7 +42,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// Issue 2: boot the guest N times with spry; VMM share and own memory.
+    /// Boot the guest N times with spry: start to running and to exit, the VMM's own
+    /// share of the start, and its own memory.
     Boot {
         /// Boots measured after the warm-up.
         #[arg(long, default_value_t = 20)]
@@ -54,12 +55,13 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         memory_runs: usize,
     },
-    /// Issue 3: requests/s, MiB/s and spry CPU per request through virtio-blk.
+    /// Requests/s, MiB/s and VMM CPU per request through virtio-blk.
     Block(DeviceCli),
-    /// Issue 3: frames/s, MiB/s and spry CPU per frame through virtio-net (a tap).
+    /// Frames/s, MiB/s and VMM CPU per frame through virtio-net.
     Net(DeviceCli),
-    /// Issue 5 (the default): spry against a runc container, QEMU and Firecracker;
-    /// writes report.md, results.json and plots.
+    /// The default: spry against a runc container, QEMU and Firecracker (start,
+    /// restart, memory, CPU, density, image size); writes report.md, results.json
+    /// and SVG/PNG plots.
     Compare(CompareArgs),
 }
 
