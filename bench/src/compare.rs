@@ -290,72 +290,65 @@ fn systems(env: &Env, guest: &Guest, settings: &Settings) -> Result<Roster, Comp
     )?;
     let mut systems: Vec<Box<dyn Sandbox>> = vec![Box::new(spry)];
     let mut unavailable = Vec::new();
-    match runc(env, &dir) {
-        Ok(runc) => systems.push(Box::new(runc)),
+    let mut add = |name: &str, peer: Result<Box<dyn Sandbox>, String>| match peer {
+        Ok(system) => systems.push(system),
         Err(reason) => unavailable.push(Unavailable {
-            name: "runc".into(),
+            name: name.to_owned(),
             reason,
         }),
-    }
-    if settings.no_qemu {
-        unavailable.push(Unavailable {
-            name: "QEMU".into(),
-            reason: "skipped (--no-qemu)".into(),
-        });
-    } else {
-        match find_program("qemu-system-x86_64") {
-            None => unavailable.push(Unavailable {
-                name: "QEMU".into(),
-                reason: "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)"
-                    .into(),
-            }),
-            Some(binary) => {
-                let qemu = Qemu::new(binary, guest.clone(), Duration::from_secs(5));
-                match qemu.check() {
-                    Ok(()) => systems.push(Box::new(Qemu::new(
-                        find_program("qemu-system-x86_64").unwrap_or_default(),
-                        guest.clone(),
-                        TIMEOUT,
-                    ))),
-                    Err(reason) => unavailable.push(Unavailable {
-                        name: "QEMU".into(),
-                        reason,
-                    }),
-                }
-            }
-        }
-    }
-    match &settings.firecracker {
-        None => unavailable.push(Unavailable {
-            name: "Firecracker".into(),
-            reason: "no Firecracker binary on this machine; pass --firecracker PATH to include it"
-                .into(),
-        }),
-        Some(binary) => {
-            let fc = VmSystem::new(
-                Vmm::Firecracker,
-                binary.clone(),
-                guest.clone(),
-                &dir,
-                TIMEOUT,
-            );
-            match fc
-                .map_err(|e| e.to_string())
-                .and_then(|fc| start_sample(&fc).map(|_| fc).map_err(|e| e.to_string()))
-            {
-                Ok(fc) => systems.push(Box::new(fc)),
-                Err(reason) => unavailable.push(Unavailable {
-                    name: "Firecracker".into(),
-                    reason: format!(
-                        "{} did not boot the {}: {reason}",
-                        binary.display(),
-                        guest.label()
-                    ),
-                }),
-            }
-        }
-    }
+    };
+    add(
+        "runc",
+        runc(env, &dir).map(|r| Box::new(r) as Box<dyn Sandbox>),
+    );
+    add(
+        "QEMU",
+        qemu(guest, settings).map(|q| Box::new(q) as Box<dyn Sandbox>),
+    );
+    add(
+        "Firecracker",
+        firecracker(guest, settings, &dir).map(|f| Box::new(f) as Box<dyn Sandbox>),
+    );
     Ok((systems, unavailable))
+}
+
+/// QEMU, if it is installed and boots the guest.
+fn qemu(guest: &Guest, settings: &Settings) -> Result<Qemu, String> {
+    if settings.no_qemu {
+        return Err("skipped (--no-qemu)".into());
+    }
+    let binary = find_program("qemu-system-x86_64")
+        .ok_or("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".to_owned())?;
+    Qemu::new(binary.clone(), guest.clone(), Duration::from_secs(5)).check()?;
+    Ok(Qemu::new(binary, guest.clone(), TIMEOUT))
+}
+
+/// Firecracker, if the user pointed at a binary and it boots the guest.
+fn firecracker(
+    guest: &Guest,
+    settings: &Settings,
+    dir: &std::path::Path,
+) -> Result<VmSystem, String> {
+    let binary = settings.firecracker.clone().ok_or(
+        "no Firecracker binary on this machine; pass --firecracker PATH to include it".to_owned(),
+    )?;
+    let failed = |e: SystemError| {
+        format!(
+            "{} did not boot the {}: {e}",
+            binary.display(),
+            guest.label()
+        )
+    };
+    let fc = VmSystem::new(
+        Vmm::Firecracker,
+        binary.clone(),
+        guest.clone(),
+        dir,
+        TIMEOUT,
+    )
+    .map_err(failed)?;
+    start_sample(&fc).map_err(failed)?;
+    Ok(fc)
 }
 
 fn runc(env: &Env, dir: &std::path::Path) -> Result<Runc, String> {
