@@ -62,13 +62,18 @@ pub fn ratio_phrase(wording: Wording, spry: f64, peer: f64, peer_phrase: &str) -
     }
 }
 
-/// "spry starts 1.4x slower than a runc container and 3.1x faster than QEMU."
-pub fn sentence(wording: Wording, spry: f64, peers: &[(String, f64)]) -> Option<String> {
+/// "spry starts 1.4x slower than a runc container and 3.1x faster than QEMU.", from
+/// `(peer phrase, spry's value, the peer's value)` per peer.
+pub fn sentence(wording: Wording, peers: &[(String, f64, f64)]) -> Option<String> {
     let parts: Vec<String> = peers
         .iter()
-        .map(|(phrase, value)| ratio_phrase(wording, spry, *value, phrase))
+        .map(|(phrase, ours, theirs)| ratio_phrase(wording, *ours, *theirs, phrase))
         .collect();
-    let joined = match parts.as_slice() {
+    join(wording, &parts)
+}
+
+fn join(wording: Wording, parts: &[String]) -> Option<String> {
+    let joined = match parts {
         [] => return None,
         [one] => one.clone(),
         [init @ .., last] => format!("{} and {last}", init.join(", ")),
@@ -84,8 +89,10 @@ mod tests {
     fn test_slower_and_faster_in_one_sentence() {
         let s = sentence(
             STARTS,
-            14.0,
-            &[("a runc container".into(), 10.0), ("QEMU".into(), 43.4)],
+            &[
+                ("a runc container".into(), 14.0, 10.0),
+                ("QEMU".into(), 14.0, 43.4),
+            ],
         );
         assert_eq!(
             s.as_deref(),
@@ -96,12 +103,12 @@ mod tests {
     #[test]
     fn test_three_peers_are_comma_separated() {
         let peers = [
-            ("a".to_string(), 1.0),
-            ("b".to_string(), 4.0),
-            ("c".to_string(), 2.0),
+            ("a".to_string(), 2.0, 1.0),
+            ("b".to_string(), 2.0, 4.0),
+            ("c".to_string(), 2.0, 2.0),
         ];
         assert_eq!(
-            sentence(STARTS, 2.0, &peers).unwrap(),
+            sentence(STARTS, &peers).unwrap(),
             "spry starts 2.0x slower than a, 2.0x faster than b and about as fast as c."
         );
     }
@@ -120,7 +127,7 @@ mod tests {
 
     #[test]
     fn test_no_peers_no_sentence() {
-        assert_eq!(sentence(STARTS, 1.0, &[]), None);
+        assert_eq!(sentence(STARTS, &[]), None);
     }
 
     #[test]

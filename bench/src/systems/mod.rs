@@ -122,6 +122,11 @@ pub trait Sandbox: Sync {
     fn memory(&self, instance: &Instance) -> Result<MemoryUse, SystemError>;
     /// What it needs on disk.
     fn image(&self) -> Vec<ImageFile>;
+    /// The first console line of a VM's guest, for comparing VMs that lack spry's
+    /// boot-timer stamp on equal terms; `None` for containers.
+    fn console_line(&self) -> Option<&'static str> {
+        None
+    }
     /// Deletes leftovers of a finished instance (containers); no-op for VMs.
     fn finish(&self, _instance: &mut Instance) {}
 

@@ -196,6 +196,10 @@ impl Sandbox for Qemu {
         })
     }
 
+    fn console_line(&self) -> Option<&'static str> {
+        Some(self.guest.running_line())
+    }
+
     fn request_stop(&self, instance: &mut Instance) -> Result<(), SystemError> {
         Ok(instance.process.send(self.guest.stop_input())?)
     }

@@ -210,7 +210,19 @@ impl Sandbox for VmSystem {
     fn start(&self, workload: Workload, _tag: usize) -> Result<Instance, SystemError> {
         let cmd = vmm_command(self.vmm, &self.binary, self.config(workload));
         let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
-        let (running_us, main_us) = wait_boot_timer(&mut process, self.timeout)?;
+        let (running_us, main_us) = match self.vmm {
+            Vmm::Spry => wait_boot_timer(&mut process, self.timeout)?,
+            // Firecracker's boot timer is not at the address our guests write (and
+            // its page tables do not map that address), so its guest's first console
+            // line is the signal, as for QEMU.
+            Vmm::Firecracker => {
+                let running = self.guest.running_line();
+                let ((), at) = process.wait_for(running, self.timeout, |l| {
+                    l.text.starts_with(running).then_some(())
+                })?;
+                (at, None)
+            }
+        };
         let vcpu_entry_us = process.lines.iter().find_map(|l| parse_vcpu_entry(&l.text));
         if workload != Workload::RunToExit {
             self.guest.wait_idle(&mut process, self.timeout)?;
@@ -222,6 +234,10 @@ impl Sandbox for VmSystem {
             main_us,
             container: None,
         })
+    }
+
+    fn console_line(&self) -> Option<&'static str> {
+        Some(self.guest.running_line())
     }
 
     fn request_stop(&self, instance: &mut Instance) -> Result<(), SystemError> {
