@@ -174,14 +174,13 @@ type Metric<'a> = (&'a str, Stat<'a>);
 fn stats_table(c: &Comparison, metrics: &[Metric<'_>]) -> String {
     let mut rows = Vec::new();
     for r in &c.systems {
+        // A metric a system has no samples of (a container's console) is left out.
         for (label, metric) in metrics {
-            let s = metric(r);
-            let mut row = vec![
-                r.name.clone(),
-                (*label).to_owned(),
-                s.map_or("0".into(), |s| s.n.to_string()),
-            ];
-            row.extend(summary_cells(s.as_ref()));
+            let Some(s) = metric(r) else {
+                continue;
+            };
+            let mut row = vec![r.name.clone(), (*label).to_owned(), s.n.to_string()];
+            row.extend(summary_cells(Some(&s)));
             rows.push(row);
         }
     }
