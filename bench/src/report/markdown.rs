@@ -315,6 +315,19 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
         &["system", "what", "path", "MiB", "MiB on disk"],
         &rows,
     ));
+    let _ = writeln!(
+        out,
+        "\nThe container bundle is built in the run's scratch directory (removed afterwards) \
+         from the same busybox tree as the Linux guest's root file system."
+    );
+    if c.guest.kind == crate::guest::GuestKind::Probe {
+        let _ = writeln!(
+            out,
+            "The probe guest is a kernel alone; the Linux guest the VMs boot on hosts with \
+             hardware virtualization needs its vmlinux and rootfs.ext4 (build/guest/), so \
+             the VM row is not what a Linux sandbox needs."
+        );
+    }
 
     let _ = writeln!(out, "\n## Peers that did not run\n");
     if c.unavailable.is_empty() {
