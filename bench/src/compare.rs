@@ -609,7 +609,8 @@ pub fn cap_levels(
             kept.push(k);
         } else {
             dropped.push(format!(
-                "K={k}: needs ~{need:.0} MiB ({per_instance_mib:.1} MiB each), more than the {budget_mib:.0} MiB budget (half of MemAvailable)"
+                "K={k}: needs ~{need:.0} MiB ({per_instance_mib:.1} MiB each), more than the \
+                 {budget_mib:.0} MiB budget (half of MemAvailable)"
             ));
         }
     }

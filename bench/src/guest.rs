@@ -41,11 +41,17 @@ const PROBE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off probe.quiet=1";
 const LINUX_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet i8042.noaux \
                           i8042.nomux i8042.nopnp i8042.dumbkbd";
 
+/// Why PVM hosts boot the probe.
+const PVM_WHY: &str = "this host's /dev/kvm is PVM (no VT-x/AMD-V): unmodified Linux cannot \
+                       boot under KVM's instruction emulator, so every VM boots spry's probe \
+                       guest (64-bit Linux boot protocol, ~2 500 instructions to its \
+                       boot-timer write)";
+
 impl Guest {
     /// The guest for a host with this KVM: the probe on PVM, Linux otherwise.
     pub fn for_host(flavour: KvmFlavour, build: &Path, mem_mib: u32) -> Guest {
         match flavour {
-            KvmFlavour::Pvm => Guest::probe(build, mem_mib, "this host's /dev/kvm is PVM (no VT-x/AMD-V): unmodified Linux cannot boot under KVM's instruction emulator, so every VM boots spry's probe guest (64-bit Linux boot protocol, ~2 500 instructions to its boot-timer write)".into()),
+            KvmFlavour::Pvm => Guest::probe(build, mem_mib, PVM_WHY.into()),
             _ => Guest::linux(build, mem_mib),
         }
     }

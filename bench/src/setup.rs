@@ -11,7 +11,10 @@ use crate::host::HostInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     /// No spry binary.
-    #[error("no spry binary at {0}: build it with `cargo build --release` (tools/devtool bench does) or pass --spry PATH")]
+    #[error(
+        "no spry binary at {0}: build it with `cargo build --release` (tools/bench does) or \
+         pass --spry PATH"
+    )]
     NoSpry(PathBuf),
     /// A guest build script failed.
     #[error("{script} failed ({status}): it builds {what}")]

@@ -30,7 +30,10 @@ pub enum DeviceError {
     #[error(transparent)]
     Setup(#[from] SetupError),
     /// The guest cannot run this benchmark.
-    #[error("the probe at {probe} has no probe.mode={mode} (it printed '{line}'): rebuild build/probe from a tree that has it (resources/probe)")]
+    #[error(
+        "the probe at {probe} has no probe.mode={mode} (it printed '{line}'): rebuild \
+         build/probe from a tree that has it (resources/probe)"
+    )]
     NoMode {
         /// The probe image.
         probe: PathBuf,
@@ -264,7 +267,10 @@ impl DeviceReport {
             })
             .collect();
         if !ratios.is_empty() {
-            out.push_str("\nspry / peer (req/s above 1x: spry is faster; CPU below 1x: spry is cheaper):\n\n");
+            out.push_str(
+                "\nspry / peer (req/s above 1x: spry is faster; CPU below 1x: spry is \
+                 cheaper):\n\n",
+            );
             out.push_str(&markdown_table(
                 &["peer", "op", "size", "req/s spry/peer", "CPU/req spry/peer"],
                 &ratios,

@@ -284,7 +284,11 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
         let op: &'static str = if rx { "rx" } else { "tx" };
         for &size in &args.sizes {
             if rx && size > RX_MAX_FRAME {
-                skipped.push(format!("rx {}: frames larger than the probe's {RX_MAX_FRAME}-byte receive buffers and the tap's MTU", size_label(size)));
+                skipped.push(format!(
+                    "rx {}: frames larger than the probe's {RX_MAX_FRAME}-byte receive buffers \
+                     and the tap's MTU",
+                    size_label(size)
+                ));
                 continue;
             }
             let what = format!("netbench {op} {}", size_label(size));

@@ -229,7 +229,12 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
     let _ = writeln!(out, "\nMedians:\n\n{}", headline_table(c));
 
     let _ = writeln!(out, "## Start time (ms)\n");
-    let _ = writeln!(out, "Process start (parent's CLOCK_MONOTONIC just before spawn) to the running signal, and to the process's exit after the workload ended.\n");
+    let _ = writeln!(
+        out,
+        "Process start (parent's CLOCK_MONOTONIC just before spawn) to the running signal, \
+         to the guest's first console line (VMs), and to the process's exit after the \
+         workload ended.\n"
+    );
     out.push_str(&stats_table(
         c,
         &[
@@ -239,7 +244,11 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
         ],
     ));
     let _ = writeln!(out, "\n## Restart time (ms)\n");
-    let _ = writeln!(out, "Stop request of an idle sandbox to its replacement's running signal (stop + start; see the notes).\n");
+    let _ = writeln!(
+        out,
+        "Stop request of an idle sandbox to its replacement's running signal (stop + start; \
+         see the notes).\n"
+    );
     out.push_str(&stats_table(c, &[("stop + start → running", &restart)]));
     let _ = writeln!(out, "\n## Memory per idle sandbox (MiB)\n");
     out.push_str(&stats_table(
@@ -261,7 +270,12 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
     out.push_str(&stats_table(c, &[("CPU per start", &cpu)]));
 
     let _ = writeln!(out, "\n## Density\n");
-    let _ = writeln!(out, "K idle sandboxes launched at once; launch time is the first spawn to the last running signal. One sample per K.\n");
+    let _ = writeln!(
+        out,
+        "K idle sandboxes launched at once; launch time is the first spawn to the last \
+         running signal. One sample per K; the host's MemAvailable moves with everything \
+         else on the machine, so that column is noisy on a shared host.\n"
+    );
     let rows: Vec<Vec<String>> = c
         .systems
         .iter()

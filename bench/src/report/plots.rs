@@ -14,7 +14,10 @@ use crate::stats::{summarize, Summary};
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
     /// No TrueType font to draw text with.
-    #[error("no TrueType font found (tried $SPRY_BENCH_FONT and {tried}); install Debian's fonts-dejavu-core")]
+    #[error(
+        "no TrueType font found (tried $SPRY_BENCH_FONT and {tried}); install Debian's \
+         fonts-dejavu-core"
+    )]
     NoFont {
         /// The paths tried.
         tried: String,
