@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::child::Measured;
+use crate::child::{ChildError, Measured};
 use crate::guest::{Guest, GuestKind};
 use crate::procfs::MemoryUse;
 use crate::systems::{
@@ -131,11 +131,20 @@ impl Qemu {
     }
 
     fn diagnose(&self, error: &SystemError) -> String {
-        let first = error.to_string().replace('\n', " / ");
         if self.guest.kind != GuestKind::Probe {
-            return format!("QEMU did not boot the Linux guest: {first}");
+            return format!(
+                "QEMU did not boot the Linux guest: {}",
+                error.to_string().replace('\n', " / ")
+            );
         }
-        // What the ELF vmlinux gets, for the record.
+        // What QEMU said while it sat there, and what the ELF vmlinux gets.
+        let observed = match error {
+            SystemError::Child(ChildError::NoSignal { timeout, tail, .. }) => format!(
+                "no console line within {timeout:?}; QEMU said: '{}'",
+                tail.replace('\n', " / ")
+            ),
+            other => other.to_string().replace('\n', " / "),
+        };
         let elf = self
             .spawn(Workload::RunToExit, &self.guest.vmlinux)
             .ok()
@@ -143,11 +152,11 @@ impl Qemu {
             .map(|t| t.replace('\n', " / "))
             .unwrap_or_default();
         format!(
-            "QEMU cannot boot the probe guest: given the ELF vmlinux it refuses it ('{elf}': QEMU \
-             loads ELF kernels only through a PVH entry note, which the probe lacks); given the \
-             bzImage, its microvm firmware (qboot) enters the kernel through the 16-bit real-mode \
-             setup entry, where the probe only has `cli; hlt` (it implements the 64-bit entry \
-             only), so no console output or boot signal ever comes ({first})"
+            "QEMU cannot boot the probe guest. The ELF vmlinux: refused ('{elf}'): QEMU loads \
+             ELF kernels only through a PVH entry note, which the probe lacks. The bzImage: \
+             QEMU's microvm firmware (qboot) enters it through the 16-bit real-mode setup \
+             entry, where the probe only has `cli; hlt` (it implements the 64-bit entry only): \
+             {observed}."
         )
     }
 }
