@@ -225,3 +225,44 @@ impl Sandbox for Qemu {
         files
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_probe_boots_as_bzimage_on_microvm_with_kvm() {
+        let guest = Guest::probe(std::path::Path::new("/b"), 128, String::new());
+        let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1));
+        let args = qemu.args(Workload::RunToExit, qemu.kernel());
+        let at = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].as_str())
+        };
+        assert_eq!(at("-accel"), Some("kvm"));
+        assert_eq!(at("-kernel"), Some("/b/probe/bzImage"));
+        assert_eq!(at("-m"), Some("128"));
+        assert!(args.contains(&"-no-reboot".to_owned()));
+        assert_eq!(args[args.len() - 2], "-append");
+    }
+
+    #[test]
+    fn test_linux_gets_its_root_disk_read_only_before_extra_devices() {
+        let guest = Guest::linux(std::path::Path::new("/b"), 128);
+        let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1)).with_accel("tcg");
+        let args = qemu.args_with(
+            "quiet",
+            std::path::Path::new("/k"),
+            &["-device".into(), "x".into()],
+        );
+        let root = args.iter().position(|a| a.contains("rootfs.ext4")).unwrap();
+        let extra = args.iter().position(|a| a == "x").unwrap();
+        assert!(root < extra);
+        assert!(args[root].ends_with("readonly=on"));
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("quiet root=/dev/vda ro")
+        );
+    }
+}

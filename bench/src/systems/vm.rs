@@ -256,3 +256,29 @@ impl Sandbox for VmSystem {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_linux_config_puts_the_read_only_root_drive_first() {
+        let guest = Guest::linux(Path::new("/b"), 128);
+        let extra = serde_json::json!([{"drive_id": "bench"}]);
+        let config = vm_config(&guest, "console=ttyS0", extra, serde_json::json!([]));
+        assert_eq!(config["drives"][0]["drive_id"], "rootfs");
+        assert_eq!(config["drives"][0]["is_read_only"], true);
+        assert_eq!(config["drives"][1]["drive_id"], "bench");
+        assert_eq!(config["machine-config"]["mem_size_mib"], 128);
+    }
+
+    #[test]
+    fn test_spry_logs_at_info_for_the_boot_timer_line() {
+        let cmd = vmm_command(Vmm::Spry, Path::new("/spry"), Path::new("/vm.json"));
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args, ["--config-file", "/vm.json", "--log-level", "info"]);
+    }
+}
