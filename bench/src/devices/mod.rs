@@ -1,0 +1,495 @@
+//! Issue 3's device benchmarks: requests per second and MiB/s through virtio-blk and
+//! virtio-net, and the CPU the VMM spends per request (its user + system time minus
+//! a run of the same guest doing 0 requests).
+//!
+//! On PVM hosts the guest is the probe (`blkbench` / `netbench` modes, timed by its
+//! boot-timer writes before the first and after the last request); on hosts with
+//! hardware virtualization it is the Linux guest running busybox `dd` and `nc`, timed
+//! by console lines around them, with QEMU as the peer.
+
+mod linux_driver;
+mod netns;
+mod probe_driver;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::guest::{Guest, GuestKind};
+use crate::rawsock::RawSocketError;
+use crate::report::table::{markdown_table, num};
+use crate::setup::{Env, SetupError};
+use crate::stats::summarize;
+use crate::systems::SystemError;
+
+/// Errors of the device benchmarks.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Setting up failed.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The guest cannot run this benchmark.
+    #[error(
+        "the probe at {probe} has no probe.mode={mode} (it printed '{line}'): rebuild \
+         build/probe from a tree that has it (resources/probe)"
+    )]
+    NoMode {
+        /// The probe image.
+        probe: PathBuf,
+        /// The mode.
+        mode: &'static str,
+        /// What it said.
+        line: String,
+    },
+    /// The guest's benchmark failed.
+    #[error("{what}: the guest reported '{line}'")]
+    GuestFailed {
+        /// Which run.
+        what: String,
+        /// The failure line.
+        line: String,
+    },
+    /// The VMM failed.
+    #[error("{what}")]
+    Run {
+        /// Which run.
+        what: String,
+        /// Why.
+        #[source]
+        source: SystemError,
+    },
+    /// A scratch file could not be made.
+    #[error("cannot create {path}")]
+    Scratch {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Feeding the guest's receive queue failed.
+    #[error(transparent)]
+    Raw(#[from] RawSocketError),
+    /// The host side of the network benchmark failed.
+    #[error("host side of the network benchmark: {what}")]
+    HostNet {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing to run.
+    #[error("no system to run: --systems named none of spry, qemu that can run here ({0})")]
+    NoSystem(String),
+}
+
+/// Which device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Device {
+    /// virtio-blk.
+    Block,
+    /// virtio-net.
+    Net,
+}
+
+/// One benchmark row: an operation and a request size.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    /// "read", "write", "tx", "rx".
+    pub op: &'static str,
+    /// Request (frame, write) size, bytes.
+    pub size: u64,
+    /// Requests per run.
+    pub requests: u64,
+}
+
+/// One run of a case (or of its 0-request baseline).
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Start mark to end mark, ms.
+    pub elapsed_ms: f64,
+    /// The VMM's user + system CPU of the whole run, µs (wait4).
+    pub cpu_us: u64,
+    /// CPU per thread at the end mark, ns (schedstat), by thread name.
+    pub threads: Vec<(String, u64)>,
+}
+
+/// A case on one system, with its runs and its baseline runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// "spry" or "QEMU".
+    pub system: String,
+    /// What ran.
+    pub case: Case,
+    /// Runs doing `requests` requests.
+    pub runs: Vec<Run>,
+    /// The same guest doing 0 requests.
+    pub baseline: Vec<Run>,
+    /// Whether the baseline's elapsed time is subtracted (Linux: the marks enclose a
+    /// program start).
+    pub subtract_baseline_time: bool,
+}
+
+impl CaseResult {
+    fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+        summarize(&values.collect::<Vec<_>>()).map(|s| s.median)
+    }
+
+    /// Median time of the requests themselves, ms.
+    fn request_ms(&self) -> Option<f64> {
+        let ms = Self::median(self.runs.iter().map(|r| r.elapsed_ms))?;
+        if !self.subtract_baseline_time {
+            return Some(ms);
+        }
+        let idle = Self::median(self.baseline.iter().map(|r| r.elapsed_ms))?;
+        Some(ms - idle).filter(|&d| d > 0.0)
+    }
+
+    /// Median requests per second.
+    pub fn requests_per_s(&self) -> Option<f64> {
+        let ms = self.request_ms()?;
+        Some(self.case.requests as f64 / (ms / 1000.0).max(1e-9))
+    }
+
+    /// Median MiB/s.
+    pub fn mib_per_s(&self) -> Option<f64> {
+        Some(self.requests_per_s()? * self.case.size as f64 / (1024.0 * 1024.0))
+    }
+
+    /// The VMM's CPU per request beyond the baseline, µs.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        let loaded = Self::median(self.runs.iter().map(|r| r.cpu_us as f64))?;
+        let idle = Self::median(self.baseline.iter().map(|r| r.cpu_us as f64))?;
+        Some((loaded - idle) / self.case.requests.max(1) as f64)
+    }
+
+    /// CPU per request of the threads named `name` beyond the baseline, µs.
+    pub fn thread_us_per_request(&self, name: &str) -> Option<f64> {
+        let of = |runs: &[Run]| {
+            Self::median(runs.iter().filter_map(|r| {
+                let ns: u64 = r
+                    .threads
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, ns)| ns)
+                    .sum();
+                (ns > 0).then_some(ns as f64 / 1000.0)
+            }))
+        };
+        Some((of(&self.runs)? - of(&self.baseline)?) / self.case.requests.max(1) as f64)
+    }
+}
+
+/// The results of one device benchmark.
+#[derive(Debug, Serialize)]
+pub struct DeviceReport {
+    /// Which device.
+    pub device: Device,
+    /// The guest.
+    pub guest: Guest,
+    /// Rows, spry's first, then the peers'.
+    pub cases: Vec<CaseResult>,
+    /// Peers that did not run, and why.
+    pub peers: Vec<(String, String)>,
+    /// Cases left out, and why.
+    pub skipped: Vec<String>,
+}
+
+/// spry's value over the peer's as "1.30x" (`None` if either is missing).
+pub fn ratio(spry: Option<f64>, peer: Option<f64>) -> Option<String> {
+    let (a, b) = (spry?, peer?);
+    (a > 0.0 && b > 0.0).then(|| format!("{:.2}x", a / b))
+}
+
+impl DeviceReport {
+    /// The table, ratios against peers, and notes.
+    pub fn render(&self) -> String {
+        let cell = |v: Option<f64>| v.map_or("–".into(), num);
+        let rows: Vec<Vec<String>> = self
+            .cases
+            .iter()
+            .map(|c| {
+                vec![
+                    c.system.clone(),
+                    c.case.op.to_owned(),
+                    size_label(c.case.size),
+                    c.case.requests.to_string(),
+                    c.runs.len().to_string(),
+                    cell(c.requests_per_s()),
+                    cell(c.mib_per_s()),
+                    cell(c.cpu_us_per_request()),
+                    cell(c.thread_us_per_request("spry")),
+                ]
+            })
+            .collect();
+        let name = match self.device {
+            Device::Block => "virtio-blk",
+            Device::Net => "virtio-net",
+        };
+        let mut out = format!(
+            "{name} benchmark: {} ({} vCPU, {} MiB), medians of alternated runs\n\n",
+            self.guest.label(),
+            self.guest.vcpus,
+            self.guest.mem_mib
+        );
+        out.push_str(&markdown_table(
+            &[
+                "system",
+                "op",
+                "size",
+                "requests",
+                "runs",
+                "req/s",
+                "MiB/s",
+                "VMM CPU µs/req",
+                "spry event loop µs/req",
+            ],
+            &rows,
+        ));
+        let ratios: Vec<Vec<String>> = self
+            .cases
+            .iter()
+            .filter(|c| c.system != "spry")
+            .filter_map(|peer| {
+                let spry = self.cases.iter().find(|c| {
+                    c.system == "spry" && c.case.op == peer.case.op && c.case.size == peer.case.size
+                })?;
+                Some(vec![
+                    peer.system.clone(),
+                    peer.case.op.to_owned(),
+                    size_label(peer.case.size),
+                    ratio(spry.requests_per_s(), peer.requests_per_s()).unwrap_or("–".into()),
+                    ratio(spry.cpu_us_per_request(), peer.cpu_us_per_request())
+                        .unwrap_or("–".into()),
+                ])
+            })
+            .collect();
+        if !ratios.is_empty() {
+            out.push_str(
+                "\nspry / peer (req/s above 1x: spry is faster; CPU below 1x: spry is \
+                 cheaper):\n\n",
+            );
+            out.push_str(&markdown_table(
+                &["peer", "op", "size", "req/s spry/peer", "CPU/req spry/peer"],
+                &ratios,
+            ));
+        }
+        out.push_str(match self.guest.kind {
+            GuestKind::Probe => {
+                "\nTimed from the probe's boot-timer writes before the first and after the last \
+                 request (CLOCK_MONOTONIC stamps in spry's log). CPU per request: the VMM's CPU \
+                 time of a run minus that of the same guest doing 0 requests, over the requests \
+                 (wait4); the event-loop column is spry's main thread alone (schedstat at the \
+                 last request), i.e. spry's own device work. The rest is the vCPU thread, where \
+                 KVM's emulator runs the probe on PVM hosts while it polls the used ring, which \
+                 is the guest's cost, not spry's.\n"
+            }
+            GuestKind::Linux => {
+                "\nTimed by console lines the guest prints around busybox dd (block) or dd | nc \
+                 (net), minus the same run with 0 requests (the program start); the same for \
+                 every VMM. CPU per request: the VMM's CPU time of a run minus that of the \
+                 0-request run, over the requests (wait4; it includes the guest's own CPU, which \
+                 runs in the VMM's vCPU threads).\n"
+            }
+        });
+        for skipped in &self.skipped {
+            out.push_str(&format!("\nskipped {skipped}\n"));
+        }
+        for (peer, reason) in &self.peers {
+            out.push_str(&format!("\nnot compared: {peer}: {reason}\n"));
+        }
+        out
+    }
+}
+
+/// "4 KiB", "1 MiB", "1514 B".
+pub fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Which guest the device benchmarks boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GuestChoice {
+    /// The probe on PVM hosts, Linux elsewhere.
+    Auto,
+    /// The probe guest.
+    Probe,
+    /// The Linux guest.
+    Linux,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DeviceArgs {
+    /// Request sizes.
+    pub sizes: Vec<u64>,
+    /// Requests (frames) per run.
+    pub requests: u64,
+    /// Runs per case (each alternated with a baseline run).
+    pub runs: usize,
+    /// Block: "read", "write"; net: "tx", "rx".
+    pub ops: Vec<String>,
+    /// Which guest.
+    pub guest: GuestChoice,
+    /// Which systems ("spry", "qemu").
+    pub systems: Vec<String>,
+    /// QEMU's accelerator (kvm; tcg only to check the harness where KVM cannot run it).
+    pub qemu_accel: String,
+}
+
+impl DeviceArgs {
+    fn wants(&self, system: &str) -> bool {
+        self.systems.iter().any(|s| s.eq_ignore_ascii_case(system))
+    }
+}
+
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
+/// Scratch disk size: 64 MiB, enough for 1 MiB requests to wrap 64 times.
+pub(crate) const DISK_BYTES: u64 = 64 << 20;
+
+pub(crate) fn make_disk(path: &Path) -> Result<(), DeviceError> {
+    // Non-zero data, so reads copy real pages from the page cache.
+    let chunk: Vec<u8> = (0..=250u8).cycle().take(1 << 20).collect();
+    let copies = usize::try_from(DISK_BYTES >> 20).unwrap_or(1);
+    std::fs::write(path, chunk.repeat(copies)).map_err(|source| DeviceError::Scratch {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses "4096", "64K", "1M" style sizes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 1M)"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        other => return Err(format!("'{text}': unknown unit '{other}' (use K or M)")),
+    };
+    Ok(value * factor)
+}
+
+fn guest(env: &Env, args: &DeviceArgs) -> Result<Guest, DeviceError> {
+    let guest = match args.guest {
+        GuestChoice::Auto => Guest::for_host(env.host.kvm, &env.build, 128),
+        GuestChoice::Probe => Guest::probe(&env.build, 128, "chosen with --guest probe".into()),
+        GuestChoice::Linux => Guest::linux(&env.build, 128),
+    };
+    match guest.kind {
+        GuestKind::Probe => env.ensure_probe()?,
+        GuestKind::Linux => env.ensure_guest()?,
+    }
+    Ok(guest)
+}
+
+/// Runs the block benchmark.
+pub fn block(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
+    let guest = guest(env, args)?;
+    match guest.kind {
+        GuestKind::Probe => probe_driver::block(env, args, guest),
+        GuestKind::Linux => linux_driver::block(env, args, guest),
+    }
+}
+
+/// Runs the net benchmark.
+pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
+    let guest = guest(env, args)?;
+    match guest.kind {
+        GuestKind::Probe => probe_driver::net(env, args, guest),
+        GuestKind::Linux => linux_driver::net(env, args, guest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(elapsed_ms: f64, cpu_us: u64, loop_ns: u64) -> Run {
+        Run {
+            elapsed_ms,
+            cpu_us,
+            threads: vec![("spry".into(), loop_ns), ("spry-vcpu0".into(), 1)],
+        }
+    }
+
+    #[test]
+    fn test_rates_and_cpu_per_request_from_medians() {
+        let result = CaseResult {
+            system: "spry".into(),
+            subtract_baseline_time: false,
+            case: Case {
+                op: "read",
+                size: 4096,
+                requests: 1000,
+            },
+            runs: vec![
+                run(100.0, 30_000, 9_000_000),
+                run(50.0, 20_000, 5_000_000),
+                run(200.0, 40_000, 7_000_000),
+            ],
+            baseline: vec![run(1.0, 10_000, 2_000_000)],
+        };
+        // Median 100 ms for 1000 requests.
+        assert_eq!(result.requests_per_s(), Some(10_000.0));
+        assert!((result.mib_per_s().unwrap() - 39.0625).abs() < 1e-9);
+        // (30 000 - 10 000) µs over 1000 requests.
+        assert_eq!(result.cpu_us_per_request(), Some(20.0));
+        // (7 ms - 2 ms) over 1000 requests.
+        assert_eq!(result.thread_us_per_request("spry"), Some(5.0));
+    }
+
+    #[test]
+    fn test_size_labels() {
+        assert_eq!(size_label(4096), "4 KiB");
+        assert_eq!(size_label(1 << 20), "1 MiB");
+        assert_eq!(size_label(1514), "1514 B");
+    }
+
+    #[test]
+    fn test_parse_sizes() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("3G").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn test_linux_runs_subtract_the_baseline_time() {
+        let result = CaseResult {
+            system: "QEMU".into(),
+            subtract_baseline_time: true,
+            case: Case {
+                op: "read",
+                size: 4096,
+                requests: 100,
+            },
+            runs: vec![run(12.0, 0, 0)],
+            baseline: vec![run(2.0, 0, 0)],
+        };
+        // (12 - 2) ms for 100 requests.
+        assert_eq!(result.requests_per_s(), Some(10_000.0));
+    }
+
+    #[test]
+    fn test_ratio_needs_both_values() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)).as_deref(), Some("1.50x"));
+        assert_eq!(ratio(None, Some(2.0)), None);
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+    }
+}

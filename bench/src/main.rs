@@ -1,0 +1,256 @@
+//! `spry-bench`: spry's benchmarks. Boots sandboxes side by side with containers
+//! (runc) and other VMMs (QEMU, Firecracker) and reports boot, restart, memory,
+//! density, image size and device throughput.
+#![warn(missing_docs)]
+
+mod boot;
+mod child;
+mod cleanup;
+mod clock;
+mod compare;
+mod devices;
+mod guest;
+mod host;
+mod procfs;
+mod progress;
+mod rawsock;
+mod report;
+mod setup;
+mod spry_log;
+mod stats;
+mod systems;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// spry-bench: spry's benchmarks against containers and other VMMs.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The spry binary (default: $SPRY_BIN, else `spry` next to spry-bench, else
+    /// target/release/spry).
+    #[arg(long, global = true, value_name = "PATH")]
+    spry: Option<PathBuf>,
+    /// Where the guest artifacts are (and are built if missing): default <repo>/build.
+    #[arg(long, global = true, value_name = "DIR")]
+    build_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Bench>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Boot the guest N times with spry: start to running and to exit, the VMM's own
+    /// share of the start, and its own memory.
+    Boot {
+        /// Boots measured after the warm-up.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Boots before measuring.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Idle boots whose memory is read.
+        #[arg(long, default_value_t = 5)]
+        memory_runs: usize,
+    },
+    /// Requests/s, MiB/s and VMM CPU per request through virtio-blk.
+    Block(DeviceCli),
+    /// Frames/s, MiB/s and VMM CPU per frame through virtio-net.
+    Net(DeviceCli),
+    /// The default: spry against a runc container, QEMU and Firecracker (start,
+    /// restart, memory, CPU, density, image size); writes report.md, results.json
+    /// and SVG/PNG plots.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DeviceCli {
+    /// Request (frame) sizes, comma-separated, K/M suffixes allowed (default: block
+    /// 4K,64K,1M; net 64,1514,65535).
+    #[arg(long, value_delimiter = ',', value_parser = devices::parse_size)]
+    sizes: Option<Vec<u64>>,
+    /// Requests (frames) per run.
+    #[arg(long, default_value_t = 1000)]
+    reqs: u64,
+    /// Runs per case, each alternated with a 0-request baseline run.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Operations: block read,write; net tx,rx.
+    #[arg(long, value_delimiter = ',')]
+    ops: Option<Vec<String>>,
+    /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
+    #[arg(long, value_enum, default_value = "auto")]
+    guest: devices::GuestChoice,
+    /// Systems to run, comma-separated (QEMU only with the Linux guest).
+    #[arg(long, value_delimiter = ',', default_value = "spry,qemu")]
+    systems: Vec<String>,
+    /// QEMU's accelerator: kvm, or tcg to check the harness where KVM cannot run
+    /// the guest (its numbers then mean nothing).
+    #[arg(long, default_value = "kvm")]
+    qemu_accel: String,
+}
+
+impl DeviceCli {
+    fn args(&self, device: devices::Device) -> devices::DeviceArgs {
+        let (sizes, ops) = match device {
+            devices::Device::Block => (vec![4 << 10, 64 << 10, 1 << 20], vec!["read", "write"]),
+            devices::Device::Net => (vec![64, 1514, 65535], vec!["tx", "rx"]),
+        };
+        devices::DeviceArgs {
+            sizes: self.sizes.clone().unwrap_or(sizes),
+            requests: self.reqs,
+            runs: self.runs.max(1),
+            ops: self
+                .ops
+                .clone()
+                .unwrap_or_else(|| ops.into_iter().map(str::to_owned).collect()),
+            guest: self.guest,
+            systems: self.systems.clone(),
+            qemu_accel: self.qemu_accel.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct CompareArgs {
+    /// Smoke run: 3 runs after 1 warm-up, density K=3.
+    #[arg(long)]
+    quick: bool,
+    /// Measured runs per system and metric (default 20; 3 with --quick).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Warm-up runs per system (default 3; 1 with --quick).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Density levels, comma-separated (default 10,50,100; 3 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    density: Option<Vec<usize>>,
+    /// A Firecracker binary to include.
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<PathBuf>,
+    /// Leave QEMU out.
+    #[arg(long)]
+    no_qemu: bool,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+impl CompareArgs {
+    fn settings(&self) -> compare::Settings {
+        compare::Settings {
+            runs: self.runs.unwrap_or(if self.quick { 3 } else { 20 }).max(1),
+            warmup: self.warmup.unwrap_or(if self.quick { 1 } else { 3 }),
+            density: self.density.clone().unwrap_or_else(|| {
+                if self.quick {
+                    vec![3]
+                } else {
+                    vec![10, 50, 100]
+                }
+            }),
+            quick: self.quick,
+            firecracker: self
+                .firecracker
+                .clone()
+                .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
+            no_qemu: self.no_qemu,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
+/// Everything that can end a benchmark.
+#[derive(Debug, thiserror::Error)]
+enum BenchError {
+    #[error(transparent)]
+    Cleanup(#[from] cleanup::CleanupError),
+    #[error(transparent)]
+    Setup(#[from] setup::SetupError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Compare(#[from] compare::CompareError),
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+}
+
+fn run(cli: Cli) -> Result<(), BenchError> {
+    cleanup::install_interrupt_handler()?;
+    let _cleanup = cleanup::CleanupGuard;
+    let env = setup::Env::new(cli.spry, cli.build_dir)?;
+    if env.spry_is_debug() {
+        eprintln!(
+            "spry-bench: warning: {} is a debug build; numbers from it are not representative",
+            env.spry.display()
+        );
+    }
+    match cli.command {
+        Some(Bench::Boot {
+            runs,
+            warmup,
+            memory_runs,
+        }) => {
+            let report = boot::run(&env, runs, warmup, memory_runs)?;
+            println!("{}", report.render());
+        }
+        Some(Bench::Block(args)) => {
+            let report = devices::block(&env, &args.args(devices::Device::Block))?;
+            println!("{}", report.render());
+        }
+        Some(Bench::Net(args)) => {
+            let report = devices::net(&env, &args.args(devices::Device::Net))?;
+            println!("{}", report.render());
+        }
+        Some(Bench::Compare(args)) => run_compare(&env, &args)?,
+        None => run_compare(&env, &CompareArgs::default())?,
+    }
+    Ok(())
+}
+
+fn run_compare(env: &setup::Env, args: &CompareArgs) -> Result<(), BenchError> {
+    let comparison = compare::run(env, args.settings())?;
+    let out = args.out.clone().unwrap_or_else(|| env.build.join("bench"));
+    let written = report::write_report(&comparison, &out)?;
+    println!("{}", report::markdown::headline_table(&comparison));
+    for line in report::markdown::headline_sentences(&comparison) {
+        println!("{line}");
+    }
+    for peer in &comparison.unavailable {
+        println!("not compared: {}: {}", peer.name, peer.reason);
+    }
+    println!("\nreport:  {}", written.markdown.display());
+    println!("numbers: {}", written.json.display());
+    match &written.plot_problem {
+        Some(problem) => println!("plots:   none: {problem}"),
+        None => println!(
+            "plots:   {} files in {}",
+            written.plots.len(),
+            out.display()
+        ),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spry-bench: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

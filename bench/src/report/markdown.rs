@@ -1,0 +1,503 @@
+//! The Markdown report of a comparison.
+
+use std::fmt::Write;
+
+use crate::compare::{Comparison, SystemResult};
+use crate::report::headline::{self, Wording};
+use crate::report::table::{markdown_table, num, summary_cells};
+use crate::stats::{summarize, Summary};
+use crate::systems::Kind;
+
+fn summary(values: impl Iterator<Item = f64>) -> Option<Summary> {
+    summarize(&values.collect::<Vec<_>>())
+}
+
+/// Median start → running of a system, ms.
+pub fn start_running(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.to_running_ms))
+}
+
+/// Start → the guest's first console line (VMs only), ms.
+fn start_console(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().filter_map(|s| s.to_console_ms))
+}
+
+fn start_exit(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.to_exit_ms))
+}
+
+fn restart(r: &SystemResult) -> Option<Summary> {
+    summary(r.restart_ms.iter().copied())
+}
+
+fn pss(r: &SystemResult) -> Option<Summary> {
+    summary(r.memory.iter().map(|m| m.pss_mib))
+}
+
+fn cpu(r: &SystemResult) -> Option<Summary> {
+    summary(r.start.iter().map(|s| s.cpu_ms))
+}
+
+fn image_mib(r: &SystemResult) -> f64 {
+    r.image.iter().map(|f| f.bytes as f64).sum::<f64>() / (1024.0 * 1024.0)
+}
+
+/// A statistic of a system's results.
+type Stat<'a> = &'a dyn Fn(&SystemResult) -> Option<Summary>;
+
+/// The headline sentence for one metric, spry against every peer that has a value.
+/// `vm_metric`, if given, compares spry with VM peers instead (same signal for both).
+fn sentence(
+    c: &Comparison,
+    wording: Wording,
+    metric: impl Fn(&SystemResult) -> Option<Summary>,
+    vm_metric: Option<Stat<'_>>,
+) -> Option<String> {
+    let (spry, peers) = c.systems.split_first()?;
+    let theirs: Vec<(String, f64, f64)> = peers
+        .iter()
+        .filter_map(|p| {
+            let m: Stat<'_> = match (p.kind, vm_metric) {
+                (Kind::Vm, Some(vm)) => vm,
+                _ => &metric,
+            };
+            Some((p.phrase.clone(), m(spry)?.median, m(p)?.median))
+        })
+        .collect();
+    headline::sentence(wording, &theirs)
+}
+
+/// The headline sentences (medians of this run).
+pub fn headline_sentences(c: &Comparison) -> Vec<String> {
+    let mut lines: Vec<String> = [
+        sentence(c, headline::STARTS, start_running, Some(&start_console)),
+        sentence(c, headline::RESTARTS, restart, None),
+        sentence(c, headline::MEMORY, pss, None),
+        sentence(c, headline::CPU, cpu, None),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    lines.extend(aims(c));
+    lines
+}
+
+/// The project's aims on PVM hosts: start within 2x of runc and ahead of QEMU.
+fn aims(c: &Comparison) -> Vec<String> {
+    let Some(spry) = c.systems.first().and_then(start_running) else {
+        return Vec::new();
+    };
+    let peer = |name: &str| {
+        c.systems
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(start_running)
+    };
+    let mut out = Vec::new();
+    match peer("runc") {
+        Some(runc) => out.push(format!(
+            "Aim \"start within 2x of a runc container\": {} (spry/runc = {:.2}).",
+            if spry.median <= 2.0 * runc.median {
+                "met"
+            } else {
+                "MISSED"
+            },
+            spry.median / runc.median
+        )),
+        None => out.push(
+            "Aim \"start within 2x of a runc container\": not judged (runc did not run).".into(),
+        ),
+    }
+    let console = |name: &str| {
+        c.systems
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(start_console)
+    };
+    match console("spry").zip(console("QEMU")) {
+        Some((spry, qemu)) => out.push(format!(
+            "Aim \"ahead of QEMU\" (start → first console line): {} (spry/QEMU = {:.2}).",
+            if spry.median < qemu.median {
+                "met"
+            } else {
+                "MISSED"
+            },
+            spry.median / qemu.median
+        )),
+        None => out.push("Aim \"ahead of QEMU\": not judged (QEMU did not run; see below).".into()),
+    }
+    out
+}
+
+fn median_cell(s: Option<Summary>) -> String {
+    s.map_or("–".into(), |s| num(s.median))
+}
+
+/// The one table for the README: medians per system.
+pub fn headline_table(c: &Comparison) -> String {
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                median_cell(start_running(r)),
+                median_cell(start_exit(r)),
+                median_cell(restart(r)),
+                median_cell(pss(r)),
+                median_cell(cpu(r)),
+                r.density.last().map_or("–".into(), |d| {
+                    format!("{} at K={}", num(d.launch_per_s), d.k)
+                }),
+                num(image_mib(r)),
+            ]
+        })
+        .collect();
+    markdown_table(
+        &[
+            "system",
+            "start → running ms",
+            "start → exit ms",
+            "restart ms",
+            "idle Pss MiB",
+            "CPU/start ms",
+            "launches/s",
+            "image MiB",
+        ],
+        &rows,
+    )
+}
+
+/// A labelled statistic of a system.
+type Metric<'a> = (&'a str, Stat<'a>);
+
+fn stats_table(c: &Comparison, metrics: &[Metric<'_>]) -> String {
+    let mut rows = Vec::new();
+    for r in &c.systems {
+        // A metric a system has no samples of (a container's console) is left out.
+        for (label, metric) in metrics {
+            let Some(s) = metric(r) else {
+                continue;
+            };
+            let mut row = vec![r.name.clone(), (*label).to_owned(), s.n.to_string()];
+            row.extend(summary_cells(Some(&s)));
+            rows.push(row);
+        }
+    }
+    markdown_table(
+        &["system", "metric", "n", "median", "p90", "min", "max"],
+        &rows,
+    )
+}
+
+/// The whole report. `plots` lists the plot files (relative to the report).
+pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> String {
+    let mut out = String::new();
+    let h = &c.host;
+    let _ = writeln!(out, "# spry benchmark: sandboxes side by side\n");
+    let _ = writeln!(
+        out,
+        "{}, host `{}`: {} ({} CPUs), {} MiB RAM, Linux {}, KVM: {}.\n",
+        h.date,
+        h.hostname,
+        h.cpu,
+        h.cpus,
+        h.mem_total_mib,
+        h.kernel,
+        h.kvm.describe()
+    );
+    let _ = writeln!(
+        out,
+        "VM guest: **{}** ({} vCPU, {} MiB): {}.\n",
+        c.guest.label(),
+        c.guest.vcpus,
+        c.guest.mem_mib,
+        c.guest.why
+    );
+    let _ =
+        writeln!(
+        out,
+        "Every system: {} warm-up and {} measured runs per metric, alternated between systems{}.\n",
+        c.settings.warmup,
+        c.settings.runs,
+        if c.settings.quick { " (--quick smoke run: too few runs for conclusions)" } else { "" }
+    );
+    let _ = writeln!(out, "## Headline\n");
+    for line in headline_sentences(c) {
+        let _ = writeln!(out, "- {line}");
+    }
+    let _ = writeln!(out, "\nMedians:\n\n{}", headline_table(c));
+
+    let _ = writeln!(out, "## Start time (ms)\n");
+    let _ = writeln!(
+        out,
+        "Process start (parent's CLOCK_MONOTONIC just before spawn) to the running signal, \
+         to the guest's first console line (VMs), and to the process's exit after the \
+         workload ended.\n"
+    );
+    out.push_str(&stats_table(
+        c,
+        &[
+            ("start → running", &start_running),
+            ("start → exit", &start_exit),
+            ("start → console", &start_console),
+        ],
+    ));
+    let _ = writeln!(out, "\n## Restart time (ms)\n");
+    let _ = writeln!(
+        out,
+        "Stop request of an idle sandbox to its replacement's running signal (stop + start; \
+         see the notes).\n"
+    );
+    out.push_str(&stats_table(c, &[("stop + start → running", &restart)]));
+    let _ = writeln!(out, "\n## Memory per idle sandbox (MiB)\n");
+    out.push_str(&stats_table(
+        c,
+        &[
+            ("Rss", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.rss_mib))
+            }),
+            ("Pss", &pss),
+            ("own Rss (without guest RAM)", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.own_rss_mib))
+            }),
+            ("own Pss (without guest RAM)", &|r: &SystemResult| {
+                summary(r.memory.iter().map(|m| m.own_pss_mib))
+            }),
+        ],
+    ));
+    let _ = writeln!(out, "\n## CPU per start (ms, user + system)\n");
+    out.push_str(&stats_table(c, &[("CPU per start", &cpu)]));
+
+    let _ = writeln!(out, "\n## Density\n");
+    let _ = writeln!(
+        out,
+        "K idle sandboxes launched at once; launch time is the first spawn to the last \
+         running signal. One sample per K; the host's MemAvailable moves with everything \
+         else on the machine, so that column is noisy on a shared host.\n"
+    );
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .flat_map(|r| {
+            r.density.iter().map(|d| {
+                vec![
+                    r.name.clone(),
+                    d.k.to_string(),
+                    num(d.launch_ms),
+                    num(d.launch_per_s),
+                    num(d.pss_per_instance_mib),
+                    num(d.rss_per_instance_mib),
+                    num(d.host_mem_per_instance_mib),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&markdown_table(
+        &[
+            "system",
+            "K",
+            "launch ms",
+            "launches/s",
+            "Pss/instance MiB",
+            "Rss/instance MiB",
+            "host MemAvailable drop/instance MiB",
+        ],
+        &rows,
+    ));
+    for capped in &c.density_capped {
+        let _ = writeln!(out, "\n- dropped {capped}");
+    }
+
+    let _ = writeln!(out, "\n## Image size\n");
+    let rows: Vec<Vec<String>> = c
+        .systems
+        .iter()
+        .flat_map(|r| {
+            r.image.iter().map(|f| {
+                vec![
+                    r.name.clone(),
+                    f.role.clone(),
+                    format!("`{}`", f.path.display()),
+                    num(f.bytes as f64 / (1024.0 * 1024.0)),
+                    num(f.disk_bytes as f64 / (1024.0 * 1024.0)),
+                ]
+            })
+        })
+        .collect();
+    out.push_str(&markdown_table(
+        &["system", "what", "path", "MiB", "MiB on disk"],
+        &rows,
+    ));
+    let _ = writeln!(
+        out,
+        "\nThe container bundle is built in the run's scratch directory (removed afterwards) \
+         from the same busybox tree as the Linux guest's root file system."
+    );
+    if c.guest.kind == crate::guest::GuestKind::Probe {
+        let _ = writeln!(
+            out,
+            "The probe guest is a kernel alone; the Linux guest the VMs boot on hosts with \
+             hardware virtualization needs its vmlinux and rootfs.ext4 (build/guest/), so \
+             the VM row is not what a Linux sandbox needs."
+        );
+    }
+
+    let _ = writeln!(out, "\n## Peers that did not run\n");
+    if c.unavailable.is_empty() {
+        let _ = writeln!(out, "None: every peer ran.");
+    }
+    for u in &c.unavailable {
+        let _ = writeln!(out, "- **{}**: {}", u.name, u.reason);
+    }
+
+    let _ = writeln!(out, "\n## How it was measured\n");
+    for note in &c.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    let _ = writeln!(out, "\nVersions and exact commands:\n");
+    for r in &c.systems {
+        let kind = match r.kind {
+            Kind::Vm => "VM",
+            Kind::Container => "container",
+        };
+        let _ = writeln!(out, "- **{}** ({kind}): {}", r.name, r.version);
+        for (what, command) in &r.commands {
+            let _ = writeln!(out, "  - {what}: `{command}`");
+        }
+    }
+    let _ = writeln!(out, "\n## Plots\n");
+    if let Some(note) = plot_note {
+        let _ = writeln!(out, "{note}\n");
+    }
+    for plot in plots {
+        let _ = writeln!(out, "- [{plot}]({plot})");
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::compare::{DensityPoint, MemorySample, Settings, StartSample, Unavailable};
+    use crate::guest::Guest;
+    use crate::host::{HostInfo, KvmFlavour};
+
+    fn system(name: &str, phrase: &str, kind: Kind, start_ms: f64, pss: f64) -> SystemResult {
+        SystemResult {
+            name: name.into(),
+            phrase: phrase.into(),
+            kind,
+            version: format!("{name} 1.0"),
+            commands: vec![("run to exit".into(), format!("{name} run"))],
+            start: [1.0, 1.1, 0.9]
+                .iter()
+                .map(|f| StartSample {
+                    to_running_ms: start_ms * f,
+                    to_exit_ms: start_ms * f + 5.0,
+                    to_console_ms: (kind == Kind::Vm).then_some(start_ms * f + 1.0),
+                    cpu_ms: 2.0,
+                })
+                .collect(),
+            restart_ms: vec![start_ms + 10.0; 3],
+            memory: vec![
+                MemorySample {
+                    rss_mib: pss * 2.0,
+                    pss_mib: pss,
+                    own_rss_mib: pss,
+                    own_pss_mib: pss,
+                };
+                3
+            ],
+            density: vec![DensityPoint {
+                k: 10,
+                launch_ms: 100.0,
+                launch_per_s: 100.0,
+                pss_per_instance_mib: pss,
+                rss_per_instance_mib: pss,
+                host_mem_per_instance_mib: pss,
+            }],
+            image: Vec::new(),
+        }
+    }
+
+    /// A comparison of spry (4 ms) with a container (10 ms) and QEMU (40 ms).
+    pub(crate) fn fixture() -> Comparison {
+        Comparison {
+            host: HostInfo {
+                hostname: "box".into(),
+                cpu: "Test CPU".into(),
+                cpus: 2,
+                kernel: "6.1".into(),
+                kvm: KvmFlavour::Pvm,
+                mem_total_mib: 1024,
+                date: "2026-12-01T00:00:00Z".into(),
+            },
+            guest: Guest::probe(std::path::Path::new("/b"), 128, "PVM host".into()),
+            spry: "/bin/spry".into(),
+            settings: Settings {
+                runs: 3,
+                warmup: 1,
+                density: vec![10],
+                quick: true,
+                firecracker: None,
+                no_qemu: false,
+            },
+            systems: vec![
+                system("spry", "spry", Kind::Vm, 4.0, 2.0),
+                system("runc", "a runc container", Kind::Container, 10.0, 1.0),
+                system("QEMU", "QEMU", Kind::Vm, 40.0, 20.0),
+            ],
+            unavailable: vec![Unavailable {
+                name: "Firecracker".into(),
+                reason: "no binary given".into(),
+            }],
+            density_capped: Vec::new(),
+            notes: vec!["a note".into()],
+        }
+    }
+
+    #[test]
+    fn test_headline_sentences_state_every_ratio() {
+        let lines = headline_sentences(&fixture());
+        assert_eq!(
+            lines[0],
+            "spry starts 2.5x faster than a runc container and 8.2x faster than QEMU."
+        );
+        assert_eq!(
+            lines[2],
+            "spry uses 2.0x more memory than a runc container and 10.0x less memory than QEMU."
+        );
+        assert!(lines.contains(
+            &"Aim \"start within 2x of a runc container\": met (spry/runc = 0.40).".to_owned()
+        ));
+        assert!(lines.contains(
+            &"Aim \"ahead of QEMU\" (start → first console line): met (spry/QEMU = 0.12)."
+                .to_owned()
+        ));
+    }
+
+    #[test]
+    fn test_headline_table_has_a_row_per_system() {
+        let table = headline_table(&fixture());
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].starts_with("| spry   |"), "{table}");
+        assert!(
+            rows[0].contains("| 4.00 |") || rows[0].contains(" 4.00 "),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn test_report_lists_unavailable_peers_and_commands() {
+        let report = render(&fixture(), &["start.svg".into()], None);
+        assert!(
+            report.contains("- **Firecracker**: no binary given"),
+            "{report}"
+        );
+        assert!(report.contains("  - run to exit: `runc run`"), "{report}");
+        assert!(report.contains("- [start.svg](start.svg)"), "{report}");
+        assert!(report.contains("KVM: PVM"), "{report}");
+    }
+}
