@@ -98,13 +98,11 @@ pub fn catch_stop_signals() -> std::io::Result<()> {
     if SIGNAL_EVENT.get().is_some() {
         return Ok(());
     }
-    let evt = SIGNAL_EVENT.get_or_init(|| {
-        EventFd::new(EFD_NONBLOCK).unwrap_or_else(|_| {
-            // Without an eventfd the handler still records the signal; the event
-            // loop then notices it on its next wake-up.
-            EventFd::new(0).unwrap_or_else(|_| std::process::abort())
-        })
-    });
+    // Should two threads race here, the first event set wins and the other is dropped.
+    let _ = SIGNAL_EVENT.set(EventFd::new(EFD_NONBLOCK)?);
+    let evt = SIGNAL_EVENT
+        .get()
+        .ok_or_else(|| std::io::Error::other("the stop-signal event was not kept"))?;
     SIGNAL_FD.store(evt.as_raw_fd(), Ordering::SeqCst);
     for signum in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only does async-signal-safe work (atomics and write(2));
