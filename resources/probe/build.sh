@@ -47,7 +47,7 @@ LDFLAGS=(-nostdlib -static --no-dynamic-linker --build-id=none -z noexecstack -z
 
 src="$here/src"
 common_c=(main.c cpu.c paging.c cmdline.c mptable.c apic.c idt.c irqtest.c console.c serial.c printf.c string.c
-	virtio.c blk.c net.c hostile.c kbd.c)
+	virtio.c blk.c net.c hostile.c kbd.c pvh.c)
 # two compiler processes (independent objects; the build fails if either does)
 srcs=("${common_c[@]/#/$src/}")
 half=$((${#srcs[@]} / 2))
@@ -61,16 +61,20 @@ wait "$cc1"
 common_o=()
 for f in "${common_c[@]}"; do common_o+=("$obj/${f%.c}.o"); done
 common_o+=("$obj/entry.o" "$obj/note.o" "$obj/bytesum.o")
+# the PVH entry (32-bit stub, page tables, Xen note): ELF only, since QEMU
+# boots only ELF kernels through PVH
+"$CC" "${ASFLAGS[@]}" -c "$src/pvh_entry.S" -o "$obj/pvh_entry.o"
 
-link() { # variant load_addr extra-cflags... -> $obj/$variant/probe.elf
-	local v=$1 addr=$2; shift 2
+link() { # variant load_addr extra-objects extra-cflags... -> $obj/$variant/probe.elf
+	local v=$1 addr=$2 extra=$3; shift 3
 	"$CC" "${CFLAGS[@]}" "$@" -c "$src/bootparams.c" -o "$obj/$v/bootparams.o"
 	"$CC" "${ASFLAGS[@]}" -DLOAD_ADDR="$addr" -c "$src/isr.S" -o "$obj/$v/isr.o"
+	# shellcheck disable=SC2086 # $extra: zero or more object paths
 	"$LD" "${LDFLAGS[@]}" -T "$here/link.ld" --defsym=LOAD_ADDR="$addr" -Map="$obj/$v/probe.map" \
-		-o "$obj/$v/probe.elf" "${common_o[@]}" "$obj/$v/bootparams.o" "$obj/$v/isr.o"
+		-o "$obj/$v/probe.elf" "${common_o[@]}" "$obj/$v/bootparams.o" "$obj/$v/isr.o" $extra
 }
-link elf 0x1000000
-link bz 0x100000 -DPROBE_BZIMAGE -DPROBE_HDR_VERSION=0x020c -DPROBE_SETUP_SECTS=4
+link elf 0x1000000 "$obj/pvh_entry.o"
+link bz 0x100000 "" -DPROBE_BZIMAGE -DPROBE_HDR_VERSION=0x020c -DPROBE_SETUP_SECTS=4
 
 # refuse instructions KVM's emulator does not implement
 python3 "$here/tools/check_insns.py" "$OBJDUMP" "$obj/elf/probe.elf" "$obj/bz/probe.elf" ||

@@ -1,4 +1,6 @@
-/* Checks of struct boot_params: boot-params, cmdline, e820, initrd. */
+/* Checks of struct boot_params: boot-params, cmdline, e820, initrd. The e820
+ * and initrd checks also serve the PVH flavour (pvh.c fills the same facts
+ * from hvm_start_info: its memmap, module 0). */
 #include "bootparam.h"
 #include "probe.h"
 
@@ -7,7 +9,6 @@ struct probe_facts facts = {
 	.uart_pin = 4,
 };
 
-#define CMDLINE_SCAN_MAX 4096
 
 void check_boot_params(void)
 {
@@ -18,6 +19,11 @@ void check_boot_params(void)
 		return;
 	}
 	facts.bp = bp;
+	facts.bp_len = 4096;
+	facts.bp_what = "zero page";
+	facts.e820_table = bp + BP_E820_TABLE;
+	facts.e820_entries = ld8(bp + BP_E820_ENTRIES);
+	facts.e820_stride = E820_ENTRY_SIZE;
 	u16 flag = ld16(bp + BP_BOOT_FLAG);
 	u32 hdrs = ld32(bp + BP_HEADER);
 	u8 loader = ld8(bp + BP_TYPE_OF_LOADER);
@@ -59,11 +65,17 @@ void check_boot_params(void)
 	 * command line without the terminating zero"; VMMs set the actual
 	 * length, Linux's COMMAND_LINE_SIZE or anything in between), then the
 	 * probe options */
-	u64 size = ld32(bp + BP_CMDLINE_SIZE);
 	if (!cmd) {
 		FAIL(CHK_CMDLINE, "cmd_line_ptr is 0");
 		return;
 	}
+	check_cmdline_at(cmd, ld32(bp + BP_CMDLINE_SIZE));
+}
+
+/* The cmdline check of the command line at cmd (not 0), at most size bytes
+ * before its NUL; parses the probe options. */
+void check_cmdline_at(u64 cmd, u64 size)
+{
 	u64 scan = size < CMDLINE_SCAN_MAX ? size + 1 : CMDLINE_SCAN_MAX;
 	if (!mapped(cmd, scan, "command line")) {
 		FAIL(CHK_CMDLINE, "command line at 0x%lx not mapped", cmd);
@@ -71,7 +83,9 @@ void check_boot_params(void)
 	}
 	u64 len = strnlen_fast((const char *)cmd, scan);
 	if (len >= scan || len > size) {
-		FAIL(CHK_CMDLINE, "not NUL-terminated within cmdline_size=%lu bytes (at 0x%lx)", size, cmd);
+		FAIL(CHK_CMDLINE, facts.pvh ? "not NUL-terminated within %lu bytes (at 0x%lx)"
+					    : "not NUL-terminated within cmdline_size=%lu bytes (at 0x%lx)",
+		     size, cmd);
 		return;
 	}
 	facts.cmdline = cmd;
@@ -85,8 +99,8 @@ int e820_is_ram(u64 addr, u64 len)
 {
 	if (!facts.e820_ok)
 		return 0;
-	u64 n = ld8(facts.bp + BP_E820_ENTRIES);
-	for (u64 e = facts.bp + BP_E820_TABLE; n; n--, e += E820_ENTRY_SIZE) {
+	u64 n = facts.e820_entries;
+	for (u64 e = facts.e820_table; n; n--, e += facts.e820_stride) {
 		u64 a = ld64(e), s = ld64(e + 8);
 		if (ld32(e + 16) == E820_RAM && addr >= a && addr + len <= a + s)
 			return 1;
@@ -96,28 +110,53 @@ int e820_is_ram(u64 addr, u64 len)
 
 extern char __image_start[], __image_end[];
 
+/* Pairwise overlap test of an unsorted map (n^2, but only maps that are not
+ * sorted pay for it). */
+static void e820_overlaps(u64 n)
+{
+	u64 stride = facts.e820_stride;
+	for (u64 i = 0, ei = facts.e820_table; i < n; i++, ei += stride) {
+		u64 a = ld64(ei), end = a + ld64(ei + 8);
+		for (u64 j = i + 1, ej = ei + stride; j < n && end > a; j++, ej += stride) {
+			u64 b = ld64(ej), b_end = b + ld64(ej + 8);
+			if (b < end && a < b_end && b_end > b)
+				FAIL(CHK_E820, "entries %lu [0x%lx, +0x%lx) and %lu overlap", i, a, end - a, j);
+		}
+	}
+}
+
 void check_e820(void)
 {
-	if (!facts.bp) {
-		FAIL(CHK_E820, "no usable boot_params");
+	if (!facts.e820_table) {
+		FAIL(CHK_E820, "no usable %s", facts.pvh ? "memory map" : "boot_params");
 		return;
 	}
-	u64 n = ld8(facts.bp + BP_E820_ENTRIES);
+	u64 n = facts.e820_entries;
 	if (n == 0 || n > BP_E820_MAX) {
-		FAIL(CHK_E820, "e820_entries=%lu", n);
+		FAIL(CHK_E820, "%s=%lu", facts.pvh ? "memmap_entries" : "e820_entries", n);
 		return;
 	}
-	u64 prev_end = 0, low_end = 0, high = 0;
-	u64 e = facts.bp + BP_E820_TABLE;
-	for (u64 i = 0; i < n; i++, e += E820_ENTRY_SIZE) {
+	u64 prev_end = 0, low_end = 0, high = 0, unsorted = 0, empty = 0;
+	u64 e = facts.e820_table;
+	for (u64 i = 0; i < n; i++, e += facts.e820_stride) {
 		u64 a = ld64(e), s = ld64(e + 8);
 		u32 t = ld32(e + 16);
+		/* PVH: QEMU's firmware ends its map with an empty entry; Linux
+		 * drops those */
+		if (!s && facts.pvh) {
+			empty++;
+			continue;
+		}
 		if (!s || a + s < a) {
 			FAIL(CHK_E820, "entry %lu [0x%lx, +0x%lx) empty or wrapping", i, a, s);
 			continue;
 		}
-		if (a < prev_end)
+		/* Linux's boot protocol: sorted. PVH promises no order (QEMU's
+		 * firmware lists KVM's reserved page before RAM; Linux sorts): only
+		 * overlaps fail, found below */
+		if (a < prev_end && !facts.pvh)
 			FAIL(CHK_E820, "entry %lu at 0x%lx overlaps or is out of order (previous ends at 0x%lx)", i, a, prev_end);
+		unsorted |= a < prev_end;
 		prev_end = a + s;
 		if (t != E820_RAM)
 			continue;
@@ -130,6 +169,8 @@ void check_e820(void)
 			high += s;
 		}
 	}
+	if (unsorted && facts.pvh)
+		e820_overlaps(n);
 	facts.e820_ok = 1;
 	facts.mem_mib = (low_end + high) >> 20;
 	u64 img = (u64)__image_start;
@@ -138,7 +179,11 @@ void check_e820(void)
 	if (cfg.has_expect_mem_mib && facts.mem_mib != cfg.expect_mem_mib)
 		FAIL(CHK_E820, "%lu entries describe %lu MiB, probe.expect_mem_mib=%lu", n, facts.mem_mib,
 		     cfg.expect_mem_mib);
-	OK(CHK_E820, "%lu entries, %lu MiB", n, facts.mem_mib);
+	if (unsorted || empty)
+		OK(CHK_E820, "%lu entries (%lu empty, %s), %lu MiB", n, empty, unsorted ? "unsorted" : "sorted",
+		   facts.mem_mib);
+	else
+		OK(CHK_E820, "%lu entries, %lu MiB", n, facts.mem_mib);
 }
 
 /* initrd format: "SPRYPROBEINITRD\0", u32 LE total length, u32 LE wrapping
@@ -149,12 +194,13 @@ void check_initrd(void)
 {
 	u64 a = facts.initrd_addr, s = facts.initrd_size;
 	if (!facts.bp) {
-		FAIL(CHK_INITRD, "no usable boot_params");
+		FAIL(CHK_INITRD, "no usable %s", facts.pvh ? "start_info" : "boot_params");
 		return;
 	}
 	if (!s) {
 		if (cfg.has_expect_initrd && cfg.expect_initrd)
-			FAIL(CHK_INITRD, "none (ramdisk_size=0), but probe.expect_initrd=1");
+			FAIL(CHK_INITRD, "none (%s), but probe.expect_initrd=1",
+			     facts.pvh ? "no modules" : "ramdisk_size=0");
 		else
 			OK(CHK_INITRD, "none");
 		return;
@@ -164,7 +210,7 @@ void check_initrd(void)
 		return;
 	}
 	if (a & 0xfff) {
-		FAIL(CHK_INITRD, "ramdisk_image=0x%lx is not page-aligned", a);
+		FAIL(CHK_INITRD, "%s=0x%lx is not page-aligned", facts.pvh ? "module paddr" : "ramdisk_image", a);
 		return;
 	}
 	if (a + s > FOUR_GIB || !e820_is_ram(a, s)) {
@@ -191,7 +237,7 @@ void check_initrd(void)
 	}
 	u32 len = ld32(a + 16), want = ld32(a + 20);
 	if (len != s) {
-		FAIL(CHK_INITRD, "header length %u != ramdisk_size %lu", len, s);
+		FAIL(CHK_INITRD, "header length %u != %s %lu", len, facts.pvh ? "module size" : "ramdisk_size", s);
 		return;
 	}
 	OK(CHK_INITRD, "%lu bytes at 0x%lx", s, a);

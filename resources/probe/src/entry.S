@@ -5,7 +5,9 @@
  *   +0x000  startup_32: a 32-bit entry (code32_start) that only reports that
  *           the 32-bit boot protocol is not supported and resets.
  *   +0x200  startup_64: the Linux 64-bit boot protocol entry. The VMM jumps
- *           here in long mode with RSI = &boot_params.
+ *           here in long mode with RSI = &boot_params. The PVH entry
+ *           (pvh_entry.S, ELF only) jumps here too, once it has switched to long
+ *           mode itself; what this records is then its own state.
  *
  * startup_64 records the entry state before touching anything (flags,
  * segment selectors, RSP, RSI, GDTR), then switches to the probe's own stack,
@@ -91,6 +93,7 @@ probe_gdt:
 probe_gdt_end:
 	.balign 4
 	.word	0
+	.globl probe_gdtr		/* also loaded by the PVH entry (pvh_entry.S) */
 probe_gdtr:
 	.word	probe_gdt_end - probe_gdt - 1
 	.quad	probe_gdt

@@ -1,7 +1,9 @@
 /*
  * spry probe guest: main flow, check bookkeeping and mode dispatch.
  *
- *   1. entry checks (cheap, results recorded, nothing printed)
+ *   1. entry checks (cheap, results recorded, nothing printed); after the
+ *      PVH entry (pvh_entry.S) the PVH flavour: pvh-entry, start-info and memmap
+ *      instead of the Linux entry checks (pvh.c)
  *   2. boot-timer write (MMIO 0xC0000000 <- 123)
  *   3. one line per entry check on COM1
  *   4. interrupt check
@@ -11,8 +13,10 @@
 #include <stdarg.h>
 #include "io.h"
 #include "probe.h"
+#include "pvh.h"
 
 struct check_result checks[CHK_MAX] = {
+	[CHK_PVH_ENTRY] = { .name = "pvh-entry" },
 	[CHK_LONG_MODE] = { .name = "long-mode" },
 	[CHK_INTERRUPTS_OFF] = { .name = "interrupts-off" },
 	[CHK_SEGMENTS] = { .name = "segments" },
@@ -137,8 +141,15 @@ static const struct probe_mode *find_mode(void)
 
 void probe_main(void)
 {
+	/* entered through pvh_entry.S: PVH's start_info instead of Linux's boot_params */
+	facts.pvh = (u8)pvh_entry.active;
 	check_cpu_state();
-	check_boot_params();
+	if (facts.pvh) {
+		check_pvh_entry();
+		check_start_info();
+	} else {
+		check_boot_params();
+	}
 	mark(1);
 	check_paging();
 	mark(2);
@@ -159,7 +170,7 @@ void probe_main(void)
 
 	serial_init();
 	const struct probe_mode *mode = find_mode();
-	for (int id = CHK_LONG_MODE; id <= CHK_INITRD; id++)
+	for (int id = CHK_PVH_ENTRY; id <= CHK_INITRD; id++)
 		check_print(id);
 	mark(7);
 	check_interrupt();

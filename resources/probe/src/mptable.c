@@ -3,6 +3,12 @@
  * Floating pointer "_MP_" searched on 16-byte boundaries in the EBDA window
  * 0x9fc00..0xa0000, then 0xf0000..0x100000; checksums verified; the
  * configuration table "PCMP" walked entry by entry.
+ *
+ * PVH flavour (QEMU's firmware, qboot, writes the table): no table is not a
+ * failure (the cpu count is then not checked); an entry count of 0 (qboot
+ * leaves it 0) means the entries are walked by the table length, as Linux
+ * does; ISA IRQs 0..15 must be routed (IRQ 2 may be missing: qboot routes
+ * IRQ 0 to pin 2), not spry's 0..23.
  */
 #include "probe.h"
 
@@ -28,7 +34,10 @@ void check_mptable(void)
 	if (!mpf)
 		mpf = find_mpf(0xf0000, 0x100000);
 	if (!mpf) {
-		FAIL(CHK_MPTABLE, "no \"_MP_\" floating pointer in 0x9fc00-0xa0000 or 0xf0000-0x100000");
+		if (facts.pvh && !cfg.has_expect_cpus)
+			OK(CHK_MPTABLE, "none (no \"_MP_\" floating pointer: cpu count not checked)");
+		else
+			FAIL(CHK_MPTABLE, "no \"_MP_\" floating pointer in 0x9fc00-0xa0000 or 0xf0000-0x100000");
 		return;
 	}
 	u8 flen = ld8(mpf + 8), frev = ld8(mpf + 9);
@@ -66,6 +75,9 @@ void check_mptable(void)
 	u32 cpus = 0, bsps = 0, bsp_id = ~0u, buses = 0, isa_bus = ~0u, ioapics = 0, lint = 0;
 	u64 irqs = 0;
 	u64 end = t + len, p = t + 44, count = ld16(t + 34);
+	if (!count && facts.pvh)
+		count = ~0ull;  /* walk by length (see the top of this file) */
+	facts.mpc_count = count;
 	/* one 8-byte load per entry; fields are extracted from the register */
 	while (count && p < end) {
 		u64 x = ld64(p);
@@ -128,7 +140,7 @@ void check_mptable(void)
 	facts.mp_cpus = cpus;
 	facts.mpc_table = t;
 	facts.mpc_isa_bus = isa_bus;
-	if (count)
+	if (count && facts.mpc_count != ~0ull)
 		FAIL(CHK_MPTABLE, "%lu entries missing (table length %lu)", count, len);
 	if (bsps != 1 || bsp_id != facts.lapic_id)
 		FAIL(CHK_MPTABLE, "%u BSP entries, BSP APIC id 0x%x, running on APIC id %u", bsps, bsp_id, facts.lapic_id);
@@ -136,8 +148,9 @@ void check_mptable(void)
 		FAIL(CHK_MPTABLE, "no ISA bus entry (%u buses)", buses);
 	if (ioapics != 1 || facts.ioapic_base != IOAPIC_DEFAULT)
 		FAIL(CHK_MPTABLE, "%u IOAPIC entries, first at 0x%lx (want one at 0xfec00000)", ioapics, facts.ioapic_base);
-	if ((irqs & 0xffffff) != 0xffffff)
-		FAIL(CHK_MPTABLE, "ISA IRQs routed to the IOAPIC: mask 0x%lx, want 0..23 (0xffffff)", irqs);
+	if (facts.pvh ? (irqs & 0xfffb) != 0xfffb : (irqs & 0xffffff) != 0xffffff)
+		FAIL(CHK_MPTABLE, "ISA IRQs routed to the IOAPIC: mask 0x%lx, want %s", irqs,
+		     facts.pvh ? "0..15 except 2 (0xfffb)" : "0..23 (0xffffff)");
 	if ((lint & 0xa) != 0xa)
 		FAIL(CHK_MPTABLE, "local interrupt entries: type mask 0x%x, want ExtINT and NMI", lint);
 	if (cfg.has_expect_cpus && cpus != cfg.expect_cpus)
@@ -152,7 +165,7 @@ u32 mp_isa_pin(u32 irq, u32 dflt)
 	u64 t = facts.mpc_table;
 	if (!t)
 		return dflt;
-	u64 end = t + ld16(t + 4), p = t + 44, count = ld16(t + 34);
+	u64 end = t + ld16(t + 4), p = t + 44, count = facts.mpc_count;
 	for (; count && p < end; count--) {
 		u64 x = ld64(p);
 		u32 type = (u8)x;

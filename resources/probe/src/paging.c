@@ -5,6 +5,7 @@
  */
 #include "io.h"
 #include "probe.h"
+#include "pvh.h"
 
 #define PTE_P    0x1ull
 #define PTE_PS   0x80ull
@@ -88,9 +89,14 @@ extern char __image_start[], __image_end[];
 void check_paging(void)
 {
 	u64 img = (u64)__image_start;
-	/* zero page and command line first: the walk cache is still warm */
+	/* zero page (PVH: start_info, memory map, module list) and command line
+	 * first: the walk cache is still warm */
 	if (facts.bp)
-		mapped(facts.bp, 4096, "zero page");
+		mapped(facts.bp, facts.bp_len, facts.bp_what);
+	if (facts.pvh && facts.e820_table)
+		mapped(facts.e820_table, facts.e820_entries * facts.e820_stride, "memory map");
+	if (facts.modlist)
+		mapped(facts.modlist, MODLIST_ENTRY_SIZE, "module list");
 	if (facts.cmdline)
 		mapped(facts.cmdline, facts.cmdline_len + 1, "command line");
 	mapped(img, (u64)__image_end - img, "probe image");

@@ -23,6 +23,7 @@ extern struct entry_state entry_state;
 
 /* ---- checks ---------------------------------------------------------------- */
 enum check_id {
+	CHK_PVH_ENTRY,          /* PVH flavour only (pvh.c) */
 	CHK_LONG_MODE,
 	CHK_INTERRUPTS_OFF,
 	CHK_SEGMENTS,
@@ -109,9 +110,16 @@ extern struct probe_config cfg;
 
 /* ---- facts gathered by the checks, used by later stages ------------------ */
 struct probe_facts {
-	u64 bp;                 /* boot_params address, 0 if unusable */
+	u8 pvh;                 /* entered through the PVH entry (pvh_entry.S): PVH flavour */
+	u64 bp;                 /* boot_params (PVH: hvm_start_info) address, 0 if unusable */
+	u64 bp_len;             /* its size, for the paging check */
+	const char *bp_what;    /* "zero page" / "start_info" */
 	u64 cmdline;            /* command line address, 0 if unusable */
 	u64 cmdline_len;
+	u64 e820_table;         /* e820 table (PVH: memmap) address */
+	u64 e820_entries;
+	u64 e820_stride;        /* entry size: 20 (e820), 24 (PVH memmap) */
+	u64 modlist;            /* PVH: module list address (0: none) */
 	u64 e820_ok;            /* e820 table was readable */
 	u64 mem_mib;
 	u64 lapic_base;         /* 0 if unusable */
@@ -120,6 +128,7 @@ struct probe_facts {
 	u32 ioapic_id;
 	u32 uart_pin;           /* IOAPIC pin for ISA IRQ 4 (MP table), default 4 */
 	u64 mpc_table;          /* MP configuration table (0 if unusable) */
+	u64 mpc_count;          /* entries to walk (PVH: ~0 when the table says 0: walk by length) */
 	u32 mpc_isa_bus;        /* its ISA bus id */
 	u32 mp_cpus;
 	u64 initrd_addr, initrd_size;
@@ -131,9 +140,11 @@ extern struct probe_facts facts;
 
 /* ---- stages ----------------------------------------------------------------- */
 void cmdline_parse(const char *s, u64 len);
-void check_cpu_state(void);     /* long-mode, interrupts-off, segments, gdt */
+void check_cpu_state(void);     /* long-mode, interrupts-off, segments, gdt (PVH: long-mode) */
 void check_boot_params(void);   /* boot-params, cmdline */
-void check_e820(void);
+#define CMDLINE_SCAN_MAX 4096
+void check_cmdline_at(u64 cmd, u64 size);
+void check_e820(void);        /* over facts.e820_table: e820 or the PVH memmap */
 void check_paging(void);
 void check_mptable(void);
 void check_cpuid(void);

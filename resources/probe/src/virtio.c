@@ -28,9 +28,9 @@ static u64 heap_cur, heap_end;
 static void heap_init(void)
 {
 	u64 start = ((u64)__image_end + 0xfff) & ~0xfffull, end = start;
-	if (facts.bp && facts.e820_ok) {
-		u64 n = ld8(facts.bp + BP_E820_ENTRIES);
-		for (u64 e = facts.bp + BP_E820_TABLE; n; n--, e += E820_ENTRY_SIZE) {
+	if (facts.e820_ok) {
+		u64 n = facts.e820_entries;
+		for (u64 e = facts.e820_table; n; n--, e += facts.e820_stride) {
 			u64 a = ld64(e), s = ld64(e + 8);
 			if (ld32(e + 16) == E820_RAM && a <= start && start < a + s)
 				end = a + s;

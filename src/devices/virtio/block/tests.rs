@@ -407,3 +407,29 @@ fn test_reset_stops_service_and_reactivation_resumes() {
     let (n, _) = serve(&mut r, &[&[Desc::r(HDR, 16), Desc::w(STATUS, 1)]]);
     assert_eq!(n, 1);
 }
+
+#[test]
+fn test_zero_length_status_descriptor_completes_with_nothing_written() {
+    let mut r = rig(false, CacheType::Unsafe);
+    header(&r.mem, kind::IN, 0);
+    r.mem.write_slice(&[0x33; 512], GuestAddress(DATA)).unwrap();
+    let (_, used) = serve(
+        &mut r,
+        &[&[Desc::r(HDR, 16), Desc::w(DATA, 512), Desc::w(STATUS, 0)]],
+    );
+    // The last writable byte is the data buffer's last byte: it gets the status.
+    assert_eq!(used, vec![(0, 1)]);
+    let mut last = [0u8; 1];
+    r.mem
+        .read_slice(&mut last, GuestAddress(DATA + 511))
+        .unwrap();
+    assert_eq!(last, [status::IOERR]);
+}
+
+#[test]
+fn test_request_with_no_writable_byte_completes_with_used_zero() {
+    let mut r = rig(false, CacheType::Unsafe);
+    header(&r.mem, kind::FLUSH, 0);
+    let (_, used) = serve(&mut r, &[&[Desc::r(HDR, 16), Desc::w(STATUS, 0)]]);
+    assert_eq!(used, vec![(0, 0)]);
+}
