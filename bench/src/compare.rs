@@ -14,7 +14,7 @@ use crate::host::HostInfo;
 use crate::procfs;
 use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
-use crate::systems::qemu::Qemu;
+use crate::systems::qemu::{find_qemu, Qemu};
 use crate::systems::runc::{build_bundle, find_program, Runc};
 use crate::systems::vm::{VmSystem, Vmm};
 use crate::systems::{check_exit, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
@@ -51,6 +51,8 @@ pub struct Settings {
     pub firecracker: Option<PathBuf>,
     /// Skip QEMU.
     pub no_qemu: bool,
+    /// A QEMU binary to use instead of the one found (see `qemu::find_qemu`).
+    pub qemu: Option<PathBuf>,
 }
 
 /// One start: spawn to running signal, spawn to exit, CPU.
@@ -107,6 +109,8 @@ pub struct SystemResult {
     pub kind: Kind,
     /// Runtime version.
     pub version: String,
+    /// VMs: how the VMM enters the guest kernel.
+    pub boot_entry: Option<String>,
     /// Exact commands: run-to-exit, attached idle, idle.
     pub commands: Vec<(String, String)>,
     /// Start runs.
@@ -328,8 +332,11 @@ fn qemu(guest: &Guest, settings: &Settings) -> Result<Qemu, String> {
     if settings.no_qemu {
         return Err("skipped (--no-qemu)".into());
     }
-    let binary = find_program("qemu-system-x86_64")
-        .ok_or("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".to_owned())?;
+    let binary = settings.qemu.clone().or_else(|| find_qemu("kvm")).ok_or(
+        "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
+         package qemu-system-x86)"
+            .to_owned(),
+    )?;
     Qemu::new(binary.clone(), guest.clone(), Duration::from_secs(5)).check()?;
     Ok(Qemu::new(binary, guest.clone(), TIMEOUT))
 }
@@ -436,6 +443,7 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             phrase: s.phrase(),
             kind: s.kind(),
             version: s.version(),
+            boot_entry: s.boot_entry(),
             commands: [
                 ("run to exit", Workload::RunToExit),
                 ("idle (restart)", Workload::IdleAttached),
@@ -535,8 +543,9 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
          until its init's running line."
             .to_owned(),
         "Running signal: spry — the guest's boot-timer write, which spry logs with a \
-         CLOCK_MONOTONIC stamp; QEMU and Firecracker (whose boot timer sits at another \
-         address) — the guest's first console line, timed when it arrives; container — the \
+         CLOCK_MONOTONIC stamp; QEMU (no boot-timer device: the guest's write lands in \
+         unassigned MMIO) and Firecracker (whose boot timer sits at another address) — the \
+         guest's first console line, timed when it arrives; container — the \
          init's `spry-bench: running` line on stdout, timed when it arrives. spry against a \
          VM peer is judged on the first console line for both (\"start → console\"), \
          which comes a little after the boot-timer write; against the container on its \
@@ -553,6 +562,27 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
          KVM's instruction emulator in the VMM's vCPU thread."
             .to_owned(),
     ];
+    if results.iter().any(|r| r.name == "QEMU") {
+        notes.push(
+            "QEMU: Debian's qemu-system-x86_64-microvm when installed (the microvm-only build \
+             of the same QEMU: KVM only, far fewer shared libraries, so it starts faster and \
+             maps less than qemu-system-x86_64; --qemu PATH picks another); -M microvm with \
+             its shipped qboot firmware, no option ROMs, no ACPI, no RTC, -nodefaults \
+             -no-user-config, the serial console on stdio, -no-reboot so the guest's reset \
+             ends QEMU; no -cpu host (on PVM QEMU aborts setting MSR 0x10a); it boots the \
+             same vmlinux as spry, through its PVH entry (see \"Guest entry per VMM\")."
+                .to_owned(),
+        );
+        if guest.kind == GuestKind::Probe {
+            notes.push(
+                "QEMU with the probe: also -device i8042 (microvm has none; the probe resets \
+                 through it). Before the runs QEMU booted the probe once with its full output \
+                 (the same command line without probe.quiet=1) and had to enter through PVH \
+                 (its pvh-entry check) and pass every check."
+                    .to_owned(),
+            );
+        }
+    }
     if env.spry_is_debug() {
         notes.push(format!(
             "spry is a debug build ({}): not representative",

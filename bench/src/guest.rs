@@ -44,7 +44,8 @@ const LINUX_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule quiet 
 /// Why PVM hosts boot the probe.
 const PVM_WHY: &str = "this host's /dev/kvm is PVM (no VT-x/AMD-V): unmodified Linux cannot \
                        boot under KVM's instruction emulator, so every VM boots spry's probe \
-                       guest (64-bit Linux boot protocol, ~2 500 instructions to its \
+                       guest, the same ELF vmlinux and command line for every VMM (it has \
+                       both a Linux 64-bit and a PVH entry; ~2 500 instructions to its \
                        boot-timer write)";
 
 impl Guest {

@@ -133,6 +133,10 @@ struct CompareArgs {
     /// Leave QEMU out.
     #[arg(long)]
     no_qemu: bool,
+    /// The QEMU binary (default: qemu-system-x86_64-microvm, Debian's microvm-only
+    /// build, if installed, else qemu-system-x86_64).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
     /// Output directory (default <repo>/build/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -156,6 +160,7 @@ impl CompareArgs {
                 .clone()
                 .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
             no_qemu: self.no_qemu,
+            qemu: self.qemu.clone(),
         }
     }
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Build the spry probe guest.
 #   resources/probe/build.sh [OUTDIR]        (default: <repo>/build/probe)
-# Produces OUTDIR/vmlinux (ELF, PT_LOAD at 0x1000000), OUTDIR/bzImage
-# (payload at 0x100000, 64-bit entry at +0x200) and OUTDIR/initrd.img (a valid
-# test initrd). Needs only gcc, binutils (ld, objcopy, objdump) and python3.
+# Produces OUTDIR/vmlinux (ELF, PT_LOAD at 0x1000000, 64-bit entry at
+# e_entry and a PVH entry note for QEMU), OUTDIR/bzImage (payload at 0x100000,
+# 64-bit entry at +0x200) and OUTDIR/initrd.img (a valid test initrd). Needs only gcc, binutils (ld, objcopy, objdump) and python3.
 set -eEuo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -18,8 +18,7 @@ use crate::guest::Guest;
 use crate::procfs;
 use crate::progress::Progress;
 use crate::setup::Env;
-use crate::systems::qemu::Qemu;
-use crate::systems::runc::find_program;
+use crate::systems::qemu::{find_qemu, Qemu};
 use crate::systems::vm::{vm_config, vmm_command, write_json, Vmm};
 use crate::systems::{check_exit, SystemError};
 
@@ -193,10 +192,12 @@ fn targets<'a>(
         });
     }
     if args.wants("qemu") {
-        match find_program("qemu-system-x86_64") {
+        match find_qemu(&args.qemu_accel) {
             None => peers.push((
                 "QEMU".into(),
-                "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)".into(),
+                "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
+                 package qemu-system-x86)"
+                    .into(),
             )),
             Some(binary) => {
                 let qemu = Qemu::new(binary, guest.clone(), TIMEOUT).with_accel(&args.qemu_accel);

@@ -214,6 +214,14 @@ pub fn render(c: &Comparison, plots: &[String], plot_note: Option<&str>) -> Stri
         c.guest.mem_mib,
         c.guest.why
     );
+    let entries: Vec<String> = c
+        .systems
+        .iter()
+        .filter_map(|r| Some(format!("- **{}**: {}", r.name, r.boot_entry.as_deref()?)))
+        .collect();
+    if !entries.is_empty() {
+        let _ = writeln!(out, "Guest entry per VMM:\n\n{}\n", entries.join("\n"));
+    }
     let _ =
         writeln!(
         out,
@@ -389,6 +397,7 @@ pub(crate) mod tests {
             phrase: phrase.into(),
             kind,
             version: format!("{name} 1.0"),
+            boot_entry: (kind == Kind::Vm).then(|| format!("{name}'s entry")),
             commands: vec![("run to exit".into(), format!("{name} run"))],
             start: [1.0, 1.1, 0.9]
                 .iter()
@@ -442,6 +451,7 @@ pub(crate) mod tests {
                 quick: true,
                 firecracker: None,
                 no_qemu: false,
+                qemu: None,
             },
             systems: vec![
                 system("spry", "spry", Kind::Vm, 4.0, 2.0),
@@ -499,5 +509,8 @@ pub(crate) mod tests {
         assert!(report.contains("  - run to exit: `runc run`"), "{report}");
         assert!(report.contains("- [start.svg](start.svg)"), "{report}");
         assert!(report.contains("KVM: PVM"), "{report}");
+        assert!(report.contains("Guest entry per VMM:"), "{report}");
+        assert!(report.contains("- **QEMU**: QEMU's entry"), "{report}");
+        assert!(!report.contains("- **runc**: "), "{report}");
     }
 }

@@ -1,6 +1,7 @@
 //! The systems under comparison, each able to start the common workload (start,
 //! signal "running", exit or idle) and to say what it is.
 
+pub mod elf_note;
 pub mod qemu;
 pub mod runc;
 pub mod vm;
@@ -125,6 +126,11 @@ pub trait Sandbox: Sync {
     /// The first console line of a VM's guest, for comparing VMs that lack spry's
     /// boot-timer stamp on equal terms; `None` for containers.
     fn console_line(&self) -> Option<&'static str> {
+        None
+    }
+    /// VMs: how the VMM enters the guest kernel (boot protocol and entry point), for
+    /// the report; `None` for containers.
+    fn boot_entry(&self) -> Option<String> {
         None
     }
     /// Deletes leftovers of a finished instance (containers); no-op for VMs.

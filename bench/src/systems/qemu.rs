@@ -1,15 +1,34 @@
-//! QEMU's microvm machine (Debian's qemu-system-x86) with KVM, booting the same guest.
+//! QEMU's microvm machine (Debian's qemu-system-x86) with KVM, booting the same guest
+//! through PVH: QEMU loads an ELF vmlinux only by its PVH entry note, which Linux has
+//! and the probe has too (resources/probe/src/pvh_entry.S).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::child::{ChildError, Measured};
+use crate::child::{ChildError, Line, Measured};
 use crate::guest::{Guest, GuestKind};
 use crate::procfs::MemoryUse;
+use crate::systems::elf_note::{has_note, PVH_OWNER, PVH_TYPE};
+use crate::systems::runc::find_program;
 use crate::systems::{
-    image_file, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox, SystemError, Workload,
+    check_exit, image_file, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox,
+    SystemError, Workload,
 };
+
+/// Debian's microvm-only build of QEMU (same version and package as
+/// qemu-system-x86_64, KVM only, a fraction of the libraries: it starts faster).
+const MICROVM_BUILD: &str = "qemu-system-x86_64-microvm";
+const FULL_BUILD: &str = "qemu-system-x86_64";
+
+/// The QEMU binary for `accel`: the microvm build for KVM if it is installed, else
+/// (and for TCG, which the microvm build lacks) qemu-system-x86_64.
+pub fn find_qemu(accel: &str) -> Option<PathBuf> {
+    let microvm = (accel == "kvm")
+        .then(|| find_program(MICROVM_BUILD))
+        .flatten();
+    microvm.or_else(|| find_program(FULL_BUILD))
+}
 
 /// qemu-system-x86_64 -M microvm.
 #[derive(Debug)]
@@ -38,13 +57,11 @@ impl Qemu {
         self
     }
 
-    /// The kernel image QEMU is given: QEMU loads an ELF vmlinux only through a PVH
-    /// note, which Linux has and the probe has not, so the probe goes in as a bzImage.
+    /// The kernel image QEMU is given: the same ELF vmlinux spry boots, which QEMU
+    /// enters through its PVH note (a bzImage would go through qboot's 16-bit setup
+    /// entry, which the probe does not implement).
     fn kernel(&self) -> &PathBuf {
-        match self.guest.kind {
-            GuestKind::Linux => &self.guest.vmlinux,
-            GuestKind::Probe => &self.guest.bzimage,
-        }
+        &self.guest.vmlinux
     }
 
     /// The arguments for `workload` with `kernel`.
@@ -86,6 +103,12 @@ impl Qemu {
         ]
         .map(str::to_owned)
         .to_vec();
+        if self.guest.kind == GuestKind::Probe {
+            // The probe ends by resetting through the i8042 (and its console mode
+            // watches it for Ctrl-Alt-Del); microvm has none unless asked, and
+            // -no-reboot turns the reset into QEMU's exit.
+            args.extend(["-device".to_owned(), "i8042".to_owned()]);
+        }
         if let Some(rootfs) = &self.guest.rootfs {
             boot_args.push_str(" root=/dev/vda ro");
             args.extend(
@@ -119,25 +142,33 @@ impl Qemu {
         Ok(Measured::spawn(cmd, workload != Workload::RunToExit)?)
     }
 
-    /// Boots once; `Err(reason)` says why QEMU cannot run this guest here.
+    /// Boots once; `Err(reason)` says why QEMU cannot run this guest here. The probe
+    /// boots with its full output (the benchmark's command line without
+    /// `probe.quiet=1`) and must have entered through PVH and passed every check.
     pub fn check(&self) -> Result<(), String> {
-        match self.start(Workload::RunToExit, 0) {
-            Ok(mut instance) => {
-                let _ = instance.process.wait_exit(self.timeout);
-                Ok(())
-            }
-            Err(e) => Err(self.diagnose(&e)),
-        }
+        let trial = match self.guest.kind {
+            GuestKind::Probe => self.probe_trial(),
+            GuestKind::Linux => self.start(Workload::RunToExit, 0).and_then(|mut instance| {
+                let exit = instance.process.wait_exit(self.timeout)?;
+                check_exit("QEMU", &exit, &instance.process)
+            }),
+        };
+        trial.map_err(|e| self.diagnose(&e))
+    }
+
+    fn probe_trial(&self) -> Result<(), SystemError> {
+        let args = self.guest.boot_args(Workload::RunToExit);
+        let verbose = args.replace(" probe.quiet=1", "");
+        let mut process = Measured::spawn(self.command_with(&verbose, &[]), false)?;
+        let exit = process.wait_exit(self.timeout)?;
+        check_exit("QEMU", &exit, &process)?;
+        probe_verdict(&process.lines).map_err(|detail| SystemError::Command {
+            command: format!("the probe under QEMU ({verbose})"),
+            detail,
+        })
     }
 
     fn diagnose(&self, error: &SystemError) -> String {
-        if self.guest.kind != GuestKind::Probe {
-            return format!(
-                "QEMU did not boot the Linux guest: {}",
-                error.to_string().replace('\n', " / ")
-            );
-        }
-        // What QEMU said while it sat there, and what the ELF vmlinux gets.
         let observed = match error {
             SystemError::Child(ChildError::NoSignal { timeout, tail, .. }) => format!(
                 "no console line within {timeout:?}; QEMU said: '{}'",
@@ -145,19 +176,57 @@ impl Qemu {
             ),
             other => other.to_string().replace('\n', " / "),
         };
-        let elf = self
-            .spawn(Workload::RunToExit, &self.guest.vmlinux)
-            .ok()
-            .and_then(|mut p| p.wait_exit(Duration::from_secs(5)).ok().map(|_| p.tail()))
-            .map(|t| t.replace('\n', " / "))
-            .unwrap_or_default();
-        format!(
-            "QEMU cannot boot the probe guest. The ELF vmlinux: refused ('{elf}'): QEMU loads \
-             ELF kernels only through a PVH entry note, which the probe lacks. The bzImage: \
-             QEMU's microvm firmware (qboot) enters it through the 16-bit real-mode setup \
-             entry, where the probe only has `cli; hlt` (it implements the 64-bit entry only): \
-             {observed}."
-        )
+        let guest = self.guest.label();
+        let kernel = self.kernel();
+        // QEMU refuses an ELF without a PVH note ("Error loading uncompressed kernel
+        // without PVH ELF Note"): name that first, with the likely cause.
+        match has_note(kernel, PVH_OWNER, PVH_TYPE) {
+            Some(false) => format!(
+                "QEMU cannot boot the {guest}: {} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY; \
+                 a probe built before it had one? rebuild it with resources/probe/build.sh): \
+                 {observed}",
+                kernel.display()
+            ),
+            None => format!(
+                "QEMU cannot boot the {guest}: {} is not a readable ELF64 kernel: {observed}",
+                kernel.display()
+            ),
+            Some(true) => format!(
+                "QEMU did not boot the {guest} through its PVH entry ({}): {observed}",
+                kernel.display()
+            ),
+        }
+    }
+}
+
+/// The probe's verdict from its full output: entered through PVH (its `pvh-entry`
+/// check line) and every check passed (`probe: all N checks ok`).
+pub fn probe_verdict(lines: &[Line]) -> Result<(), String> {
+    let text = |l: &&Line| l.text.starts_with("probe: ");
+    let summary = lines
+        .iter()
+        .filter(text)
+        .find(|l| l.text.contains(" checks ok") || l.text.contains(" checks failed"));
+    let failed: Vec<&str> = lines
+        .iter()
+        .filter(text)
+        .filter(|l| l.text.contains(": FAIL"))
+        .map(|l| l.text.as_str())
+        .collect();
+    let pvh = lines
+        .iter()
+        .any(|l| l.text.starts_with("probe: pvh-entry: ok"));
+    match summary {
+        None => Err("the probe printed no summary line".into()),
+        Some(_) if !pvh => Err("the probe did not report its PVH entry (no 'probe: \
+                                pvh-entry: ok' line): not entered through PVH"
+            .into()),
+        Some(s) if !failed.is_empty() || !s.text.contains(" checks ok") => Err(format!(
+            "the probe booted through PVH but reported '{}': {}",
+            s.text,
+            failed.join(" / ")
+        )),
+        Some(_) => Ok(()),
     }
 }
 
@@ -217,8 +286,23 @@ impl Sandbox for Qemu {
         vm_memory(instance, self.guest.mem_mib)
     }
 
+    fn boot_entry(&self) -> Option<String> {
+        Some(match self.guest.kind {
+            GuestKind::Probe => "PVH: QEMU loads the ELF vmlinux by its PVH note \
+                                 (XEN_ELFNOTE_PHYS32_ENTRY); its microvm firmware (qboot) writes \
+                                 hvm_start_info, the memory map and an MP table and jumps to the \
+                                 probe's 32-bit pvh_start, which sets up its own page tables and \
+                                 long mode (resources/probe/src/pvh_entry.S)"
+                .into(),
+            GuestKind::Linux => "PVH: QEMU loads the ELF vmlinux by Linux's PVH note; its \
+                                 microvm firmware (qboot) enters pvh_start_xen in 32-bit \
+                                 protected mode"
+                .into(),
+        })
+    }
+
     fn image(&self) -> Vec<ImageFile> {
-        let mut files = vec![image_file("kernel", self.kernel().clone())];
+        let mut files = vec![image_file("kernel (vmlinux)", self.kernel().clone())];
         if let Some(rootfs) = &self.guest.rootfs {
             files.push(image_file("root file system", rootfs.clone()));
         }
@@ -231,7 +315,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_probe_boots_as_bzimage_on_microvm_with_kvm() {
+    fn test_probe_boots_its_vmlinux_through_pvh_on_microvm_with_kvm() {
         let guest = Guest::probe(std::path::Path::new("/b"), 128, String::new());
         let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1));
         let args = qemu.args(Workload::RunToExit, qemu.kernel());
@@ -241,10 +325,72 @@ mod tests {
                 .map(|i| args[i + 1].as_str())
         };
         assert_eq!(at("-accel"), Some("kvm"));
-        assert_eq!(at("-kernel"), Some("/b/probe/bzImage"));
+        assert_eq!(at("-kernel"), Some("/b/probe/vmlinux"));
         assert_eq!(at("-m"), Some("128"));
+        assert_eq!(at("-device"), Some("i8042"));
         assert!(args.contains(&"-no-reboot".to_owned()));
+        assert!(
+            !args.iter().any(|a| a == "-cpu"),
+            "QEMU aborts on -cpu host here"
+        );
         assert_eq!(args[args.len() - 2], "-append");
+        assert!(qemu.boot_entry().is_some_and(|e| e.starts_with("PVH")));
+    }
+
+    fn lines(text: &[&str]) -> Vec<Line> {
+        text.iter()
+            .map(|t| Line {
+                text: (*t).to_owned(),
+                at_us: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_probe_verdict_wants_the_pvh_entry_and_every_check_ok() {
+        let good = lines(&[
+            "qemu-system-x86_64: warning: host doesn't support requested feature",
+            "probe: pvh-entry: ok cr0=0x11 eflags=0x2 cs=0x8 ds=0x10",
+            "probe: all 10 checks ok",
+        ]);
+        assert_eq!(probe_verdict(&good), Ok(()));
+        let linux_entry = lines(&[
+            "probe: boot-params: ok at 0x7000",
+            "probe: all 12 checks ok",
+        ]);
+        assert!(probe_verdict(&linux_entry)
+            .unwrap_err()
+            .contains("not entered through PVH"));
+        let failed = lines(&[
+            "probe: pvh-entry: ok",
+            "probe: memmap: FAIL entry 6 [0x0, +0x0) empty or wrapping",
+            "probe: 1 of 10 checks failed",
+        ]);
+        let why = probe_verdict(&failed).unwrap_err();
+        assert!(
+            why.contains("1 of 10 checks failed") && why.contains("memmap: FAIL"),
+            "{why}"
+        );
+        assert!(probe_verdict(&lines(&["garbage"])).is_err());
+    }
+
+    #[test]
+    fn test_missing_pvh_note_is_named_in_the_diagnosis() {
+        let dir = std::env::temp_dir().join(format!("qemu-diag-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("probe")).unwrap();
+        // an ELF64 header without program headers: no notes at all
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        std::fs::write(dir.join("probe/vmlinux"), elf).unwrap();
+        let guest = Guest::probe(&dir, 128, String::new());
+        let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1));
+        let why = qemu.diagnose(&SystemError::Command {
+            command: "qemu".into(),
+            detail: "Error loading uncompressed kernel without PVH ELF Note".into(),
+        });
+        assert!(why.contains("has no PVH entry note"), "{why}");
+        assert!(why.contains("without PVH ELF Note"), "{why}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -240,6 +240,21 @@ impl Sandbox for VmSystem {
         Some(self.guest.running_line())
     }
 
+    fn boot_entry(&self) -> Option<String> {
+        Some(match self.vmm {
+            // src/loader.rs enters the ELF at e_entry and leaves linux-loader's PVH
+            // capability unused.
+            Vmm::Spry => "Linux 64-bit boot protocol: spry loads the ELF vmlinux and starts the \
+                          vCPU in long mode at its e_entry (startup_64) with boot_params in \
+                          RSI; it does not use the PVH note"
+                .into(),
+            Vmm::Firecracker => "Firecracker's choice: PVH where this Firecracker supports it \
+                                 (1.12 and later enter an ELF with a PVH note through it, as \
+                                 the probe's vmlinux has), else the Linux 64-bit boot protocol"
+                .into(),
+        })
+    }
+
     fn request_stop(&self, instance: &mut Instance) -> Result<(), SystemError> {
         Ok(instance.process.send(self.guest.stop_input())?)
     }
