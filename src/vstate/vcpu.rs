@@ -107,9 +107,9 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     IMMEDIATE_EXIT.with(|flag| {
         let ptr = flag.get();
         if !ptr.is_null() {
-            // SAFETY: `ptr` points at `immediate_exit` inside this thread's mmapped
-            // `kvm_run`, set by `Vcpu::run_thread` while the VcpuFd (and its mapping)
-            // is alive and cleared before it is dropped; a byte store cannot tear.
+            // `Vcpu::run_thread` sets the pointer and clears it before its VcpuFd goes.
+            // SAFETY: `ptr` is `immediate_exit` in this thread's live, mapped `kvm_run`;
+            // a byte store cannot tear.
             unsafe { ptr.write_volatile(1) };
         }
     });

@@ -95,10 +95,9 @@ impl Vm {
                 userspace_addr: host as u64,
                 flags,
             };
-            // SAFETY: `host..host + len` is a live mapping owned by `mem`, which the
-            // VMM keeps alive for as long as the VM exists (the Vmm owns both and drops
-            // the VM first); the regions of a GuestMemoryMmap never overlap, so no two
-            // slots alias.
+            // The Vmm owns both `mem` and the VM and drops the VM first.
+            // SAFETY: `host..host + len` is a live mapping owned by `mem`, kept for the
+            // VM's lifetime; GuestMemoryMmap regions never overlap, so slots never alias.
             unsafe { self.fd.set_user_memory_region(memory_region) }.map_err(|source| {
                 VmError::MemorySlot {
                     slot,

@@ -158,9 +158,9 @@ fn transfer_all(
         let count = libc::c_int::try_from(iov.len()).unwrap_or(libc::c_int::MAX);
         let off =
             libc::off_t::try_from(offset).map_err(|_| RequestError::Short { done, wanted })?;
-        // SAFETY: every iovec points into guest memory checked by `host_iovecs` and
-        // kept mapped by the caller's `GuestMemory`; the kernel reads or writes at
-        // most `iov_len` bytes of each.
+        // `host_iovecs` checked every iovec against guest memory.
+        // SAFETY: each iovec lies in guest memory kept mapped by the caller's
+        // `GuestMemory`; the kernel touches at most `iov_len` bytes of each.
         let n = unsafe {
             if write {
                 libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count, off)
