@@ -199,11 +199,10 @@ pub fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
 /// Boots `resources` with the console on stdin/stdout and runs until the VM stops.
 pub fn run(resources: VmResources) -> Result<ExitReason, Error> {
     exit::catch_stop_signals().map_err(Error::Signals)?;
-    let _raw_terminal = terminal::RawTerminal::enter(libc::STDIN_FILENO);
-    let mut vmm = builder::build_and_start(
+    let vmm = builder::build_and_start(
         resources,
         Box::new(std::io::stdout()),
         Some(libc::STDIN_FILENO),
     )?;
-    Ok(vmm.run()?)
+    run_booted(Booted { vmm, metrics: None }, DEFAULT_INSTANCE_ID, None)
 }
