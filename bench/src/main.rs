@@ -83,13 +83,21 @@ struct DeviceCli {
     /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
     #[arg(long, value_enum, default_value = "auto")]
     guest: devices::GuestChoice,
-    /// Systems to run, comma-separated (QEMU only with the Linux guest).
+    /// Systems to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "spry,qemu")]
     systems: Vec<String>,
     /// QEMU's accelerator: kvm, or tcg to check the harness where KVM cannot run
     /// the guest (its numbers then mean nothing).
     #[arg(long, default_value = "kvm")]
     qemu_accel: String,
+    /// The QEMU binary (default: qemu-system-x86_64-microvm if installed, else
+    /// qemu-system-x86_64).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// net: also run QEMU with vhost-net (`-netdev tap,...,vhost=on`; its kernel
+    /// worker's CPU is counted as QEMU's).
+    #[arg(long)]
+    qemu_vhost: bool,
 }
 
 impl DeviceCli {
@@ -109,6 +117,8 @@ impl DeviceCli {
             guest: self.guest,
             systems: self.systems.clone(),
             qemu_accel: self.qemu_accel.clone(),
+            qemu: self.qemu.clone(),
+            qemu_vhost: self.qemu_vhost,
         }
     }
 }

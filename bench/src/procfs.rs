@@ -121,6 +121,29 @@ pub fn thread_cpu_ns(pid: i32) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// On-CPU time (ns) of vhost workers serving `pid` that are *not* threads of it:
+/// before Linux 6.4 each vhost device had a kernel thread `vhost-<pid>`, outside the
+/// VMM's thread group, so neither wait4 nor [`thread_cpu_ns`] sees it. Since 6.4
+/// the worker is a thread of the VMM (counted there already) and this is 0.
+pub fn vhost_kthread_ns(pid: i32) -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let name = format!("vhost-{pid}");
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&other| other != pid)
+        .filter_map(|other| {
+            let comm = std::fs::read_to_string(format!("/proc/{other}/comm")).ok()?;
+            // "vhost-" and at most 7 digits (pid_max) fit comm's 15 bytes
+            (comm.trim() == name).then_some(())?;
+            let stat = std::fs::read_to_string(format!("/proc/{other}/schedstat")).ok()?;
+            parse_schedstat_ns(&stat)
+        })
+        .sum()
+}
+
 /// The on-CPU nanoseconds (first field) of a schedstat line.
 pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
@@ -217,6 +240,11 @@ Pss:                  12 kB
             ),
             Some(915_608)
         );
+    }
+
+    #[test]
+    fn test_no_vhost_worker_for_a_pid_that_does_not_exist() {
+        assert_eq!(vhost_kthread_ns(i32::MAX), 0);
     }
 
     #[test]

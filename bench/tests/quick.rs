@@ -321,14 +321,55 @@ fn device_bench(test: &str, args: &[&str]) -> Option<String> {
     Some(stdout)
 }
 
-/// The numeric cells of spry's table row for `op`.
-fn row_numbers(table: &str, op: &str) -> Vec<f64> {
+/// The numeric cells of `system`'s table row for `op`.
+fn row_numbers(table: &str, system: &str, op: &str) -> Vec<f64> {
     table
         .lines()
         .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
-        .find(|cells| cells.get(1) == Some(&"spry") && cells.get(2) == Some(&op))
+        .find(|cells| cells.get(1) == Some(&system) && cells.get(2) == Some(&op))
         .map(|cells| cells.iter().filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Whether spry-bench will find a QEMU (the names `find_qemu` looks for).
+fn qemu_installed() -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|dir| {
+        ["qemu-system-x86_64-microvm", "qemu-system-x86_64"]
+            .iter()
+            .any(|name| dir.join(name).is_file())
+    })
+}
+
+/// QEMU's rows for `ops` (and the spry/QEMU ratios) where QEMU is installed and
+/// could boot the guest; else the skip is recorded with spry-bench's reason. QEMU's
+/// rows have no event-loop cell: 6 numbers.
+fn check_qemu_rows(test: &str, stdout: &str, ops: &[&str]) {
+    if !qemu_installed() {
+        skip(
+            &format!("{test} (QEMU part)"),
+            "QEMU is not installed (Debian package qemu-system-x86)",
+        );
+        return;
+    }
+    if let Some(why) = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("not compared: QEMU: "))
+    {
+        skip(&format!("{test} (QEMU part)"), why);
+        return;
+    }
+    for op in ops {
+        let cells = row_numbers(stdout, "QEMU", op);
+        assert!(
+            cells.len() == 6 && cells[2] > 10.0 && cells[3] > 0.0,
+            "QEMU {op}: {cells:?}\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("spry / peer") && stdout.contains("| QEMU | "),
+        "no spry/QEMU ratios\n{stdout}"
+    );
 }
 
 #[test]
@@ -341,13 +382,18 @@ fn test_block_bench_reports_rates_and_cpu_per_request() {
     else {
         return;
     };
-    // requests, runs, req/s, MiB/s, CPU µs/req, event-loop µs/req.
-    let cells = row_numbers(&stdout, "read");
-    assert_eq!(cells.len(), 6, "{stdout}");
+    // requests, runs, req/s, MiB/s, CPU µs/req, non-vCPU µs/req, event-loop µs/req.
+    let cells = row_numbers(&stdout, "spry", "read");
+    assert_eq!(cells.len(), 7, "{stdout}");
     assert_eq!(cells[0], 64.0);
     assert!(
         cells[2] > 10.0 && cells[3] > 0.0,
         "rates {cells:?}\n{stdout}"
+    );
+    check_qemu_rows(
+        "test_block_bench_reports_rates_and_cpu_per_request",
+        &stdout,
+        &["read"],
     );
 }
 
@@ -362,12 +408,17 @@ fn test_net_bench_sends_and_receives_and_removes_its_tap() {
         return;
     };
     for op in ["tx", "rx"] {
-        let cells = row_numbers(&stdout, op);
+        let cells = row_numbers(&stdout, "spry", op);
         assert!(
-            cells.len() == 6 && cells[2] > 10.0,
+            cells.len() == 7 && cells[2] > 10.0,
             "{op}: {cells:?}\n{stdout}"
         );
     }
+    check_qemu_rows(
+        "test_net_bench_sends_and_receives_and_removes_its_tap",
+        &stdout,
+        &["tx", "rx"],
+    );
     let links = Command::new("ip")
         .args(["-o", "link"])
         .output()

@@ -11,8 +11,8 @@ use crate::child::Measured;
 use crate::clock::ms_between;
 use crate::devices::netns::{guest_ip_arg, NetNs, HOST_IP, PORT};
 use crate::devices::{
-    make_disk, size_label, Case, CaseResult, Device, DeviceArgs, DeviceError, DeviceReport, Run,
-    DISK_BYTES, TIMEOUT,
+    alternate, make_disk, size_label, Case, CaseResult, Device, DeviceArgs, DeviceError,
+    DeviceReport, Run, DISK_BYTES, TIMEOUT,
 };
 use crate::guest::Guest;
 use crate::procfs;
@@ -165,6 +165,7 @@ impl Target<'_> {
             elapsed_ms: ms_between(start, end),
             cpu_us: exit.user_us + exit.system_us,
             threads,
+            stamp_ms: None,
         })
     }
 }
@@ -192,7 +193,7 @@ fn targets<'a>(
         });
     }
     if args.wants("qemu") {
-        match find_qemu(&args.qemu_accel) {
+        match args.qemu.clone().or_else(|| find_qemu(&args.qemu_accel)) {
             None => peers.push((
                 "QEMU".into(),
                 "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
@@ -220,8 +221,7 @@ fn targets<'a>(
     Ok((targets, peers))
 }
 
-/// Runs `case` on every target: a warm-up each, then `runs` rounds of (0-request
-/// baseline, loaded run), alternated between targets.
+/// Runs `case` on every target, alternated (see [`alternate`]).
 fn measure(
     targets: &[Target<'_>],
     case: &Case,
@@ -229,30 +229,10 @@ fn measure(
     progress: &mut Progress,
     run: &dyn Fn(&Target<'_>, u64) -> Result<Run, DeviceError>,
 ) -> Result<Vec<CaseResult>, DeviceError> {
-    let what = format!("{} {}", case.op, size_label(case.size));
-    let mut results: Vec<CaseResult> = targets
-        .iter()
-        .map(|t| CaseResult {
-            system: t.name.to_owned(),
-            case: case.clone(),
-            runs: Vec::new(),
-            baseline: Vec::new(),
-            subtract_baseline_time: true,
-        })
-        .collect();
-    for target in targets {
-        progress.step(&format!("{} {what}", target.name), true);
-        run(target, case.requests)?;
-    }
-    for _ in 0..runs {
-        for (target, result) in targets.iter().zip(results.iter_mut()) {
-            progress.step(&format!("{} {what} baseline", target.name), false);
-            result.baseline.push(run(target, 0)?);
-            progress.step(&format!("{} {what}", target.name), false);
-            result.runs.push(run(target, case.requests)?);
-        }
-    }
-    Ok(results)
+    let names: Vec<String> = targets.iter().map(|t| t.name.to_owned()).collect();
+    alternate(&names, case, runs, true, progress, &|i, n| {
+        run(&targets[i], n)
+    })
 }
 
 /// The bench disk is the virtio disk of DISK_BYTES (the root file system is smaller).

@@ -2,14 +2,16 @@
 //! virtio-net, and the CPU the VMM spends per request (its user + system time minus
 //! a run of the same guest doing 0 requests).
 //!
-//! On PVM hosts the guest is the probe (`blkbench` / `netbench` modes, timed by its
-//! boot-timer writes before the first and after the last request); on hosts with
-//! hardware virtualization it is the Linux guest running busybox `dd` and `nc`, timed
-//! by console lines around them, with QEMU as the peer.
+//! On PVM hosts the guest is the probe (`blkbench` / `netbench` modes, timed by the
+//! probe itself with KVM's kvmclock from its first to its last request, the same
+//! clock under every VMM); on hosts with hardware virtualization it is the Linux
+//! guest running busybox `dd` and `nc`, timed by console lines around them. QEMU
+//! (microvm) is the peer for both.
 
 mod linux_driver;
 mod netns;
 mod probe_driver;
+pub mod qemu_args;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::guest::{Guest, GuestKind};
+use crate::progress::Progress;
 use crate::rawsock::RawSocketError;
 use crate::report::table::{markdown_table, num};
 use crate::setup::{Env, SetupError};
@@ -112,8 +115,11 @@ pub struct Run {
     pub elapsed_ms: f64,
     /// The VMM's user + system CPU of the whole run, µs (wait4).
     pub cpu_us: u64,
-    /// CPU per thread at the end mark, ns (schedstat), by thread name.
+    /// CPU per thread at the end of the timed part, ns (schedstat), by thread name.
     pub threads: Vec<(String, u64)>,
+    /// spry only: the same requests timed by spry's boot-timer stamps, ms (a check
+    /// of the guest's clock against the host's).
+    pub stamp_ms: Option<f64>,
 }
 
 /// A case on one system, with its runs and its baseline runs.
@@ -167,12 +173,24 @@ impl CaseResult {
 
     /// CPU per request of the threads named `name` beyond the baseline, µs.
     pub fn thread_us_per_request(&self, name: &str) -> Option<f64> {
+        self.threads_us_per_request(|n| n == name)
+    }
+
+    /// CPU per request of every thread but the vCPUs beyond the baseline, µs: the
+    /// VMM's device work (spry's event loop; QEMU's main loop, its I/O workers and
+    /// its RCU thread; a vhost worker), without the guest, which runs in the vCPU
+    /// threads.
+    pub fn io_threads_us_per_request(&self) -> Option<f64> {
+        self.threads_us_per_request(|n| !qemu_args::is_vcpu_thread(n))
+    }
+
+    fn threads_us_per_request(&self, wanted: impl Fn(&str) -> bool) -> Option<f64> {
         let of = |runs: &[Run]| {
             Self::median(runs.iter().filter_map(|r| {
                 let ns: u64 = r
                     .threads
                     .iter()
-                    .filter(|(n, _)| n == name)
+                    .filter(|(n, _)| wanted(n))
                     .map(|(_, ns)| ns)
                     .sum();
                 (ns > 0).then_some(ns as f64 / 1000.0)
@@ -180,6 +198,52 @@ impl CaseResult {
         };
         Some((of(&self.runs)? - of(&self.baseline)?) / self.case.requests.max(1) as f64)
     }
+
+    /// Median of (guest clock - boot-timer window) / boot-timer window over the runs
+    /// that have both, in percent.
+    pub fn clock_vs_stamps_percent(&self) -> Option<f64> {
+        Self::median(self.runs.iter().filter_map(|r| {
+            let stamp = r.stamp_ms.filter(|&s| s > 0.0)?;
+            Some((r.elapsed_ms - stamp) / stamp * 100.0)
+        }))
+    }
+}
+
+/// Runs `case` on each of `systems`: a warm-up each, then `runs` rounds of (0-request
+/// baseline, loaded run), alternated between the systems. `run(i, n)` runs system
+/// `i` with `n` requests.
+pub(crate) fn alternate(
+    systems: &[String],
+    case: &Case,
+    runs: usize,
+    subtract_baseline_time: bool,
+    progress: &mut Progress,
+    run: &dyn Fn(usize, u64) -> Result<Run, DeviceError>,
+) -> Result<Vec<CaseResult>, DeviceError> {
+    let what = format!("{} {}", case.op, size_label(case.size));
+    let mut results: Vec<CaseResult> = systems
+        .iter()
+        .map(|system| CaseResult {
+            system: system.clone(),
+            case: case.clone(),
+            runs: Vec::new(),
+            baseline: Vec::new(),
+            subtract_baseline_time,
+        })
+        .collect();
+    for (i, system) in systems.iter().enumerate() {
+        progress.step(&format!("{system} {what}"), true);
+        run(i, case.requests)?;
+    }
+    for _ in 0..runs {
+        for (i, result) in results.iter_mut().enumerate() {
+            progress.step(&format!("{} {what} baseline", result.system), false);
+            result.baseline.push(run(i, 0)?);
+            progress.step(&format!("{} {what}", result.system), false);
+            result.runs.push(run(i, case.requests)?);
+        }
+    }
+    Ok(results)
 }
 
 /// The results of one device benchmark.
@@ -211,6 +275,9 @@ impl DeviceReport {
             .cases
             .iter()
             .map(|c| {
+                let event_loop = (c.system == "spry")
+                    .then(|| c.thread_us_per_request("spry"))
+                    .flatten();
                 vec![
                     c.system.clone(),
                     c.case.op.to_owned(),
@@ -220,7 +287,8 @@ impl DeviceReport {
                     cell(c.requests_per_s()),
                     cell(c.mib_per_s()),
                     cell(c.cpu_us_per_request()),
-                    cell(c.thread_us_per_request("spry")),
+                    cell(c.io_threads_us_per_request()),
+                    cell(event_loop),
                 ]
             })
             .collect();
@@ -244,12 +312,84 @@ impl DeviceReport {
                 "req/s",
                 "MiB/s",
                 "VMM CPU µs/req",
+                "non-vCPU threads µs/req",
                 "spry event loop µs/req",
             ],
             &rows,
         ));
-        let ratios: Vec<Vec<String>> = self
+        let ratios = self.ratio_rows();
+        if !ratios.is_empty() {
+            out.push_str(
+                "\nspry / peer (rates above 1x: spry is faster; CPU below 1x: spry is \
+                 cheaper):\n\n",
+            );
+            out.push_str(&markdown_table(
+                &[
+                    "peer",
+                    "op",
+                    "size",
+                    "req/s",
+                    "MiB/s",
+                    "VMM CPU/req",
+                    "non-vCPU CPU/req",
+                ],
+                &ratios,
+            ));
+        }
+        out.push_str(match self.guest.kind {
+            GuestKind::Probe => {
+                "\nTimed by the probe itself with kvmclock (KVM's paravirtual clock, which KVM and \
+                 not the VMM keeps), from its first request to the completion of its last (rx: \
+                 from the first frame to the last, scaled by n/(n-1)); the same clock under \
+                 every VMM. CPU per request: the VMM's CPU time of a run (wait4: all its \
+                 threads, including its exit) minus that of the same guest doing 0 requests, \
+                 over the requests. It includes the emulated guest: on PVM hosts KVM's \
+                 instruction emulator runs the probe, which polls the used ring, in the VMM's \
+                 vCPU thread. The non-vCPU column leaves the vCPU threads out (schedstat at the \
+                 end of the timed part, same baseline): the VMM's own device work, spry's event \
+                 loop against QEMU's main loop and I/O workers.\n"
+            }
+            GuestKind::Linux => {
+                "\nTimed by console lines the guest prints around busybox dd (block) or dd | nc \
+                 (net), minus the same run with 0 requests (the program start); the same for \
+                 every VMM. CPU per request: the VMM's CPU time of a run minus that of the \
+                 0-request run, over the requests (wait4; it includes the guest's own CPU, which \
+                 runs in the VMM's vCPU threads).\n"
+            }
+        });
+        let checks: Vec<String> = self
             .cases
+            .iter()
+            .filter_map(|c| {
+                let d = c.clock_vs_stamps_percent()?;
+                Some(format!(
+                    "{} {} {d:+.2}%",
+                    c.case.op,
+                    size_label(c.case.size)
+                ))
+            })
+            .collect();
+        if !checks.is_empty() {
+            out.push_str(&format!(
+                "\nspry's boot-timer stamps (host CLOCK_MONOTONIC at the probe's MMIO writes just \
+                 outside the timed part) against the guest's clock, median difference: {}.\n",
+                checks.join(", ")
+            ));
+        }
+        for skipped in &self.skipped {
+            out.push_str(&format!("\nskipped {skipped}\n"));
+        }
+        for (peer, reason) in &self.peers {
+            out.push_str(&format!("\nnot compared: {peer}: {reason}\n"));
+        }
+        out
+    }
+
+    /// spry over each peer, per case: req/s, MiB/s, CPU per request, non-vCPU CPU
+    /// per request.
+    fn ratio_rows(&self) -> Vec<Vec<String>> {
+        let dash = || "–".to_owned();
+        self.cases
             .iter()
             .filter(|c| c.system != "spry")
             .filter_map(|peer| {
@@ -260,47 +400,18 @@ impl DeviceReport {
                     peer.system.clone(),
                     peer.case.op.to_owned(),
                     size_label(peer.case.size),
-                    ratio(spry.requests_per_s(), peer.requests_per_s()).unwrap_or("–".into()),
+                    ratio(spry.requests_per_s(), peer.requests_per_s()).unwrap_or_else(dash),
+                    ratio(spry.mib_per_s(), peer.mib_per_s()).unwrap_or_else(dash),
                     ratio(spry.cpu_us_per_request(), peer.cpu_us_per_request())
-                        .unwrap_or("–".into()),
+                        .unwrap_or_else(dash),
+                    ratio(
+                        spry.io_threads_us_per_request(),
+                        peer.io_threads_us_per_request(),
+                    )
+                    .unwrap_or_else(dash),
                 ])
             })
-            .collect();
-        if !ratios.is_empty() {
-            out.push_str(
-                "\nspry / peer (req/s above 1x: spry is faster; CPU below 1x: spry is \
-                 cheaper):\n\n",
-            );
-            out.push_str(&markdown_table(
-                &["peer", "op", "size", "req/s spry/peer", "CPU/req spry/peer"],
-                &ratios,
-            ));
-        }
-        out.push_str(match self.guest.kind {
-            GuestKind::Probe => {
-                "\nTimed from the probe's boot-timer writes before the first and after the last \
-                 request (CLOCK_MONOTONIC stamps in spry's log). CPU per request: the VMM's CPU \
-                 time of a run minus that of the same guest doing 0 requests, over the requests \
-                 (wait4); the event-loop column is spry's main thread alone (schedstat at the \
-                 last request), i.e. spry's own device work. The rest is the vCPU thread, where \
-                 KVM's emulator runs the probe on PVM hosts while it polls the used ring, which \
-                 is the guest's cost, not spry's.\n"
-            }
-            GuestKind::Linux => {
-                "\nTimed by console lines the guest prints around busybox dd (block) or dd | nc \
-                 (net), minus the same run with 0 requests (the program start); the same for \
-                 every VMM. CPU per request: the VMM's CPU time of a run minus that of the \
-                 0-request run, over the requests (wait4; it includes the guest's own CPU, which \
-                 runs in the VMM's vCPU threads).\n"
-            }
-        });
-        for skipped in &self.skipped {
-            out.push_str(&format!("\nskipped {skipped}\n"));
-        }
-        for (peer, reason) in &self.peers {
-            out.push_str(&format!("\nnot compared: {peer}: {reason}\n"));
-        }
-        out
+            .collect()
     }
 }
 
@@ -343,6 +454,10 @@ pub struct DeviceArgs {
     pub systems: Vec<String>,
     /// QEMU's accelerator (kvm; tcg only to check the harness where KVM cannot run it).
     pub qemu_accel: String,
+    /// The QEMU binary (default: `find_qemu`).
+    pub qemu: Option<PathBuf>,
+    /// Net with the probe: QEMU with vhost-net as a further peer.
+    pub qemu_vhost: bool,
 }
 
 impl DeviceArgs {
@@ -424,6 +539,7 @@ mod tests {
             elapsed_ms,
             cpu_us,
             threads: vec![("spry".into(), loop_ns), ("spry-vcpu0".into(), 1)],
+            stamp_ms: None,
         }
     }
 

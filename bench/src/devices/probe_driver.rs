@@ -1,15 +1,20 @@
-//! The probe guest's `blkbench` and `netbench` modes through spry: the probe writes
-//! the boot-timer byte before its first and after its last request, so spry's log
-//! carries CLOCK_MONOTONIC stamps of both (the boot itself writes the first one).
+//! The probe guest's `blkbench` and `netbench` modes under spry and QEMU (microvm,
+//! the same vmlinux through its PVH entry, QEMU's virtio-mmio devices in their
+//! modern form). The probe times its requests itself with kvmclock and prints the
+//! time on the line it always prints after them; spry's boot-timer stamps of the same
+//! requests are kept as a check of that clock.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::child::Measured;
 use crate::cleanup;
-use crate::clock::{monotonic_us, ms_between};
+use crate::clock::ms_between;
+use crate::devices::qemu_args::{self, NetBackend};
 use crate::devices::{
-    make_disk, size_label, Case, CaseResult, Device, DeviceArgs, DeviceError, DeviceReport, Run,
+    alternate, make_disk, size_label, Case, Device, DeviceArgs, DeviceError, DeviceReport, Run,
     TIMEOUT,
 };
 use crate::guest::Guest;
@@ -18,11 +23,12 @@ use crate::progress::Progress;
 use crate::rawsock::{frame, RawSender, ETH_P_PROBE};
 use crate::setup::Env;
 use crate::spry_log::parse_boot_timer;
+use crate::systems::qemu::{find_qemu, Qemu};
 use crate::systems::vm::{vm_config, vmm_command, write_json, Vmm};
-use crate::systems::{run_helper, SystemError};
+use crate::systems::{check_exit, run_helper, SystemError};
 
 /// The probe's command line for device runs: not quiet, since the bench modes' own
-/// lines ("rx ready", failures) are needed; they are printed outside the timed window.
+/// lines ("rx ready", failures) are needed; they are printed outside the timed part.
 const DEVICE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// The guest's MAC address.
 const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x02];
@@ -30,12 +36,10 @@ const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x02];
 const HOST_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// Largest frame the probe's receive buffers take (2048 minus the virtio-net header).
 const RX_MAX_FRAME: u64 = 1514;
-/// Why QEMU is not a peer here.
-const QEMU_REASON: &str = "QEMU boots the probe guest (through its PVH entry, see `spry-bench \
-    compare`), but the probe's virtio driver only drives spry's virtio-mmio devices (version \
-    2, VendorID \"SPRY\"); QEMU's microvm offers legacy version-1 devices of vendor \"QEMU\" \
-    (the probe reports `virtio-mmio: FAIL 0xfeb00e00: magic 0x74726976 version 1 vendor \
-    0x554d4551`), so the block and network benchmarks run spry alone on PVM hosts";
+/// The lines the probe prints after its timed part (also with probe.quiet=1).
+const BLK_DONE: &str = "probe: blkbench done ";
+const TX_DONE: &str = "probe: netbench done ";
+const RX_DONE: &str = "probe: netbench rx done ";
 
 fn mac_text(mac: [u8; 6]) -> String {
     mac.iter()
@@ -44,91 +48,249 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// Feeds a running guest (the receive benchmark) and returns when it started.
-type Feed<'a> = &'a dyn Fn(&mut Measured) -> Result<u64, DeviceError>;
+/// The probe's line after its timed part: `<prefix><count> ... [in <ns> ns (kvmclock...)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Done {
+    /// Requests (frames) done.
+    count: u64,
+    /// kvmclock from the first request to the last (rx: the first frame to the last);
+    /// `None` from a probe without kvmclock.
+    ns: Option<u64>,
+}
 
-/// One spry run of the probe in `mode` with `words` on its command line.
+fn parse_done(text: &str, prefix: &str) -> Option<Done> {
+    let rest = text.strip_prefix(prefix)?;
+    let count = rest.split_whitespace().next()?.parse().ok()?;
+    let ns = rest
+        .split_once(" in ")
+        .and_then(|(_, t)| t.split_once(" ns"))
+        .and_then(|(n, _)| n.parse().ok());
+    Some(Done { count, ns })
+}
+
+/// The requests' time from the probe's clock, ms. The receive side is timed from the
+/// first frame to the last, `count - 1` intervals, so it is scaled to `count`.
+fn clock_ms(done: Done, rx: bool) -> Option<f64> {
+    let ms = done.ns? as f64 / 1e6;
+    Some(if rx && done.count > 1 {
+        ms * done.count as f64 / (done.count - 1) as f64
+    } else {
+        ms
+    })
+}
+
+/// Which VMM runs the probe.
+enum Engine {
+    Spry,
+    Qemu { qemu: Qemu, net: NetBackend },
+}
+
+/// A VMM under test.
+struct System {
+    name: String,
+    engine: Engine,
+}
+
+/// The probe's devices in one case.
+#[derive(Clone, Copy)]
+struct Devices<'a> {
+    /// The disk and whether it is read-only.
+    disk: Option<(&'a Path, bool)>,
+    tap: Option<&'a str>,
+}
+
+/// The systems that run, and the peers that cannot (with the reason).
+type Lineup = (Vec<System>, Vec<(String, String)>);
+
+/// spry and, if asked for and able to run the probe, QEMU (and QEMU with vhost-net);
+/// with the peers that cannot run and why.
+fn lineup(args: &DeviceArgs, guest: &Guest, net: bool) -> Result<Lineup, DeviceError> {
+    let mut systems = Vec::new();
+    let mut peers = Vec::new();
+    if args.wants("spry") {
+        systems.push(System {
+            name: "spry".into(),
+            engine: Engine::Spry,
+        });
+    }
+    if args.wants("qemu") {
+        let binary = args.qemu.clone().or_else(|| find_qemu(&args.qemu_accel));
+        let qemu = |binary: &PathBuf| {
+            Qemu::new(binary.clone(), guest.clone(), TIMEOUT).with_accel(&args.qemu_accel)
+        };
+        let mut backends = vec![NetBackend::Tap];
+        if net && args.qemu_vhost {
+            match qemu_args::vhost_unavailable() {
+                Some(why) => peers.push((NetBackend::Vhost.system_name().to_owned(), why)),
+                None => backends.push(NetBackend::Vhost),
+            }
+        }
+        match binary {
+            None => peers.push((
+                "QEMU".into(),
+                "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
+                 package qemu-system-x86)"
+                    .into(),
+            )),
+            // The boot check: through PVH, every check passed.
+            Some(binary) => match qemu(&binary).check() {
+                Err(reason) => peers.push(("QEMU".into(), reason)),
+                Ok(()) => systems.extend(backends.into_iter().map(|net| System {
+                    name: net.system_name().to_owned(),
+                    engine: Engine::Qemu {
+                        qemu: qemu(&binary),
+                        net,
+                    },
+                })),
+            },
+        }
+    }
+    if systems.is_empty() {
+        return Err(DeviceError::NoSystem(args.systems.join(",")));
+    }
+    Ok((systems, peers))
+}
+
+/// Feeds a running guest (the receive benchmark).
+type Feed<'a> = &'a dyn Fn(&mut Measured) -> Result<(), DeviceError>;
+
+/// Runs of the probe in one case.
 struct ProbeRun<'a> {
-    env: &'a Env,
+    /// The spry binary.
+    spry: &'a Path,
     guest: &'a Guest,
     dir: &'a Path,
-    drives: serde_json::Value,
-    nets: serde_json::Value,
+    devices: Devices<'a>,
 }
 
 impl ProbeRun<'_> {
+    fn command(
+        &self,
+        system: &System,
+        boot_args: &str,
+        mode: &str,
+    ) -> Result<Command, DeviceError> {
+        match &system.engine {
+            Engine::Spry => {
+                let drives = match self.devices.disk {
+                    // Writeback, as QEMU's cache=writeback (see qemu_args::block_args).
+                    Some((path, read_only)) => serde_json::json!([{
+                        "drive_id": "bench",
+                        "path_on_host": path,
+                        "is_root_device": false,
+                        "is_read_only": read_only,
+                        "cache_type": "Writeback",
+                    }]),
+                    None => serde_json::json!([]),
+                };
+                let nets = match self.devices.tap {
+                    Some(tap) => serde_json::json!([{
+                        "iface_id": "eth0",
+                        "guest_mac": mac_text(GUEST_MAC),
+                        "host_dev_name": tap,
+                    }]),
+                    None => serde_json::json!([]),
+                };
+                let config = self.dir.join(format!("{mode}.json"));
+                write_json(&config, &vm_config(self.guest, boot_args, drives, nets)).map_err(
+                    |source| DeviceError::Run {
+                        what: "writing the spry config".into(),
+                        source,
+                    },
+                )?;
+                Ok(vmm_command(Vmm::Spry, self.spry, &config))
+            }
+            Engine::Qemu { qemu, net } => {
+                let mut extra = qemu_args::common_args();
+                if let Some((path, read_only)) = self.devices.disk {
+                    extra.extend(qemu_args::block_args(path, read_only));
+                }
+                if let Some(tap) = self.devices.tap {
+                    extra.extend(qemu_args::net_args(tap, &mac_text(GUEST_MAC), *net));
+                }
+                Ok(qemu.command_with(boot_args, &extra))
+            }
+        }
+    }
+
+    /// One boot of the probe in `mode` with `words`, timed by its `done` line.
     fn run(
         &self,
+        system: &System,
         what: &str,
         mode: &'static str,
         words: &str,
-        marks: usize,
+        done: &'static str,
         feed: Option<Feed<'_>>,
     ) -> Result<Run, DeviceError> {
-        let args = format!("{DEVICE_ARGS} probe.mode={mode} {words}");
-        let config = self.dir.join(format!("{mode}.json"));
+        let boot_args = format!("{DEVICE_ARGS} probe.mode={mode} {words}");
+        let what = format!("{what} on {}", system.name);
         let err = |source: SystemError| DeviceError::Run {
-            what: what.to_owned(),
+            what: what.clone(),
             source,
         };
-        write_json(
-            &config,
-            &vm_config(self.guest, &args, self.drives.clone(), self.nets.clone()),
-        )
-        .map_err(err)?;
-        let mut process = Measured::spawn(vmm_command(Vmm::Spry, &self.env.spry, &config), false)
+        let mut process = Measured::spawn(self.command(system, &boot_args, mode)?, false)
             .map_err(|e| err(e.into()))?;
-        let mut stamps = Vec::new();
-        let mut fed_at = None;
+        let rx = feed.is_some();
         if let Some(feed) = feed {
-            // Wait for the transmit part's end mark, then for the receive-ready line.
-            self.wait_marks(&mut process, &mut stamps, marks - 1, mode, what)?;
-            fed_at = Some(feed(&mut process)?);
+            feed(&mut process)?;
         }
-        self.wait_marks(&mut process, &mut stamps, marks, mode, what)?;
-        let threads = procfs::thread_cpu_ns(process.pid());
+        let finished = process.wait_for(done, TIMEOUT, |l| parse_done(&l.text, done));
+        let finished = match finished {
+            Ok((finished, _)) => finished,
+            Err(e) => return Err(self.explain(&process, mode, &what, e.into())),
+        };
+        // Right after the timed part: the thread split of the CPU (the process total
+        // comes from wait4 below).
+        let mut threads = procfs::thread_cpu_ns(process.pid());
+        if let Engine::Qemu {
+            net: NetBackend::Vhost,
+            ..
+        } = system.engine
+        {
+            // A kernel thread outside QEMU's thread group on kernels before 6.4.
+            let ns = procfs::vhost_kthread_ns(process.pid());
+            if ns > 0 {
+                threads.push(("vhost kernel thread".into(), ns));
+            }
+        }
         let exit = process.wait_exit(TIMEOUT).map_err(|e| err(e.into()))?;
         if let Some(line) = process.lines.iter().find(|l| l.text.contains(": FAIL")) {
             return Err(DeviceError::GuestFailed {
-                what: what.to_owned(),
+                what,
                 line: line.text.clone(),
             });
         }
-        crate::systems::check_exit("spry", &exit, &process).map_err(err)?;
-        let end = stamps[marks - 1];
-        let start = fed_at.unwrap_or(stamps[marks - 2]);
+        check_exit(&system.name, &exit, &process).map_err(err)?;
+        // spry's stamps: boot, first request, last request (rx: then the last frame).
+        let stamps: Vec<u64> = process
+            .lines
+            .iter()
+            .filter_map(|l| parse_boot_timer(&l.text)?.monotonic_us)
+            .collect();
+        let stamp_ms = (!rx && stamps.len() >= 3).then(|| ms_between(stamps[1], stamps[2]));
+        let elapsed_ms =
+            clock_ms(finished, rx)
+                .or(stamp_ms)
+                .ok_or_else(|| DeviceError::GuestFailed {
+                    what: what.clone(),
+                    line: format!(
+                    "the probe printed no kvmclock time (no KVM_FEATURE_CLOCKSOURCE2 in CPUID?) \
+                     and {} logs no boot-timer stamps",
+                    system.name
+                ),
+                })?;
+        let vhost_us = threads
+            .iter()
+            .filter(|(n, _)| n == "vhost kernel thread")
+            .map(|(_, ns)| ns / 1000)
+            .sum::<u64>();
         Ok(Run {
-            elapsed_ms: ms_between(start, end),
-            cpu_us: exit.user_us + exit.system_us,
+            elapsed_ms,
+            cpu_us: exit.user_us + exit.system_us + vhost_us,
             threads,
+            stamp_ms,
         })
-    }
-
-    /// Collects boot-timer stamps until there are `count`.
-    fn wait_marks(
-        &self,
-        process: &mut Measured,
-        stamps: &mut Vec<u64>,
-        count: usize,
-        mode: &'static str,
-        what: &str,
-    ) -> Result<(), DeviceError> {
-        while stamps.len() < count {
-            let seen = stamps.len();
-            let mut index = 0;
-            let found = process.wait_for("a boot-timer stamp", TIMEOUT, |l| {
-                let stamp = parse_boot_timer(&l.text)?.monotonic_us?;
-                index += 1;
-                (index > seen).then_some(stamp)
-            });
-            match found {
-                Ok((stamp, _)) => stamps.push(stamp),
-                Err(e) => {
-                    return Err(self.explain(process, mode, what, e.into()));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn explain(
@@ -162,27 +324,29 @@ impl ProbeRun<'_> {
     }
 }
 
+fn total_steps(args: &DeviceArgs, systems: usize) -> usize {
+    args.ops.len() * args.sizes.len() * systems * (args.runs * 2 + 1)
+}
+
 /// Runs the block benchmark.
 pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, DeviceError> {
     let dir = env.scratch_dir("block")?;
     let disk = dir.join("disk.img");
     make_disk(&disk)?;
+    let (systems, peers) = lineup(args, &guest, false)?;
+    let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
     let mut cases = Vec::new();
-    let total = args.ops.len() * args.sizes.len() * (args.runs * 2 + 1);
-    let mut progress = Progress::new("block", total);
+    let mut progress = Progress::new("block", total_steps(args, systems.len()));
     for op in &args.ops {
         let op: &'static str = if op == "write" { "write" } else { "read" };
         let probe = ProbeRun {
-            env,
+            spry: &env.spry,
             guest: &guest,
             dir: &dir,
-            drives: serde_json::json!([{
-                "drive_id": "bench",
-                "path_on_host": disk,
-                "is_root_device": false,
-                "is_read_only": op == "read",
-            }]),
-            nets: serde_json::json!([]),
+            devices: Devices {
+                disk: Some((&disk, op == "read")),
+                tap: None,
+            },
         };
         for &size in &args.sizes {
             let case = Case {
@@ -194,32 +358,24 @@ pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport,
                 format!("probe.bench_op={op} probe.bench_size={size} probe.bench_reqs={n}")
             };
             let what = format!("blkbench {op} {}", size_label(size));
-            let mut result = CaseResult {
-                system: "spry".into(),
-                subtract_baseline_time: false,
-                case,
-                runs: Vec::new(),
-                baseline: Vec::new(),
+            let run = |i: usize, n: u64| {
+                probe.run(&systems[i], &what, "blkbench", &words(n), BLK_DONE, None)
             };
-            progress.step(&what, true);
-            probe.run(&what, "blkbench", &words(args.requests), 3, None)?;
-            for _ in 0..args.runs {
-                progress.step(&format!("{what} baseline"), false);
-                result
-                    .baseline
-                    .push(probe.run(&what, "blkbench", &words(0), 3, None)?);
-                progress.step(&what, false);
-                result
-                    .runs
-                    .push(probe.run(&what, "blkbench", &words(args.requests), 3, None)?);
-            }
-            cases.push(result);
+            cases.extend(alternate(
+                &names,
+                &case,
+                args.runs,
+                false,
+                &mut progress,
+                &run,
+            )?);
         }
     }
     progress.done();
+    cases.sort_by_key(|c| c.system != "spry");
     Ok(DeviceReport {
         device: Device::Block,
-        peers: vec![("QEMU".into(), QEMU_REASON.to_owned())],
+        peers,
         guest,
         cases,
         skipped: Vec::new(),
@@ -264,23 +420,20 @@ impl Drop for TapGuard {
 pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, DeviceError> {
     let dir = env.scratch_dir("net")?;
     let tap = TapGuard::create(&format!("sbt{}", std::process::id() % 100_000))?;
+    let (systems, peers) = lineup(args, &guest, true)?;
+    let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
     let probe = ProbeRun {
-        env,
+        spry: &env.spry,
         guest: &guest,
         dir: &dir,
-        drives: serde_json::json!([]),
-        nets: serde_json::json!([{
-            "iface_id": "eth0",
-            "guest_mac": mac_text(GUEST_MAC),
-            "host_dev_name": tap.0,
-        }]),
+        devices: Devices {
+            disk: None,
+            tap: Some(&tap.0),
+        },
     };
     let mut cases = Vec::new();
     let mut skipped = Vec::new();
-    let mut progress = Progress::new(
-        "net",
-        args.ops.len() * args.sizes.len() * (args.runs * 2 + 1),
-    );
+    let mut progress = Progress::new("net", total_steps(args, systems.len()));
     for op in &args.ops {
         let rx = op == "rx";
         let op: &'static str = if rx { "rx" } else { "tx" };
@@ -310,60 +463,57 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
             let feed = |count: u64| {
                 let sender = sender.as_ref();
                 let tap = &tap;
-                move |p: &mut Measured| -> Result<u64, DeviceError> {
+                move |p: &mut Measured| -> Result<(), DeviceError> {
                     let ready = "probe: netbench rx ready";
                     p.wait_for(ready, TIMEOUT, |l| l.text.starts_with(ready).then_some(()))
                         .map_err(|e| DeviceError::Run {
                             what: "netbench rx".into(),
                             source: e.into(),
                         })?;
-                    let started = monotonic_us();
                     if let Some(sender) = sender {
                         send_paced(sender, tap, count, size)?;
                     }
-                    Ok(started)
+                    Ok(())
                 }
             };
-            let run_one = |count: u64| -> Result<Run, DeviceError> {
+            let notes = RefCell::new(Vec::new());
+            let run = |i: usize, count: u64| -> Result<Run, DeviceError> {
+                let system = &systems[i];
                 if rx && count > 0 {
                     let f = feed(count);
-                    probe.run(&what, "netbench", &words(count), 4, Some(&f))
-                } else {
-                    probe.run(&what, "netbench", &words(count), 3, None)
+                    return probe.run(system, &what, "netbench", &words(count), RX_DONE, Some(&f));
                 }
-            };
-            let mut result = CaseResult {
-                system: "spry".into(),
-                subtract_baseline_time: false,
-                case: Case {
-                    op,
-                    size,
-                    requests: n,
-                },
-                runs: Vec::new(),
-                baseline: Vec::new(),
-            };
-            progress.step(&what, true);
-            run_one(n)?;
-            for _ in 0..args.runs {
-                progress.step(&format!("{what} baseline"), false);
-                result.baseline.push(run_one(0)?);
-                progress.step(&what, false);
                 let before = tap.counter("rx_packets");
-                result.runs.push(run_one(n)?);
+                let run = probe.run(system, &what, "netbench", &words(count), TX_DONE, None)?;
                 let delivered = tap.counter("rx_packets").saturating_sub(before);
-                if !rx && delivered < n {
-                    progress.note(&format!(
-                        "{what}: the host saw {delivered} of {n} frames on {}",
-                        tap.0
+                if delivered < count {
+                    notes.borrow_mut().push(format!(
+                        "{what} on {}: the host saw {delivered} of {count} frames on {}",
+                        system.name, tap.0
                     ));
                 }
+                Ok(run)
+            };
+            let case = Case {
+                op,
+                size,
+                requests: n,
+            };
+            cases.extend(alternate(
+                &names,
+                &case,
+                args.runs,
+                false,
+                &mut progress,
+                &run,
+            )?);
+            for note in notes.take() {
+                progress.note(&note);
             }
-            cases.push(result);
         }
     }
     progress.done();
-    let peers = vec![("QEMU".to_owned(), QEMU_REASON.to_owned())];
+    cases.sort_by_key(|c| c.system != "spry");
     Ok(DeviceReport {
         device: Device::Net,
         guest,
@@ -401,4 +551,107 @@ fn send_paced(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_done_lines_with_and_without_the_guest_clock() {
+        assert_eq!(
+            parse_done(
+                "probe: blkbench done 2000 requests 4096 bytes in 86333424 ns (kvmclock)",
+                BLK_DONE
+            ),
+            Some(Done {
+                count: 2000,
+                ns: Some(86_333_424)
+            })
+        );
+        assert_eq!(
+            parse_done("probe: netbench done 0 frames 64 bytes", TX_DONE),
+            Some(Done { count: 0, ns: None })
+        );
+        let rx = parse_done(
+            "probe: netbench rx done 1000 frames 64000 bytes in 9990000 ns (kvmclock, frame 1 to \
+             1000)",
+            RX_DONE,
+        );
+        assert_eq!(
+            rx,
+            Some(Done {
+                count: 1000,
+                ns: Some(9_990_000)
+            })
+        );
+        assert_eq!(
+            parse_done("probe: netbench rx done 5 frames", TX_DONE),
+            None
+        );
+        assert_eq!(parse_done("probe: blkbench done x", BLK_DONE), None);
+    }
+
+    #[test]
+    fn test_receive_time_is_scaled_from_intervals_to_frames() {
+        let done = Done {
+            count: 1000,
+            ns: Some(9_990_000),
+        };
+        // 999 intervals in 9.99 ms: 10 µs each, 10 ms for 1000 frames.
+        assert!((clock_ms(done, true).unwrap() - 10.0).abs() < 1e-9);
+        assert!((clock_ms(done, false).unwrap() - 9.99).abs() < 1e-9);
+        assert_eq!(clock_ms(Done { count: 3, ns: None }, false), None);
+    }
+
+    fn args_of(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn test_qemu_gets_the_same_disk_and_tap_as_modern_virtio_mmio_devices() {
+        let guest = Guest::probe(Path::new("/b"), 128, String::new());
+        let qemu = System {
+            name: "QEMU".into(),
+            engine: Engine::Qemu {
+                qemu: Qemu::new("qemu".into(), guest.clone(), TIMEOUT),
+                net: NetBackend::Tap,
+            },
+        };
+        let disk = Path::new("/tmp/d.img");
+        let probe = ProbeRun {
+            spry: Path::new("/spry"),
+            guest: &guest,
+            dir: Path::new("/nonexistent"),
+            devices: Devices {
+                disk: Some((disk, false)),
+                tap: Some("sbt7"),
+            },
+        };
+        let cmd = probe
+            .command(&qemu, "console=ttyS0 probe.mode=blkbench", "blkbench")
+            .unwrap();
+        let args = args_of(&cmd);
+        let at = |v: &str| args.iter().position(|a| a == v);
+        let modern = at("virtio-mmio.force-legacy=false").unwrap();
+        let drive = at("id=d0,file=/tmp/d.img,format=raw,if=none,cache=writeback").unwrap();
+        let netdev = at("tap,id=n0,ifname=sbt7,script=no,downscript=no,vhost=off").unwrap();
+        let append = at("-append").unwrap();
+        assert!(
+            modern < drive && drive < netdev && netdev < append,
+            "{args:?}"
+        );
+        assert!(args.contains(
+            &"virtio-net-device,netdev=n0,mac=06:00:00:00:00:02,bus=virtio-mmio-bus.0".to_owned()
+        ));
+        assert_eq!(args[append + 1], "console=ttyS0 probe.mode=blkbench");
+        assert_eq!(cmd.get_program(), "qemu");
+    }
+
+    #[test]
+    fn test_mac_text() {
+        assert_eq!(mac_text(GUEST_MAC), "06:00:00:00:00:02");
+    }
 }

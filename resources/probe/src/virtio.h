@@ -93,6 +93,7 @@ struct vdev {
 	u32 irq;                /* GSI = IOAPIC pin */
 	u32 type;               /* VIRTIO_ID_* */
 	u32 unit;               /* N of blkN / netN */
+	u32 vendor;             /* VendorID: any; spry's is SPRY_VENDOR_ID */
 	char name[8];
 	u64 offered, acked;
 	u8 event_idx;
@@ -125,7 +126,9 @@ struct vdev *virtio_find(u32 type, u32 unit);
  * returns 0. */
 int vdev_init(struct vdev *d, u64 want, u32 nq, u16 qsize, int chk);
 void vdev_reset(struct vdev *d);
-void vdev_irq(struct vdev *d, int on);  /* route (1) or mask (0) the device's IOAPIC pin */
+/* route (1) or mask (0) the device's IOAPIC pin; routing it acknowledges
+ * InterruptStatus bits left from polling (see virtio.c) */
+void vdev_irq(struct vdev *d, int on);
 
 /* avail ring: add a chain head, then kick (notify unless suppressed) */
 static inline __attribute__((always_inline)) void vq_add(struct vq *q, u16 head)
