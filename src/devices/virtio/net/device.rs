@@ -127,6 +127,12 @@ pub struct Net {
     active: Option<Active>,
     /// The backend may have frames (edge-triggered: cleared only on EAGAIN).
     pub(super) backend_readable: bool,
+    /// Receiving cannot progress until the guest acts (no buffers, or no active
+    /// queue): the event loop then stops watching the backend, which would otherwise
+    /// wake it for every frame that queues up.
+    pub(super) rx_stalled: bool,
+    /// Whether the event loop watches the backend fd right now.
+    pub(super) backend_watched: bool,
     errors: GuestErrorLog,
     /// Traffic counters.
     pub counters: NetCounters,
@@ -230,6 +236,8 @@ impl Net {
             interrupt,
             active: None,
             backend_readable: true,
+            rx_stalled: false,
+            backend_watched: false,
             errors: GuestErrorLog::default(),
             counters: NetCounters::default(),
         })
@@ -285,9 +293,15 @@ impl Net {
     /// Moves frames from the backend into guest receive buffers while both have some.
     pub fn process_rx(&mut self) {
         let Some(active) = self.active.as_ref() else {
+            self.rx_stalled = true;
             return;
         };
-        if active.broken || !self.backend_readable {
+        if active.broken {
+            self.rx_stalled = true;
+            return;
+        }
+        if !self.backend_readable {
+            self.rx_stalled = false;
             return;
         }
         let acked = active.acked_features;
@@ -307,12 +321,19 @@ impl Net {
                     }
                     match pending(&a.rx, &a.mem) {
                         Ok(now) if now > seen => continue,
-                        Ok(_) => break Ok(()),
+                        Ok(_) => {
+                            self.rx_stalled = true;
+                            break Ok(());
+                        }
                         Err(e) => break Err(e),
                     }
                 }
-                Ok(RxStop::BackendEmpty) => break Ok(()),
+                Ok(RxStop::BackendEmpty) => {
+                    self.rx_stalled = false;
+                    break Ok(());
+                }
                 Ok(RxStop::Budget) => {
+                    self.rx_stalled = false;
                     let _ = self.rx_evt.write(1);
                     break Ok(());
                 }
@@ -320,6 +341,7 @@ impl Net {
             }
         };
         if let Err(e) = result {
+            self.rx_stalled = true;
             self.fail_queue(&e);
             return;
         }

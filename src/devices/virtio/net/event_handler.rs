@@ -14,13 +14,6 @@ impl MutEventSubscriber for Net {
         let events = [
             Events::with_data(&self.rx_evt, RX_QUEUE, EventSet::IN),
             Events::with_data(&self.tx_evt, TX_QUEUE, EventSet::IN),
-            // Edge-triggered: frames wait in the tap while the guest has no buffers,
-            // without waking the loop again and again.
-            Events::with_data_raw(
-                self.backend_fd(),
-                BACKEND,
-                EventSet::IN | EventSet::EDGE_TRIGGERED,
-            ),
         ];
         for e in events {
             if let Err(err) = ops.add(e) {
@@ -30,9 +23,12 @@ impl MutEventSubscriber for Net {
                 );
             }
         }
+        // Until the driver is ready, frames wait in the tap; activation kicks the RX
+        // queue event, which starts watching it.
+        self.rx_stalled = true;
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             RX_QUEUE => {
                 let _ = self.rx_evt.read();
@@ -47,6 +43,37 @@ impl MutEventSubscriber for Net {
                 self.process_rx();
             }
             _ => {}
+        }
+        self.watch_backend_while_receiving(ops);
+    }
+}
+
+impl Net {
+    /// Watches the backend only while receiving can progress. Edge-triggered, so a
+    /// watched backend wakes the loop once per burst; unwatched while the guest has
+    /// no buffers, so frames wait in the tap without waking it at all. Re-adding an
+    /// fd with data already queued reports it at once.
+    fn watch_backend_while_receiving(&mut self, ops: &mut EventOps) {
+        let want = !self.rx_stalled;
+        if want == self.backend_watched {
+            return;
+        }
+        let event = Events::with_data_raw(
+            self.backend_fd(),
+            BACKEND,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        );
+        let result = if want {
+            ops.add(event)
+        } else {
+            ops.remove(event)
+        };
+        match result {
+            Ok(()) => self.backend_watched = want,
+            Err(err) => log::error!(
+                "virtio-net {}: cannot (un)watch the tap: {err:?}",
+                self.id()
+            ),
         }
     }
 }

@@ -282,3 +282,42 @@ fn test_reset_drops_queues() {
     r.net.process_tx();
     assert!(used(&r.tx).is_empty());
 }
+
+#[test]
+fn test_frames_waiting_for_buffers_do_not_wake_the_event_loop() {
+    use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+
+    let mem = default_mem();
+    let r = rig(&mem, 0);
+    let (host, rx) = (r.host, r.rx);
+    let net = Arc::new(Mutex::new(r.net));
+    let mut event_loop: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
+        EventManager::new().unwrap();
+    event_loop.add_subscriber(net.clone());
+    // Activation kicked the RX queue: the loop looks once, finds no buffers.
+    host.send(&frame(30, 1)).unwrap();
+    while event_loop.run_with_timeout(20).unwrap() > 0 {}
+    assert!(!net.lock().unwrap().backend_watched);
+
+    for seed in 2..6 {
+        host.send(&frame(30, seed)).unwrap();
+    }
+    assert_eq!(
+        event_loop.run_with_timeout(20).unwrap(),
+        0,
+        "a queued frame woke the loop"
+    );
+
+    add_chains(
+        &rx,
+        0,
+        &[&[Desc::w(BUF, 2048)], &[Desc::w(BUF + 0x1000, 2048)]],
+    );
+    net.lock().unwrap().rx_evt.write(1).unwrap();
+    while event_loop.run_with_timeout(20).unwrap() > 0 {}
+    assert_eq!(used(&rx).len(), 2);
+    let mut got = vec![0u8; 42];
+    mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert_eq!(got[VNET_HDR_LEN..], frame(30, 1)[VNET_HDR_LEN..]);
+}
