@@ -70,23 +70,45 @@ pub fn drain<F>(
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
 {
+    drain_batched(queue, mem, budget, |chains| {
+        chains.into_iter().map(&mut serve).collect()
+    })
+}
+
+/// Like [`drain`], but hands `serve` every chain available at once (so it can merge
+/// their work); `serve` returns one used length per chain, in order.
+pub fn drain_batched<F>(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    budget: usize,
+    mut serve: F,
+) -> Result<Drained, QueueError>
+where
+    F: FnMut(Vec<DescriptorChain<&GuestMemory>>) -> Vec<u32>,
+{
     let mut completed = 0;
     loop {
         queue.disable_notification(mem).map_err(ring)?;
-        while pending(queue, mem)? > 0 {
-            if completed == budget {
-                return Ok(Drained {
-                    completed,
-                    more: true,
-                });
+        let mut chains = Vec::new();
+        while completed + chains.len() < budget && pending(queue, mem)? > 0 {
+            match queue.iter(mem).map_err(ring)?.next() {
+                Some(chain) => chains.push(chain),
+                None => break,
             }
-            let Some(chain) = queue.iter(mem).map_err(ring)?.next() else {
-                break;
-            };
-            let head = chain.head_index();
-            let used = serve(chain);
-            queue.add_used(mem, head, used).map_err(ring)?;
-            completed += 1;
+        }
+        if !chains.is_empty() {
+            let heads: Vec<u16> = chains.iter().map(DescriptorChain::head_index).collect();
+            let used = serve(chains);
+            for (head, len) in heads.iter().zip(used) {
+                queue.add_used(mem, *head, len).map_err(ring)?;
+            }
+            completed += heads.len();
+        }
+        if completed == budget && pending(queue, mem)? > 0 {
+            return Ok(Drained {
+                completed,
+                more: true,
+            });
         }
         if !queue.enable_notification(mem).map_err(ring)? {
             return Ok(Drained {
@@ -153,6 +175,39 @@ mod tests {
                 more: false
             }
         );
+    }
+
+    #[test]
+    fn test_batched_drain_hands_over_every_pending_chain_at_once() {
+        let mem = default_mem();
+        let (vq, mut q) = driver_queue(&mem, 16);
+        add_chains(
+            &vq,
+            0,
+            &[
+                &[Desc::w(0x10000, 8)],
+                &[Desc::w(0x20000, 8)],
+                &[Desc::w(0x30000, 8)],
+            ],
+        );
+        let mut batches = Vec::new();
+        let drained = drain_batched(&mut q, &mem, 64, |chains| {
+            batches.push(chains.len());
+            chains
+                .iter()
+                .map(|c| u32::from(c.head_index()) + 100)
+                .collect()
+        })
+        .unwrap();
+        assert_eq!(
+            drained,
+            Drained {
+                completed: 3,
+                more: false
+            }
+        );
+        assert_eq!(batches, vec![3]);
+        assert_eq!(vq.used().ring().ref_at(2).unwrap().load().len(), 102);
     }
 
     #[test]

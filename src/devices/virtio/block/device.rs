@@ -8,10 +8,10 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{self, Completion, Disk, RequestError};
+use super::request::{self, Completion, Disk, Request, RequestError};
 use crate::config::CacheType;
-use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment};
-use crate::devices::virtio::queue::drain;
+use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment, MAX_SEGMENTS};
+use crate::devices::virtio::queue::drain_batched;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX,
     F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
@@ -164,8 +164,8 @@ impl Block {
         let name = &self.name;
         let mem = &active.mem;
         let counters = &mut self.counters;
-        let result = drain(&mut active.queue, mem, BUDGET, |chain| {
-            serve_chain(mem, &disk, chain, errors, name, counters)
+        let result = drain_batched(&mut active.queue, mem, BUDGET, |chains| {
+            serve_batch(mem, &disk, chains, errors, name, counters)
         });
         match result {
             Ok(drained) => {
@@ -189,16 +189,121 @@ impl Block {
     }
 }
 
-/// Serves one chain and returns its used length. A malformed chain still gets
-/// IOERR in its last writable byte when that byte is inside guest memory.
-fn serve_chain(
+/// A chain on its way through a batch.
+enum Pending {
+    /// Parsed and checked; its work is still to do.
+    Ready {
+        buffers: ChainBuffers,
+        request: Request,
+    },
+    /// Already answered: its used length.
+    Done(u32),
+}
+
+/// Serves every chain of one batch and returns their used lengths, in order.
+/// Consecutive reads (or writes) of adjacent sectors share one `preadv`/`pwritev`,
+/// the way a disk scheduler merges a guest's sequential I/O.
+fn serve_batch(
+    mem: &GuestMemory,
+    disk: &Disk<'_>,
+    chains: Vec<DescriptorChain<&GuestMemory>>,
+    errors: &GuestErrorLog,
+    name: &str,
+    counters: &mut BlockCounters,
+) -> Vec<u32> {
+    let pending: Vec<Pending> = chains
+        .into_iter()
+        .map(|chain| parse_chain(mem, disk, chain, errors, name, counters))
+        .collect();
+    let mut used = vec![0u32; pending.len()];
+    let mut i = 0;
+    while i < pending.len() {
+        let end = mergeable_run(&pending, i);
+        if end - i > 1 && run_merged(mem, disk, &pending[i..end]) {
+            for (slot, p) in used[i..end].iter_mut().zip(&pending[i..end]) {
+                if let Pending::Ready { buffers, request } = p {
+                    *slot = complete(
+                        mem,
+                        buffers,
+                        request,
+                        Ok(request.completion()),
+                        errors,
+                        name,
+                        counters,
+                    );
+                }
+            }
+        } else {
+            for (slot, p) in used[i..end].iter_mut().zip(&pending[i..end]) {
+                *slot = match p {
+                    Pending::Done(len) => *len,
+                    Pending::Ready { buffers, request } => {
+                        let result = request.run(mem, disk, buffers);
+                        complete(mem, buffers, request, result, errors, name, counters)
+                    }
+                };
+            }
+        }
+        i = end;
+    }
+    used
+}
+
+/// End (exclusive) of the run of requests starting at `start` that one system call
+/// can serve: same direction, each starting where the previous ended, within the
+/// kernel's iovec limit. A run of one when nothing merges.
+fn mergeable_run(pending: &[Pending], start: usize) -> usize {
+    fn transfer(p: &Pending) -> Option<(u64, &[Segment], bool)> {
+        match p {
+            Pending::Ready { request, .. } => request.transfer(),
+            Pending::Done(_) => None,
+        }
+    }
+    let Some((offset, data, write)) = transfer(&pending[start]) else {
+        return start + 1;
+    };
+    let mut next_offset = offset + total_len(data) as u64;
+    let mut segments = data.len();
+    let mut end = start + 1;
+    while let Some((o, d, w)) = pending.get(end).and_then(transfer) {
+        if w != write || o != next_offset || segments + d.len() > MAX_SEGMENTS {
+            break;
+        }
+        next_offset += total_len(d) as u64;
+        segments += d.len();
+        end += 1;
+    }
+    end
+}
+
+/// Runs a mergeable run in one transfer; `false` if it failed (the caller then runs
+/// each request alone, so each gets its own status).
+fn run_merged(mem: &GuestMemory, disk: &Disk<'_>, run: &[Pending]) -> bool {
+    let mut offset = None;
+    let mut write = false;
+    let mut segments: Vec<Segment> = Vec::new();
+    for p in run {
+        if let Pending::Ready { request, .. } = p {
+            if let Some((o, d, w)) = request.transfer() {
+                offset.get_or_insert(o);
+                write = w;
+                segments.extend_from_slice(d);
+            }
+        }
+    }
+    offset.is_some_and(|o| request::transfer_merged(mem, disk, o, &segments, write).is_ok())
+}
+
+/// Parses one chain. A malformed chain is answered at once, still with IOERR in its
+/// last writable byte when that byte is inside guest memory.
+fn parse_chain(
     mem: &GuestMemory,
     disk: &Disk<'_>,
     chain: DescriptorChain<&GuestMemory>,
     errors: &GuestErrorLog,
     name: &str,
     counters: &mut BlockCounters,
-) -> u32 {
+) -> Pending {
     counters.requests += 1;
     let fallback = chain.clone();
     let buffers = match ChainBuffers::from_chain(chain, mem) {
@@ -206,10 +311,28 @@ fn serve_chain(
         Err(e) => {
             counters.errors += 1;
             errors.report(name, format_args!("bad request chain: {e}"));
-            return write_status_to_last_writable(mem, fallback);
+            return Pending::Done(write_status_to_last_writable(mem, fallback));
         }
     };
-    match request::execute(mem, disk, &buffers) {
+    match Request::parse(mem, disk, &buffers) {
+        Ok(request) => Pending::Ready { buffers, request },
+        Err((e, status_at)) => {
+            Pending::Done(fail(mem, &buffers, status_at, &e, errors, name, counters))
+        }
+    }
+}
+
+/// Writes the status byte of a finished request and returns its used length.
+fn complete(
+    mem: &GuestMemory,
+    buffers: &ChainBuffers,
+    request: &Request,
+    result: Result<Completion, RequestError>,
+    errors: &GuestErrorLog,
+    name: &str,
+    counters: &mut BlockCounters,
+) -> u32 {
+    match result {
         Ok(Completion {
             status,
             used_len,
@@ -221,24 +344,33 @@ fn serve_chain(
                 request::Moved::Flushed => counters.flushes += 1,
                 request::Moved::Nothing => {}
             }
-            // `execute` succeeded, so there is at least the status byte.
-            let status_at = total_len(&buffers.writable) - 1;
-            match write_at(mem, &buffers.writable, status_at, &[status]) {
+            match write_at(mem, &buffers.writable, request.status_at, &[status]) {
                 Ok(()) => used_len,
                 Err(_) => 0,
             }
         }
-        Err((e, status_at)) => {
-            counters.errors += 1;
-            report_request_error(errors, name, &e);
-            if matches!(e, RequestError::NoStatus) {
-                return 0;
-            }
-            match write_at(mem, &buffers.writable, status_at, &[request::status::IOERR]) {
-                Ok(()) => 1,
-                Err(_) => 0,
-            }
-        }
+        Err(e) => fail(mem, buffers, request.status_at, &e, errors, name, counters),
+    }
+}
+
+/// Answers a failed request with IOERR (or nothing, without a status byte).
+fn fail(
+    mem: &GuestMemory,
+    buffers: &ChainBuffers,
+    status_at: usize,
+    e: &RequestError,
+    errors: &GuestErrorLog,
+    name: &str,
+    counters: &mut BlockCounters,
+) -> u32 {
+    counters.errors += 1;
+    report_request_error(errors, name, e);
+    if matches!(e, RequestError::NoStatus) {
+        return 0;
+    }
+    match write_at(mem, &buffers.writable, status_at, &[request::status::IOERR]) {
+        Ok(()) => 1,
+        Err(_) => 0,
     }
 }
 

@@ -197,74 +197,166 @@ fn transfer_all(
     Ok(())
 }
 
-/// Executes the request whose buffers are `buffers`; the status byte is the last
-/// writable byte.
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read the disk at `offset` into `data`.
+    Read {
+        /// Byte offset in the backing file.
+        offset: u64,
+        /// Guest buffers, in order.
+        data: Vec<Segment>,
+    },
+    /// Write `data` to the disk at `offset`.
+    Write {
+        /// Byte offset in the backing file.
+        offset: u64,
+        /// Guest buffers, in order.
+        data: Vec<Segment>,
+    },
+    /// Make earlier writes durable.
+    Flush,
+    /// Return the drive id.
+    GetId,
+    /// A type spry does not implement.
+    Unsupported,
+}
+
+/// A checked request: what to do, and where its status byte goes (an offset into
+/// the chain's writable buffers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The operation.
+    pub op: Op,
+    /// Offset of the status byte in the writable buffers.
+    pub status_at: usize,
+}
+
+impl Request {
+    /// Parses the request in `buffers` and checks it against `disk` (layout, range,
+    /// read-only). On error, the status byte's offset comes with it when known.
+    pub fn parse(
+        mem: &GuestMemory,
+        disk: &Disk<'_>,
+        buffers: &ChainBuffers,
+    ) -> Result<Request, (RequestError, usize)> {
+        let writable_len = total_len(&buffers.writable);
+        let status_at = writable_len
+            .checked_sub(1)
+            .ok_or((RequestError::NoStatus, 0))?;
+        let fail = |e: RequestError| (e, status_at);
+
+        let mut header = [0u8; HEADER_LEN];
+        read_prefix(mem, &buffers.readable, &mut header).map_err(|e| fail(e.into()))?;
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        let readable_data = total_len(&buffers.readable) - HEADER_LEN;
+        let op = match kind {
+            kind::IN => {
+                if readable_data != 0 {
+                    return Err(fail(RequestError::ReadableData));
+                }
+                let offset = check_range(disk, sector, status_at).map_err(fail)?;
+                let data =
+                    sub_segments(&buffers.writable, 0, status_at).map_err(|e| fail(e.into()))?;
+                Op::Read { offset, data }
+            }
+            kind::OUT => {
+                if disk.read_only {
+                    return Err(fail(RequestError::ReadOnly));
+                }
+                let offset = check_range(disk, sector, readable_data).map_err(fail)?;
+                let data = sub_segments(&buffers.readable, HEADER_LEN, readable_data)
+                    .map_err(|e| fail(e.into()))?;
+                Op::Write { offset, data }
+            }
+            kind::FLUSH => Op::Flush,
+            kind::GET_ID => Op::GetId,
+            _ => Op::Unsupported,
+        };
+        Ok(Request { op, status_at })
+    }
+
+    /// The file range and buffers of a read or write: (offset, buffers, is a write).
+    pub fn transfer(&self) -> Option<(u64, &[Segment], bool)> {
+        match &self.op {
+            Op::Read { offset, data } => Some((*offset, data, false)),
+            Op::Write { offset, data } => Some((*offset, data, true)),
+            _ => None,
+        }
+    }
+
+    /// The completion of this request once its work succeeded.
+    pub fn completion(&self) -> Completion {
+        let ok = |data: usize, moved: Moved| Completion {
+            status: status::OK,
+            used_len: u32::try_from(data + 1).unwrap_or(u32::MAX),
+            moved,
+        };
+        match &self.op {
+            Op::Read { data, .. } => ok(total_len(data), Moved::Read(total_len(data))),
+            Op::Write { data, .. } => ok(0, Moved::Written(total_len(data))),
+            Op::Flush => ok(0, Moved::Flushed),
+            Op::GetId => ok(self.status_at.min(ID_LEN), Moved::Nothing),
+            Op::Unsupported => Completion {
+                status: status::UNSUPP,
+                used_len: 1,
+                moved: Moved::Nothing,
+            },
+        }
+    }
+
+    /// Does the request's work on its own.
+    pub fn run(
+        &self,
+        mem: &GuestMemory,
+        disk: &Disk<'_>,
+        buffers: &ChainBuffers,
+    ) -> Result<Completion, RequestError> {
+        match &self.op {
+            Op::Read { offset, data } | Op::Write { offset, data } => {
+                let write = matches!(self.op, Op::Write { .. });
+                transfer_all(disk.file, host_iovecs(mem, data)?, *offset, write)?;
+            }
+            Op::Flush => {
+                if disk.cache == CacheType::Writeback {
+                    disk.file.sync_data().map_err(RequestError::Io)?;
+                }
+            }
+            Op::GetId => {
+                let mut id = [0u8; ID_LEN];
+                let n = disk.id.len().min(ID_LEN);
+                id[..n].copy_from_slice(&disk.id[..n]);
+                let room = self.status_at.min(ID_LEN);
+                crate::devices::virtio::iovec::write_at(mem, &buffers.writable, 0, &id[..room])?;
+            }
+            Op::Unsupported => {}
+        }
+        Ok(self.completion())
+    }
+}
+
+/// Executes the request whose buffers are `buffers` on its own; the status byte is
+/// the last writable byte.
 pub fn execute(
     mem: &GuestMemory,
     disk: &Disk<'_>,
     buffers: &ChainBuffers,
 ) -> Result<Completion, (RequestError, usize)> {
-    let writable_len = total_len(&buffers.writable);
-    let status_at = writable_len
-        .checked_sub(1)
-        .ok_or((RequestError::NoStatus, 0))?;
-    let fail = |e: RequestError| (e, status_at);
+    let request = Request::parse(mem, disk, buffers)?;
+    request
+        .run(mem, disk, buffers)
+        .map_err(|e| (e, request.status_at))
+}
 
-    let mut header = [0u8; HEADER_LEN];
-    read_prefix(mem, &buffers.readable, &mut header).map_err(|e| fail(e.into()))?;
-    let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
-    let readable_data = total_len(&buffers.readable) - HEADER_LEN;
-
-    let ok = |data: usize, moved: Moved| Completion {
-        status: status::OK,
-        used_len: u32::try_from(data + 1).unwrap_or(u32::MAX),
-        moved,
-    };
-    match kind {
-        kind::IN => {
-            if readable_data != 0 {
-                return Err(fail(RequestError::ReadableData));
-            }
-            let offset = check_range(disk, sector, status_at).map_err(fail)?;
-            let data: Vec<Segment> =
-                sub_segments(&buffers.writable, 0, status_at).map_err(|e| fail(e.into()))?;
-            let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
-            transfer_all(disk.file, iovecs, offset, false).map_err(fail)?;
-            Ok(ok(status_at, Moved::Read(status_at)))
-        }
-        kind::OUT => {
-            if disk.read_only {
-                return Err(fail(RequestError::ReadOnly));
-            }
-            let offset = check_range(disk, sector, readable_data).map_err(fail)?;
-            let data = sub_segments(&buffers.readable, HEADER_LEN, readable_data)
-                .map_err(|e| fail(e.into()))?;
-            let iovecs = host_iovecs(mem, &data).map_err(|e| fail(e.into()))?;
-            transfer_all(disk.file, iovecs, offset, true).map_err(fail)?;
-            Ok(ok(0, Moved::Written(readable_data)))
-        }
-        kind::FLUSH => {
-            if disk.cache == CacheType::Writeback {
-                disk.file
-                    .sync_data()
-                    .map_err(|e| fail(RequestError::Io(e)))?;
-            }
-            Ok(ok(0, Moved::Flushed))
-        }
-        kind::GET_ID => {
-            let mut id = [0u8; ID_LEN];
-            let n = disk.id.len().min(ID_LEN);
-            id[..n].copy_from_slice(&disk.id[..n]);
-            let room = status_at.min(ID_LEN);
-            crate::devices::virtio::iovec::write_at(mem, &buffers.writable, 0, &id[..room])
-                .map_err(|e| fail(e.into()))?;
-            Ok(ok(room, Moved::Nothing))
-        }
-        _ => Ok(Completion {
-            status: status::UNSUPP,
-            used_len: 1,
-            moved: Moved::Nothing,
-        }),
-    }
+/// Moves the payload of several requests that cover one contiguous file range in
+/// one direction with a single `preadv`/`pwritev`.
+pub fn transfer_merged(
+    mem: &GuestMemory,
+    disk: &Disk<'_>,
+    offset: u64,
+    segments: &[Segment],
+    write: bool,
+) -> Result<(), RequestError> {
+    transfer_all(disk.file, host_iovecs(mem, segments)?, offset, write)
 }

@@ -433,3 +433,162 @@ fn test_request_with_no_writable_byte_completes_with_used_zero() {
     let (_, used) = serve(&mut r, &[&[Desc::r(HDR, 16), Desc::w(STATUS, 0)]]);
     assert_eq!(used, vec![(0, 0)]);
 }
+
+/// Writes a request header for chain `n` at its own address (HDR + n * 0x100).
+fn header_at(mem: &GuestMemory, n: u64, kind: u32, sector: u64) -> u64 {
+    let at = HDR + n * 0x100;
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&kind.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    mem.write_slice(&h, GuestAddress(at)).unwrap();
+    at
+}
+
+/// Status byte of chain `n` (STATUS + n).
+fn status_of(mem: &GuestMemory, n: u64) -> u8 {
+    mem.read_obj(GuestAddress(STATUS + n)).unwrap()
+}
+
+#[test]
+fn test_adjacent_writes_in_one_batch_all_land() {
+    let mut r = rig(false, CacheType::Unsafe);
+    let chains: Vec<Vec<Desc>> = (0..3u64)
+        .map(|n| {
+            let hdr = header_at(&r.mem, n, kind::OUT, 10 + n);
+            let data = DATA + n * 0x1000;
+            r.mem
+                .write_slice(&[0x10 + n as u8; 512], GuestAddress(data))
+                .unwrap();
+            vec![Desc::r(hdr, 16), Desc::r(data, 512), Desc::w(STATUS + n, 1)]
+        })
+        .collect();
+    let refs: Vec<&[Desc]> = chains.iter().map(Vec::as_slice).collect();
+    let (_, used) = serve(&mut r, &refs);
+    assert_eq!(used, vec![(0, 1), (3, 1), (6, 1)]);
+    assert_eq!(
+        (0..3).map(|n| status_of(&r.mem, n)).collect::<Vec<_>>(),
+        vec![status::OK; 3]
+    );
+    let bytes = file_bytes(&r);
+    for n in 0..3usize {
+        assert_eq!(
+            bytes[(10 + n) * 512..(11 + n) * 512],
+            [0x10 + n as u8; 512],
+            "sector {}",
+            10 + n
+        );
+    }
+    assert_eq!(
+        bytes[13 * 512..14 * 512],
+        disk_pattern()[13 * 512..14 * 512]
+    );
+    assert_eq!(r.block.counters.write_bytes, 3 * 512);
+}
+
+#[test]
+fn test_adjacent_reads_in_one_batch_fill_each_buffer() {
+    let mut r = rig(false, CacheType::Unsafe);
+    let chains: Vec<Vec<Desc>> = (0..4u64)
+        .map(|n| {
+            let hdr = header_at(&r.mem, n, kind::IN, 20 + 2 * n);
+            vec![
+                Desc::r(hdr, 16),
+                Desc::w(DATA + n * 0x1000, 1024),
+                Desc::w(STATUS + n, 1),
+            ]
+        })
+        .collect();
+    let refs: Vec<&[Desc]> = chains.iter().map(Vec::as_slice).collect();
+    let (_, used) = serve(&mut r, &refs);
+    assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), vec![1025; 4]);
+    for n in 0..4u64 {
+        let mut got = vec![0u8; 1024];
+        r.mem
+            .read_slice(&mut got, GuestAddress(DATA + n * 0x1000))
+            .unwrap();
+        let start = (20 + 2 * n as usize) * 512;
+        assert_eq!(got, disk_pattern()[start..start + 1024], "chain {n}");
+        assert_eq!(status_of(&r.mem, n), status::OK);
+    }
+}
+
+#[test]
+fn test_out_of_range_request_in_a_run_fails_alone() {
+    let mut r = rig(false, CacheType::Unsafe);
+    let sectors = [0u64, 1, DISK_SECTORS, 2];
+    let chains: Vec<Vec<Desc>> = (0..4u64)
+        .map(|n| {
+            let hdr = header_at(&r.mem, n, kind::IN, sectors[n as usize]);
+            vec![
+                Desc::r(hdr, 16),
+                Desc::w(DATA + n * 0x1000, 512),
+                Desc::w(STATUS + n, 1),
+            ]
+        })
+        .collect();
+    let refs: Vec<&[Desc]> = chains.iter().map(Vec::as_slice).collect();
+    serve(&mut r, &refs);
+    let statuses: Vec<u8> = (0..4).map(|n| status_of(&r.mem, n)).collect();
+    assert_eq!(
+        statuses,
+        vec![status::OK, status::OK, status::IOERR, status::OK]
+    );
+}
+
+#[test]
+fn test_writes_around_a_flush_keep_their_order_and_data() {
+    let mut r = rig(false, CacheType::Writeback);
+    let h0 = header_at(&r.mem, 0, kind::OUT, 5);
+    let h1 = header_at(&r.mem, 1, kind::FLUSH, 0);
+    let h2 = header_at(&r.mem, 2, kind::OUT, 5);
+    r.mem.write_slice(&[0xaa; 512], GuestAddress(DATA)).unwrap();
+    r.mem
+        .write_slice(&[0xbb; 512], GuestAddress(DATA + 0x1000))
+        .unwrap();
+    serve(
+        &mut r,
+        &[
+            &[Desc::r(h0, 16), Desc::r(DATA, 512), Desc::w(STATUS, 1)],
+            &[Desc::r(h1, 16), Desc::w(STATUS + 1, 1)],
+            &[
+                Desc::r(h2, 16),
+                Desc::r(DATA + 0x1000, 512),
+                Desc::w(STATUS + 2, 1),
+            ],
+        ],
+    );
+    assert_eq!(
+        (0..3).map(|n| status_of(&r.mem, n)).collect::<Vec<_>>(),
+        vec![status::OK; 3]
+    );
+    assert_eq!(file_bytes(&r)[5 * 512..6 * 512], [0xbb; 512]);
+}
+
+#[test]
+fn test_failed_merged_write_gives_each_request_its_own_ioerr() {
+    let mut r = rig(false, CacheType::Unsafe);
+    // A backing file the host cannot write: every pwritev fails (EBADF).
+    r.block.replace_backing(
+        r.file.as_path().to_owned(),
+        std::fs::File::open(r.file.as_path()).unwrap(),
+        DISK_SECTORS,
+    );
+    let chains: Vec<Vec<Desc>> = (0..3u64)
+        .map(|n| {
+            let hdr = header_at(&r.mem, n, kind::OUT, n);
+            vec![
+                Desc::r(hdr, 16),
+                Desc::r(DATA + n * 0x1000, 512),
+                Desc::w(STATUS + n, 1),
+            ]
+        })
+        .collect();
+    let refs: Vec<&[Desc]> = chains.iter().map(Vec::as_slice).collect();
+    serve(&mut r, &refs);
+    assert_eq!(
+        (0..3).map(|n| status_of(&r.mem, n)).collect::<Vec<_>>(),
+        vec![status::IOERR; 3]
+    );
+    assert_eq!(file_bytes(&r), disk_pattern());
+    assert_eq!(r.block.counters.errors, 3);
+}
