@@ -14,7 +14,7 @@ use crate::config::CacheType;
 use crate::devices::virtio::test_utils::{
     add_chains, counting_interrupt, default_mem, driver_queue, Desc, IrqCounter,
 };
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{VirtioDevice, INT_CONFIG_CHANGE};
 use crate::vstate::memory::GuestMemory;
 
 const HDR: u64 = 0x10_0000;
@@ -29,6 +29,7 @@ struct Rig {
     file: TempFile,
     block: Block,
     irq: IrqCounter,
+    interrupt: std::sync::Arc<crate::devices::virtio::Interrupt>,
 }
 
 fn disk_pattern() -> Vec<u8> {
@@ -54,7 +55,7 @@ fn rig(read_only: bool, cache: CacheType) -> Rig {
             read_only,
             cache,
         },
-        interrupt,
+        interrupt.clone(),
     )
     .unwrap();
     Rig {
@@ -62,6 +63,7 @@ fn rig(read_only: bool, cache: CacheType) -> Rig {
         file,
         block,
         irq,
+        interrupt,
     }
 }
 
@@ -591,4 +593,34 @@ fn test_failed_merged_write_gives_each_request_its_own_ioerr() {
     );
     assert_eq!(file_bytes(&r), disk_pattern());
     assert_eq!(r.block.counters.errors, 3);
+}
+
+#[test]
+fn test_replaced_backing_shows_its_capacity_and_raises_a_config_change() {
+    let mut r = rig(false, CacheType::Unsafe);
+    let bigger = TempFile::new().unwrap();
+    bigger.as_file().write_all(&[0x5a; 256 * 512]).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(bigger.as_path())
+        .unwrap();
+
+    r.block
+        .replace_backing(bigger.as_path().to_owned(), file, 256);
+
+    let mut capacity = [0u8; 8];
+    r.block.read_config(0, &mut capacity);
+    assert_eq!(u64::from_le_bytes(capacity), 256);
+    assert_eq!(r.irq.count(), 1);
+    assert_ne!(r.interrupt.status() & INT_CONFIG_CHANGE, 0);
+    header(&r.mem, kind::IN, 200);
+    serve(
+        &mut r,
+        &[&[Desc::r(HDR, 16), Desc::w(DATA, 512), Desc::w(STATUS, 1)]],
+    );
+    assert_eq!(status_byte(&r.mem), status::OK);
+    let mut got = [0u8; 512];
+    r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+    assert_eq!(got, [0x5a; 512]);
 }
