@@ -2,6 +2,7 @@
 #![allow(clippy::cast_possible_truncation)]
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -14,7 +15,7 @@ use crate::config::CacheType;
 use crate::devices::virtio::test_utils::{
     add_chains, counting_interrupt, default_mem, driver_queue, Desc, IrqCounter,
 };
-use crate::devices::virtio::{VirtioDevice, INT_CONFIG_CHANGE};
+use crate::devices::virtio::{Interrupt, VirtioDevice, INT_CONFIG_CHANGE};
 use crate::vstate::memory::GuestMemory;
 
 const HDR: u64 = 0x10_0000;
@@ -29,7 +30,7 @@ struct Rig {
     file: TempFile,
     block: Block,
     irq: IrqCounter,
-    interrupt: std::sync::Arc<crate::devices::virtio::Interrupt>,
+    interrupt: Arc<Interrupt>,
 }
 
 fn disk_pattern() -> Vec<u8> {
