@@ -286,13 +286,16 @@ pub struct MetricsConfig {
     pub metrics_path: PathBuf,
 }
 
-/// Parses `text` as a config, naming the offending field on error.
-pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// Parses `json` (one value, nothing after it) as a config section, naming the
+/// offending field on error ("." for the whole value).
+pub fn parse<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, (String, String)> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let field = e.path().to_string();
         (field, e.into_inner().to_string())
-    })
+    })?;
+    de.end().map_err(|e| (".".to_owned(), e.to_string()))?;
+    Ok(value)
 }
 
 impl VmConfig {
@@ -302,7 +305,7 @@ impl VmConfig {
             path: path.to_owned(),
             source,
         })?;
-        parse(&text).map_err(|(field, message)| ConfigError::Parse {
+        parse(text.as_bytes()).map_err(|(field, message)| ConfigError::Parse {
             path: path.to_owned(),
             field,
             message,
@@ -315,7 +318,16 @@ mod tests {
     use super::*;
 
     fn parse_config(text: &str) -> Result<VmConfig, (String, String)> {
-        parse(text)
+        parse(text.as_bytes())
+    }
+
+    #[test]
+    fn test_text_after_the_config_is_an_error() {
+        let err =
+            parse_config(r#"{"boot-source": {"kernel_image_path": "/k"}} {"machine-config": {}}"#)
+                .unwrap_err();
+        assert_eq!(err.0, ".");
+        assert!(err.1.contains("trailing characters"), "{err:?}");
     }
 
     #[test]

@@ -329,3 +329,12 @@ fn test_same_tap_twice_is_refused() {
         "{out}"
     );
 }
+
+#[test]
+fn test_text_after_the_json_is_refused() {
+    let line = refused(&format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}}} {{"machine-config": {{"vcpu_count": 2}}}}"#,
+        kernel()
+    ));
+    assert!(line.contains("trailing characters"), "{line}");
+}

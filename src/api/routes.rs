@@ -217,18 +217,13 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> 
 
 /// Decodes a JSON body, naming the offending field.
 fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        let message = e.into_inner().to_string();
+    crate::config::parse(body).map_err(|(field, message)| {
         RequestError::Json(if field == "." {
             message
         } else {
             format!("{field}: {message}")
         })
-    })?;
-    de.end().map_err(|e| RequestError::Json(e.to_string()))?;
-    Ok(value)
+    })
 }
 
 /// The path's id, checked as Firecracker checks it.
