@@ -376,7 +376,9 @@ impl Net {
             if *delivered == BUDGET {
                 return Ok(RxStop::Budget);
             }
-            let start = a.rx.next_avail();
+            // Where this frame's chains begin: rewinds go back here, never before a
+            // chain already completed.
+            let mut start = a.rx.next_avail();
             let mut chains: Vec<(u16, Vec<Segment>)> = Vec::new();
             let mut capacity = 0usize;
             let mut segments = 0usize;
@@ -408,6 +410,7 @@ impl Net {
                         );
                         a.rx.add_used(&a.mem, head, 0)
                             .map_err(|e| QueueError::Ring(e.to_string()))?;
+                        start = a.rx.next_avail();
                         continue;
                     }
                 }

@@ -264,6 +264,25 @@ fn test_readable_receive_buffer_is_returned_empty() {
 }
 
 #[test]
+fn test_frames_after_a_bad_receive_chain_each_get_their_own_buffer() {
+    let mem = default_mem();
+    let mut r = rig(&mem, 0);
+    r.host.send(&frame(20, 0)).unwrap();
+    r.host.send(&frame(20, 1)).unwrap();
+    add_chains(
+        &r.rx,
+        0,
+        &[
+            &[Desc::r(BUF, 2048)],
+            &[Desc::w(BUF + 0x1000, 2048)],
+            &[Desc::w(BUF + 0x2000, 2048)],
+        ],
+    );
+    r.net.process_rx();
+    assert_eq!(used(&r.rx), vec![(0, 0), (1, 32), (2, 32)]);
+}
+
+#[test]
 fn test_avail_index_far_ahead_breaks_the_queue() {
     let mem = default_mem();
     let mut r = rig(&mem, 0);
