@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
+use crate::devices::virtio::iovec::ChainError;
 use crate::vstate::memory::GuestMemory;
 
 /// A queue the driver broke; the device must stop using it until reset.
@@ -29,10 +30,19 @@ pub enum QueueError {
     /// A ring could not be read or written.
     #[error("ring access failed: {0}")]
     Ring(String),
+    /// Buffers a chain already passed checks for no longer map to guest memory.
+    #[error("{0}")]
+    Buffers(#[from] ChainError),
+}
+
+impl From<virtio_queue::Error> for QueueError {
+    fn from(e: virtio_queue::Error) -> QueueError {
+        QueueError::Ring(e.to_string())
+    }
 }
 
 fn ring(e: virtio_queue::Error) -> QueueError {
-    QueueError::Ring(e.to_string())
+    e.into()
 }
 
 /// Chains waiting in the available ring, refusing an index no valid driver produces.

@@ -314,9 +314,10 @@ impl Request {
         buffers: &ChainBuffers,
     ) -> Result<Completion, RequestError> {
         match &self.op {
-            Op::Read { offset, data } | Op::Write { offset, data } => {
-                let write = matches!(self.op, Op::Write { .. });
-                transfer_all(disk.file, host_iovecs(mem, data)?, *offset, write)?;
+            Op::Read { .. } | Op::Write { .. } => {
+                if let Some((offset, data, write)) = self.transfer() {
+                    transfer_merged(mem, disk, offset, data, write)?;
+                }
             }
             Op::Flush => {
                 if disk.cache == CacheType::Writeback {
@@ -334,19 +335,6 @@ impl Request {
         }
         Ok(self.completion())
     }
-}
-
-/// Executes the request whose buffers are `buffers` on its own; the status byte is
-/// the last writable byte.
-pub fn execute(
-    mem: &GuestMemory,
-    disk: &Disk<'_>,
-    buffers: &ChainBuffers,
-) -> Result<Completion, (RequestError, usize)> {
-    let request = Request::parse(mem, disk, buffers)?;
-    request
-        .run(mem, disk, buffers)
-        .map_err(|e| (e, request.status_at))
 }
 
 /// Moves the payload of several requests that cover one contiguous file range in

@@ -5,7 +5,7 @@ use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
@@ -317,7 +317,7 @@ impl Net {
                         break Ok(());
                     };
                     if let Err(e) = a.rx.enable_notification(&a.mem) {
-                        break Err(QueueError::Ring(e.to_string()));
+                        break Err(e.into());
                     }
                     match pending(&a.rx, &a.mem) {
                         Ok(now) if now > seen => continue,
@@ -370,8 +370,7 @@ impl Net {
         let Some(a) = self.active.as_mut() else {
             return Ok(RxStop::BackendEmpty);
         };
-        a.rx.disable_notification(&a.mem)
-            .map_err(|e| QueueError::Ring(e.to_string()))?;
+        a.rx.disable_notification(&a.mem)?;
         loop {
             if *delivered == BUDGET {
                 return Ok(RxStop::Budget);
@@ -401,15 +400,14 @@ impl Net {
                         if !chains.is_empty() {
                             // Keep the order of used entries: give this chain back and
                             // fill the frame with what we have.
-                            a.rx.set_next_avail(a.rx.next_avail().wrapping_sub(1));
+                            a.rx.go_to_previous_position();
                             break;
                         }
                         self.errors.report(
                             &self.name,
                             format_args!("receive chain {head} is not a device-writable buffer"),
                         );
-                        a.rx.add_used(&a.mem, head, 0)
-                            .map_err(|e| QueueError::Ring(e.to_string()))?;
+                        a.rx.add_used(&a.mem, head, 0)?;
                         start = a.rx.next_avail();
                         continue;
                     }
@@ -430,7 +428,7 @@ impl Net {
                 ));
             }
             let all: Vec<Segment> = chains.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-            let iovecs = host_iovecs(&a.mem, &all).map_err(|e| QueueError::Ring(e.to_string()))?;
+            let iovecs = host_iovecs(&a.mem, &all)?;
             let n = match readv(fd, &iovecs) {
                 Ok(n) => n,
                 Err(e) => {
@@ -460,8 +458,7 @@ impl Net {
             // used entries publish the frame; the tap leaves those bytes alone.
             let _ = write_at(&a.mem, &chains[0].1, 10, &used_chains.to_le_bytes());
             for ((head, _), len) in chains.iter().zip(lengths) {
-                a.rx.add_used(&a.mem, *head, u32::try_from(len).unwrap_or(u32::MAX))
-                    .map_err(|e| QueueError::Ring(e.to_string()))?;
+                a.rx.add_used(&a.mem, *head, u32::try_from(len).unwrap_or(u32::MAX))?;
             }
             // Unused chains go back to the driver's side of the ring.
             a.rx.set_next_avail((Wrapping(start) + Wrapping(used_chains)).0);
@@ -480,14 +477,14 @@ impl Net {
         if a.broken {
             return;
         }
-        let mem = a.mem.clone();
+        let mem = &a.mem;
         let errors = &self.errors;
         let counters = &mut self.counters;
         let name = &self.name;
         let backend_name = self.backend.name();
-        let result = drain(&mut a.tx, &mem, BUDGET, |chain| {
+        let result = drain(&mut a.tx, mem, BUDGET, |chain| {
             let head = chain.head_index();
-            let frame = match ChainBuffers::from_chain(chain, &mem) {
+            let frame = match ChainBuffers::from_chain(chain, mem) {
                 Ok(b) if b.writable.is_empty() => b.readable,
                 Ok(_) => {
                     errors.report(
@@ -509,7 +506,7 @@ impl Net {
                 counters.tx_dropped += 1;
                 return 0;
             }
-            let sent = host_iovecs(&mem, &frame)
+            let sent = host_iovecs(mem, &frame)
                 .map_err(|e| std::io::Error::other(e.to_string()))
                 .and_then(|iov| writev(fd, &iov));
             match sent {
