@@ -9,7 +9,9 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, HIMEM_START, MMIO_GAP_START};
+use crate::arch::x86_64::layout::{
+    CMDLINE_ADDR, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, MMIO_GAP_START,
+};
 use crate::vstate::memory::GuestMemory;
 
 /// Errors while inspecting or loading boot images.
@@ -224,7 +226,8 @@ fn bzimage_header(head: &[u8]) -> Option<BzImageHeader> {
     })
 }
 
-/// `cmdline_size` exists from boot protocol 2.06; older kernels take 255 bytes.
+/// `cmdline_size` exists from boot protocol 2.06; older kernels take 255 bytes. A
+/// kernel claiming more still gets no more than fits below the MP table.
 fn bzimage_cmdline_capacity(hdr: &BzImageHeader) -> usize {
     let max_len = if hdr.version >= 0x0206 {
         hdr.cmdline_size
@@ -234,8 +237,11 @@ fn bzimage_cmdline_capacity(hdr: &BzImageHeader) -> usize {
     usize::try_from(max_len)
         .unwrap_or(usize::MAX)
         .saturating_add(1)
-        .min(1 << 20)
+        .min(CMDLINE_ROOM)
 }
+
+/// Bytes between the command line and the MP table in the EBDA.
+const CMDLINE_ROOM: usize = (EBDA_START - CMDLINE_ADDR) as usize;
 
 fn bzimage_is_probe(file: &mut File, hdr: &BzImageHeader) -> std::io::Result<bool> {
     if hdr.kernel_version == 0 {
@@ -445,6 +451,18 @@ mod tests {
         assert_eq!(kernel.format, KernelFormat::BzImage);
         assert_eq!(kernel.cmdline_capacity, 2048);
         assert!(!kernel.emulator_safe);
+    }
+
+    #[test]
+    fn test_huge_declared_cmdline_size_stops_below_the_mp_table() {
+        let mut image = vec![0u8; 0x1000];
+        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x238..0x23c].copy_from_slice(&u32::MAX.to_le_bytes());
+        let f = temp_file_with(&image);
+        let kernel = KernelImage::inspect(f.as_path()).unwrap();
+        assert_eq!(kernel.cmdline_capacity as u64, EBDA_START - CMDLINE_ADDR);
     }
 
     #[test]
