@@ -15,7 +15,7 @@ use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042, IRQ_MAX, IRQ_VIRTIO_FIRST,
-    VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
+    MAX_VIRTIO_DEVICES, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::{mptable, regs};
 use crate::devices::bus::{BusError, DeviceBuses};
@@ -126,7 +126,7 @@ pub enum BuildError {
         source: crate::devices::virtio::net::tap::TapError,
     },
     /// Too many devices for the MMIO window or interrupt pins.
-    #[error("no room for virtio device {0}: spry wires at most 19 devices")]
+    #[error("no room for virtio device {0}: spry wires at most {MAX_VIRTIO_DEVICES} devices")]
     NoDeviceSlot(String),
 }
 

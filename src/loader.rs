@@ -240,7 +240,9 @@ fn bzimage_cmdline_capacity(hdr: &BzImageHeader) -> usize {
         .min(CMDLINE_ROOM)
 }
 
-/// Bytes between the command line and the MP table in the EBDA.
+/// Bytes between the command line and the MP table in the EBDA (below 1 MiB, so it
+/// fits any `usize`).
+#[allow(clippy::cast_possible_truncation)]
 const CMDLINE_ROOM: usize = (EBDA_START - CMDLINE_ADDR) as usize;
 
 fn bzimage_is_probe(file: &mut File, hdr: &BzImageHeader) -> std::io::Result<bool> {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use linux_loader::cmdline::Cmdline;
 
+use crate::arch::x86_64::layout::MAX_VIRTIO_DEVICES;
 use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, VmConfig};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::tap;
@@ -196,9 +197,6 @@ pub enum ResourcesError {
     #[error("{0} virtio devices, more than the {MAX_VIRTIO_DEVICES} spry can wire to interrupts")]
     TooManyDevices(usize),
 }
-
-/// Most virtio devices (IRQs 5 to 23).
-pub const MAX_VIRTIO_DEVICES: usize = 19;
 
 /// A validated drive: the block device to build, and how the guest boots from it.
 #[derive(Debug)]

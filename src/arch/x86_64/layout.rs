@@ -57,6 +57,8 @@ pub const IRQ_COM1: u32 = 4;
 pub const IRQ_VIRTIO_FIRST: u32 = 5;
 /// Last IRQ the IOAPIC has a pin for.
 pub const IRQ_MAX: u32 = 23;
+/// Most virtio devices: one IRQ each, `IRQ_VIRTIO_FIRST..=IRQ_MAX`.
+pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX - IRQ_VIRTIO_FIRST + 1) as usize;
 
 /// Upper bound of RAM below the MMIO gap for a guest of `mem_size` bytes.
 pub fn low_ram_end(mem_size: u64) -> u64 {

@@ -84,7 +84,9 @@ pub fn build_mptable(cpus: u8, base: u64) -> Vec<u8> {
     }
     entries.extend_from_slice(&[ENTRY_LINTSRC, MP_EXTINT, 0, 0, ISA_BUS_ID, 0, 0, 0]);
     entries.extend_from_slice(&[ENTRY_LINTSRC, MP_NMI, 0, 0, ISA_BUS_ID, 0, 0xff, 1]);
-    let entry_count = u16::from(cpus) + 1 + 1 + 24 + 2;
+    // Processors, the bus, the IOAPIC, one interrupt source per pin, two local ones.
+    let pins = u16::try_from(IRQ_MAX + 1).unwrap_or(u16::MAX);
+    let entry_count = u16::from(cpus) + 1 + 1 + pins + 2;
 
     const FLOATING_LEN: usize = 16;
     const HEADER_LEN: usize = 44;
