@@ -10,7 +10,7 @@ use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{
-    CMDLINE_ADDR, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START, MMIO_GAP_START,
+    low_ram_end, CMDLINE_ADDR, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START,
 };
 use crate::vstate::memory::GuestMemory;
 
@@ -42,7 +42,7 @@ pub enum LoaderError {
     InitrdTooLarge {
         /// Initrd size.
         size: u64,
-        /// Highest address the initrd may reach.
+        /// Address the initrd must end below.
         limit: u64,
         /// Where the kernel image ends.
         kernel_end: u64,
@@ -335,14 +335,19 @@ pub fn initrd_address(
     kernel_end: u64,
     initrd_addr_max: Option<u32>,
 ) -> Option<u64> {
-    let limit = initrd_addr_max
+    let addr = initrd_limit(mem_size, initrd_addr_max).checked_sub(size)? & !(PAGE_SIZE - 1);
+    (addr >= kernel_end.next_multiple_of(PAGE_SIZE)).then_some(addr)
+}
+
+/// The address the initrd must end below: the kernel's `initrd_addr_max` (0 or
+/// absent: the boot protocol's default) and the end of low RAM.
+fn initrd_limit(mem_size: u64, initrd_addr_max: Option<u32>) -> u64 {
+    initrd_addr_max
         .map(u64::from)
         .filter(|&m| m != 0)
         .unwrap_or(DEFAULT_INITRD_ADDR_MAX)
         .saturating_add(1)
-        .min(mem_size.min(MMIO_GAP_START));
-    let addr = limit.checked_sub(size)? & !(PAGE_SIZE - 1);
-    (addr >= kernel_end.next_multiple_of(PAGE_SIZE)).then_some(addr)
+        .min(low_ram_end(mem_size))
 }
 
 /// Copies the initrd into guest memory at [`initrd_address`].
@@ -353,11 +358,10 @@ pub fn load_initrd(
 ) -> Result<LoadedInitrd, LoaderError> {
     let mem_size: u64 = mem.iter().map(|r| r.len()).sum();
     let addr_max = kernel.setup_header.map(|h| h.initrd_addr_max);
-    let limit = addr_max.map_or(DEFAULT_INITRD_ADDR_MAX, u64::from);
     let addr = initrd_address(mem_size, initrd.size, kernel.end, addr_max).ok_or(
         LoaderError::InitrdTooLarge {
             size: initrd.size,
-            limit,
+            limit: initrd_limit(mem_size, addr_max),
             kernel_end: kernel.end,
         },
     )?;

@@ -2,7 +2,7 @@
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
+use crate::arch::x86_64::layout::{high_ram_size, low_ram_end, MMIO_GAP_END};
 
 /// Guest memory as the VMM sees it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -27,10 +27,9 @@ pub enum MemoryError {
 /// The RAM ranges of a guest with `mem_size` bytes: everything below the MMIO gap
 /// first, the remainder from 4 GiB up.
 pub fn ram_ranges(mem_size: u64) -> Vec<(GuestAddress, u64)> {
-    let low = mem_size.min(MMIO_GAP_START);
-    let mut ranges = vec![(GuestAddress(0), low)];
-    if mem_size > MMIO_GAP_START {
-        ranges.push((GuestAddress(MMIO_GAP_END), mem_size - MMIO_GAP_START));
+    let mut ranges = vec![(GuestAddress(0), low_ram_end(mem_size))];
+    if high_ram_size(mem_size) > 0 {
+        ranges.push((GuestAddress(MMIO_GAP_END), high_ram_size(mem_size)));
     }
     ranges
 }

@@ -6,7 +6,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::{ByteValued, GuestAddress};
 
 use super::layout::{
-    EBDA_END, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_ADDR,
+    high_ram_size, low_ram_end, EBDA_END, EBDA_START, HIMEM_START, MMIO_GAP_END, ZERO_PAGE_ADDR,
 };
 use crate::vstate::memory::GuestMemory;
 
@@ -40,7 +40,7 @@ pub type E820Entry = (u64, u64, u32);
 /// [`crate::vstate::memory::ram_ranges`]: conventional memory, the MP table's EBDA,
 /// RAM from 1 MiB to the MMIO gap, and RAM above 4 GiB.
 pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
-    let low_end = mem_size.min(MMIO_GAP_START);
+    let low_end = low_ram_end(mem_size);
     let mut map = vec![
         (0, EBDA_START, E820_RAM),
         (EBDA_START, EBDA_END - EBDA_START, E820_RESERVED),
@@ -48,8 +48,8 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     if low_end > HIMEM_START {
         map.push((HIMEM_START, low_end - HIMEM_START, E820_RAM));
     }
-    if mem_size > MMIO_GAP_START {
-        map.push((MMIO_GAP_END, mem_size - MMIO_GAP_START, E820_RAM));
+    if high_ram_size(mem_size) > 0 {
+        map.push((MMIO_GAP_END, high_ram_size(mem_size), E820_RAM));
     }
     map
 }

@@ -64,3 +64,8 @@ pub const MAX_VIRTIO_DEVICES: usize = (IRQ_MAX - IRQ_VIRTIO_FIRST + 1) as usize;
 pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
+
+/// RAM a guest of `mem_size` bytes has from `MMIO_GAP_END` (4 GiB) up.
+pub fn high_ram_size(mem_size: u64) -> u64 {
+    mem_size.saturating_sub(MMIO_GAP_START)
+}
