@@ -230,7 +230,7 @@ pub fn build_and_start(
         exit,
         legacy.i8042,
         devices,
-        res,
+        res.config,
     );
     for vcpu in vcpus {
         vmm.add_vcpu(vcpu.start()?);

@@ -128,6 +128,7 @@ pub enum Launch {
 /// Runs one sandbox as `how` says and returns how it ended. The API socket serves
 /// before the VM exists, and its file is removed on every way out.
 pub fn launch(how: &Launch) -> Result<ExitReason, Error> {
+    exit::catch_stop_signals().map_err(Error::Signals)?;
     let (api_sock, config_file, instance_id) = match how {
         Launch::ConfigFile(path) => return run_config_file(path),
         Launch::Api {
@@ -136,7 +137,6 @@ pub fn launch(how: &Launch) -> Result<ExitReason, Error> {
             instance_id,
         } => (api_sock, config_file, instance_id),
     };
-    exit::catch_stop_signals().map_err(Error::Signals)?;
     let (listener, _socket_file) = api::socket::bind(api_sock)?;
     let (client, inbox) = api::channel::channel().map_err(Error::ApiChannel)?;
     api::server::start(listener, client)?;
@@ -190,19 +190,7 @@ fn run_booted(
 
 /// Boots the VM `config_path` describes with its console on stdin/stdout, and
 /// returns how it ended.
-pub fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
-    exit::catch_stop_signals().map_err(Error::Signals)?;
+fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
     let booted = boot_config_file(config_path)?;
     run_booted(booted, DEFAULT_INSTANCE_ID, None)
-}
-
-/// Boots `resources` with the console on stdin/stdout and runs until the VM stops.
-pub fn run(resources: VmResources) -> Result<ExitReason, Error> {
-    exit::catch_stop_signals().map_err(Error::Signals)?;
-    let vmm = builder::build_and_start(
-        resources,
-        Box::new(std::io::stdout()),
-        Some(libc::STDIN_FILENO),
-    )?;
-    run_booted(Booted { vmm, metrics: None }, DEFAULT_INSTANCE_ID, None)
 }

@@ -108,7 +108,7 @@ impl KernelImage {
         head.truncate(len);
 
         let (format, emulator_safe, cmdline_capacity) = if is_x86_64_elf(&head) {
-            let safe = elf_has_spry_note(&mut file).map_err(read_err)?;
+            let safe = elf_has_spry_note(&mut file, &head).map_err(read_err)?;
             (KernelFormat::Elf, safe, CMDLINE_MAX_SIZE)
         } else if let Some(hdr) = bzimage_header(&head) {
             let safe = bzimage_is_probe(&mut file, &hdr).map_err(read_err)?;
@@ -146,24 +146,32 @@ fn is_x86_64_elf(head: &[u8]) -> bool {
         && u16::from_le_bytes([head[18], head[19]]) == EM_X86_64
 }
 
-/// Scans the PT_NOTE segments of an ELF for spry's emulator-safe note.
-fn elf_has_spry_note(file: &mut File) -> std::io::Result<bool> {
+/// Scans the PT_NOTE segments of an ELF for spry's emulator-safe note. `head` is
+/// the start of the file (at least the 64-byte ELF header, checked by the caller);
+/// program headers inside it are not read again.
+fn elf_has_spry_note(file: &mut File, head: &[u8]) -> std::io::Result<bool> {
     const PT_NOTE: u32 = 4;
     const MAX_NOTES_BYTES: u64 = 1 << 20;
-    let mut ehdr = [0u8; 64];
-    file.seek(SeekFrom::Start(0))?;
-    file.read_exact(&mut ehdr)?;
-    let phoff = u64::from_le_bytes(ehdr[32..40].try_into().unwrap_or_default());
-    let phentsize = u64::from(u16::from_le_bytes([ehdr[54], ehdr[55]]));
-    let phnum = u64::from(u16::from_le_bytes([ehdr[56], ehdr[57]]));
-    if phentsize < 56 {
+    const PHDR_LEN: usize = 56;
+    let phoff = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16::from_le_bytes([head[54], head[55]]));
+    let phnum = u64::from(u16::from_le_bytes([head[56], head[57]]));
+    if phentsize < PHDR_LEN as u64 {
         return Ok(false);
     }
     for i in 0..phnum {
-        let mut phdr = [0u8; 56];
-        file.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
-        if file.read_exact(&mut phdr).is_err() {
-            return Ok(false);
+        let at = phoff.saturating_add(i * phentsize);
+        let mut phdr = [0u8; PHDR_LEN];
+        let cached = usize::try_from(at)
+            .ok()
+            .and_then(|at| head.get(at..at.checked_add(PHDR_LEN)?));
+        if let Some(bytes) = cached {
+            phdr.copy_from_slice(bytes);
+        } else {
+            file.seek(SeekFrom::Start(at))?;
+            if file.read_exact(&mut phdr).is_err() {
+                return Ok(false);
+            }
         }
         if u32::from_le_bytes(phdr[0..4].try_into().unwrap_or_default()) != PT_NOTE {
             continue;

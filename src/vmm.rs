@@ -8,12 +8,12 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::builder::EventLoop;
+use crate::config::VmConfig;
 use crate::devices::legacy::i8042::{I8042Error, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
-use crate::resources::VmResources;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
 use crate::vstate::vm::Vm;
@@ -45,14 +45,6 @@ pub enum VmmError {
 pub trait RunHook {
     /// Called after every batch of events the event loop dispatched.
     fn after_events(&mut self, vmm: &mut Vmm);
-}
-
-/// No work besides the devices.
-#[derive(Debug)]
-pub struct NoHook;
-
-impl RunHook for NoHook {
-    fn after_events(&mut self, _vmm: &mut Vmm) {}
 }
 
 /// Wakes the event loop when the VM must stop.
@@ -112,9 +104,11 @@ pub struct Vmm {
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
     devices: VirtioDevices,
-    vm: Vm,
-    guest_memory: GuestMemory,
-    resources: VmResources,
+    // Held, never read: the VM fd and the guest mapping must outlive the vCPU
+    // threads and the devices, whatever else keeps a handle.
+    _vm: Vm,
+    _guest_memory: GuestMemory,
+    config: VmConfig,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -135,7 +129,7 @@ impl Vmm {
         exit: Arc<ExitEvent>,
         i8042: Arc<Mutex<I8042>>,
         devices: VirtioDevices,
-        resources: VmResources,
+        config: VmConfig,
     ) -> Vmm {
         Vmm {
             vcpus: Vec::new(),
@@ -144,9 +138,9 @@ impl Vmm {
             exit,
             i8042,
             devices,
-            vm,
-            guest_memory,
-            resources,
+            _vm: vm,
+            _guest_memory: guest_memory,
+            config,
         }
     }
 
@@ -155,22 +149,13 @@ impl Vmm {
         self.vcpus.push(vcpu);
     }
 
-    /// The exit event; recording a reason on it stops [`Vmm::run`].
-    pub fn exit_event(&self) -> &Arc<ExitEvent> {
-        &self.exit
-    }
-
     /// Adds an event source to the event loop (the API wake-up, the metrics timer).
     pub fn add_subscriber(&mut self, subscriber: Arc<Mutex<dyn MutEventSubscriber + Send>>) {
         event_manager::SubscriberOps::add_subscriber(&mut self.event_loop, subscriber);
     }
 
-    /// Serves devices until something asks the VM to stop, then stops the vCPUs.
-    pub fn run(&mut self) -> Result<ExitReason, VmmError> {
-        self.run_with(&mut NoHook)
-    }
-
-    /// [`Vmm::run`], calling `hook` after each batch of events.
+    /// Serves devices until something asks the VM to stop, then stops the vCPUs;
+    /// calls `hook` after each batch of events.
     pub fn run_with(&mut self, hook: &mut dyn RunHook) -> Result<ExitReason, VmmError> {
         let reason = loop {
             if let Some(reason) = self.exit.reason() {
@@ -256,7 +241,7 @@ impl Vmm {
             vcpu.send(VcpuEvent::Finish);
         }
         for vcpu in &mut self.vcpus {
-            vcpu.finish();
+            vcpu.join();
         }
     }
 
@@ -273,18 +258,8 @@ impl Vmm {
         &self.devices
     }
 
-    /// The KVM VM.
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
-    /// The validated resources the VM was built from.
-    pub fn resources(&self) -> &VmResources {
-        &self.resources
-    }
-
-    /// Guest memory.
-    pub fn guest_memory(&self) -> &GuestMemory {
-        &self.guest_memory
+    /// The config the VM was built from (as `GET /vm/config` reports it).
+    pub fn config(&self) -> &VmConfig {
+        &self.config
     }
 }

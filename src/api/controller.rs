@@ -305,7 +305,7 @@ impl RuntimeController {
         }
         Ok(RuntimeController {
             instance_id,
-            config: vmm.resources().config.clone(),
+            config: vmm.config().clone(),
             inbox,
             metrics,
             metrics_due,

@@ -55,13 +55,6 @@ pub struct SocketFile {
     ino: u64,
 }
 
-impl SocketFile {
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
 impl Drop for SocketFile {
     fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)

@@ -6,7 +6,7 @@
 //! in the [`ExitEvent`] and returns.
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -307,7 +307,7 @@ impl Vcpu {
         responses: &Sender<VcpuResponse>,
     ) -> VcpuState {
         loop {
-            match events.recv_timeout(Duration::from_secs(3600)) {
+            match events.recv() {
                 Ok(VcpuEvent::Resume) => {
                     let _ = responses.send(VcpuResponse::Resumed);
                     return VcpuState::Running;
@@ -315,10 +315,7 @@ impl Vcpu {
                 Ok(VcpuEvent::Pause) => {
                     let _ = responses.send(VcpuResponse::Paused);
                 }
-                Ok(VcpuEvent::Finish) | Err(RecvTimeoutError::Disconnected) => {
-                    return VcpuState::Exited
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(VcpuEvent::Finish) | Err(_) => return VcpuState::Exited,
             }
         }
     }
@@ -489,6 +486,11 @@ impl VcpuHandle {
     /// Asks the thread to finish and waits for it.
     pub fn finish(&mut self) {
         self.send(VcpuEvent::Finish);
+        self.join();
+    }
+
+    /// Waits for the thread, once it was asked to finish.
+    pub fn join(&mut self) {
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 log::error!("vCPU {} thread panicked", self.index);
