@@ -1,8 +1,9 @@
 //! How a sandbox ends: the exit event vCPUs and devices kick, the reason they record,
 //! and the process exit code each reason maps to.
 
+use crate::sync::lock;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -145,7 +146,7 @@ impl ExitEvent {
 
     /// Records `reason` (unless one is recorded already) and wakes the event loop.
     pub fn request(&self, reason: ExitReason) {
-        let mut slot = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = lock(&self.reason);
         if slot.is_none() {
             *slot = Some(reason);
         }
@@ -157,7 +158,7 @@ impl ExitEvent {
 
     /// The recorded reason, if the VM must stop.
     pub fn reason(&self) -> Option<ExitReason> {
-        let slot = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = lock(&self.reason);
         slot.clone()
             .or_else(|| caught_signal().map(ExitReason::Signal))
     }

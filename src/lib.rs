@@ -16,6 +16,7 @@ pub mod logger;
 pub mod metrics;
 pub mod resources;
 pub mod sink;
+pub mod sync;
 pub mod terminal;
 pub mod vmm;
 pub mod vstate;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use crate::config::LoggerConfig;
+use crate::sync::lock;
 
 /// Errors while reconfiguring the logger.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,7 @@ pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
             path: path.clone(),
             source,
         })?;
-        *LOGGER.output.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+        *lock(&LOGGER.output) = Some(file);
     }
     if let Some(level) = config.level {
         log::set_max_level(level.0);
@@ -140,7 +141,7 @@ impl log::Log for Logger {
             return;
         }
         let line = self.format(record);
-        let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut output = lock(&self.output);
         let written = match output.as_mut() {
             Some(file) => file.write_all(line.as_bytes()),
             None => std::io::stderr().write_all(line.as_bytes()),

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -36,6 +36,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::config::MetricsConfig;
 use crate::devices::virtio::block::device::BlockCounters;
 use crate::devices::virtio::net::device::NetCounters;
+use crate::sync::lock;
 use crate::vmm::Vmm;
 
 /// How often metrics are written without being asked.
@@ -136,10 +137,6 @@ pub struct Snapshot {
     pub api: [u64; 2],
     /// Log lines lost.
     pub missed_logs: u64,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Snapshot {
@@ -367,6 +364,7 @@ impl MutEventSubscriber for FlushTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn snapshot(io_out: u64, drive_reads: u64) -> Snapshot {
         Snapshot {

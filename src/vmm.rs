@@ -14,6 +14,7 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
+use crate::sync::lock;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
 use crate::vstate::vm::Vm;
@@ -247,10 +248,7 @@ impl Vmm {
 
     /// Presses Ctrl-Alt-Del on the guest's keyboard.
     pub fn send_ctrl_alt_del(&self) -> Result<(), I8042Error> {
-        self.i8042
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .ctrl_alt_del()
+        lock(&self.i8042).ctrl_alt_del()
     }
 
     /// The virtio devices.

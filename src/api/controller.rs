@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -21,6 +21,7 @@ use crate::devices::legacy::i8042::I8042Error;
 use crate::logger::{self, LoggerError};
 use crate::metrics::{FlushTimer, MetricsError, MetricsSink, Snapshot};
 use crate::resources::{self, Boot, Machine, ResourcesError, VmResources};
+use crate::sync::lock;
 use crate::vmm::{RunHook, Vmm, VmmError};
 
 /// `app_name` in `GET /`.
@@ -269,10 +270,6 @@ fn merge_logger(current: Option<LoggerConfig>, update: LoggerConfig) -> LoggerCo
         show_log_origin: update.show_log_origin.or(current.show_log_origin),
         module: update.module.or(current.module),
     }
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Acts on the running VM: API requests and metrics, on the event-loop thread.

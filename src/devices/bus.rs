@@ -3,8 +3,9 @@
 //! Built once before the vCPUs start and shared read-only between them; each device
 //! sits behind its own mutex so vCPUs touching different devices never contend.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// A device reachable through guest port I/O or MMIO.
 pub trait BusDevice: Send {
@@ -90,10 +91,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .read(offset, data);
+                lock(device).read(offset, data);
                 true
             }
             None => false,
@@ -104,10 +102,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr, data.len()) {
             Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .write(offset, data);
+                lock(device).write(offset, data);
                 true
             }
             None => false,

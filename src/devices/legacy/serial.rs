@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vm_superio::serial::{Error as SerialError, SerialEvents};
@@ -12,6 +12,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::devices::bus::BusDevice;
+use crate::sync::lock;
 
 /// First port of COM1.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -178,7 +179,7 @@ impl SerialInput {
     }
 
     fn read_input(&mut self, ops: &mut EventOps) {
-        let mut device = self.device.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut device = lock(&self.device);
         let room = device.input_capacity();
         if room == 0 {
             drop(device);

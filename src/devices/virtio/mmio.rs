@@ -5,7 +5,7 @@
 //! loop. Queue notifications never reach this code on the fast path: each queue's
 //! QueueNotify write is an ioeventfd in KVM.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 
@@ -13,6 +13,7 @@ use super::{
     status, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1,
 };
 use crate::devices::bus::BusDevice;
+use crate::sync::lock;
 use crate::vstate::memory::GuestMemory;
 
 /// "virt".
@@ -120,7 +121,7 @@ impl MmioTransport {
         mem: GuestMemory,
     ) -> MmioTransport {
         let (device_type, avail_features, queue_max_sizes, errors) = {
-            let d = device.lock().unwrap_or_else(PoisonError::into_inner);
+            let d = lock(&device);
             (
                 d.device_type(),
                 d.avail_features(),
@@ -148,7 +149,7 @@ impl MmioTransport {
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
-        self.device.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.device)
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
