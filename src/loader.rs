@@ -9,6 +9,7 @@ use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::arch::x86_64::boot_params::{KERNEL_BOOT_FLAG_MAGIC, KERNEL_HDR_MAGIC};
 use crate::arch::x86_64::layout::{
     low_ram_end, CMDLINE_ADDR, CMDLINE_MAX_SIZE, EBDA_START, HIMEM_START,
 };
@@ -90,8 +91,6 @@ const SPRY_NOTE_DESC: &[u8] = b"emulator-safe";
 /// Prefix of a bzImage's `kernel_version` string that marks the probe guest.
 const PROBE_VERSION_PREFIX: &[u8] = b"spry-probe";
 
-const BZIMAGE_MAGIC: u32 = 0x5372_6448; // "HdrS"
-const BOOT_FLAG: u16 = 0xaa55;
 /// bzImage entry for the 64-bit boot protocol, relative to the protected-mode load address.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
@@ -224,7 +223,7 @@ struct BzImageHeader {
 fn bzimage_header(head: &[u8]) -> Option<BzImageHeader> {
     let u16_at = |o: usize| Some(u16::from_le_bytes([*head.get(o)?, *head.get(o + 1)?]));
     let u32_at = |o: usize| Some(u32::from_le_bytes(head.get(o..o + 4)?.try_into().ok()?));
-    if u16_at(0x1fe)? != BOOT_FLAG || u32_at(0x202)? != BZIMAGE_MAGIC {
+    if u16_at(0x1fe)? != KERNEL_BOOT_FLAG_MAGIC || u32_at(0x202)? != KERNEL_HDR_MAGIC {
         return None;
     }
     Some(BzImageHeader {
@@ -454,8 +453,8 @@ mod tests {
     #[test]
     fn test_bzimage_header_gives_format_and_cmdline_capacity() {
         let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
         image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
         image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
@@ -470,8 +469,8 @@ mod tests {
     #[test]
     fn test_huge_declared_cmdline_size_stops_below_the_mp_table() {
         let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
         image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         image[0x238..0x23c].copy_from_slice(&u32::MAX.to_le_bytes());
         let f = temp_file_with(&image);
@@ -482,8 +481,8 @@ mod tests {
     #[test]
     fn test_bzimage_with_probe_version_is_emulator_safe() {
         let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&BOOT_FLAG.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
         image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
         image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
         image[0x500..0x50c].copy_from_slice(b"spry-probe 1");

@@ -26,8 +26,10 @@ pub const E820_RAM: u32 = 1;
 /// e820 reserved memory.
 pub const E820_RESERVED: u32 = 2;
 
-const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+/// `setup_header.boot_flag` of every bzImage (and of the zero page spry writes).
+pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+/// `setup_header.header`: "HdrS".
+pub const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 /// "Undefined" boot loader id, as other VMMs use.
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// Linux's default physical alignment (CONFIG_PHYSICAL_ALIGN).
