@@ -16,7 +16,7 @@ pub mod test_utils;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 
 use crate::vstate::memory::GuestMemory;
 
@@ -95,6 +95,25 @@ impl Interrupt {
     /// Tells the driver a used ring has new entries.
     pub fn signal_used_queue(&self) {
         self.raise(INT_USED_RING);
+    }
+
+    /// Tells the driver `queue` has new used entries, unless it asked (through
+    /// `VIRTIO_F_EVENT_IDX`) not to hear about them yet.
+    pub fn signal_used_if_needed(&self, queue: &mut Queue, mem: &GuestMemory) {
+        if queue.needs_notification(mem).unwrap_or(true) {
+            self.signal_used_queue();
+        }
+    }
+
+    /// A queue of `device` is broken: log it (once) and ask the driver for a reset.
+    /// The device serves nothing until the reset, which [`Interrupt::needs_reset`]
+    /// tells it.
+    pub fn fail_queue(&self, errors: &GuestErrorLog, device: &str, why: &dyn std::fmt::Display) {
+        errors.report(
+            device,
+            format_args!("queue broken: {why}; device needs reset"),
+        );
+        self.signal_needs_reset();
     }
 
     /// Tells the driver the configuration space changed.

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{self, Completion, Disk, Request, RequestError};
@@ -49,7 +49,6 @@ pub struct BlockConfig {
 struct Active {
     mem: GuestMemory,
     queue: Queue,
-    broken: bool,
 }
 
 /// A virtio-blk device.
@@ -150,7 +149,7 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.broken {
+        if self.interrupt.needs_reset() {
             return;
         }
         let disk = Disk {
@@ -169,22 +168,15 @@ impl Block {
         });
         match result {
             Ok(drained) => {
-                if drained.completed > 0 && active.queue.needs_notification(mem).unwrap_or(true) {
-                    self.interrupt.signal_used_queue();
+                if drained.completed > 0 {
+                    self.interrupt.signal_used_if_needed(&mut active.queue, mem);
                 }
                 if drained.more {
                     // Come back after the other event sources had their turn.
                     let _ = self.queue_evt.write(1);
                 }
             }
-            Err(e) => {
-                self.errors.report(
-                    &self.name,
-                    format_args!("queue broken: {e}; device needs reset"),
-                );
-                active.broken = true;
-                self.interrupt.signal_needs_reset();
-            }
+            Err(e) => self.interrupt.fail_queue(&self.errors, &self.name, &e),
         }
     }
 }
@@ -430,11 +422,7 @@ impl VirtioDevice for Block {
         _acked: u64,
     ) -> Result<(), ActivateError> {
         let queue = queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
-        self.active = Some(Active {
-            mem,
-            queue,
-            broken: false,
-        });
+        self.active = Some(Active { mem, queue });
         // Requests the driver queued before DRIVER_OK (none, if it follows the spec)
         // are picked up on the event loop's next turn.
         let _ = self.queue_evt.write(1);

@@ -95,7 +95,6 @@ struct Active {
     rx: Queue,
     tx: Queue,
     acked_features: u64,
-    broken: bool,
 }
 
 /// Counters for metrics.
@@ -268,15 +267,8 @@ impl Net {
         c
     }
 
-    fn fail_queue(&mut self, e: &QueueError) {
-        self.errors.report(
-            &self.name,
-            format_args!("queue broken: {e}; device needs reset"),
-        );
-        if let Some(a) = self.active.as_mut() {
-            a.broken = true;
-        }
-        self.interrupt.signal_needs_reset();
+    fn fail_queue(&self, e: &QueueError) {
+        self.interrupt.fail_queue(&self.errors, &self.name, e);
     }
 
     /// Buffer space one received frame may need.
@@ -296,7 +288,7 @@ impl Net {
             self.rx_stalled = true;
             return;
         };
-        if active.broken {
+        if self.interrupt.needs_reset() {
             self.rx_stalled = true;
             return;
         }
@@ -355,9 +347,7 @@ impl Net {
             return;
         };
         let queue = if index == RX { &mut a.rx } else { &mut a.tx };
-        if queue.needs_notification(&a.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
-        }
+        self.interrupt.signal_used_if_needed(queue, &a.mem);
     }
 
     fn receive_frames(
@@ -471,12 +461,12 @@ impl Net {
     /// Sends every frame the driver queued.
     pub fn process_tx(&mut self) {
         let fd = self.backend.as_raw_fd();
+        if self.interrupt.needs_reset() {
+            return;
+        }
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        if a.broken {
-            return;
-        }
         let mem = &a.mem;
         let errors = &self.errors;
         let counters = &mut self.counters;
@@ -570,7 +560,6 @@ impl VirtioDevice for Net {
             rx,
             tx,
             acked_features,
-            broken: false,
         });
         // Frames may have queued in the backend before the driver was ready.
         self.backend_readable = true;
