@@ -359,17 +359,15 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
-        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            self.errors.report(
+        match <[u8; 4]>::try_from(data) {
+            Ok(bytes) if offset % 4 == 0 => {
+                self.write_register(offset, u32::from_le_bytes(bytes));
+            }
+            _ => self.errors.report(
                 &self.name,
                 format_args!("{}-byte register write at {offset:#x}", data.len()),
-            );
-            return;
-        };
-        if offset % 4 != 0 {
-            return;
+            ),
         }
-        self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }
 
