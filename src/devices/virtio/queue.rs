@@ -99,16 +99,13 @@ where
     let mut completed = 0;
     loop {
         queue.disable_notification(mem).map_err(ring)?;
-        let mut chains = Vec::new();
-        while completed + chains.len() < budget && pending(queue, mem)? > 0 {
-            match queue.iter(mem).map_err(ring)?.next() {
-                Some(chain) => chains.push(chain),
-                None => break,
-            }
-        }
-        if !chains.is_empty() {
+        // One read of the avail index per pass, checked before any chain is taken.
+        let n = usize::from(pending(queue, mem)?).min(budget - completed);
+        if n > 0 {
+            let chains: Vec<_> = queue.iter(mem).map_err(ring)?.take(n).collect();
             let heads: Vec<u16> = chains.iter().map(DescriptorChain::head_index).collect();
             let used = serve(chains);
+            debug_assert_eq!(used.len(), heads.len(), "one used length per chain");
             for (head, len) in heads.iter().zip(used) {
                 queue.add_used(mem, *head, len).map_err(ring)?;
             }
