@@ -161,12 +161,16 @@ impl Measured {
         .stderr(Stdio::piped())
         .process_group(0);
         let spawned_us = monotonic_us();
-        let mut child = cmd.spawn().map_err(|source| ChildError::Spawn {
-            program: program.clone(),
-            source,
+        // Spawned and registered at once, as far as an interrupt's cleanup can tell.
+        let (mut child, pid) = cleanup::creating(|| {
+            let child = cmd.spawn().map_err(|source| ChildError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
+            let pid = i32::try_from(child.id()).unwrap_or(0);
+            cleanup::add_process_group(pid);
+            Ok::<_, ChildError>((child, pid))
         })?;
-        let pid = i32::try_from(child.id()).unwrap_or(0);
-        cleanup::add_process_group(pid);
         let (lines_tx, lines_rx) = channel();
         if let Some(out) = child.stdout.take() {
             let tx = lines_tx.clone();

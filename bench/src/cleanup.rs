@@ -1,13 +1,17 @@
 //! Leaves nothing behind: every process group, runc container, tap and scratch path
 //! the benchmark creates is registered here, removed when it is done with, and all of
 //! them are removed when the benchmark ends or is interrupted (Ctrl-C, SIGTERM, SIGHUP).
+//!
+//! Each resource is created and registered inside [`creating`]. An interrupt's
+//! cleanup waits for the creations in flight, so it sees what they registered, and
+//! holds off new ones until the process has exited, so nothing is created after it.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 /// Errors installing the interrupt handling.
 #[derive(Debug, thiserror::Error)]
@@ -37,23 +41,48 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     paths: BTreeSet::new(),
 });
 
-/// Set once cleanup has started: whatever registers after that is removed at once.
-static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Shared by [`creating`]; the interrupt's cleanup takes it exclusively and keeps it
+/// until the process exits.
+static GATE: RwLock<()> = RwLock::new(());
 
-fn stopping() -> bool {
-    STOPPING.load(Ordering::SeqCst)
+thread_local! {
+    /// Whether this thread is inside [`creating`] (which may nest: a container's
+    /// registration encloses the spawn of `runc run`).
+    static CREATING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears [`CREATING`] when the outermost [`creating`] ends, even by a panic.
+struct Outermost;
+
+impl Drop for Outermost {
+    fn drop(&mut self) {
+        CREATING.with(|c| c.set(false));
+    }
+}
+
+/// Runs `create`, which creates resources and registers them here, so that an
+/// interrupt's cleanup comes either after it (and removes what it registered) or
+/// before it (and `create` never runs: this waits until the process has exited).
+pub fn creating<T>(create: impl FnOnce() -> T) -> T {
+    if CREATING.with(Cell::get) {
+        return create();
+    }
+    // A second shared lock in this thread could wait behind the cleanup's exclusive
+    // one while this thread holds the first: hence the nesting check above.
+    let _shared = GATE.read().unwrap_or_else(PoisonError::into_inner);
+    CREATING.with(|c| c.set(true));
+    let _outermost = Outermost;
+    create()
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A process group (a child spawned as its own group leader) to kill on cleanup.
+/// A process group (a child spawned as its own group leader) to kill on cleanup
+/// (register inside [`creating`], with the spawn).
 pub fn add_process_group(pgid: i32) {
     registry().process_groups.insert(pgid);
-    if stopping() {
-        kill_group(pgid);
-    }
 }
 
 /// The group's leader was reaped: forget it.
@@ -70,20 +99,20 @@ pub fn kill_group(pgid: i32) {
     }
 }
 
-/// A runc container to `runc delete -f` on cleanup.
+/// A runc container to `runc delete -f` on cleanup (register inside [`creating`],
+/// before `runc` creates it).
 pub fn add_container(id: &str) {
     registry().containers.insert(id.to_owned());
 }
 
 /// Deletes a runc container (force) and forgets it.
 pub fn delete_container(runc: &Path, id: &str) {
-    let _ = Command::new(runc)
-        .args(["delete", "-f", id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    runc_delete(runc, id);
     registry().containers.remove(id);
+}
+
+fn runc_delete(runc: &Path, id: &str) {
+    quiet_command(runc, &["delete", "-f", id]);
 }
 
 /// A container that is gone already: forget it.
@@ -91,7 +120,8 @@ pub fn forget_container(id: &str) {
     registry().containers.remove(id);
 }
 
-/// A persistent tap device to delete on cleanup.
+/// A persistent tap device to delete on cleanup (register inside [`creating`],
+/// before creating it).
 pub fn add_tap(name: &str) {
     registry().taps.insert(name.to_owned());
 }
@@ -102,7 +132,8 @@ pub fn delete_tap(name: &str) {
     registry().taps.remove(name);
 }
 
-/// A network namespace to delete on cleanup.
+/// A network namespace to delete on cleanup (register inside [`creating`], before
+/// creating it).
 pub fn add_netns(name: &str) {
     registry().netns.insert(name.to_owned());
 }
@@ -113,7 +144,7 @@ pub fn delete_netns(name: &str) {
     registry().netns.remove(name);
 }
 
-fn quiet_command(program: &str, args: &[&str]) {
+fn quiet_command(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) {
     let _ = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -122,7 +153,8 @@ fn quiet_command(program: &str, args: &[&str]) {
         .status();
 }
 
-/// A scratch file or directory to remove on cleanup.
+/// A scratch file or directory to remove on cleanup (register inside [`creating`],
+/// before creating it).
 pub fn add_path(path: &Path) {
     registry().paths.insert(path.to_owned());
 }
@@ -136,30 +168,28 @@ fn remove(path: &Path) {
 }
 
 /// Removes everything still registered: kills process groups, deletes containers and
-/// taps, removes scratch paths.
+/// taps, removes scratch paths. During an interrupt's cleanup this waits for it
+/// (which ends the process with 128 + the signal).
 pub fn cleanup_all() {
-    cleanup_registered();
+    creating(remove_registered);
 }
 
-/// Like [`cleanup_all`], and from now on kills whatever registers.
-pub fn stop_everything() {
-    STOPPING.store(true, Ordering::SeqCst);
-    cleanup_registered();
+/// The interrupt's cleanup: waits for creations in flight, removes everything and
+/// exits with `code`, keeping new creations waiting until then.
+fn stop_and_exit(code: i32) -> ! {
+    let _exclusive = GATE.write().unwrap_or_else(PoisonError::into_inner);
+    remove_registered();
+    std::process::exit(code)
 }
 
-fn cleanup_registered() {
+fn remove_registered() {
     let taken = std::mem::take(&mut *registry());
     for pgid in &taken.process_groups {
         kill_group(*pgid);
     }
     let runc = crate::systems::runc::runc_path();
     for id in &taken.containers {
-        let _ = Command::new(&runc)
-            .args(["delete", "-f", id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        runc_delete(&runc, id);
     }
     for tap in &taken.taps {
         quiet_command("ip", &["link", "del", "dev", tap]);
@@ -196,8 +226,7 @@ pub fn install_interrupt_handler() -> Result<(), CleanupError> {
                     std::io::stderr(),
                     "\nspry-bench: interrupted (signal {signal}): cleaning up"
                 );
-                stop_everything();
-                std::process::exit(128 + signal);
+                stop_and_exit(128 + signal);
             }
         })
         .map_err(CleanupError::Thread)?;
@@ -238,5 +267,13 @@ mod tests {
         add_path(&dir);
         cleanup_all();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn test_creating_nests_without_waiting_on_itself() {
+        let inner = creating(|| creating(|| 7));
+        assert_eq!(inner, 7);
+        // The outermost call ended: this thread's next call takes the gate again.
+        assert!(!CREATING.with(Cell::get));
     }
 }

@@ -92,8 +92,11 @@ impl Env {
             return Err(SetupError::NoSpry(spry));
         }
         let scratch = std::env::temp_dir().join(format!("spry-bench-{}", std::process::id()));
-        cleanup::add_path(&scratch);
-        std::fs::create_dir_all(&scratch).map_err(|source| SetupError::Dir {
+        cleanup::creating(|| {
+            cleanup::add_path(&scratch);
+            std::fs::create_dir_all(&scratch)
+        })
+        .map_err(|source| SetupError::Dir {
             path: scratch.clone(),
             source,
         })?;

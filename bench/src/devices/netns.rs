@@ -63,20 +63,22 @@ fn enter_this_thread(name: &str) -> Result<(), DeviceError> {
 impl NetNs {
     /// Creates namespace `name` with tap `tap` at [`HOST_IP`]/24.
     pub fn create(name: &str, tap: &str) -> Result<NetNs, DeviceError> {
-        cleanup::add_netns(name);
-        ip(&["netns", "add", name])?;
-        let ns = NetNs {
-            name: name.to_owned(),
-            tap: tap.to_owned(),
-        };
-        ip(&["-n", name, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
-        ])?;
-        let addr = format!("{HOST_IP}/24");
-        ip(&["-n", name, "addr", "add", &addr, "dev", tap])?;
-        ip(&["-n", name, "link", "set", "dev", tap, "up"])?;
-        Ok(ns)
+        cleanup::creating(|| {
+            cleanup::add_netns(name);
+            ip(&["netns", "add", name])?;
+            let ns = NetNs {
+                name: name.to_owned(),
+                tap: tap.to_owned(),
+            };
+            ip(&["-n", name, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr",
+            ])?;
+            let addr = format!("{HOST_IP}/24");
+            ip(&["-n", name, "addr", "add", &addr, "dev", tap])?;
+            ip(&["-n", name, "link", "set", "dev", tap, "up"])?;
+            Ok(ns)
+        })
     }
 
     /// `ip netns exec <name>`, to put in front of a VMM's command line.

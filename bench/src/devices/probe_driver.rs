@@ -387,7 +387,6 @@ struct TapGuard(String);
 
 impl TapGuard {
     fn create(name: &str) -> Result<TapGuard, DeviceError> {
-        cleanup::add_tap(name);
         let ip = PathBuf::from("ip");
         let run = |args: &[&str]| {
             run_helper(&ip, args)
@@ -397,9 +396,12 @@ impl TapGuard {
                     source,
                 })
         };
-        run(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
-        run(&["link", "set", "dev", name, "up"])?;
-        Ok(TapGuard(name.to_owned()))
+        cleanup::creating(|| {
+            cleanup::add_tap(name);
+            run(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
+            run(&["link", "set", "dev", name, "up"])?;
+            Ok(TapGuard(name.to_owned()))
+        })
     }
 
     fn counter(&self, name: &str) -> u64 {

@@ -192,8 +192,10 @@ impl Sandbox for Runc {
         let id = self.id(tag);
         let mut cmd = Command::new(&self.runc);
         cmd.args(self.args(workload, &id));
-        cleanup::add_container(&id);
-        let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
+        let mut process = cleanup::creating(|| {
+            cleanup::add_container(&id);
+            Measured::spawn(cmd, workload != Workload::RunToExit)
+        })?;
         let ((), running_us) = process.wait_for(RUNNING_LINE, self.timeout, |l| {
             (l.text == RUNNING_LINE).then_some(())
         })?;
