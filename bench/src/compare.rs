@@ -14,7 +14,7 @@ use crate::host::HostInfo;
 use crate::procfs;
 use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
-use crate::systems::qemu::{find_qemu, Qemu};
+use crate::systems::qemu::{qemu_binary, Qemu};
 use crate::systems::runc::{build_bundle, find_program, Runc};
 use crate::systems::vm::{VmSystem, Vmm};
 use crate::systems::{check_exit, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
@@ -332,11 +332,7 @@ fn qemu(guest: &Guest, settings: &Settings) -> Result<Qemu, String> {
     if settings.no_qemu {
         return Err("skipped (--no-qemu)".into());
     }
-    let binary = settings.qemu.clone().or_else(|| find_qemu("kvm")).ok_or(
-        "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
-         package qemu-system-x86)"
-            .to_owned(),
-    )?;
+    let binary = qemu_binary(settings.qemu.as_deref(), "kvm")?;
     Qemu::new(binary.clone(), guest.clone(), Duration::from_secs(5)).check()?;
     Ok(Qemu::new(binary, guest.clone(), TIMEOUT))
 }

@@ -78,8 +78,8 @@ struct DeviceCli {
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Operations: block read,write; net tx,rx.
-    #[arg(long, value_delimiter = ',')]
-    ops: Option<Vec<String>>,
+    #[arg(long, value_delimiter = ',', value_enum)]
+    ops: Option<Vec<devices::Op>>,
     /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
     #[arg(long, value_enum, default_value = "auto")]
     guest: devices::GuestChoice,
@@ -102,18 +102,16 @@ struct DeviceCli {
 
 impl DeviceCli {
     fn args(&self, device: devices::Device) -> devices::DeviceArgs {
+        use devices::Op;
         let (sizes, ops) = match device {
-            devices::Device::Block => (vec![4 << 10, 64 << 10, 1 << 20], vec!["read", "write"]),
-            devices::Device::Net => (vec![64, 1514, 65535], vec!["tx", "rx"]),
+            devices::Device::Block => (vec![4 << 10, 64 << 10, 1 << 20], vec![Op::Read, Op::Write]),
+            devices::Device::Net => (vec![64, 1514, 65535], vec![Op::Tx, Op::Rx]),
         };
         devices::DeviceArgs {
             sizes: self.sizes.clone().unwrap_or(sizes),
             requests: self.reqs,
             runs: self.runs.max(1),
-            ops: self
-                .ops
-                .clone()
-                .unwrap_or_else(|| ops.into_iter().map(str::to_owned).collect()),
+            ops: self.ops.clone().unwrap_or(ops),
             guest: self.guest,
             systems: self.systems.clone(),
             qemu_accel: self.qemu_accel.clone(),
@@ -134,8 +132,13 @@ struct CompareArgs {
     /// Warm-up runs per system (default 3; 1 with --quick).
     #[arg(long)]
     warmup: Option<usize>,
-    /// Density levels, comma-separated (default 10,50,100; 3 with --quick).
-    #[arg(long, value_delimiter = ',')]
+    /// Density levels, comma-separated, each at least 1 (default 10,50,100; 3 with
+    /// --quick).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     density: Option<Vec<usize>>,
     /// A Firecracker binary to include.
     #[arg(long, value_name = "PATH")]
@@ -267,5 +270,30 @@ fn main() -> ExitCode {
             eprintln!("spry-bench: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ops_are_named_values() {
+        let cli = Cli::try_parse_from(["spry-bench", "block", "--ops", "write"]).unwrap();
+        let Some(Bench::Block(args)) = cli.command else {
+            panic!("not the block command");
+        };
+        assert_eq!(args.args(devices::Device::Block).ops, [devices::Op::Write]);
+        assert!(Cli::try_parse_from(["spry-bench", "block", "--ops", "wirte"]).is_err());
+    }
+
+    #[test]
+    fn test_density_zero_is_refused() {
+        assert!(Cli::try_parse_from(["spry-bench", "compare", "--density", "3,0"]).is_err());
+        let cli = Cli::try_parse_from(["spry-bench", "compare", "--density", "1,5"]).unwrap();
+        let Some(Bench::Compare(args)) = cli.command else {
+            panic!("not the compare command");
+        };
+        assert_eq!(args.density, Some(vec![1, 5]));
     }
 }

@@ -1,25 +1,25 @@
 //! The Linux guest on hosts with hardware virtualization: busybox `dd` against a
 //! second virtio disk, and `dd | nc` / `nc -l` over virtio-net to a TCP peer in a
-//! network namespace of our own, through spry and QEMU alike. Each run is timed by
+//! network namespace of our own, through spry and QEMU alike (the same VMM command
+//! lines as the probe's, see [`crate::devices::lineup`]). Each run is timed by
 //! console lines the guest prints around the work, minus a 0-request run.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use crate::child::Measured;
 use crate::clock::ms_between;
+use crate::devices::lineup::{lineup, tap_name, total_steps, Devices, System};
 use crate::devices::netns::{guest_ip_arg, NetNs, HOST_IP, PORT};
 use crate::devices::{
     alternate, make_disk, size_label, Case, CaseResult, Device, DeviceArgs, DeviceError,
-    DeviceReport, Run, DISK_BYTES, TIMEOUT,
+    DeviceReport, Op, Run, DISK_BYTES, TIMEOUT,
 };
 use crate::guest::Guest;
 use crate::procfs;
 use crate::progress::Progress;
 use crate::setup::Env;
-use crate::systems::qemu::{find_qemu, Qemu};
-use crate::systems::vm::{vm_config, vmm_command, write_json, Vmm};
 use crate::systems::{check_exit, SystemError};
 
 /// Printed by the guest right before the timed work.
@@ -28,29 +28,13 @@ const START: &str = "spry-bench: start";
 const END: &str = "spry-bench: end";
 /// Printed when the work failed.
 const FAILED: &str = "spry-bench: FAILED";
-/// The guest's MAC address.
-const GUEST_MAC: &str = "06:00:00:00:00:02";
-
-/// Which VMM boots the guest.
-enum Engine {
-    Spry(PathBuf),
-    Qemu(Qemu),
-}
 
 /// A VMM under test with what its runs need.
 struct Target<'a> {
-    name: &'static str,
-    engine: Engine,
+    system: System,
     guest: &'a Guest,
     dir: &'a Path,
     netns: Option<&'a NetNs>,
-}
-
-/// What the guest is given besides its root disk.
-#[derive(Clone, Copy)]
-struct Devices<'a> {
-    disk: Option<(&'a Path, bool)>,
-    tap: Option<&'a str>,
 }
 
 type Feed<'a> = &'a dyn Fn(&mut Measured) -> Result<u64, DeviceError>;
@@ -64,56 +48,12 @@ fn split(cmd: &Command) -> (OsString, Vec<OsString>) {
 
 impl Target<'_> {
     fn command(&self, boot_args: &str, devices: Devices<'_>) -> Result<Command, DeviceError> {
-        let (program, args) = match &self.engine {
-            Engine::Spry(binary) => {
-                let drives = match devices.disk {
-                    Some((path, read_only)) => serde_json::json!([{
-                        "drive_id": "bench",
-                        "path_on_host": path,
-                        "is_root_device": false,
-                        "is_read_only": read_only,
-                    }]),
-                    None => serde_json::json!([]),
-                };
-                let nets = match devices.tap {
-                    Some(tap) => serde_json::json!([{
-                        "iface_id": "eth0",
-                        "guest_mac": GUEST_MAC,
-                        "host_dev_name": tap,
-                    }]),
-                    None => serde_json::json!([]),
-                };
-                let config = self.dir.join("linux-device.json");
-                write_json(&config, &vm_config(self.guest, boot_args, drives, nets)).map_err(
-                    |source| DeviceError::Run {
-                        what: "writing the spry config".into(),
-                        source,
-                    },
-                )?;
-                split(&vmm_command(Vmm::Spry, binary, &config))
-            }
-            Engine::Qemu(qemu) => {
-                let mut extra = Vec::new();
-                if let Some((path, read_only)) = devices.disk {
-                    let ro = if read_only { ",readonly=on" } else { "" };
-                    extra.extend([
-                        "-drive".to_owned(),
-                        format!("id=bench,file={},format=raw,if=none{ro}", path.display()),
-                        "-device".to_owned(),
-                        "virtio-blk-device,drive=bench".to_owned(),
-                    ]);
-                }
-                if let Some(tap) = devices.tap {
-                    extra.extend([
-                        "-netdev".to_owned(),
-                        format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-                        "-device".to_owned(),
-                        format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"),
-                    ]);
-                }
-                split(&qemu.command_with(boot_args, &extra))
-            }
-        };
+        let config = self.dir.join("linux-device.json");
+        let (program, args) = split(
+            &self
+                .system
+                .command(self.guest, &config, boot_args, devices)?,
+        );
         let mut cmd = match self.netns {
             Some(ns) => {
                 let mut cmd = Command::new("ip");
@@ -135,8 +75,9 @@ impl Target<'_> {
         devices: Devices<'_>,
         feed: Option<Feed<'_>>,
     ) -> Result<Run, DeviceError> {
+        let name = &self.system.name;
         let err = |source: SystemError| DeviceError::Run {
-            what: format!("{what} on {}", self.name),
+            what: format!("{what} on {name}"),
             source,
         };
         let mut process =
@@ -156,11 +97,11 @@ impl Target<'_> {
         let exit = process.wait_exit(TIMEOUT).map_err(|e| err(e.into()))?;
         if let Some(line) = process.lines.iter().find(|l| l.text.contains(FAILED)) {
             return Err(DeviceError::GuestFailed {
-                what: format!("{what} on {}", self.name),
+                what: format!("{what} on {name}"),
                 line: line.text.clone(),
             });
         }
-        check_exit(self.name, &exit, &process).map_err(err)?;
+        check_exit(name, &exit, &process).map_err(err)?;
         Ok(Run {
             elapsed_ms: ms_between(start, end),
             cpu_us: exit.user_us + exit.system_us,
@@ -173,7 +114,8 @@ impl Target<'_> {
 /// The targets that run, and the peers that cannot (with the reason).
 type Lineup<'a> = (Vec<Target<'a>>, Vec<(String, String)>);
 
-/// spry and, where it boots the guest, QEMU; with the peers that cannot run.
+/// spry and, where it boots the guest, QEMU (its own tap backend: vhost-net is a
+/// probe-only peer); with the peers that cannot run.
 fn targets<'a>(
     env: &Env,
     args: &DeviceArgs,
@@ -181,43 +123,16 @@ fn targets<'a>(
     dir: &'a Path,
     netns: Option<&'a NetNs>,
 ) -> Result<Lineup<'a>, DeviceError> {
-    let mut targets = Vec::new();
-    let mut peers = Vec::new();
-    if args.wants("spry") {
-        targets.push(Target {
-            name: "spry",
-            engine: Engine::Spry(env.spry.clone()),
+    let (systems, peers) = lineup(args, &env.spry, guest, false)?;
+    let targets = systems
+        .into_iter()
+        .map(|system| Target {
+            system,
             guest,
             dir,
             netns,
-        });
-    }
-    if args.wants("qemu") {
-        match args.qemu.clone().or_else(|| find_qemu(&args.qemu_accel)) {
-            None => peers.push((
-                "QEMU".into(),
-                "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
-                 package qemu-system-x86)"
-                    .into(),
-            )),
-            Some(binary) => {
-                let qemu = Qemu::new(binary, guest.clone(), TIMEOUT).with_accel(&args.qemu_accel);
-                match qemu.check() {
-                    Ok(()) => targets.push(Target {
-                        name: "QEMU",
-                        engine: Engine::Qemu(qemu),
-                        guest,
-                        dir,
-                        netns,
-                    }),
-                    Err(reason) => peers.push(("QEMU".into(), reason)),
-                }
-            }
-        }
-    }
-    if targets.is_empty() {
-        return Err(DeviceError::NoSystem(args.systems.join(",")));
-    }
+        })
+        .collect();
     Ok((targets, peers))
 }
 
@@ -229,7 +144,7 @@ fn measure(
     progress: &mut Progress,
     run: &dyn Fn(&Target<'_>, u64) -> Result<Run, DeviceError>,
 ) -> Result<Vec<CaseResult>, DeviceError> {
-    let names: Vec<String> = targets.iter().map(|t| t.name.to_owned()).collect();
+    let names: Vec<String> = targets.iter().map(|t| t.system.name.clone()).collect();
     alternate(&names, case, runs, true, progress, &|i, n| {
         run(&targets[i], n)
     })
@@ -245,8 +160,8 @@ fn find_disk() -> String {
 }
 
 /// The guest's block command: `n` direct dd requests of `size` bytes.
-pub fn block_command(op: &str, size: u64, n: u64) -> String {
-    let io = if op == "write" {
+pub fn block_command(op: Op, size: u64, n: u64) -> String {
+    let io = if op == Op::Write {
         "if=/dev/zero of=$B oflag=direct"
     } else {
         "if=$B of=/dev/null iflag=direct"
@@ -263,23 +178,25 @@ pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport,
     let disk = dir.join("disk.img");
     make_disk(&disk)?;
     let (targets, peers) = targets(env, args, &guest, &dir, None)?;
-    let total = args.ops.len() * args.sizes.len() * targets.len() * (2 * args.runs + 1);
-    let mut progress = Progress::new("block", total);
+    let mut progress = Progress::new("block", total_steps(args, targets.len()));
     let mut cases = Vec::new();
-    for op in &args.ops {
-        let op: &'static str = if op == "write" { "write" } else { "read" };
+    for &op in &args.ops {
         for &size in &args.sizes {
             // Every request to a new place on the disk.
             let requests = args.requests.min(DISK_BYTES / size.max(1)).max(1);
-            let case = Case { op, size, requests };
+            let case = Case {
+                op: op.name(),
+                size,
+                requests,
+            };
             let devices = Devices {
-                disk: Some((&disk, op == "read")),
+                disk: Some((&disk, op == Op::Read)),
                 tap: None,
             };
             let run = |target: &Target<'_>, n: u64| {
                 let boot_args = Guest::linux_run_args(&block_command(op, size, n), "");
                 target.run(
-                    &format!("dd {op} {}", size_label(size)),
+                    &format!("dd {} {}", op.name(), size_label(size)),
                     &boot_args,
                     devices,
                     None,
@@ -316,18 +233,17 @@ pub fn rx_command() -> String {
 pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, DeviceError> {
     let dir = env.scratch_dir("linux-net")?;
     let id = std::process::id();
-    let netns = NetNs::create(&format!("sbns{id}"), &format!("sbt{}", id % 100_000))?;
+    let netns = NetNs::create(&format!("sbns{id}"), &tap_name())?;
     let (targets, peers) = targets(env, args, &guest, &dir, Some(&netns))?;
-    let total = args.ops.len() * args.sizes.len() * targets.len() * (2 * args.runs + 1);
-    let mut progress = Progress::new("net", total);
+    let mut progress = Progress::new("net", total_steps(args, targets.len()));
     let devices = Devices {
         disk: None,
         tap: Some(&netns.tap),
     };
     let mut cases = Vec::new();
-    for op in &args.ops {
-        let rx = op == "rx";
-        let op: &'static str = if rx { "rx" } else { "tx" };
+    for &op in &args.ops {
+        let rx = op == Op::Rx;
+        let op = op.name();
         for &size in &args.sizes {
             let case = Case {
                 op,
@@ -349,7 +265,7 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
                 match received {
                     Ok(bytes) if bytes == n * size => Ok(run),
                     Ok(bytes) => Err(DeviceError::GuestFailed {
-                        what: format!("{what} on {}", target.name),
+                        what: format!("{what} on {}", target.system.name),
                         line: format!("the host received {bytes} of {} bytes", n * size),
                     }),
                     Err(e) => Err(e),
@@ -375,7 +291,7 @@ mod tests {
 
     #[test]
     fn test_block_command_reads_the_bench_disk_directly() {
-        let cmd = block_command("read", 4096, 10);
+        let cmd = block_command(Op::Read, 4096, 10);
         assert!(cmd.contains("= 131072 ]"), "{cmd}");
         assert!(
             cmd.contains("dd if=$B of=/dev/null iflag=direct bs=4096 count=10"),

@@ -8,6 +8,7 @@
 //! guest running busybox `dd` and `nc`, timed by console lines around them. QEMU
 //! (microvm) is the peer for both.
 
+mod lineup;
 mod linux_driver;
 mod netns;
 mod probe_driver;
@@ -86,6 +87,14 @@ pub enum DeviceError {
     /// Nothing to run.
     #[error("no system to run: --systems named none of spry, qemu that can run here ({0})")]
     NoSystem(String),
+    /// An operation of the other device.
+    #[error("--ops {op}: not an operation of `{device}` (block: read, write; net: tx, rx)")]
+    WrongOp {
+        /// The operation.
+        op: &'static str,
+        /// The subcommand ("block", "net").
+        device: &'static str,
+    },
 }
 
 /// Which device.
@@ -95,6 +104,60 @@ pub enum Device {
     Block,
     /// virtio-net.
     Net,
+}
+
+impl Device {
+    /// Its subcommand.
+    fn command(self) -> &'static str {
+        match self {
+            Device::Block => "block",
+            Device::Net => "net",
+        }
+    }
+}
+
+/// What a run does: block read or write, net transmit or receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// Block: reads of the bench disk.
+    Read,
+    /// Block: writes to the bench disk.
+    Write,
+    /// Net: frames (Linux: a TCP stream) from the guest.
+    Tx,
+    /// Net: frames (Linux: a TCP stream) to the guest.
+    Rx,
+}
+
+impl Op {
+    /// "read", "write", "tx", "rx".
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Tx => "tx",
+            Op::Rx => "rx",
+        }
+    }
+
+    /// The device it exercises.
+    pub fn device(self) -> Device {
+        match self {
+            Op::Read | Op::Write => Device::Block,
+            Op::Tx | Op::Rx => Device::Net,
+        }
+    }
+}
+
+/// Fails unless every op in `ops` is one of `device`'s.
+pub fn check_ops(ops: &[Op], device: Device) -> Result<(), DeviceError> {
+    match ops.iter().find(|op| op.device() != device) {
+        Some(op) => Err(DeviceError::WrongOp {
+            op: op.name(),
+            device: device.command(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// One benchmark row: an operation and a request size.
@@ -446,8 +509,8 @@ pub struct DeviceArgs {
     pub requests: u64,
     /// Runs per case (each alternated with a baseline run).
     pub runs: usize,
-    /// Block: "read", "write"; net: "tx", "rx".
-    pub ops: Vec<String>,
+    /// Block: read, write; net: tx, rx.
+    pub ops: Vec<Op>,
     /// Which guest.
     pub guest: GuestChoice,
     /// Which systems ("spry", "qemu").
@@ -461,7 +524,7 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
-    fn wants(&self, system: &str) -> bool {
+    pub(crate) fn wants(&self, system: &str) -> bool {
         self.systems.iter().any(|s| s.eq_ignore_ascii_case(system))
     }
 }
@@ -490,13 +553,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let value: u64 = digits
         .parse()
         .map_err(|_| format!("'{text}' is not a size (e.g. 4096, 64K, 1M)"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
         "m" | "mib" | "mb" => 1 << 20,
         other => return Err(format!("'{text}': unknown unit '{other}' (use K or M)")),
     };
-    Ok(value * factor)
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 fn guest(env: &Env, args: &DeviceArgs) -> Result<Guest, DeviceError> {
@@ -514,6 +579,7 @@ fn guest(env: &Env, args: &DeviceArgs) -> Result<Guest, DeviceError> {
 
 /// Runs the block benchmark.
 pub fn block(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
+    check_ops(&args.ops, Device::Block)?;
     let guest = guest(env, args)?;
     match guest.kind {
         GuestKind::Probe => probe_driver::block(env, args, guest),
@@ -523,6 +589,7 @@ pub fn block(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> 
 
 /// Runs the net benchmark.
 pub fn net(env: &Env, args: &DeviceArgs) -> Result<DeviceReport, DeviceError> {
+    check_ops(&args.ops, Device::Net)?;
     let guest = guest(env, args)?;
     match guest.kind {
         GuestKind::Probe => probe_driver::net(env, args, guest),
@@ -583,6 +650,30 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("3G").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn test_parse_size_refuses_an_overflowing_size() {
+        // 2^64 / 2^20 = 2^44 MiB is one past the largest u64 byte count.
+        assert_eq!(
+            parse_size("17592186044416M"),
+            Err("'17592186044416M' is too large".to_owned())
+        );
+        assert_eq!(
+            parse_size("17592186044415M"),
+            Ok(u64::MAX - ((1 << 20) - 1))
+        );
+    }
+
+    #[test]
+    fn test_ops_of_the_other_device_are_refused() {
+        assert!(check_ops(&[Op::Read, Op::Write], Device::Block).is_ok());
+        let err = check_ops(&[Op::Tx, Op::Read], Device::Block).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--ops tx: not an operation of `block` (block: read, write; net: tx, rx)"
+        );
+        assert!(check_ops(&[Op::Write], Device::Net).is_err());
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::time::Duration;
 use crate::child::Measured;
 use crate::cleanup;
 use crate::clock::ms_between;
-use crate::devices::qemu_args::{self, NetBackend};
+use crate::devices::lineup::{lineup, tap_name, total_steps, Devices, Engine, System, GUEST_MAC};
+use crate::devices::qemu_args::NetBackend;
 use crate::devices::{
-    alternate, make_disk, size_label, Case, Device, DeviceArgs, DeviceError, DeviceReport, Run,
+    alternate, make_disk, size_label, Case, Device, DeviceArgs, DeviceError, DeviceReport, Op, Run,
     TIMEOUT,
 };
 use crate::guest::Guest;
@@ -23,15 +24,11 @@ use crate::progress::Progress;
 use crate::rawsock::{frame, RawSender, ETH_P_PROBE};
 use crate::setup::Env;
 use crate::spry_log::parse_boot_timer;
-use crate::systems::qemu::{find_qemu, Qemu};
-use crate::systems::vm::{vm_config, vmm_command, write_json, Vmm};
 use crate::systems::{check_exit, run_helper, SystemError};
 
 /// The probe's command line for device runs: not quiet, since the bench modes' own
 /// lines ("rx ready", failures) are needed; they are printed outside the timed part.
 const DEVICE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
-/// The guest's MAC address.
-const GUEST_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x02];
 /// The source MAC of frames the host sends to the guest.
 const HOST_MAC: [u8; 6] = [0x06, 0x00, 0x00, 0x00, 0x00, 0x01];
 /// Largest frame the probe's receive buffers take (2048 minus the virtio-net header).
@@ -40,13 +37,6 @@ const RX_MAX_FRAME: u64 = 1514;
 const BLK_DONE: &str = "probe: blkbench done ";
 const TX_DONE: &str = "probe: netbench done ";
 const RX_DONE: &str = "probe: netbench rx done ";
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The probe's line after its timed part: `<prefix><count> ... [in <ns> ns (kvmclock...)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,85 +69,11 @@ fn clock_ms(done: Done, rx: bool) -> Option<f64> {
     })
 }
 
-/// Which VMM runs the probe.
-enum Engine {
-    Spry,
-    Qemu { qemu: Qemu, net: NetBackend },
-}
-
-/// A VMM under test.
-struct System {
-    name: String,
-    engine: Engine,
-}
-
-/// The probe's devices in one case.
-#[derive(Clone, Copy)]
-struct Devices<'a> {
-    /// The disk and whether it is read-only.
-    disk: Option<(&'a Path, bool)>,
-    tap: Option<&'a str>,
-}
-
-/// The systems that run, and the peers that cannot (with the reason).
-type Lineup = (Vec<System>, Vec<(String, String)>);
-
-/// spry and, if asked for and able to run the probe, QEMU (and QEMU with vhost-net);
-/// with the peers that cannot run and why.
-fn lineup(args: &DeviceArgs, guest: &Guest, net: bool) -> Result<Lineup, DeviceError> {
-    let mut systems = Vec::new();
-    let mut peers = Vec::new();
-    if args.wants("spry") {
-        systems.push(System {
-            name: "spry".into(),
-            engine: Engine::Spry,
-        });
-    }
-    if args.wants("qemu") {
-        let binary = args.qemu.clone().or_else(|| find_qemu(&args.qemu_accel));
-        let qemu = |binary: &PathBuf| {
-            Qemu::new(binary.clone(), guest.clone(), TIMEOUT).with_accel(&args.qemu_accel)
-        };
-        let mut backends = vec![NetBackend::Tap];
-        if net && args.qemu_vhost {
-            match qemu_args::vhost_unavailable() {
-                Some(why) => peers.push((NetBackend::Vhost.system_name().to_owned(), why)),
-                None => backends.push(NetBackend::Vhost),
-            }
-        }
-        match binary {
-            None => peers.push((
-                "QEMU".into(),
-                "neither qemu-system-x86_64-microvm nor qemu-system-x86_64 is installed (Debian \
-                 package qemu-system-x86)"
-                    .into(),
-            )),
-            // The boot check: through PVH, every check passed.
-            Some(binary) => match qemu(&binary).check() {
-                Err(reason) => peers.push(("QEMU".into(), reason)),
-                Ok(()) => systems.extend(backends.into_iter().map(|net| System {
-                    name: net.system_name().to_owned(),
-                    engine: Engine::Qemu {
-                        qemu: qemu(&binary),
-                        net,
-                    },
-                })),
-            },
-        }
-    }
-    if systems.is_empty() {
-        return Err(DeviceError::NoSystem(args.systems.join(",")));
-    }
-    Ok((systems, peers))
-}
-
 /// Feeds a running guest (the receive benchmark).
 type Feed<'a> = &'a dyn Fn(&mut Measured) -> Result<(), DeviceError>;
 
 /// Runs of the probe in one case.
 struct ProbeRun<'a> {
-    /// The spry binary.
-    spry: &'a Path,
     guest: &'a Guest,
     dir: &'a Path,
     devices: Devices<'a>,
@@ -170,47 +86,8 @@ impl ProbeRun<'_> {
         boot_args: &str,
         mode: &str,
     ) -> Result<Command, DeviceError> {
-        match &system.engine {
-            Engine::Spry => {
-                let drives = match self.devices.disk {
-                    // Writeback, as QEMU's cache=writeback (see qemu_args::block_args).
-                    Some((path, read_only)) => serde_json::json!([{
-                        "drive_id": "bench",
-                        "path_on_host": path,
-                        "is_root_device": false,
-                        "is_read_only": read_only,
-                        "cache_type": "Writeback",
-                    }]),
-                    None => serde_json::json!([]),
-                };
-                let nets = match self.devices.tap {
-                    Some(tap) => serde_json::json!([{
-                        "iface_id": "eth0",
-                        "guest_mac": mac_text(GUEST_MAC),
-                        "host_dev_name": tap,
-                    }]),
-                    None => serde_json::json!([]),
-                };
-                let config = self.dir.join(format!("{mode}.json"));
-                write_json(&config, &vm_config(self.guest, boot_args, drives, nets)).map_err(
-                    |source| DeviceError::Run {
-                        what: "writing the spry config".into(),
-                        source,
-                    },
-                )?;
-                Ok(vmm_command(Vmm::Spry, self.spry, &config))
-            }
-            Engine::Qemu { qemu, net } => {
-                let mut extra = qemu_args::common_args();
-                if let Some((path, read_only)) = self.devices.disk {
-                    extra.extend(qemu_args::block_args(path, read_only));
-                }
-                if let Some(tap) = self.devices.tap {
-                    extra.extend(qemu_args::net_args(tap, &mac_text(GUEST_MAC), *net));
-                }
-                Ok(qemu.command_with(boot_args, &extra))
-            }
-        }
+        let config = self.dir.join(format!("{mode}.json"));
+        system.command(self.guest, &config, boot_args, self.devices)
     }
 
     /// One boot of the probe in `mode` with `words`, timed by its `done` line.
@@ -324,30 +201,25 @@ impl ProbeRun<'_> {
     }
 }
 
-fn total_steps(args: &DeviceArgs, systems: usize) -> usize {
-    args.ops.len() * args.sizes.len() * systems * (args.runs * 2 + 1)
-}
-
 /// Runs the block benchmark.
 pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, DeviceError> {
     let dir = env.scratch_dir("block")?;
     let disk = dir.join("disk.img");
     make_disk(&disk)?;
-    let (systems, peers) = lineup(args, &guest, false)?;
+    let (systems, peers) = lineup(args, &env.spry, &guest, false)?;
     let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
     let mut cases = Vec::new();
     let mut progress = Progress::new("block", total_steps(args, systems.len()));
-    for op in &args.ops {
-        let op: &'static str = if op == "write" { "write" } else { "read" };
+    for &op in &args.ops {
         let probe = ProbeRun {
-            spry: &env.spry,
             guest: &guest,
             dir: &dir,
             devices: Devices {
-                disk: Some((&disk, op == "read")),
+                disk: Some((&disk, op == Op::Read)),
                 tap: None,
             },
         };
+        let op = op.name();
         for &size in &args.sizes {
             let case = Case {
                 op,
@@ -421,11 +293,10 @@ impl Drop for TapGuard {
 /// Runs the net benchmark.
 pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, DeviceError> {
     let dir = env.scratch_dir("net")?;
-    let tap = TapGuard::create(&format!("sbt{}", std::process::id() % 100_000))?;
-    let (systems, peers) = lineup(args, &guest, true)?;
+    let tap = TapGuard::create(&tap_name())?;
+    let (systems, peers) = lineup(args, &env.spry, &guest, args.qemu_vhost)?;
     let names: Vec<String> = systems.iter().map(|s| s.name.clone()).collect();
     let probe = ProbeRun {
-        spry: &env.spry,
         guest: &guest,
         dir: &dir,
         devices: Devices {
@@ -436,9 +307,9 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
     let mut cases = Vec::new();
     let mut skipped = Vec::new();
     let mut progress = Progress::new("net", total_steps(args, systems.len()));
-    for op in &args.ops {
-        let rx = op == "rx";
-        let op: &'static str = if rx { "rx" } else { "tx" };
+    for &op in &args.ops {
+        let rx = op == Op::Rx;
+        let op = op.name();
         for &size in &args.sizes {
             if rx && size > RX_MAX_FRAME {
                 skipped.push(format!(
@@ -558,6 +429,7 @@ fn send_paced(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::systems::qemu::Qemu;
 
     #[test]
     fn test_done_lines_with_and_without_the_guest_clock() {
@@ -624,7 +496,6 @@ mod tests {
         };
         let disk = Path::new("/tmp/d.img");
         let probe = ProbeRun {
-            spry: Path::new("/spry"),
             guest: &guest,
             dir: Path::new("/nonexistent"),
             devices: Devices {
@@ -650,10 +521,5 @@ mod tests {
         ));
         assert_eq!(args[append + 1], "console=ttyS0 probe.mode=blkbench");
         assert_eq!(cmd.get_program(), "qemu");
-    }
-
-    #[test]
-    fn test_mac_text() {
-        assert_eq!(mac_text(GUEST_MAC), "06:00:00:00:00:02");
     }
 }

@@ -157,6 +157,15 @@ pub fn check_exit(system: &str, exit: &Exit, process: &Measured) -> Result<(), S
     })
 }
 
+/// The files a VM booting `guest` needs.
+pub fn guest_image(guest: &crate::guest::Guest) -> Vec<ImageFile> {
+    guest
+        .files()
+        .into_iter()
+        .map(|(role, path)| image_file(role, path))
+        .collect()
+}
+
 /// File size and allocated size of `path` (summed over a directory tree).
 pub fn image_file(role: &str, path: PathBuf) -> ImageFile {
     let (bytes, disk_bytes) = tree_size(&path);

@@ -2,7 +2,7 @@
 //! through PVH: QEMU loads an ELF vmlinux only by its PVH entry note, which Linux has
 //! and the probe has too (resources/probe/src/pvh_entry.S).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use crate::procfs::MemoryUse;
 use crate::systems::elf_note::{has_note, PVH_OWNER, PVH_TYPE};
 use crate::systems::runc::find_program;
 use crate::systems::{
-    check_exit, image_file, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox,
+    check_exit, guest_image, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox,
     SystemError, Workload,
 };
 
@@ -23,11 +23,25 @@ const FULL_BUILD: &str = "qemu-system-x86_64";
 
 /// The QEMU binary for `accel`: the microvm build for KVM if it is installed, else
 /// (and for TCG, which the microvm build lacks) qemu-system-x86_64.
-pub fn find_qemu(accel: &str) -> Option<PathBuf> {
+fn find_qemu(accel: &str) -> Option<PathBuf> {
     let microvm = (accel == "kvm")
         .then(|| find_program(MICROVM_BUILD))
         .flatten();
     microvm.or_else(|| find_program(FULL_BUILD))
+}
+
+/// The QEMU binary to run: `explicit` (`--qemu PATH`) if given, else the one
+/// [`find_qemu`] finds for `accel`; `Err` says why there is none.
+pub fn qemu_binary(explicit: Option<&Path>, accel: &str) -> Result<PathBuf, String> {
+    explicit
+        .map(Path::to_owned)
+        .or_else(|| find_qemu(accel))
+        .ok_or_else(|| {
+            format!(
+                "neither {MICROVM_BUILD} nor {FULL_BUILD} is installed (Debian package \
+                 qemu-system-x86)"
+            )
+        })
 }
 
 /// qemu-system-x86_64 -M microvm.
@@ -64,19 +78,14 @@ impl Qemu {
         &self.guest.vmlinux
     }
 
-    /// The arguments for `workload` with `kernel`.
-    pub fn args(&self, workload: Workload, kernel: &std::path::Path) -> Vec<String> {
-        self.args_with(&self.guest.boot_args(workload), kernel, &[])
+    /// The arguments for `workload`.
+    pub fn args(&self, workload: Workload) -> Vec<String> {
+        self.args_with(&self.guest.boot_args(workload), &[])
     }
 
-    /// The arguments booting `kernel` with `boot_args` and `devices` (extra QEMU
-    /// arguments) after the root disk, if the guest has one.
-    pub fn args_with(
-        &self,
-        boot_args: &str,
-        kernel: &std::path::Path,
-        devices: &[String],
-    ) -> Vec<String> {
+    /// The arguments booting the guest's kernel with `boot_args` and `devices` (extra
+    /// QEMU arguments) after the root disk, if the guest has one.
+    pub fn args_with(&self, boot_args: &str, devices: &[String]) -> Vec<String> {
         let rtc = match self.guest.kind {
             GuestKind::Linux => "on",
             GuestKind::Probe => "off",
@@ -99,7 +108,7 @@ impl Qemu {
             "stdio",
             "-no-reboot",
             "-kernel",
-            &kernel.to_string_lossy(),
+            &self.kernel().to_string_lossy(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -129,17 +138,11 @@ impl Qemu {
         args
     }
 
-    /// The command booting the guest's usual kernel with `boot_args` and `devices`.
+    /// The command booting the guest's kernel with `boot_args` and `devices`.
     pub fn command_with(&self, boot_args: &str, devices: &[String]) -> Command {
         let mut cmd = Command::new(&self.binary);
-        cmd.args(self.args_with(boot_args, self.kernel(), devices));
+        cmd.args(self.args_with(boot_args, devices));
         cmd
-    }
-
-    fn spawn(&self, workload: Workload, kernel: &std::path::Path) -> Result<Measured, SystemError> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(self.args(workload, kernel));
-        Ok(Measured::spawn(cmd, workload != Workload::RunToExit)?)
     }
 
     /// Boots once; `Err(reason)` says why QEMU cannot run this guest here. The probe
@@ -249,7 +252,7 @@ impl Sandbox for Qemu {
 
     fn command_line(&self, workload: Workload) -> String {
         let args: Vec<String> = self
-            .args(workload, self.kernel())
+            .args(workload)
             .into_iter()
             .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect();
@@ -257,7 +260,8 @@ impl Sandbox for Qemu {
     }
 
     fn start(&self, workload: Workload, _tag: usize) -> Result<Instance, SystemError> {
-        let mut process = self.spawn(workload, self.kernel())?;
+        let cmd = self.command_with(&self.guest.boot_args(workload), &[]);
+        let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
         let running = self.guest.running_line();
         let ((), running_us) = process.wait_for(running, self.timeout, |l| {
             l.text.starts_with(running).then_some(())
@@ -302,11 +306,7 @@ impl Sandbox for Qemu {
     }
 
     fn image(&self) -> Vec<ImageFile> {
-        let mut files = vec![image_file("kernel (vmlinux)", self.kernel().clone())];
-        if let Some(rootfs) = &self.guest.rootfs {
-            files.push(image_file("root file system", rootfs.clone()));
-        }
-        files
+        guest_image(&self.guest)
     }
 }
 
@@ -318,7 +318,7 @@ mod tests {
     fn test_probe_boots_its_vmlinux_through_pvh_on_microvm_with_kvm() {
         let guest = Guest::probe(std::path::Path::new("/b"), 128, String::new());
         let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1));
-        let args = qemu.args(Workload::RunToExit, qemu.kernel());
+        let args = qemu.args(Workload::RunToExit);
         let at = |flag: &str| {
             args.iter()
                 .position(|a| a == flag)
@@ -394,14 +394,16 @@ mod tests {
     }
 
     #[test]
+    fn test_an_explicit_qemu_binary_is_taken_as_given() {
+        let binary = qemu_binary(Some(Path::new("/opt/q")), "kvm");
+        assert_eq!(binary, Ok(PathBuf::from("/opt/q")));
+    }
+
+    #[test]
     fn test_linux_gets_its_root_disk_read_only_before_extra_devices() {
         let guest = Guest::linux(std::path::Path::new("/b"), 128);
         let qemu = Qemu::new("qemu".into(), guest, Duration::from_secs(1)).with_accel("tcg");
-        let args = qemu.args_with(
-            "quiet",
-            std::path::Path::new("/k"),
-            &["-device".into(), "x".into()],
-        );
+        let args = qemu.args_with("quiet", &["-device".into(), "x".into()]);
         let root = args.iter().position(|a| a.contains("rootfs.ext4")).unwrap();
         let extra = args.iter().position(|a| a == "x").unwrap();
         assert!(root < extra);

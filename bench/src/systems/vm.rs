@@ -9,7 +9,7 @@ use crate::child::Measured;
 use crate::guest::Guest;
 use crate::procfs::MemoryUse;
 use crate::spry_log::{parse_boot_timer, parse_vcpu_entry};
-use crate::systems::{image_file, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
+use crate::systems::{ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
 
 /// Which Firecracker-compatible VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,11 +264,7 @@ impl Sandbox for VmSystem {
     }
 
     fn image(&self) -> Vec<ImageFile> {
-        self.guest
-            .files()
-            .into_iter()
-            .map(|(role, path)| image_file(role, path))
-            .collect()
+        super::guest_image(&self.guest)
     }
 }
 
