@@ -12,7 +12,7 @@ use crate::report::table::{markdown_table, summary_cells};
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
 use crate::systems::vm::{VmSystem, Vmm};
-use crate::systems::{check_exit, Sandbox, SystemError, Workload};
+use crate::systems::{check_exit, run_to_exit, Sandbox, SystemError, Workload};
 
 /// Errors of the boot benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +54,7 @@ pub fn boot_once(
     tag: usize,
     timeout: Duration,
 ) -> Result<BootSample, SystemError> {
-    let mut instance = system.start(Workload::RunToExit, tag)?;
-    let exit = instance.process.wait_exit(timeout)?;
-    system.finish(&mut instance);
-    check_exit(system.name(), &exit, &instance.process)?;
+    let (instance, exit) = run_to_exit(system, tag, timeout)?;
     let spawned = instance.process.spawned_us;
     let main_to_vcpu = instance.vcpu_entry_us.map(|us| us as f64 / 1000.0);
     let exec_to_main = instance.main_us.map(|m| ms_between(spawned, m));

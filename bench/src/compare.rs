@@ -17,7 +17,10 @@ use crate::setup::{Env, SetupError};
 use crate::systems::qemu::{qemu_binary, Qemu};
 use crate::systems::runc::{build_bundle, find_program, Runc};
 use crate::systems::vm::{VmSystem, Vmm};
-use crate::systems::{check_exit, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
+use crate::systems::{
+    check_exit, console_at_us, run_to_exit, ImageFile, Instance, Kind, Sandbox, SystemError,
+    Workload,
+};
 
 /// Errors of the comparison.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,9 @@ pub struct MemorySample {
     pub own_rss_mib: f64,
     /// Pss outside guest RAM.
     pub own_pss_mib: f64,
+    /// VMs: whether the guest-RAM mapping was found by its size (if not, the "own"
+    /// figures include guest RAM); always false for containers, which have none.
+    pub guest_mapping_found: bool,
 }
 
 /// K idle sandboxes at once.
@@ -117,6 +123,9 @@ pub struct SystemResult {
     pub start: Vec<StartSample>,
     /// Restart runs: stop request to the replacement's running signal, ms.
     pub restart_ms: Vec<f64>,
+    /// VMs, the same restart runs: stop request to the replacement guest's first
+    /// console line, ms (the signal every VMM has).
+    pub restart_console_ms: Vec<f64>,
     /// Idle memory runs.
     pub memory: Vec<MemorySample>,
     /// Density levels.
@@ -165,37 +174,33 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts `workload` once, to exit.
 fn start_sample(system: &dyn Sandbox) -> Result<StartSample, SystemError> {
-    let mut instance = system.start(Workload::RunToExit, tag())?;
-    let exit = instance.process.wait_exit(TIMEOUT)?;
-    system.finish(&mut instance);
-    check_exit(system.name(), &exit, &instance.process)?;
+    let (instance, exit) = run_to_exit(system, tag(), TIMEOUT)?;
     let spawned = instance.process.spawned_us;
-    let console = system.console_line().and_then(|prefix| {
-        let line = instance
-            .process
-            .lines
-            .iter()
-            .find(|l| l.text.starts_with(prefix))?;
-        Some(ms_between(spawned, line.at_us))
-    });
     Ok(StartSample {
         to_running_ms: ms_between(spawned, instance.running_us),
         to_exit_ms: ms_between(spawned, exit.at_us),
-        to_console_ms: console,
+        to_console_ms: console_at_us(system, &instance).map(|at| ms_between(spawned, at)),
         cpu_ms: exit.cpu_ms(),
     })
 }
 
 /// Stops `current` (an attached idle instance) and starts its replacement: the time
-/// from the stop request to the replacement's running signal.
-fn restart_sample(system: &dyn Sandbox, current: &mut Instance) -> Result<f64, SystemError> {
+/// from the stop request to the replacement's running signal, and (VMs) to its
+/// guest's first console line, ms.
+fn restart_sample(
+    system: &dyn Sandbox,
+    current: &mut Instance,
+) -> Result<(f64, Option<f64>), SystemError> {
     let asked = monotonic_us();
     let exit = system.stop(current, TIMEOUT)?;
     check_exit(system.name(), &exit, &current.process)?;
+    // `start` of an idle VM returns once the guest printed its idle line, so the
+    // console line is among the lines read by then.
     let next = system.start(Workload::IdleAttached, tag())?;
-    let ms = ms_between(asked, next.running_us);
+    let running = ms_between(asked, next.running_us);
+    let console = console_at_us(system, &next).map(|at| ms_between(asked, at));
     *current = next;
-    Ok(ms)
+    Ok((running, console))
 }
 
 fn mib(kib: u64) -> f64 {
@@ -217,6 +222,7 @@ fn memory_sample(system: &dyn Sandbox) -> Result<MemorySample, SystemError> {
         pss_mib: mib(memory.pss_kib),
         own_rss_mib: mib(memory.own_rss_kib()),
         own_pss_mib: mib(memory.own_pss_kib()),
+        guest_mapping_found: memory.guest_mapping_found,
     })
 }
 
@@ -450,6 +456,7 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             .collect(),
             start: Vec::new(),
             restart_ms: Vec::new(),
+            restart_console_ms: Vec::new(),
             memory: Vec::new(),
             density: Vec::new(),
             image: s.image(),
@@ -487,8 +494,9 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
             };
             progress.step(system.name(), false);
             let sample = restart_sample(system.as_ref(), instance);
-            if let Some(ms) = roll.take(i, "restart", sample)? {
-                results[i].restart_ms.push(ms);
+            if let Some((running, console)) = roll.take(i, "restart", sample)? {
+                results[i].restart_ms.push(running);
+                results[i].restart_console_ms.extend(console);
             }
         }
     }
@@ -543,15 +551,17 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
          unassigned MMIO) and Firecracker (whose boot timer sits at another address) — the \
          guest's first console line, timed when it arrives; container — the \
          init's `spry-bench: running` line on stdout, timed when it arrives. spry against a \
-         VM peer is judged on the first console line for both (\"start → console\"), \
-         which comes a little after the boot-timer write; against the container on its \
-         boot-timer write."
+         VM peer is judged on the first console line for both (\"start → console\" and \
+         \"stop + start → console\", in the headline sentences and the aims), which comes a \
+         little after the boot-timer write; against the container on its boot-timer write \
+         (\"start → running\", \"stop + start → running\"). The plots show spry both ways."
             .to_owned(),
         "Memory: Rss/Pss summed over /proc/<pid>/smaps of the sandbox's processes while it \
          idles (the VMM process, including the guest memory it touched; for the container, \
          its init's process tree; runc itself has exited: the container runs detached, which \
          is the lightest a runc container gets; Docker would add a containerd-shim per \
-         container). \"Own\" excludes the guest-RAM mapping, found by its size."
+         container). \"Own\" excludes the guest-RAM mapping, found by its size; \
+         where it was not found the own figures include guest RAM and are marked so."
             .to_owned(),
         "CPU per start: user + system time of the started process and everything it reaped \
          (wait4 rusage), from spawn to exit. Under PVM this includes the guest itself, run by \

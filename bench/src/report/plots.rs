@@ -8,7 +8,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::{Comparison, SystemResult};
-use crate::stats::{summarize, Summary};
+use crate::report::markdown::{
+    cpu, pss, restart, restart_console, start_console, start_exit, start_running,
+};
+use crate::stats::Summary;
+use crate::systems::Kind;
 
 /// Errors drawing plots.
 #[derive(Debug, thiserror::Error)]
@@ -267,21 +271,36 @@ fn render<DB: DrawingBackend>(
     }
 }
 
-fn bars(c: &Comparison, metric: impl Fn(&SystemResult) -> Option<Summary>) -> Vec<Bar> {
+type Metric = fn(&SystemResult) -> Option<Summary>;
+
+fn bar(label: String, s: Summary) -> Bar {
+    Bar {
+        label,
+        median: s.median,
+        p90: s.p90,
+    }
+}
+
+fn bars(c: &Comparison, metric: Metric) -> Vec<Bar> {
     c.systems
         .iter()
-        .filter_map(|r| {
-            metric(r).map(|s| Bar {
-                label: r.name.clone(),
-                median: s.median,
-                p90: s.p90,
-            })
-        })
+        .filter_map(|r| Some(bar(r.name.clone(), metric(r)?)))
         .collect()
 }
 
-fn summary_of(values: impl Iterator<Item = f64>) -> Option<Summary> {
-    summarize(&values.collect::<Vec<_>>())
+/// [`bars`] of each system's running signal, and next to spry's (the first system)
+/// a "spry → console" bar of `console`: the signal VM peers are compared on (their
+/// running signal is their first console line), where a VM peer ran.
+fn running_and_console_bars(c: &Comparison, running: Metric, console: Metric) -> Vec<Bar> {
+    let mut out = bars(c, running);
+    let vm_peer = c.systems.iter().skip(1).any(|r| r.kind == Kind::Vm);
+    let spry_console = c.systems.first().and_then(console).filter(|_| vm_peer);
+    if let Some(s) = spry_console {
+        // Right after spry's own bar, if it has one.
+        let after_spry = usize::from(c.systems.first().and_then(running).is_some());
+        out.insert(after_spry, bar("spry → console".into(), s));
+    }
+    out
 }
 
 fn density_lines(
@@ -305,9 +324,9 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
         (
             "start",
             Figure::Bars {
-                title: "Start → running (median, whisker to p90)",
+                title: "Start → running signal (median, whisker to p90)",
                 y: "ms",
-                bars: bars(c, |r| summary_of(r.start.iter().map(|s| s.to_running_ms))),
+                bars: running_and_console_bars(c, start_running, start_console),
             },
         ),
         (
@@ -315,15 +334,15 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
             Figure::Bars {
                 title: "Start → exit after the workload (median, p90)",
                 y: "ms",
-                bars: bars(c, |r| summary_of(r.start.iter().map(|s| s.to_exit_ms))),
+                bars: bars(c, start_exit),
             },
         ),
         (
             "restart",
             Figure::Bars {
-                title: "Restart: stop + start → running (median, p90)",
+                title: "Restart: stop + start → running signal (median, p90)",
                 y: "ms",
-                bars: bars(c, |r| summary_of(r.restart_ms.iter().copied())),
+                bars: running_and_console_bars(c, restart, restart_console),
             },
         ),
         (
@@ -331,7 +350,7 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
             Figure::Bars {
                 title: "Memory per idle sandbox: Pss (median, p90)",
                 y: "MiB",
-                bars: bars(c, |r| summary_of(r.memory.iter().map(|m| m.pss_mib))),
+                bars: bars(c, pss),
             },
         ),
         (
@@ -339,7 +358,7 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
             Figure::Bars {
                 title: "CPU per start: user + system (median, p90)",
                 y: "ms",
-                bars: bars(c, |r| summary_of(r.start.iter().map(|s| s.cpu_ms))),
+                bars: bars(c, cpu),
             },
         ),
         (
@@ -375,4 +394,28 @@ pub fn write_all(c: &Comparison, dir: &Path) -> Result<Vec<String>, PlotError> {
         written.extend(draw(figure, dir, name)?);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::markdown::tests::fixture;
+
+    #[test]
+    fn test_spry_is_also_shown_on_the_console_line_of_its_vm_peers() {
+        let labels: Vec<String> =
+            running_and_console_bars(&fixture(), start_running, start_console)
+                .into_iter()
+                .map(|b| b.label)
+                .collect();
+        assert_eq!(labels, ["spry", "spry → console", "runc", "QEMU"]);
+    }
+
+    #[test]
+    fn test_no_console_bar_without_a_vm_peer() {
+        let mut c = fixture();
+        c.systems.retain(|r| r.kind != Kind::Vm || r.name == "spry");
+        let bars = running_and_console_bars(&c, restart, restart_console);
+        assert_eq!(bars.len(), 2);
+    }
 }

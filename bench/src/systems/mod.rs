@@ -145,6 +145,32 @@ pub trait Sandbox: Sync {
     }
 }
 
+/// Starts `system`'s run-to-exit workload once and waits for its clean exit.
+pub fn run_to_exit(
+    system: &dyn Sandbox,
+    tag: usize,
+    timeout: Duration,
+) -> Result<(Instance, Exit), SystemError> {
+    let mut instance = system.start(Workload::RunToExit, tag)?;
+    let exit = instance.process.wait_exit(timeout)?;
+    system.finish(&mut instance);
+    check_exit(system.name(), &exit, &instance.process)?;
+    Ok((instance, exit))
+}
+
+/// When a VM's guest printed its first console line (`console_line`), µs
+/// (`CLOCK_MONOTONIC`, as the harness read it); `None` for containers or if the line
+/// has not come.
+pub fn console_at_us(system: &dyn Sandbox, instance: &Instance) -> Option<u64> {
+    let prefix = system.console_line()?;
+    instance
+        .process
+        .lines
+        .iter()
+        .find(|l| l.text.starts_with(prefix))
+        .map(|l| l.at_us)
+}
+
 /// Fails with [`SystemError::BadExit`] unless `exit` is a clean exit 0.
 pub fn check_exit(system: &str, exit: &Exit, process: &Measured) -> Result<(), SystemError> {
     if exit.status.success() {
