@@ -173,9 +173,14 @@ pub fn process_tree(pid: i32) -> Vec<i32> {
     all
 }
 
+/// Field `name` ("MemTotal", "MemAvailable") of `/proc/meminfo` text, in KiB.
+pub fn meminfo_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| kib_field(l, name))
+}
+
 /// `MemAvailable` from `/proc/meminfo` text, in KiB.
 pub fn parse_mem_available(text: &str) -> Option<u64> {
-    text.lines().find_map(|l| kib_field(l, "MemAvailable"))
+    meminfo_kib(text, "MemAvailable")
 }
 
 /// The host's `MemAvailable` now, in KiB.
@@ -257,6 +262,13 @@ Pss:                  12 kB
     fn test_mem_available() {
         let text = "MemTotal: 100 kB\nMemFree: 50 kB\nMemAvailable: 75 kB\n";
         assert_eq!(parse_mem_available(text), Some(75));
+    }
+
+    #[test]
+    fn test_mem_total_is_a_meminfo_field_in_kib() {
+        let text = "MemTotal:       24557640 kB\nMemFree: 50 kB\n";
+        assert_eq!(meminfo_kib(text, "MemTotal"), Some(24_557_640));
+        assert_eq!(meminfo_kib(text, "MemTota"), None);
     }
 
     #[test]
