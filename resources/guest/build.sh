@@ -70,7 +70,12 @@ ensure_packages() {
 pkgver() { dpkg-query -W -f='${Version}' "$1"; }
 
 # --- cache key ---------------------------------------------------------------------
-# Kernel key: everything the kernel depends on. Full key: kernel key + rootfs inputs.
+# Kernel key: everything the kernel depends on. Full key: kernel key + rootfs inputs,
+# among them whether build_rootfs can create /dev/console and /dev/null (only as
+# root), so a cache shared between root and other users never hands a root-built
+# tree to a non-root build or the other way round.
+device_nodes() { if [ "$(id -u)" -eq 0 ]; then echo yes; else echo no; fi; }
+
 compute_keys() {
 	local kin fin
 	kin=$(printf '%s\n' \
@@ -89,7 +94,8 @@ compute_keys() {
 		"cpio=$(pkgver cpio)" \
 		"libc6-dev=$(pkgver libc6-dev)" \
 		"init=$(sha256sum <"$HERE/init")" \
-		"spry-exec.c=$(sha256sum <"$HERE/spry-exec.c")")
+		"spry-exec.c=$(sha256sum <"$HERE/spry-exec.c")" \
+		"device-nodes=$(device_nodes)")
 	KEY=$(printf '%s' "$fin" | sha256sum | cut -c1-16)
 	KEY_INPUTS="$kin"$'\n'"$fin"
 }
@@ -267,7 +273,7 @@ build_rootfs() { # $1 = staging dir (gets rootfs.ext4 + initramfs.cpio)
 		export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 		PS1='spry:\w\$ '
 	EOF
-	if [ "$(id -u)" -eq 0 ]; then
+	if [ "$(device_nodes)" = yes ]; then
 		mknod -m 600 "$tree/dev/console" c 5 1
 		mknod -m 666 "$tree/dev/null" c 1 3
 	fi
