@@ -59,9 +59,17 @@ else
 	LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/spry-smoke.XXXXXX"); KEEP=0
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/spry-smoke-work.XXXXXX")
-QPID=
+# The pid of the running boot's timeout(1): it leads a process group of its own
+# with QEMU, which a signal to this script's group does not reach.
+QPID_FILE="$WORK/qemu.pid"
+# The shell test's background jobs.
+feeder='' drain=''
 cleanup() {
-	[ -n "$QPID" ] && kill "$QPID" 2>/dev/null
+	local job qpid
+	for job in $feeder $drain; do kill "$job" 2>/dev/null; done
+	if qpid=$(cat "$QPID_FILE" 2>/dev/null) && [ -n "$qpid" ]; then
+		kill -- -"$qpid" 2>/dev/null || kill "$qpid" 2>/dev/null
+	fi
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -82,13 +90,18 @@ boot() {
 	: >"$logf"
 	start=$(now) start_us=${EPOCHREALTIME/[.,]/}
 	# timeout(1) kills qemu if the guest never resets; qemu exits by itself
-	# (status 0) on the guest's reset because of -no-reboot.
-	timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${MACHINE[@]}" "$@" 2>&1 <"${BOOT_STDIN:-/dev/null}" |
+	# (status 0) on the guest's reset because of -no-reboot. The subshell records
+	# its pid, which exec makes timeout's, for cleanup().
+	(
+		echo "$BASHPID" >"$QPID_FILE"
+		exec timeout --kill-after=5 "$TIMEOUT" "$QEMU" "${MACHINE[@]}" "$@"
+	) 2>&1 <"${BOOT_STDIN:-/dev/null}" |
 		while IFS= read -r line; do
 			t=$((${EPOCHREALTIME/[.,]/} - start_us))
 			printf '%d.%06d %s\n' $((t / 1000000)) $((t % 1000000)) "${line%$'\r'}"
 		done >"$logf"
 	rc=${PIPESTATUS[0]}
+	rm -f "$QPID_FILE"
 	BOOT_RC=$rc BOOT_WALL=$(since "$start")
 }
 
@@ -225,7 +238,8 @@ if want shell; then
 		wait_for '^[0-9.]+ SigIgn:' || exit 0
 		sleep 0.5
 		echo 'sendkey ctrl-alt-delete' >"$WORK/mon.in"
-		sleep "$TIMEOUT"
+		# exec: killing $feeder then ends the sleep, and with it the fifo's writer.
+		exec sleep "$TIMEOUT"
 	) &
 	feeder=$!
 	cat "$WORK/mon.out" >/dev/null 2>&1 &
@@ -234,6 +248,7 @@ if want shell; then
 		-chardev "pipe,id=mon0,path=$WORK/mon" -mon chardev=mon0,mode=readline \
 		-append "$BASE_CMDLINE root=/dev/vda rw quiet spry.mode=shell"
 	kill "$feeder" "$drain" 2>/dev/null; wait "$feeder" "$drain" 2>/dev/null
+	feeder='' drain=''
 	ok=1
 	check shell "$logf" \
 		'Exit the shell to reboot' \
