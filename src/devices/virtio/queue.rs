@@ -80,13 +80,53 @@ pub fn drain<F>(
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
 {
-    drain_batched(queue, mem, budget, |chains| {
-        chains.into_iter().map(&mut serve).collect()
+    drain_batched(queue, mem, budget, |chains, used| {
+        for chain in chains {
+            used.push(serve(chain));
+        }
     })
 }
 
+/// Publishes the used entries of one batch, in the order its chains came, as each
+/// finishes: a driver polling the used ring (or handling an earlier interrupt)
+/// sees a finished request while later ones of the batch are still being served.
+pub struct UsedEntries<'a> {
+    queue: &'a mut Queue,
+    mem: &'a GuestMemory,
+    heads: Vec<u16>,
+    next: usize,
+    error: Option<QueueError>,
+}
+
+impl UsedEntries<'_> {
+    /// The next chain of the batch is done, with `len` bytes written to its buffers.
+    pub fn push(&mut self, len: u32) {
+        let Some(&head) = self.heads.get(self.next) else {
+            debug_assert!(false, "more used entries than chains");
+            return;
+        };
+        self.next += 1;
+        if self.error.is_none() {
+            if let Err(e) = self.queue.add_used(self.mem, head, len) {
+                self.error = Some(e.into());
+            }
+        }
+    }
+
+    /// Completes what `serve` left unanswered (with nothing written), so no chain
+    /// is lost; returns how many chains the batch held.
+    fn finish(mut self) -> Result<usize, QueueError> {
+        debug_assert_eq!(self.next, self.heads.len(), "one used entry per chain");
+        while self.next < self.heads.len() {
+            self.push(0);
+        }
+        self.error.map_or(Ok(self.heads.len()), Err)
+    }
+}
+
 /// Like [`drain`], but hands `serve` every chain available at once (so it can merge
-/// their work); `serve` returns one used length per chain, in order.
+/// their work); `serve` reports each chain's used length through [`UsedEntries`],
+/// in order.
 pub fn drain_batched<F>(
     queue: &mut Queue,
     mem: &GuestMemory,
@@ -94,7 +134,7 @@ pub fn drain_batched<F>(
     mut serve: F,
 ) -> Result<Drained, QueueError>
 where
-    F: FnMut(Vec<DescriptorChain<&GuestMemory>>) -> Vec<u32>,
+    F: FnMut(Vec<DescriptorChain<&GuestMemory>>, &mut UsedEntries<'_>),
 {
     let mut completed = 0;
     loop {
@@ -103,13 +143,16 @@ where
         let n = usize::from(pending(queue, mem)?).min(budget - completed);
         if n > 0 {
             let chains: Vec<_> = queue.iter(mem).map_err(ring)?.take(n).collect();
-            let heads: Vec<u16> = chains.iter().map(DescriptorChain::head_index).collect();
-            let used = serve(chains);
-            debug_assert_eq!(used.len(), heads.len(), "one used length per chain");
-            for (head, len) in heads.iter().zip(used) {
-                queue.add_used(mem, *head, len).map_err(ring)?;
-            }
-            completed += heads.len();
+            let heads = chains.iter().map(DescriptorChain::head_index).collect();
+            let mut used = UsedEntries {
+                queue: &mut *queue,
+                mem,
+                heads,
+                next: 0,
+                error: None,
+            };
+            serve(chains, &mut used);
+            completed += used.finish()?;
         }
         if completed == budget && pending(queue, mem)? > 0 {
             return Ok(Drained {
@@ -198,12 +241,11 @@ mod tests {
             ],
         );
         let mut batches = Vec::new();
-        let drained = drain_batched(&mut q, &mem, 64, |chains| {
+        let drained = drain_batched(&mut q, &mem, 64, |chains, used| {
             batches.push(chains.len());
-            chains
-                .iter()
-                .map(|c| u32::from(c.head_index()) + 100)
-                .collect()
+            for c in &chains {
+                used.push(u32::from(c.head_index()) + 100);
+            }
         })
         .unwrap();
         assert_eq!(
@@ -215,6 +257,22 @@ mod tests {
         );
         assert_eq!(batches, vec![3]);
         assert_eq!(vq.used().ring().ref_at(2).unwrap().load().len(), 102);
+    }
+
+    #[test]
+    fn test_batched_drain_publishes_each_used_entry_as_it_is_pushed() {
+        let mem = default_mem();
+        let (vq, mut q) = driver_queue(&mem, 16);
+        add_chains(&vq, 0, &[&[Desc::w(0x10000, 8)], &[Desc::w(0x20000, 8)]]);
+        let mut seen = Vec::new();
+        drain_batched(&mut q, &mem, 64, |chains, used| {
+            for _ in &chains {
+                used.push(1);
+                seen.push(vq.used().idx().load());
+            }
+        })
+        .unwrap();
+        assert_eq!(seen, vec![1, 2]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::request::{self, Completion, Disk, Request, RequestError};
 use crate::config::CacheType;
 use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment, MAX_SEGMENTS};
-use crate::devices::virtio::queue::drain_batched;
+use crate::devices::virtio::queue::{drain_batched, UsedEntries};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX,
     F_RING_INDIRECT_DESC, F_VERSION_1, TYPE_BLOCK,
@@ -163,8 +163,8 @@ impl Block {
         let name = &self.name;
         let mem = &active.mem;
         let counters = &mut self.counters;
-        let result = drain_batched(&mut active.queue, mem, BUDGET, |chains| {
-            serve_batch(mem, &disk, chains, errors, name, counters)
+        let result = drain_batched(&mut active.queue, mem, BUDGET, |chains, used| {
+            serve_batch(mem, &disk, chains, used, errors, name, counters);
         });
         match result {
             Ok(drained) => {
@@ -192,53 +192,41 @@ enum Pending {
     Done(u32),
 }
 
-/// Serves every chain of one batch and returns their used lengths, in order.
-/// Consecutive reads (or writes) of adjacent sectors share one `preadv`/`pwritev`,
-/// the way a disk scheduler merges a guest's sequential I/O.
+/// Serves every chain of one batch, publishing each used entry as its request
+/// finishes. Consecutive reads (or writes) of adjacent sectors share one
+/// `preadv`/`pwritev`, the way a disk scheduler merges a guest's sequential I/O.
 fn serve_batch(
     mem: &GuestMemory,
     disk: &Disk<'_>,
     chains: Vec<DescriptorChain<&GuestMemory>>,
+    used: &mut UsedEntries<'_>,
     errors: &GuestErrorLog,
     name: &str,
     counters: &mut BlockCounters,
-) -> Vec<u32> {
+) {
     let pending: Vec<Pending> = chains
         .into_iter()
         .map(|chain| parse_chain(mem, disk, chain, errors, name, counters))
         .collect();
-    let mut used = vec![0u32; pending.len()];
     let mut i = 0;
     while i < pending.len() {
         let end = mergeable_run(&pending, i);
-        if end - i > 1 && run_merged(mem, disk, &pending[i..end]) {
-            for (slot, p) in used[i..end].iter_mut().zip(&pending[i..end]) {
-                if let Pending::Ready { buffers, request } = p {
-                    *slot = complete(
-                        mem,
-                        buffers,
-                        request,
-                        Ok(request.completion()),
-                        errors,
-                        name,
-                        counters,
-                    );
+        let merged = end - i > 1 && run_merged(mem, disk, &pending[i..end]);
+        for p in &pending[i..end] {
+            used.push(match p {
+                Pending::Done(len) => *len,
+                Pending::Ready { buffers, request } => {
+                    let result = if merged {
+                        Ok(request.completion())
+                    } else {
+                        request.run(mem, disk, buffers)
+                    };
+                    complete(mem, buffers, request, result, errors, name, counters)
                 }
-            }
-        } else {
-            for (slot, p) in used[i..end].iter_mut().zip(&pending[i..end]) {
-                *slot = match p {
-                    Pending::Done(len) => *len,
-                    Pending::Ready { buffers, request } => {
-                        let result = request.run(mem, disk, buffers);
-                        complete(mem, buffers, request, result, errors, name, counters)
-                    }
-                };
-            }
+            });
         }
         i = end;
     }
-    used
 }
 
 /// Merging saves a system call per request, which matters for small requests only;
