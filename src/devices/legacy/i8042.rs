@@ -63,6 +63,10 @@ pub struct I8042 {
     outp: u8,
     pending_cmd: Option<u8>,
     buf: VecDeque<u8>,
+    /// The guest pulsed the reset line. Linux writes the reset command again and
+    /// again (from every vCPU that gets there) until the machine goes away; only
+    /// the first one logs and asks the VM to stop.
+    reset_requested: bool,
 }
 
 impl I8042 {
@@ -77,6 +81,7 @@ impl I8042 {
             outp: 0,
             pending_cmd: None,
             buf: VecDeque::with_capacity(BUF_SIZE),
+            reset_requested: false,
         }
     }
 
@@ -128,8 +133,7 @@ impl I8042 {
                 None
             }
             CMD_RESET_CPU => {
-                log::info!("guest reset the machine through the i8042");
-                self.exit.request(ExitReason::GuestReset);
+                self.reset();
                 None
             }
             _ => None,
@@ -138,6 +142,17 @@ impl I8042 {
             // Replies go to a buffer the guest drains; drop on overflow like hardware.
             let _ = self.push(byte);
         }
+    }
+
+    /// Pulls the reset line: the first time, the VM is asked to stop; later pulses
+    /// (the guest retrying until it is gone) change nothing.
+    fn reset(&mut self) {
+        if std::mem::replace(&mut self.reset_requested, true) {
+            log::trace!("i8042: reset again while the VM stops");
+            return;
+        }
+        log::info!("guest reset the machine through the i8042");
+        self.exit.request(ExitReason::GuestReset);
     }
 
     fn data(&mut self, value: u8) {
@@ -212,6 +227,37 @@ mod tests {
         let (mut dev, exit, _) = device();
         dev.write(OFS_STATUS, &[CMD_RESET_CPU]);
         assert_eq!(exit.reason(), Some(ExitReason::GuestReset));
+    }
+
+    #[test]
+    fn test_repeated_reset_commands_stop_the_vm_once() {
+        let (mut dev, exit, _) = device();
+        for _ in 0..5 {
+            dev.write(OFS_STATUS, &[CMD_RESET_CPU]);
+        }
+        assert_eq!(exit.reason(), Some(ExitReason::GuestReset));
+        assert_eq!(exit.event_fd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn test_reset_commands_from_several_vcpus_stop_the_vm_once() {
+        let (dev, exit, _) = device();
+        let dev = Arc::new(std::sync::Mutex::new(dev));
+        let vcpus: Vec<_> = (0..4)
+            .map(|_| {
+                let dev = dev.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        crate::sync::lock(&dev).write(OFS_STATUS, &[CMD_RESET_CPU]);
+                    }
+                })
+            })
+            .collect();
+        for vcpu in vcpus {
+            vcpu.join().unwrap();
+        }
+        assert_eq!(exit.reason(), Some(ExitReason::GuestReset));
+        assert_eq!(exit.event_fd().read().unwrap(), 1);
     }
 
     #[test]
