@@ -24,6 +24,17 @@ pub enum ExitReason {
         /// KVM's description (suberror, RIP).
         detail: String,
     },
+    /// On a host where KVM emulates every guest instruction (PVM), the guest executed
+    /// an instruction KVM's emulator cannot run.
+    UnemulatedInstruction {
+        /// Which vCPU.
+        vcpu: u8,
+        /// Where, if KVM's registers could be read.
+        rip: Option<u64>,
+        /// The bytes KVM's emulator fetched from RIP on (up to 15: the instruction
+        /// and whatever follows it), if it reported them.
+        bytes: Vec<u8>,
+    },
     /// Running a vCPU failed on the VMM side.
     VcpuError {
         /// Which vCPU.
@@ -44,7 +55,9 @@ impl ExitReason {
         match self {
             ExitReason::GuestReset | ExitReason::Stopped => 0,
             ExitReason::TripleFault { .. } => 3,
-            ExitReason::EmulationFailure { .. } | ExitReason::VcpuError { .. } => 4,
+            ExitReason::EmulationFailure { .. }
+            | ExitReason::UnemulatedInstruction { .. }
+            | ExitReason::VcpuError { .. } => 4,
             ExitReason::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
         }
     }
@@ -60,11 +73,35 @@ impl std::fmt::Display for ExitReason {
             ExitReason::EmulationFailure { vcpu, detail } => {
                 write!(f, "vCPU {vcpu}: KVM emulation failure: {detail}")
             }
+            ExitReason::UnemulatedInstruction { vcpu, rip, bytes } => {
+                write!(
+                    f,
+                    "vCPU {vcpu}: this host is PVM (no VT-x/AMD-V), where KVM emulates every \
+                     guest instruction, and the guest executed an instruction KVM's emulator \
+                     cannot run"
+                )?;
+                if let Some(rip) = rip {
+                    write!(f, " at RIP {rip:#x}")?;
+                }
+                if !bytes.is_empty() {
+                    write!(f, " (bytes from there: {})", hex_bytes(bytes))?;
+                }
+                Ok(())
+            }
             ExitReason::VcpuError { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
             ExitReason::Signal(n) => write!(f, "stopped by signal {n}"),
             ExitReason::Stopped => write!(f, "stopped on request"),
         }
     }
+}
+
+/// `bytes` as space-separated hex pairs, the way disassemblers list instruction bytes.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The one place that says the VM must stop: the first reason recorded wins, and the
@@ -194,6 +231,40 @@ mod tests {
             .exit_code(),
             4
         );
+        assert_eq!(
+            ExitReason::UnemulatedInstruction {
+                vcpu: 0,
+                rip: None,
+                bytes: Vec::new()
+            }
+            .exit_code(),
+            4
+        );
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+    }
+
+    #[test]
+    fn test_unemulated_instruction_is_one_line_naming_pvm_rip_and_bytes() {
+        let reason = ExitReason::UnemulatedInstruction {
+            vcpu: 1,
+            rip: Some(0x100_0000),
+            bytes: vec![0x0f, 0xc7, 0xf0],
+        };
+        assert_eq!(
+            reason.to_string(),
+            "vCPU 1: this host is PVM (no VT-x/AMD-V), where KVM emulates every guest \
+             instruction, and the guest executed an instruction KVM's emulator cannot run at \
+             RIP 0x1000000 (bytes from there: 0f c7 f0)"
+        );
+    }
+
+    #[test]
+    fn test_unemulated_instruction_without_rip_or_bytes_says_so_plainly() {
+        let reason = ExitReason::UnemulatedInstruction {
+            vcpu: 0,
+            rip: None,
+            bytes: Vec::new(),
+        };
+        assert!(reason.to_string().ends_with("KVM's emulator cannot run"));
     }
 }

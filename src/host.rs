@@ -8,8 +8,9 @@ use std::path::Path;
 pub enum HostKvm {
     /// VT-x or AMD-V (`kvm_intel` / `kvm_amd`): any x86_64 guest runs natively.
     Hardware,
-    /// PVM (`kvm_pvm`): no VT-x/AMD-V; unmodified guests run only through KVM's
-    /// instruction emulator, where Linux dies early.
+    /// PVM (`kvm_pvm`): no VT-x/AMD-V; guests run only through KVM's instruction
+    /// emulator, where Linux dies early and other guests run as long as they keep to
+    /// the instructions it implements.
     Pvm,
     /// Neither module is visible (KVM built in, or an unusual setup).
     Unknown,
@@ -32,7 +33,8 @@ impl HostKvm {
         }
     }
 
-    /// Whether a guest that is not marked emulator-safe can boot here.
+    /// Whether any guest, Linux included, can boot here. Where this is false (PVM),
+    /// spry refuses Linux and tries every other guest (`KernelImage::emulator_safe`).
     pub fn runs_unmodified_guests(self) -> bool {
         self != HostKvm::Pvm
     }

@@ -1,5 +1,6 @@
-//! Kernel and initrd images: what a file is (ELF `vmlinux` or `bzImage`, Linux or an
-//! emulator-safe guest such as spry's probe) and loading it with linux-loader.
+//! Kernel and initrd images: what a file is (ELF `vmlinux` or `bzImage`; Linux, a
+//! guest marked emulator-safe such as spry's probe, or anything else) and loading it
+//! with linux-loader.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -68,6 +69,20 @@ pub enum KernelFormat {
     BzImage,
 }
 
+/// What kind of guest a kernel image is, as far as the host policy cares: on a PVM
+/// host, where KVM emulates every guest instruction, Linux is known to fail early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// Marked as built for KVM's instruction emulator: spry's `spry` ELF note, or a
+    /// bzImage whose version string starts with `spry-probe` (the probe guest).
+    EmulatorSafe,
+    /// Recognisably Linux: any other bzImage, or an ELF carrying Linux's own notes.
+    Linux,
+    /// Anything else (a unikernel, a small custom kernel): nothing says it cannot run
+    /// under the emulator, so it is tried.
+    Other,
+}
+
 /// What spry learned about a kernel image before booting it.
 #[derive(Debug)]
 pub struct KernelImage {
@@ -77,8 +92,10 @@ pub struct KernelImage {
     pub file: File,
     /// Image format.
     pub format: KernelFormat,
-    /// The image declares it runs under KVM's instruction emulator (spry's probe
-    /// guest does, Linux does not).
+    /// Linux, marked emulator-safe, or neither.
+    pub kind: KernelKind,
+    /// spry may boot it where KVM emulates every guest instruction (PVM): it is not
+    /// recognisably Linux, which is known to fail there. `kind != Linux`.
     pub emulator_safe: bool,
     /// Longest command line the kernel accepts, including the terminating NUL.
     pub cmdline_capacity: usize,
@@ -88,6 +105,15 @@ pub struct KernelImage {
 const SPRY_NOTE_NAME: &[u8] = b"spry\0";
 const SPRY_NOTE_TYPE: u32 = 1;
 const SPRY_NOTE_DESC: &[u8] = b"emulator-safe";
+/// Owner of the notes every Linux vmlinux carries (build salt 0x100, LTO info
+/// 0x101, from `init/version.c`); no other kernel uses it.
+const LINUX_NOTE_NAME: &[u8] = b"Linux\0";
+/// Owner of Xen's notes. A PVH entry note (type 18) alone says nothing about the
+/// kernel (spry's probe and unikernels carry one); `XEN_ELFNOTE_GUEST_OS` (type 6)
+/// naming "linux" is what Linux with Xen support adds.
+const XEN_NOTE_NAME: &[u8] = b"Xen\0";
+const XEN_ELFNOTE_GUEST_OS: u32 = 6;
+const XEN_GUEST_OS_LINUX: &[u8] = b"linux";
 /// Prefix of a bzImage's `kernel_version` string that marks the probe guest.
 const PROBE_VERSION_PREFIX: &[u8] = b"spry-probe";
 
@@ -106,12 +132,16 @@ impl KernelImage {
         let len = read_up_to(&mut file, &mut head).map_err(read_err)?;
         head.truncate(len);
 
-        let (format, emulator_safe, cmdline_capacity) = if is_x86_64_elf(&head) {
-            let safe = elf_has_spry_note(&mut file, &head).map_err(read_err)?;
-            (KernelFormat::Elf, safe, CMDLINE_MAX_SIZE)
+        let (format, kind, cmdline_capacity) = if is_x86_64_elf(&head) {
+            let kind = elf_kind(&mut file, &head).map_err(read_err)?;
+            (KernelFormat::Elf, kind, CMDLINE_MAX_SIZE)
         } else if let Some(hdr) = bzimage_header(&head) {
-            let safe = bzimage_is_probe(&mut file, &hdr).map_err(read_err)?;
-            (KernelFormat::BzImage, safe, bzimage_cmdline_capacity(&hdr))
+            let kind = if bzimage_is_probe(&mut file, &hdr).map_err(read_err)? {
+                KernelKind::EmulatorSafe
+            } else {
+                KernelKind::Linux
+            };
+            (KernelFormat::BzImage, kind, bzimage_cmdline_capacity(&hdr))
         } else {
             return Err(LoaderError::NotAKernel(path.to_owned()));
         };
@@ -119,7 +149,8 @@ impl KernelImage {
             path: path.to_owned(),
             file,
             format,
-            emulator_safe,
+            kind,
+            emulator_safe: kind != KernelKind::Linux,
             cmdline_capacity,
         })
     }
@@ -145,18 +176,20 @@ fn is_x86_64_elf(head: &[u8]) -> bool {
         && u16::from_le_bytes([head[18], head[19]]) == EM_X86_64
 }
 
-/// Scans the PT_NOTE segments of an ELF for spry's emulator-safe note. `head` is
-/// the start of the file (at least the 64-byte ELF header, checked by the caller);
-/// program headers inside it are not read again.
-fn elf_has_spry_note(file: &mut File, head: &[u8]) -> std::io::Result<bool> {
+/// Reads the PT_NOTE segments of an ELF and tells what they make of it: spry's
+/// emulator-safe mark wins over Linux's notes, and an ELF with neither is `Other`.
+/// `head` is the start of the file (at least the 64-byte ELF header, checked by the
+/// caller); program headers inside it are not read again.
+fn elf_kind(file: &mut File, head: &[u8]) -> std::io::Result<KernelKind> {
     const PT_NOTE: u32 = 4;
     const MAX_NOTES_BYTES: u64 = 1 << 20;
     const PHDR_LEN: usize = 56;
     let phoff = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default());
     let phentsize = u64::from(u16::from_le_bytes([head[54], head[55]]));
     let phnum = u64::from(u16::from_le_bytes([head[56], head[57]]));
+    let mut kind = KernelKind::Other;
     if phentsize < PHDR_LEN as u64 {
-        return Ok(false);
+        return Ok(kind);
     }
     for i in 0..phnum {
         let at = phoff.saturating_add(i * phentsize);
@@ -169,7 +202,7 @@ fn elf_has_spry_note(file: &mut File, head: &[u8]) -> std::io::Result<bool> {
         } else {
             file.seek(SeekFrom::Start(at))?;
             if file.read_exact(&mut phdr).is_err() {
-                return Ok(false);
+                break;
             }
         }
         if u32::from_le_bytes(phdr[0..4].try_into().unwrap_or_default()) != PT_NOTE {
@@ -182,34 +215,60 @@ fn elf_has_spry_note(file: &mut File, head: &[u8]) -> std::io::Result<bool> {
         if file.read_exact(&mut notes).is_err() {
             continue;
         }
-        if notes_contain_spry_mark(&notes) {
-            return Ok(true);
+        match notes_kind(&notes) {
+            KernelKind::EmulatorSafe => return Ok(KernelKind::EmulatorSafe),
+            KernelKind::Linux => kind = KernelKind::Linux,
+            KernelKind::Other => {}
         }
     }
-    Ok(false)
+    Ok(kind)
 }
 
-fn notes_contain_spry_mark(mut notes: &[u8]) -> bool {
+/// One ELF note: owner name (with its NUL), type and descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ElfNote<'a> {
+    name: &'a [u8],
+    kind: u32,
+    desc: &'a [u8],
+}
+
+/// The notes of a PT_NOTE segment, up to the first one that does not fit.
+fn elf_notes(mut notes: &[u8]) -> impl Iterator<Item = ElfNote<'_>> {
     let align4 = |n: usize| n.div_ceil(4) * 4;
-    while notes.len() >= 12 {
-        let word =
-            |i: usize| u32::from_le_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
-        let (namesz, descsz, kind) = (word(0) as usize, word(4) as usize, word(8));
-        let name_end = 12 + namesz;
-        let desc_start = 12 + align4(namesz);
-        let desc_end = desc_start + descsz;
-        if desc_end > notes.len() {
-            return false;
-        }
-        if kind == SPRY_NOTE_TYPE
-            && &notes[12..name_end] == SPRY_NOTE_NAME
-            && notes[desc_start..desc_end].starts_with(SPRY_NOTE_DESC)
+    std::iter::from_fn(move || {
+        let word = |i: usize| Some(u32::from_le_bytes(notes.get(i..i + 4)?.try_into().ok()?));
+        let size = |i: usize| usize::try_from(word(i)?).ok();
+        let (namesz, descsz, kind) = (size(0)?, size(4)?, word(8)?);
+        let desc_start = align4(namesz).checked_add(12)?;
+        let desc_end = desc_start.checked_add(descsz)?;
+        let note = ElfNote {
+            name: notes.get(12..namesz.checked_add(12)?)?,
+            kind,
+            desc: notes.get(desc_start..desc_end)?,
+        };
+        notes = notes.get(desc_start + align4(descsz)..).unwrap_or_default();
+        Some(note)
+    })
+}
+
+/// What one PT_NOTE segment's notes make of a kernel.
+fn notes_kind(notes: &[u8]) -> KernelKind {
+    let mut kind = KernelKind::Other;
+    for note in elf_notes(notes) {
+        if note.name == SPRY_NOTE_NAME
+            && note.kind == SPRY_NOTE_TYPE
+            && note.desc.starts_with(SPRY_NOTE_DESC)
         {
-            return true;
+            return KernelKind::EmulatorSafe;
         }
-        notes = &notes[(desc_start + align4(descsz)).min(notes.len())..];
+        let xen_says_linux = note.name == XEN_NOTE_NAME
+            && note.kind == XEN_ELFNOTE_GUEST_OS
+            && note.desc.starts_with(XEN_GUEST_OS_LINUX);
+        if note.name == LINUX_NOTE_NAME || xen_says_linux {
+            kind = KernelKind::Linux;
+        }
     }
-    false
+    kind
 }
 
 /// The fields of a bzImage setup header spry needs before loading.
@@ -414,24 +473,185 @@ mod tests {
         v
     }
 
-    #[test]
-    fn test_spry_note_is_found_after_other_notes() {
-        let mut notes = note(b"Linux\0", 6, b"6.1.0\0");
-        notes.extend(note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe"));
-        assert!(notes_contain_spry_mark(&notes));
+    /// An x86_64 ELF header and one PT_NOTE program header over `notes`.
+    fn elf_with_notes(notes: &[u8]) -> Vec<u8> {
+        const EHDR_LEN: u64 = 64;
+        const PHDR_LEN: u64 = 56;
+        let mut elf = vec![0u8; 64];
+        elf[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\0");
+        elf[18] = 62; // EM_X86_64
+        elf[32..40].copy_from_slice(&EHDR_LEN.to_le_bytes()); // e_phoff
+        elf[54] = 56; // e_phentsize
+        elf[56] = 1; // e_phnum
+        let mut phdr = vec![0u8; 56];
+        phdr[0..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        phdr[8..16].copy_from_slice(&(EHDR_LEN + PHDR_LEN).to_le_bytes()); // p_offset
+        phdr[32..40].copy_from_slice(&(notes.len() as u64).to_le_bytes()); // p_filesz
+        elf.extend(phdr);
+        elf.extend_from_slice(notes);
+        elf
+    }
+
+    fn inspect(bytes: &[u8]) -> KernelImage {
+        let f = temp_file_with(bytes);
+        KernelImage::inspect(f.as_path()).unwrap()
+    }
+
+    /// A bzImage setup header: boot flag, "HdrS", protocol 2.15, the version string
+    /// at 0x500 when `version` is given.
+    fn bzimage(version: Option<&[u8]>) -> Vec<u8> {
+        let mut image = vec![0u8; 0x1000];
+        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        if let Some(version) = version {
+            image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+            image[0x500..0x500 + version.len()].copy_from_slice(version);
+        }
+        image
+    }
+
+    /// The notes of the project's Linux 6.1 vmlinux, in its order (`readelf -n
+    /// build/guest/vmlinux`): GNU build id, Linux's LTO info (0x101) and build salt
+    /// (0x100), Xen's PVH entry (18).
+    fn linux_notes() -> Vec<u8> {
+        let mut notes = note(b"GNU\0", 3, &[0xc5; 20]);
+        notes.extend(note(b"Linux\0", 0x101, &0u32.to_le_bytes()));
+        notes.extend(note(b"Linux\0", 0x100, b"\0"));
+        notes.extend(note(b"Xen\0", 18, &0x0100_0500u64.to_le_bytes()));
+        notes
     }
 
     #[test]
-    fn test_linux_notes_are_not_a_spry_mark() {
-        let notes = note(b"Xen\0", 18, &[0, 0, 0, 1]);
-        assert!(!notes_contain_spry_mark(&notes));
+    fn test_spry_note_is_found_after_other_notes() {
+        let mut notes = note(b"GNU\0", 3, &[0xab; 20]);
+        notes.extend(note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe"));
+        assert_eq!(notes_kind(&notes), KernelKind::EmulatorSafe);
+    }
+
+    #[test]
+    fn test_linux_owner_notes_mean_linux() {
+        assert_eq!(notes_kind(&linux_notes()), KernelKind::Linux);
+    }
+
+    #[test]
+    fn test_xen_guest_os_linux_note_means_linux() {
+        let notes = note(b"Xen\0", XEN_ELFNOTE_GUEST_OS, b"linux\0");
+        assert_eq!(notes_kind(&notes), KernelKind::Linux);
+    }
+
+    #[test]
+    fn test_pvh_entry_note_alone_is_not_linux() {
+        let notes = note(b"Xen\0", 18, &0x0100_0000u64.to_le_bytes());
+        assert_eq!(notes_kind(&notes), KernelKind::Other);
+    }
+
+    #[test]
+    fn test_other_xen_guest_os_is_not_linux() {
+        let notes = note(b"Xen\0", XEN_ELFNOTE_GUEST_OS, b"Mini-OS\0");
+        assert_eq!(notes_kind(&notes), KernelKind::Other);
+    }
+
+    #[test]
+    fn test_spry_mark_wins_over_linux_notes() {
+        let mut notes = linux_notes();
+        notes.extend(note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe"));
+        assert_eq!(notes_kind(&notes), KernelKind::EmulatorSafe);
     }
 
     #[test]
     fn test_truncated_note_is_not_a_mark_and_does_not_panic() {
         let mut notes = note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe");
         notes.truncate(20);
-        assert!(!notes_contain_spry_mark(&notes));
+        assert_eq!(notes_kind(&notes), KernelKind::Other);
+    }
+
+    #[test]
+    fn test_note_sizes_near_u32_max_do_not_panic() {
+        let mut notes = Vec::new();
+        notes.extend_from_slice(&u32::MAX.to_le_bytes());
+        notes.extend_from_slice(&u32::MAX.to_le_bytes());
+        notes.extend_from_slice(&1u32.to_le_bytes());
+        notes.extend_from_slice(b"Linux\0\0\0");
+        assert_eq!(notes_kind(&notes), KernelKind::Other);
+    }
+
+    #[test]
+    fn test_elf_with_linux_notes_is_linux_and_not_emulator_safe() {
+        let kernel = inspect(&elf_with_notes(&linux_notes()));
+        assert_eq!(kernel.format, KernelFormat::Elf);
+        assert_eq!(kernel.kind, KernelKind::Linux);
+        assert!(!kernel.emulator_safe);
+    }
+
+    #[test]
+    fn test_elf_without_notes_is_other_and_may_be_tried() {
+        let kernel = inspect(&elf_with_notes(&[]));
+        assert_eq!(kernel.kind, KernelKind::Other);
+        assert!(kernel.emulator_safe);
+    }
+
+    #[test]
+    fn test_elf_with_only_a_pvh_note_is_other() {
+        let notes = note(b"Xen\0", 18, &0x0100_0000u64.to_le_bytes());
+        assert_eq!(inspect(&elf_with_notes(&notes)).kind, KernelKind::Other);
+    }
+
+    #[test]
+    fn test_elf_with_spry_note_is_emulator_safe() {
+        let notes = note(SPRY_NOTE_NAME, SPRY_NOTE_TYPE, b"emulator-safe");
+        assert_eq!(
+            inspect(&elf_with_notes(&notes)).kind,
+            KernelKind::EmulatorSafe
+        );
+    }
+
+    #[test]
+    fn test_elf_whose_notes_lie_past_the_end_is_other() {
+        let mut elf = elf_with_notes(&linux_notes());
+        elf.truncate(64 + 56 + 8);
+        assert_eq!(inspect(&elf).kind, KernelKind::Other);
+    }
+
+    #[test]
+    fn test_bzimage_is_linux() {
+        let kernel = inspect(&bzimage(Some(b"6.1.0 (x)\0")));
+        assert_eq!(kernel.format, KernelFormat::BzImage);
+        assert_eq!(kernel.kind, KernelKind::Linux);
+        assert!(!kernel.emulator_safe);
+    }
+
+    #[test]
+    fn test_bzimage_without_version_string_is_linux() {
+        assert_eq!(inspect(&bzimage(None)).kind, KernelKind::Linux);
+    }
+
+    /// What `tools/devtool guest` and `tools/devtool probe` built, where they did.
+    fn built(artifacts: &[&str]) -> Vec<(PathBuf, KernelKind)> {
+        let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("build");
+        artifacts
+            .iter()
+            .map(|a| build.join(a))
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let kind = KernelImage::inspect(&p).unwrap().kind;
+                (p, kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn test_project_linux_guest_is_linux_where_built() {
+        for (path, kind) in built(&["guest/vmlinux", "guest/bzImage"]) {
+            assert_eq!(kind, KernelKind::Linux, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn test_probe_guest_is_emulator_safe_where_built() {
+        for (path, kind) in built(&["probe/vmlinux", "probe/bzImage"]) {
+            assert_eq!(kind, KernelKind::EmulatorSafe, "{}", path.display());
+        }
     }
 
     #[test]
@@ -452,42 +672,26 @@ mod tests {
 
     #[test]
     fn test_bzimage_header_gives_format_and_cmdline_capacity() {
-        let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
-        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
+        let mut image = bzimage(Some(b"6.1.0 (x)\0"));
         image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
-        image[0x500..0x50a].copy_from_slice(b"6.1.0 (x)\0");
-        let f = temp_file_with(&image);
-        let kernel = KernelImage::inspect(f.as_path()).unwrap();
+        let kernel = inspect(&image);
         assert_eq!(kernel.format, KernelFormat::BzImage);
         assert_eq!(kernel.cmdline_capacity, 2048);
-        assert!(!kernel.emulator_safe);
     }
 
     #[test]
     fn test_huge_declared_cmdline_size_stops_below_the_mp_table() {
-        let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
-        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        let mut image = bzimage(None);
         image[0x238..0x23c].copy_from_slice(&u32::MAX.to_le_bytes());
-        let f = temp_file_with(&image);
-        let kernel = KernelImage::inspect(f.as_path()).unwrap();
+        let kernel = inspect(&image);
         assert_eq!(kernel.cmdline_capacity as u64, EBDA_START - CMDLINE_ADDR);
     }
 
     #[test]
     fn test_bzimage_with_probe_version_is_emulator_safe() {
-        let mut image = vec![0u8; 0x1000];
-        image[0x1fe..0x200].copy_from_slice(&KERNEL_BOOT_FLAG_MAGIC.to_le_bytes());
-        image[0x202..0x206].copy_from_slice(&KERNEL_HDR_MAGIC.to_le_bytes());
-        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        image[0x20e..0x210].copy_from_slice(&0x300u16.to_le_bytes());
-        image[0x500..0x50c].copy_from_slice(b"spry-probe 1");
-        let f = temp_file_with(&image);
-        assert!(KernelImage::inspect(f.as_path()).unwrap().emulator_safe);
+        let kernel = inspect(&bzimage(Some(b"spry-probe 1")));
+        assert_eq!(kernel.kind, KernelKind::EmulatorSafe);
+        assert!(kernel.emulator_safe);
     }
 
     #[test]

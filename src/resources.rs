@@ -908,6 +908,6 @@ mod tests {
         let res = VmResources::try_from(config_with_kernel(kernel.as_path())).unwrap();
         assert_eq!(res.machine.vcpu_count.get(), 1);
         assert_eq!(res.machine.mem_size, 128 << 20);
-        assert!(!res.boot.kernel.emulator_safe);
+        assert_eq!(res.boot.kernel.kind, crate::loader::KernelKind::Other);
     }
 }

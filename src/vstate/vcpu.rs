@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -20,7 +21,8 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::x86_64::cpuid::{filter_cpuid, Topology};
 use crate::arch::x86_64::regs;
 use crate::devices::bus::DeviceBuses;
-use crate::exit::{ExitEvent, ExitReason};
+use crate::exit::{hex_bytes, ExitEvent, ExitReason};
+use crate::host::HostKvm;
 use crate::metrics::VcpuExitCounters;
 
 /// Errors while creating, configuring or driving a vCPU.
@@ -385,20 +387,11 @@ impl Vcpu {
             },
             VcpuExit::InternalError => {
                 VcpuExitCounters::count(&counters.failures);
-                let detail = self.internal_error_detail();
-                Emulation::Stop(ExitReason::EmulationFailure {
-                    vcpu: index,
-                    detail,
-                })
+                Emulation::Stop(self.internal_error())
             }
             VcpuExit::FailEntry(reason, cpu) => {
                 VcpuExitCounters::count(&counters.failures);
-                Emulation::Stop(ExitReason::VcpuError {
-                    vcpu: index,
-                    detail: format!(
-                        "KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
-                    ),
-                })
+                Emulation::Stop(fail_entry(index, HostKvm::detect(), reason, cpu))
             }
             other => {
                 VcpuExitCounters::count(&counters.failures);
@@ -410,21 +403,69 @@ impl Vcpu {
         }
     }
 
-    fn internal_error_detail(&mut self) -> String {
-        // SAFETY: the last exit was KVM_EXIT_INTERNAL_ERROR, so `internal` is the
-        // active member of the exit union.
-        let suberror = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
-        let what = match suberror {
-            1 => "instruction emulation failed",
-            2 => "simultaneous exceptions",
-            3 => "delivery event failed",
-            _ => "internal error",
+    /// Why KVM_EXIT_INTERNAL_ERROR stopped the vCPU, with the RIP and, for an
+    /// emulation failure, the instruction bytes KVM reports (Linux 5.14 and later).
+    fn internal_error(&mut self) -> ExitReason {
+        // SAFETY: every member of the exit union is plain integers, valid for any bit
+        // pattern; `emulation_failure` is KVM_EXIT_INTERNAL_ERROR's layout, which
+        // extends `internal` (suberror, ndata, then data[0] = flags, data[1..3] = the
+        // instruction bytes) and is only trusted below as far as `ndata` says.
+        let failure = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.emulation_failure };
+        let has_bytes = failure.suberror == KVM_INTERNAL_ERROR_EMULATION
+            && failure.ndata >= 3
+            && failure.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0;
+        let bytes = if has_bytes {
+            // SAFETY: the union has one member, a struct of plain bytes.
+            let insn = unsafe { failure.__bindgen_anon_1.__bindgen_anon_1 };
+            let len = usize::from(insn.insn_size).min(insn.insn_bytes.len());
+            insn.insn_bytes[..len].to_vec()
+        } else {
+            Vec::new()
         };
-        match self.fd.get_regs() {
-            Ok(r) => format!("{what} (suberror {suberror}) at RIP {:#x}", r.rip),
-            Err(_) => format!("{what} (suberror {suberror})"),
-        }
+        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+        internal_error(self.index, HostKvm::detect(), failure.suberror, rip, bytes)
     }
+}
+
+/// The exit reason for KVM_EXIT_INTERNAL_ERROR `suberror` on `host`. Where KVM
+/// emulates every instruction (PVM), an emulation failure means the guest used an
+/// instruction outside the emulator's set, and the line says so.
+fn internal_error(
+    vcpu: u8,
+    host: HostKvm,
+    suberror: u32,
+    rip: Option<u64>,
+    bytes: Vec<u8>,
+) -> ExitReason {
+    if suberror == KVM_INTERNAL_ERROR_EMULATION && host == HostKvm::Pvm {
+        return ExitReason::UnemulatedInstruction { vcpu, rip, bytes };
+    }
+    let what = match suberror {
+        1 => "instruction emulation failed",
+        2 => "simultaneous exceptions",
+        3 => "delivery event failed",
+        _ => "internal error",
+    };
+    let mut detail = format!("{what} (suberror {suberror})");
+    if let Some(rip) = rip {
+        detail.push_str(&format!(" at RIP {rip:#x}"));
+    }
+    if !bytes.is_empty() {
+        detail.push_str(&format!(" (bytes from there: {})", hex_bytes(&bytes)));
+    }
+    if host == HostKvm::Pvm {
+        detail.push_str("; this host is PVM, where KVM emulates every guest instruction");
+    }
+    ExitReason::EmulationFailure { vcpu, detail }
+}
+
+/// The exit reason for KVM_EXIT_FAIL_ENTRY on `host`.
+fn fail_entry(vcpu: u8, host: HostKvm, reason: u64, cpu: u32) -> ExitReason {
+    let mut detail = format!("KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}");
+    if host == HostKvm::Pvm {
+        detail.push_str("; this host is PVM, where KVM emulates every guest instruction");
+    }
+    ExitReason::VcpuError { vcpu, detail }
 }
 
 enum Emulation {
@@ -502,5 +543,70 @@ impl VcpuHandle {
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_emulation_failure_on_pvm_names_the_host_rip_and_bytes() {
+        let reason = internal_error(
+            0,
+            HostKvm::Pvm,
+            KVM_INTERNAL_ERROR_EMULATION,
+            Some(0x100_0000),
+            vec![0x0f, 0xc7, 0xf0],
+        );
+        assert_eq!(
+            reason,
+            ExitReason::UnemulatedInstruction {
+                vcpu: 0,
+                rip: Some(0x100_0000),
+                bytes: vec![0x0f, 0xc7, 0xf0],
+            }
+        );
+    }
+
+    #[test]
+    fn test_emulation_failure_with_hardware_virtualization_stays_generic() {
+        let reason = internal_error(
+            1,
+            HostKvm::Hardware,
+            KVM_INTERNAL_ERROR_EMULATION,
+            Some(0x2000),
+            vec![0x90],
+        );
+        assert_eq!(
+            reason,
+            ExitReason::EmulationFailure {
+                vcpu: 1,
+                detail:
+                    "instruction emulation failed (suberror 1) at RIP 0x2000 (bytes from there: 90)"
+                        .into(),
+            }
+        );
+    }
+
+    #[test]
+    fn test_other_internal_error_on_pvm_mentions_the_host() {
+        let ExitReason::EmulationFailure { detail, .. } =
+            internal_error(0, HostKvm::Pvm, 3, None, Vec::new())
+        else {
+            panic!("not an emulation failure");
+        };
+        assert!(detail.starts_with("delivery event failed (suberror 3); this host is PVM"));
+    }
+
+    #[test]
+    fn test_failed_entry_on_pvm_mentions_the_host() {
+        let reason = fail_entry(0, HostKvm::Pvm, 0x21, 1);
+        assert_eq!(
+            reason.to_string(),
+            "vCPU 0 failed: KVM entry failed: hardware reason 0x21 on host CPU 1; this host is \
+             PVM, where KVM emulates every guest instruction"
+        );
+        assert_eq!(reason.exit_code(), 4);
     }
 }
