@@ -23,11 +23,16 @@ mod systems;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// spry-bench: spry's benchmarks against containers and other VMMs.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Without a command, spry-bench runs `compare`, and takes compare's options \
+                  as they are: `spry-bench --quick` is `spry-bench compare --quick`."
+)]
 struct Cli {
     /// The spry binary (default: $SPRY_BIN, else `spry` next to spry-bench, else
     /// target/release/spry).
@@ -36,8 +41,45 @@ struct Cli {
     /// Where the guest artifacts are (and are built if missing): default <repo>/build.
     #[arg(long, global = true, value_name = "DIR")]
     build_dir: Option<PathBuf>,
+    /// compare's options, for the default command.
+    #[command(
+        flatten,
+        next_help_heading = "Options of compare (the default command)"
+    )]
+    compare: CompareArgs,
     #[command(subcommand)]
     command: Option<Bench>,
+}
+
+impl Cli {
+    /// Parses a command line. compare's options go after `compare` or, compare being
+    /// the default, without a command; before another command they are refused
+    /// rather than ignored.
+    fn try_parse_args<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        if let Some(command) = &cli.command {
+            if cli.compare != CompareArgs::default() {
+                return Err(Cli::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "compare's options go after `compare` or without a command, not \
+                         before `{}`",
+                        command.name()
+                    ),
+                ));
+            }
+        }
+        Ok(cli)
+    }
+
+    /// The benchmark to run: the command given, else compare with the options given.
+    fn bench(self) -> Bench {
+        self.command.unwrap_or(Bench::Compare(self.compare))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +105,17 @@ enum Bench {
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
     Compare(CompareArgs),
+}
+
+impl Bench {
+    fn name(&self) -> &'static str {
+        match self {
+            Bench::Boot { .. } => "boot",
+            Bench::Block(_) => "block",
+            Bench::Net(_) => "net",
+            Bench::Compare(_) => "compare",
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,7 +174,7 @@ impl DeviceCli {
     }
 }
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, PartialEq, clap::Args)]
 struct CompareArgs {
     /// Smoke run: 3 runs after 1 warm-up, density K=3.
     #[arg(long)]
@@ -209,32 +262,31 @@ enum BenchError {
 fn run(cli: Cli) -> Result<(), BenchError> {
     cleanup::install_interrupt_handler()?;
     let _cleanup = cleanup::CleanupGuard;
-    let env = setup::Env::new(cli.spry, cli.build_dir)?;
+    let env = setup::Env::new(cli.spry.clone(), cli.build_dir.clone())?;
     if env.spry_is_debug() {
         eprintln!(
             "spry-bench: warning: {} is a debug build; numbers from it are not representative",
             env.spry.display()
         );
     }
-    match cli.command {
-        Some(Bench::Boot {
+    match cli.bench() {
+        Bench::Boot {
             runs,
             warmup,
             memory_runs,
-        }) => {
+        } => {
             let report = boot::run(&env, runs, warmup, memory_runs)?;
             println!("{}", report.render());
         }
-        Some(Bench::Block(args)) => {
+        Bench::Block(args) => {
             let report = devices::block(&env, &args.args(devices::Device::Block))?;
             println!("{}", report.render());
         }
-        Some(Bench::Net(args)) => {
+        Bench::Net(args) => {
             let report = devices::net(&env, &args.args(devices::Device::Net))?;
             println!("{}", report.render());
         }
-        Some(Bench::Compare(args)) => run_compare(&env, &args)?,
-        None => run_compare(&env, &CompareArgs::default())?,
+        Bench::Compare(args) => run_compare(&env, &args)?,
     }
     Ok(())
 }
@@ -264,7 +316,8 @@ fn run_compare(env: &setup::Env, args: &CompareArgs) -> Result<(), BenchError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spry-bench: {}", error_chain(&e));
@@ -285,6 +338,62 @@ mod tests {
         };
         assert_eq!(args.args(devices::Device::Block).ops, [devices::Op::Write]);
         assert!(Cli::try_parse_from(["spry-bench", "block", "--ops", "wirte"]).is_err());
+    }
+
+    fn bench(args: &[&str]) -> Bench {
+        let line = ["spry-bench", "--spry", "/x/spry"].iter().chain(args);
+        Cli::try_parse_args(line).unwrap().bench()
+    }
+
+    #[test]
+    fn test_no_command_is_the_full_comparison() {
+        let Bench::Compare(args) = bench(&[]) else {
+            panic!("not compare");
+        };
+        assert_eq!(args, CompareArgs::default());
+        assert_eq!(args.settings().runs, 20);
+    }
+
+    #[test]
+    fn test_top_level_quick_is_compare_quick() {
+        let Bench::Compare(top) = bench(&["--quick"]) else {
+            panic!("not compare");
+        };
+        let Bench::Compare(named) = bench(&["compare", "--quick"]) else {
+            panic!("not compare");
+        };
+        assert_eq!(top, named);
+        assert!(top.quick);
+        assert_eq!(top.settings().runs, 3);
+    }
+
+    #[test]
+    fn test_top_level_firecracker_is_compare_firecracker() {
+        let Bench::Compare(args) = bench(&["--firecracker", "/opt/fc"]) else {
+            panic!("not compare");
+        };
+        assert_eq!(args.firecracker, Some(PathBuf::from("/opt/fc")));
+    }
+
+    #[test]
+    fn test_runs_after_boot_belong_to_boot() {
+        let Bench::Boot { runs, .. } = bench(&["boot", "--runs", "7"]) else {
+            panic!("not boot");
+        };
+        assert_eq!(runs, 7);
+    }
+
+    #[test]
+    fn test_compare_options_before_another_command_are_refused() {
+        let line = ["spry-bench", "--runs", "7", "boot"];
+        let e = Cli::try_parse_args(line).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn test_compare_options_on_both_sides_of_compare_are_refused() {
+        let line = ["spry-bench", "--quick", "compare", "--runs", "5"];
+        assert!(Cli::try_parse_args(line).is_err());
     }
 
     #[test]
