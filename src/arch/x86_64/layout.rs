@@ -27,8 +27,19 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// End of conventional memory; 0xa0000..1 MiB is the legacy VGA/BIOS hole.
 pub const EBDA_END: u64 = 0xa0000;
+/// Start of the ACPI tables: the top 128 KiB below 1 MiB, the BIOS area in which
+/// Linux looks for the RSDP when no EFI and no `acpi_rsdp_addr` tell it where. The
+/// e820 map leaves `EBDA_END..HIMEM_START` out, so this is never usable RAM.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End (exclusive) of the ACPI tables' area.
+pub const ACPI_END: u64 = HIMEM_START;
+/// The RSDP, first in the ACPI area (16-byte aligned, as the scan requires).
+pub const RSDP_ADDR: u64 = ACPI_START;
 /// Lowest address a kernel may be loaded at.
 pub const HIMEM_START: u64 = 0x10_0000;
+
+// The ACPI area lies in the legacy hole: above the MP table's EBDA, below the kernel.
+const _: () = assert!(EBDA_END <= ACPI_START && ACPI_START < ACPI_END && ACPI_END <= HIMEM_START);
 
 /// Start of the 32-bit MMIO gap: no RAM between here and 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;

@@ -1,6 +1,7 @@
-//! x86_64 boot state: memory layout, descriptor tables, registers, CPUID, MP table and
-//! the zero page.
+//! x86_64 boot state: memory layout, descriptor tables, registers, CPUID, MP table,
+//! ACPI tables and the zero page.
 
+pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
