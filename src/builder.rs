@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::num::NonZeroU8;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::IoEventAddress;
@@ -11,6 +12,7 @@ use linux_loader::loader::load_cmdline;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::acpi::{self, VirtioMmio};
 use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
 use crate::arch::x86_64::cpuid::Topology;
 use crate::arch::x86_64::layout::{
@@ -89,6 +91,9 @@ pub enum BuildError {
     /// MP table.
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     /// GDT, page tables.
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
@@ -197,9 +202,11 @@ pub fn build_and_start(
         event_loop: &mut event_loop,
         cmdline: &mut res.boot.cmdline,
         next_slot: 0,
+        announced: Vec::new(),
     };
     let blocks = attach_block_devices(&mut env, drives)?;
     let net_devices = attach_net_devices(&mut env, &res.nets)?;
+    let virtio_mmio = env.announced;
 
     configure_system(
         &guest_memory,
@@ -207,6 +214,7 @@ pub fn build_and_start(
         &kernel,
         initrd,
         vcpu_count,
+        &virtio_mmio,
     )?;
 
     let buses = Arc::new(buses);
@@ -265,10 +273,22 @@ struct DeviceEnv<'a> {
     event_loop: &'a mut EventLoop,
     cmdline: &'a mut Cmdline,
     next_slot: u32,
+    /// Every virtio-mmio device so far, in attach order, for the DSDT.
+    announced: Vec<VirtioMmio>,
 }
 
 /// Puts one virtio device on the MMIO bus with its interrupt, queue notifiers,
-/// event-loop subscription and command-line entry.
+/// event-loop subscription, command-line entry and DSDT entry.
+///
+/// Every device is announced twice, on the command line (`virtio_mmio.device=`, for
+/// kernels without ACPI such as the project's own) and in the DSDT (`LNRO0005`, for
+/// distribution kernels, which often lack `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+/// A kernel that reads both never drives a device twice: the ACPI platform device is
+/// created first (`acpi_init`, a subsys initcall; the command-line devices come at
+/// device-initcall level or at module load) and binds first, and its probe marks the
+/// window busy (`devm_platform_ioremap_resource`), so the probe of the command-line
+/// twin at the same address fails with -EBUSY (two log lines, no second disk).
+/// `acpi=off` in the boot args leaves the command line alone in charge.
 fn attach_virtio<D>(
     env: &mut DeviceEnv<'_>,
     name: String,
@@ -313,6 +333,11 @@ where
     env.cmdline
         .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
         .map_err(BuildError::Cmdline)?;
+    env.announced.push(VirtioMmio {
+        base,
+        size: VIRTIO_MMIO_SIZE,
+        gsi: irq,
+    });
     log::debug!("{name} at {base:#x}, IRQ {irq}");
     Ok(())
 }
@@ -464,14 +489,15 @@ fn attach_legacy_devices(
     })
 }
 
-/// Writes everything the kernel reads at entry: command line, zero page, MP table,
-/// GDT and page tables.
+/// Writes everything the kernel reads at entry: command line, ACPI tables, zero page,
+/// MP table, GDT and page tables.
 fn configure_system(
     mem: &GuestMemory,
     cmdline: &Cmdline,
     kernel: &LoadedKernel,
     initrd: Option<LoadedInitrd>,
     vcpu_count: NonZeroU8,
+    virtio_mmio: &[VirtioMmio],
 ) -> Result<(), BuildError> {
     load_cmdline(mem, GuestAddress(CMDLINE_ADDR), cmdline).map_err(BuildError::CmdlineWrite)?;
     let cmdline_len = cmdline
@@ -479,14 +505,23 @@ fn configure_system(
         .map_err(BuildError::Cmdline)?
         .as_bytes()
         .len();
+    let started = Instant::now();
+    let (rsdp_addr, acpi_bytes) = acpi::setup_acpi(mem, vcpu_count.get(), virtio_mmio)?;
+    log::debug!(
+        "ACPI tables: {acpi_bytes} bytes, RSDP at {rsdp_addr:#x}, in {:?}",
+        started.elapsed()
+    );
     let mem_size = mem.iter().map(|r| r.len()).sum();
-    let params = boot_params::build_boot_params(&ZeroPageContents {
+    let mut params = boot_params::build_boot_params(&ZeroPageContents {
         setup_header: kernel.setup_header,
         mem_size,
         cmdline_addr: CMDLINE_ADDR,
         cmdline_len,
         initrd: initrd.map(|i| (i.addr.0, i.size)),
     })?;
+    // Boot protocol 2.14+: the kernel takes the RSDP from here; older ones find it by
+    // scanning 0xe0000..1 MiB.
+    params.acpi_rsdp_addr = rsdp_addr;
     boot_params::write_boot_params(mem, params)?;
     mptable::setup_mptable(mem, vcpu_count.get())?;
     regs::write_boot_tables(mem)?;
