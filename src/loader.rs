@@ -530,7 +530,7 @@ mod tests {
     }
 
     #[test]
-    fn test_linux_owner_notes_mean_linux() {
+    fn test_notes_owned_by_linux_mean_linux() {
         assert_eq!(notes_kind(&linux_notes()), KernelKind::Linux);
     }
 
