@@ -31,7 +31,7 @@ use crate::devices::virtio::net::{Net, NetDeviceConfig};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::exit::ExitEvent;
 use crate::host::HostKvm;
-use crate::loader::{self, LoadedInitrd, LoadedKernel};
+use crate::loader::{self, KernelKind, LoadedInitrd, LoadedKernel};
 use crate::resources::{Drive, NetInterface, VmResources};
 use crate::vmm::{ExitSubscriber, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
@@ -47,9 +47,9 @@ pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 pub enum BuildError {
     /// The host's KVM cannot run this kernel.
     #[error(
-        "cannot boot {kernel} on this host: /dev/kvm is {host}, where unmodified kernels such as \
-         Linux fail; boot spry's probe guest here (tools/devtool quickstart does), or use a host \
-         with VT-x/AMD-V"
+        "cannot boot {kernel} on this host: it is Linux, and /dev/kvm is {host}, where Linux dies \
+         early; use a host with VT-x/AMD-V, or the nested test host (tools/devtool nested shell); \
+         kernels that are not Linux are tried here"
     )]
     HostCannotRunGuest {
         /// The kernel image.
@@ -141,7 +141,7 @@ fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
 
 /// Refuses kernels the host cannot run, before anything is created.
 pub fn check_host_can_run(res: &VmResources, host: HostKvm) -> Result<(), BuildError> {
-    if host.runs_unmodified_guests() || res.boot.kernel.emulator_safe {
+    if host.runs_linux() || res.boot.kernel.kind != KernelKind::Linux {
         return Ok(());
     }
     Err(BuildError::HostCannotRunGuest {

@@ -33,9 +33,9 @@ impl HostKvm {
         }
     }
 
-    /// Whether any guest, Linux included, can boot here. Where this is false (PVM),
-    /// spry refuses Linux and tries every other guest (`KernelImage::emulator_safe`).
-    pub fn runs_unmodified_guests(self) -> bool {
+    /// Whether Linux can boot here. Where it cannot (PVM), spry refuses Linux and
+    /// tries every other guest (`KernelKind`).
+    pub fn runs_linux(self) -> bool {
         self != HostKvm::Pvm
     }
 
@@ -78,7 +78,7 @@ mod tests {
     fn test_pvm_module_means_pvm() {
         let dir = modules(&["kvm", "kvm_pvm"]);
         assert_eq!(HostKvm::detect_in(dir.as_path()), HostKvm::Pvm);
-        assert!(!HostKvm::Pvm.runs_unmodified_guests());
+        assert!(!HostKvm::Pvm.runs_linux());
     }
 
     #[test]

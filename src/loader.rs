@@ -94,9 +94,6 @@ pub struct KernelImage {
     pub format: KernelFormat,
     /// Linux, marked emulator-safe, or neither.
     pub kind: KernelKind,
-    /// spry may boot it where KVM emulates every guest instruction (PVM): it is not
-    /// recognisably Linux, which is known to fail there. `kind != Linux`.
-    pub emulator_safe: bool,
     /// Longest command line the kernel accepts, including the terminating NUL.
     pub cmdline_capacity: usize,
 }
@@ -150,7 +147,6 @@ impl KernelImage {
             file,
             format,
             kind,
-            emulator_safe: kind != KernelKind::Linux,
             cmdline_capacity,
         })
     }
@@ -577,18 +573,16 @@ mod tests {
     }
 
     #[test]
-    fn test_elf_with_linux_notes_is_linux_and_not_emulator_safe() {
+    fn test_elf_with_linux_notes_is_linux() {
         let kernel = inspect(&elf_with_notes(&linux_notes()));
         assert_eq!(kernel.format, KernelFormat::Elf);
         assert_eq!(kernel.kind, KernelKind::Linux);
-        assert!(!kernel.emulator_safe);
     }
 
     #[test]
     fn test_elf_without_notes_is_other_and_may_be_tried() {
         let kernel = inspect(&elf_with_notes(&[]));
         assert_eq!(kernel.kind, KernelKind::Other);
-        assert!(kernel.emulator_safe);
     }
 
     #[test]
@@ -618,7 +612,6 @@ mod tests {
         let kernel = inspect(&bzimage(Some(b"6.1.0 (x)\0")));
         assert_eq!(kernel.format, KernelFormat::BzImage);
         assert_eq!(kernel.kind, KernelKind::Linux);
-        assert!(!kernel.emulator_safe);
     }
 
     #[test]
@@ -691,7 +684,6 @@ mod tests {
     fn test_bzimage_with_probe_version_is_emulator_safe() {
         let kernel = inspect(&bzimage(Some(b"spry-probe 1")));
         assert_eq!(kernel.kind, KernelKind::EmulatorSafe);
-        assert!(kernel.emulator_safe);
     }
 
     #[test]

@@ -52,6 +52,9 @@ const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const EXT1_ECX_CMP_LEGACY: u32 = 1 << 1;
+const EXT1_ECX_TOPOEXT: u32 = 1 << 22;
+/// AMD's topology leaf: extended APIC id, threads per core, core id.
+const AMD_TOPOLOGY_LEAF: u32 = 0x8000_001e;
 /// CLFLUSH line size in 8-byte units (64 bytes).
 const CLFLUSH_LINE: u32 = 8;
 const LEVEL_TYPE_SMT: u32 = 1;
@@ -60,6 +63,9 @@ const LEVEL_TYPE_CORE: u32 = 2;
 /// Rewrites `cpuid` (KVM's supported list) for one vCPU of `topo`.
 pub fn filter_cpuid(cpuid: &mut CpuId, topo: Topology) {
     let vendor = vendor(cpuid.as_slice());
+    if vendor == Vendor::Amd {
+        add_amd_topology_leaf(cpuid);
+    }
     let apic_id = u32::from(topo.vcpu_id);
     let count = u32::from(topo.vcpu_count);
     let threads = topo.threads_per_core();
@@ -92,7 +98,13 @@ pub fn filter_cpuid(cpuid: &mut CpuId, topo: Topology) {
                 };
                 e.edx = apic_id;
             }
+            0x8000_0000 if vendor == Vendor::Amd => {
+                e.eax = e.eax.max(AMD_TOPOLOGY_LEAF);
+            }
             0x8000_0001 if vendor == Vendor::Amd => {
+                // Linux reads an AMD CPU's threads per core only from leaf
+                // 0x8000_001e, and only when TOPOEXT says the leaf is there.
+                e.ecx |= EXT1_ECX_TOPOEXT;
                 if count > 1 {
                     e.ecx |= EXT1_ECX_CMP_LEGACY;
                 } else {
@@ -102,7 +114,7 @@ pub fn filter_cpuid(cpuid: &mut CpuId, topo: Topology) {
             0x8000_0008 if vendor == Vendor::Amd => {
                 e.ecx = (e.ecx & !0xf0ff) | (id_bits(count) << 12) | (count - 1);
             }
-            0x8000_001e if vendor == Vendor::Amd => {
+            AMD_TOPOLOGY_LEAF if vendor == Vendor::Amd => {
                 e.eax = apic_id;
                 e.ebx = ((threads - 1) << 8) | (apic_id / threads);
                 e.ecx = 0;
@@ -110,6 +122,26 @@ pub fn filter_cpuid(cpuid: &mut CpuId, topo: Topology) {
             _ => {}
         }
     }
+}
+
+/// AMD CPUs without TOPOEXT (older ones, and emulated ones such as QEMU TCG's) give
+/// KVM no leaf 0x8000_001e to report, and then a guest cannot be told that its
+/// vCPUs are threads of shared cores. The leaf only describes; KVM emulates nothing
+/// behind it, so spry adds it (filled in by `filter_cpuid`) where it is missing.
+fn add_amd_topology_leaf(cpuid: &mut CpuId) {
+    if cpuid
+        .as_slice()
+        .iter()
+        .any(|e| e.function == AMD_TOPOLOGY_LEAF)
+    {
+        return;
+    }
+    let leaf = kvm_cpuid_entry2 {
+        function: AMD_TOPOLOGY_LEAF,
+        ..Default::default()
+    };
+    // A full list (KVM's limit of entries) keeps the topology it had.
+    let _ = cpuid.push(leaf);
 }
 
 #[cfg(test)]
@@ -222,6 +254,35 @@ mod tests {
         assert_eq!(find(&cpuid, 0x8000_0008, 0).ecx & 0xff, 7);
         assert_eq!((find(&cpuid, 0x8000_0008, 0).ecx >> 12) & 0xf, 3);
         assert_eq!(find(&cpuid, 0x8000_001e, 0).eax, 5);
+    }
+
+    #[test]
+    fn test_amd_without_topology_leaf_gets_one_with_two_threads_per_core() {
+        let mut cpuid = CpuId::from_entries(&[
+            find(&cpuid_of(Vendor::Amd), 0, 0),
+            entry(0x8000_0000, 0),
+            entry(0x8000_0001, 0),
+        ])
+        .unwrap();
+        filter_cpuid(&mut cpuid, topo(3, 4, true));
+        let topology = find(&cpuid, AMD_TOPOLOGY_LEAF, 0);
+        assert_eq!(
+            (
+                topology.eax,
+                (topology.ebx >> 8) & 0xff,
+                topology.ebx & 0xff
+            ),
+            (3, 1, 1)
+        );
+        assert_ne!(find(&cpuid, 0x8000_0001, 0).ecx & EXT1_ECX_TOPOEXT, 0);
+        assert_eq!(find(&cpuid, 0x8000_0000, 0).eax, AMD_TOPOLOGY_LEAF);
+    }
+
+    #[test]
+    fn test_intel_gets_no_amd_topology_leaf() {
+        let mut cpuid = CpuId::from_entries(&[find(&cpuid_of(Vendor::Intel), 0, 0)]).unwrap();
+        filter_cpuid(&mut cpuid, topo(0, 2, true));
+        assert_eq!(cpuid.as_slice().len(), 1);
     }
 
     #[test]
