@@ -24,7 +24,10 @@ pub enum ChildError {
         source: std::io::Error,
     },
     /// The awaited line never came.
-    #[error("{program}: no line matching {what} within {timeout:?}; last output:\n{tail}")]
+    #[error(
+        "{program}: no line matching {what} {}; last output:\n{tail}",
+        if *exited { "before it exited".to_owned() } else { format!("within {timeout:?}") }
+    )]
     NoSignal {
         /// The program.
         program: String,
@@ -32,6 +35,8 @@ pub enum ChildError {
         what: String,
         /// How long we waited.
         timeout: Duration,
+        /// Whether it exited (rather than the time running out).
+        exited: bool,
         /// The end of its output.
         tail: String,
     },
@@ -243,11 +248,13 @@ impl Measured {
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                     // Output ended or time is up; a late exit still ends the wait.
-                    if left.is_zero() || self.exited_now() {
+                    let exited = self.exited_now();
+                    if left.is_zero() || exited {
                         return Err(ChildError::NoSignal {
                             program: self.program.clone(),
                             what: what.to_owned(),
                             timeout,
+                            exited,
                             tail: self.tail(),
                         });
                     }
