@@ -304,11 +304,19 @@ impl Net {
             match self.receive_frames(needed, mergeable, &mut delivered) {
                 Ok(RxStop::NoBuffers(seen)) => {
                     // Ask for a notification when buffers come; retry only if more came
-                    // in the meantime (the ones we saw were not enough).
+                    // in the meantime (the ones we saw were not enough). With event
+                    // indices the driver kicks only when its avail index passes the
+                    // one we name, so name the index past the `seen` buffers we gave
+                    // back, not the first of them: those are already published, and a
+                    // request at them would never be answered.
                     let Some(a) = self.active.as_mut() else {
                         break Ok(());
                     };
-                    if let Err(e) = a.rx.enable_notification(&a.mem) {
+                    let start = a.rx.next_avail();
+                    a.rx.set_next_avail(start.wrapping_add(seen));
+                    let enabled = a.rx.enable_notification(&a.mem);
+                    a.rx.set_next_avail(start);
+                    if let Err(e) = enabled {
                         break Err(e.into());
                     }
                     match pending(&a.rx, &a.mem) {

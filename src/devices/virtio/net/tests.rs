@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::device::{feature, Net, NetBackend, NetDeviceConfig};
@@ -13,7 +14,7 @@ use super::tap::{TapError, VNET_HDR_LEN};
 use crate::devices::virtio::test_utils::{
     add_chains, counting_interrupt, default_mem, driver_queue_at, Desc, IrqCounter,
 };
-use crate::devices::virtio::{VirtioDevice, F_VERSION_1};
+use crate::devices::virtio::{VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1};
 use crate::vstate::memory::GuestMemory;
 
 struct SocketBackend(UnixDatagram);
@@ -172,6 +173,46 @@ fn test_mergeable_frame_spans_several_buffers() {
     r.net.process_rx();
     assert_eq!(used(&r.rx)[2], (2, f2.len() as u32));
     assert_eq!(used(&r.rx).len(), 3);
+}
+
+#[test]
+fn test_too_few_mergeable_buffers_ask_to_hear_of_the_next_one() {
+    let mem = default_mem();
+    let (rx, mut rxq) = driver_queue_at(&mem, RXQ, 16);
+    let (_tx, mut txq) = driver_queue_at(&mem, TXQ, 16);
+    rxq.set_event_idx(true);
+    txq.set_event_idx(true);
+    let (device_side, host) = UnixDatagram::pair().unwrap();
+    device_side.set_nonblocking(true).unwrap();
+    let (interrupt, _irq) = counting_interrupt();
+    let mut net = Net::new(
+        NetDeviceConfig {
+            id: "eth0".into(),
+            backend: Box::new(SocketBackend(device_side)),
+            mac: None,
+            mtu: None,
+        },
+        interrupt,
+    )
+    .unwrap();
+    let acked = (1 << feature::MRG_RXBUF) | (1 << F_RING_EVENT_IDX) | (1 << F_VERSION_1);
+    net.activate(mem.clone(), vec![rxq, txq], acked).unwrap();
+    host.send(&frame(10, 1)).unwrap();
+    // Two buffers of 512 bytes: less than a worst-case frame, so none is used yet.
+    add_chains(
+        &rx,
+        0,
+        &[&[Desc::w(BUF, 512)], &[Desc::w(BUF + 0x1000, 512)]],
+    );
+    net.process_rx();
+    assert!(used(&rx).is_empty());
+    // The driver kicks when its avail index passes avail_event: that must be the
+    // index of the next buffer it adds (2), not of one it already published (0).
+    // avail_event sits after the used ring's flags, index and 16 entries of 8 bytes.
+    let avail_event: u16 = mem
+        .read_obj(GuestAddress(rx.used_addr().0 + 4 + 16 * 8))
+        .unwrap();
+    assert_eq!(avail_event, 2);
 }
 
 #[test]
