@@ -504,8 +504,8 @@ mod linux_guest {
                 Ok(Command::new("ip")
                     .args(["netns", "exec", &ns_name, "ping", "-c", "3", "-W", "5"])
                     .arg("169.254.77.2")
-                    .status()
-                    .is_ok_and(|s| s.success()))
+                    .output()
+                    .is_ok_and(|o| o.status.success()))
             })
         };
         let out = ns.spry(&scratch, &vm.config()).timeout(BOOT_TIMEOUT).run();
