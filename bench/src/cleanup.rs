@@ -9,9 +9,11 @@
 use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Errors installing the interrupt handling.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,7 @@ struct Registry {
     taps: BTreeSet<String>,
     netns: BTreeSet<String>,
     paths: BTreeSet<PathBuf>,
+    stoppable: BTreeSet<i32>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -39,6 +42,7 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     taps: BTreeSet::new(),
     netns: BTreeSet::new(),
     paths: BTreeSet::new(),
+    stoppable: BTreeSet::new(),
 });
 
 /// Shared by [`creating`]; the interrupt's cleanup takes it exclusively and keeps it
@@ -96,6 +100,64 @@ pub fn kill_group(pgid: i32) {
         // SAFETY: kill only sends a signal; a negative pid names the process group,
         // and `pgid > 0` so this never becomes kill(-1) (every process).
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// How long a stoppable process may take to clean up after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` to its end in a process group of its own, its output on ours. An
+/// interrupt's cleanup asks it to stop with SIGTERM, so that it can clean up after
+/// itself (tools/nested/nested-host stops its QEMU and removes its run directory),
+/// and kills its group if it has not ended within 30 s.
+pub fn run_stoppable(mut cmd: Command) -> std::io::Result<ExitStatus> {
+    cmd.process_group(0);
+    let set = stop_signals();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // sigprocmask, which is async-signal-safe, with a signal set initialized here.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = creating(|| {
+        let child = cmd.spawn()?;
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        registry().stoppable.insert(pid);
+        Ok::<_, std::io::Error>(child)
+    })?;
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    let status = child.wait();
+    registry().stoppable.remove(&pid);
+    status
+}
+
+/// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
+fn ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+fn stop_gently(pids: &BTreeSet<i32>) {
+    for &pid in pids.iter().filter(|&&p| p > 0) {
+        // SAFETY: kill only sends a signal, to one process (pid > 0).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && !pids.iter().all(|&p| ended(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        kill_group(pid);
     }
 }
 
@@ -184,6 +246,7 @@ fn stop_and_exit(code: i32) -> ! {
 
 fn remove_registered() {
     let taken = std::mem::take(&mut *registry());
+    stop_gently(&taken.stoppable);
     for pgid in &taken.process_groups {
         kill_group(*pgid);
     }
@@ -204,8 +267,9 @@ fn remove_registered() {
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (call before any other thread
 /// starts, so all inherit the mask) and starts a thread that waits for them, cleans
-/// up and exits with 128 + the signal. Children get an empty mask from
-/// `std::process::Command`, so they are unaffected.
+/// up and exits with 128 + the signal. Children inherit the mask (a blocked signal
+/// stays blocked across `exec`): the sandboxes spry-bench starts are stopped with
+/// SIGKILL, and [`run_stoppable`] unblocks the three for the program it runs.
 pub fn install_interrupt_handler() -> Result<(), CleanupError> {
     let set = stop_signals();
     // SAFETY: `set` is an initialized signal set; pthread_sigmask only changes this
@@ -267,6 +331,49 @@ mod tests {
         add_path(&dir);
         cleanup_all();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn test_a_stoppable_process_runs_to_its_end() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 3"]);
+        let status = run_stoppable(cmd).unwrap();
+        assert_eq!(status.code(), Some(3));
+    }
+
+    #[test]
+    fn test_a_stoppable_process_can_take_the_stop_signals() {
+        // Block them here, as the interrupt handler does in every thread.
+        let set = stop_signals();
+        let mut old = stop_signals();
+        // SAFETY: both sets are initialized; this changes only this thread's mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "grep '^SigBlk:' /proc/self/status | grep -q '0000000000000000$'",
+        ]);
+        let status = run_stoppable(cmd);
+        // SAFETY: restores this thread's previous mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        assert!(status.unwrap().success(), "the child has signals blocked");
+    }
+
+    #[test]
+    fn test_a_stoppable_process_gets_sigterm_and_its_group_is_killed() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").process_group(0);
+        let mut child = cmd.spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let started = Instant::now();
+        stop_gently(&BTreeSet::from([pid]));
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(ended(pid));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cleanup;
 mod clock;
 mod compare;
 mod devices;
+mod exits;
 mod guest;
 mod host;
 mod procfs;
@@ -101,6 +102,10 @@ enum Bench {
     Block(DeviceCli),
     /// Frames/s, MiB/s and VMM CPU per frame through virtio-net.
     Net(DeviceCli),
+    /// VM exits of a Linux boot to init by kind (KVM's debugfs counters) under spry,
+    /// QEMU and Firecracker; runs itself in the nested host (tools/nested/nested-host)
+    /// where /dev/kvm is not hardware virtualization. Writes exits.md and exits.json.
+    Exits(ExitsCli),
     /// The default: spry against a runc container, QEMU and Firecracker (start,
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
@@ -113,6 +118,7 @@ impl Bench {
             Bench::Boot { .. } => "boot",
             Bench::Block(_) => "block",
             Bench::Net(_) => "net",
+            Bench::Exits(_) => "exits",
             Bench::Compare(_) => "compare",
         }
     }
@@ -170,6 +176,96 @@ impl DeviceCli {
             qemu_accel: self.qemu_accel.clone(),
             qemu: self.qemu.clone(),
             qemu_vhost: self.qemu_vhost,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, clap::Args)]
+struct ExitsCli {
+    /// Measured boots per VMM and case, after one check boot each.
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    runs: usize,
+    /// Times a boot that fails is tried again before its VMM is dropped from the case
+    /// (failures are reported).
+    #[arg(long, default_value_t = 2)]
+    retries: usize,
+    /// vCPU counts, comma-separated: one case each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2",
+        value_parser = clap::value_parser!(u8).range(1..=32)
+    )]
+    vcpus: Vec<u8>,
+    /// Guest memory, MiB.
+    #[arg(
+        long,
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(64..=4096)
+    )]
+    mem_mib: u32,
+    /// Root file system: initrd (no devices), drive (read-only virtio-blk root), or
+    /// both, comma-separated.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "initrd")]
+    root: Vec<exits::Root>,
+    /// Kernel log on the console: full (no `quiet`), quiet, or both.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "full")]
+    kernel_log: Vec<exits::KernelLog>,
+    /// A Firecracker binary to include (default: $FIRECRACKER if set).
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<PathBuf>,
+    /// The QEMU binary (default: qemu-system-x86_64-microvm if installed, else
+    /// qemu-system-x86_64).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
+    /// Leave QEMU out.
+    #[arg(long)]
+    no_qemu: bool,
+    /// No tracepoint breakdown of the check boots.
+    #[arg(long)]
+    no_trace: bool,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where /dev/kvm is not hardware virtualization: the nested host's launcher
+    /// (default <repo>/tools/nested/nested-host; it must take `run [--mem M]
+    /// [--timeout S] -- CMD ARGS...`).
+    #[arg(long, value_name = "PATH")]
+    nested_host: Option<PathBuf>,
+}
+
+/// `values` in their order, each once.
+fn distinct<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
+    values.iter().fold(Vec::new(), |mut seen, v| {
+        if !seen.contains(v) {
+            seen.push(*v);
+        }
+        seen
+    })
+}
+
+impl ExitsCli {
+    fn settings(&self) -> exits::Settings {
+        exits::Settings {
+            runs: self.runs,
+            retries: self.retries,
+            vcpus: distinct(&self.vcpus),
+            mem_mib: self.mem_mib,
+            roots: distinct(&self.root),
+            kernel_logs: distinct(&self.kernel_log),
+            firecracker: self
+                .firecracker
+                .clone()
+                .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
+            qemu: self.qemu.clone(),
+            no_qemu: self.no_qemu,
+            trace: !self.no_trace,
+            out: self.out.clone(),
+            nested_host: self.nested_host.clone(),
         }
     }
 }
@@ -257,6 +353,8 @@ enum BenchError {
     Device(#[from] devices::DeviceError),
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    #[error(transparent)]
+    Exits(#[from] exits::ExitsError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -285,6 +383,13 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         Bench::Net(args) => {
             let report = devices::net(&env, &args.args(devices::Device::Net))?;
             println!("{}", report.render());
+        }
+        Bench::Exits(args) => {
+            exits::run(
+                &env,
+                &args.settings(),
+                std::env::args_os().skip(1).collect(),
+            )?;
         }
         Bench::Compare(args) => run_compare(&env, &args)?,
     }

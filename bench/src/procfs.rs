@@ -68,7 +68,8 @@ impl MemoryUse {
     }
 }
 
-fn kib_field(line: &str, name: &str) -> Option<u64> {
+/// The value of smaps/meminfo field `name` in `line` (`Name:   123 kB`), KiB.
+pub(crate) fn kib_field(line: &str, name: &str) -> Option<u64> {
     let rest = line.strip_prefix(name)?.strip_prefix(':')?;
     let mut words = rest.split_whitespace();
     let value = words.next()?.parse().ok()?;

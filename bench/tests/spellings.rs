@@ -63,6 +63,24 @@ const DOCUMENTED: &[&[&str]] = &[
     &["block", "--ops", "read,write", "--guest", "probe"],
     &["net", "--ops", "tx,rx", "--guest", "linux"],
     &["block", "--guest", "linux", "--qemu-accel", "tcg"],
+    // bench/README.md, the exits command.
+    &["exits"],
+    &[
+        "exits",
+        "--firecracker",
+        "/path/to/firecracker",
+        "--runs",
+        "5",
+    ],
+    &[
+        "exits",
+        "--vcpus",
+        "1,2",
+        "--kernel-log",
+        "full,quiet",
+        "--root",
+        "initrd,drive",
+    ],
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String) {

@@ -51,6 +51,8 @@ pub struct Qemu {
     guest: Guest,
     timeout: Duration,
     accel: String,
+    cpu: Option<String>,
+    initrd: Option<PathBuf>,
 }
 
 impl Qemu {
@@ -61,7 +63,22 @@ impl Qemu {
             guest,
             timeout,
             accel: "kvm".into(),
+            cpu: None,
+            initrd: None,
         }
+    }
+
+    /// Gives the guest `-cpu model` (`host` where KVM has hardware virtualization;
+    /// on PVM hosts QEMU aborts with it, so the default is QEMU's own model).
+    pub fn with_cpu(mut self, model: &str) -> Qemu {
+        self.cpu = Some(model.to_owned());
+        self
+    }
+
+    /// Loads `initrd` with the kernel (`-initrd`).
+    pub fn with_initrd(mut self, initrd: &Path) -> Qemu {
+        self.initrd = Some(initrd.to_owned());
+        self
     }
 
     /// Uses `accel` instead of KVM (`tcg` checks the harness where KVM cannot run
@@ -112,6 +129,12 @@ impl Qemu {
         ]
         .map(str::to_owned)
         .to_vec();
+        if let Some(cpu) = &self.cpu {
+            args.extend(["-cpu".to_owned(), cpu.clone()]);
+        }
+        if let Some(initrd) = &self.initrd {
+            args.extend(["-initrd".to_owned(), initrd.to_string_lossy().into_owned()]);
+        }
         if self.guest.kind == GuestKind::Probe {
             // The probe ends by resetting through the i8042 (and its console mode
             // watches it for Ctrl-Alt-Del); microvm has none unless asked, and
