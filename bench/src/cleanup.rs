@@ -8,10 +8,11 @@
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -106,12 +107,24 @@ pub fn kill_group(pgid: i32) {
 /// How long a stoppable process may take to clean up after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
-/// Runs `cmd` to its end in a process group of its own, its output on ours. An
-/// interrupt's cleanup asks it to stop with SIGTERM, so that it can clean up after
-/// itself (tools/nested/nested-host stops its QEMU and removes its run directory),
-/// and kills its group if it has not ended within 30 s.
-pub fn run_stoppable(mut cmd: Command) -> std::io::Result<ExitStatus> {
-    cmd.process_group(0);
+/// How a [`run_stoppable`] program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited (or was killed) with this status.
+    Exited(ExitStatus),
+    /// It printed nothing for the idle limit and was stopped.
+    Silent,
+}
+
+/// Runs `cmd` to its end in a process group of its own, passing its output on to
+/// ours. An interrupt's cleanup asks it to stop with SIGTERM, so that it can clean
+/// up after itself (tools/nested/nested-host stops its QEMU and removes its run
+/// directory), and kills its group if it has not ended within 30 s; so does this
+/// function when it prints nothing for `idle` (it hangs).
+pub fn run_stoppable(mut cmd: Command, idle: Duration) -> std::io::Result<Ended> {
+    cmd.process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let set = stop_signals();
     // SAFETY: the closure runs in the forked child before exec and only calls
     // sigprocmask, which is async-signal-safe, with a signal set initialized here.
@@ -131,9 +144,53 @@ pub fn run_stoppable(mut cmd: Command) -> std::io::Result<ExitStatus> {
         Ok::<_, std::io::Error>(child)
     })?;
     let pid = i32::try_from(child.id()).unwrap_or(0);
-    let status = child.wait();
+    let started = Instant::now();
+    let last_output = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // The forwarders end when the pipes close; a process the program left behind
+    // may keep them open, so nobody waits for them.
+    if let Some(out) = child.stdout.take() {
+        forward(out, std::io::stdout(), started, last_output.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        forward(err, std::io::stderr(), started, last_output.clone());
+    }
+    let ended = loop {
+        if let Some(status) = child.try_wait()? {
+            break Ended::Exited(status);
+        }
+        let quiet_for = started
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last_output.load(Ordering::Relaxed)));
+        if quiet_for >= idle {
+            stop_gently(&BTreeSet::from([pid]));
+            let _ = child.wait();
+            break Ended::Silent;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     registry().stoppable.remove(&pid);
-    status
+    Ok(ended)
+}
+
+/// Copies `from` to `to` as it comes, noting when (ms after `started`) in `last`.
+fn forward(
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+    started: Instant,
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            last.store(now, Ordering::Relaxed);
+            // Our own output gone is no reason to stop the program.
+            let _ = to.write_all(&buf[..n]).and_then(|()| to.flush());
+        }
+    });
 }
 
 /// Whether process `pid` has ended (gone, or a zombie waiting to be reaped).
@@ -324,10 +381,19 @@ impl Drop for CleanupGuard {
 mod tests {
     use super::*;
 
+    /// cleanup_all stops whatever is registered, run_stoppable's program too: the
+    /// tests that use either take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     #[test]
     fn test_registered_scratch_dir_is_removed_by_cleanup() {
         let dir = std::env::temp_dir().join(format!("spry-bench-cleanup-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let _serial = serial();
         add_path(&dir);
         cleanup_all();
         assert!(!dir.exists());
@@ -337,8 +403,12 @@ mod tests {
     fn test_a_stoppable_process_runs_to_its_end() {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "exit 3"]);
-        let status = run_stoppable(cmd).unwrap();
-        assert_eq!(status.code(), Some(3));
+        let _serial = serial();
+        let ended = run_stoppable(cmd, Duration::from_secs(30)).unwrap();
+        assert!(
+            matches!(ended, Ended::Exited(s) if s.code() == Some(3)),
+            "{ended:?}"
+        );
     }
 
     #[test]
@@ -353,10 +423,25 @@ mod tests {
             "-c",
             "grep '^SigBlk:' /proc/self/status | grep -q '0000000000000000$'",
         ]);
-        let status = run_stoppable(cmd);
+        let _serial = serial();
+        let ended = run_stoppable(cmd, Duration::from_secs(30));
         // SAFETY: restores this thread's previous mask.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        assert!(status.unwrap().success(), "the child has signals blocked");
+        assert!(
+            matches!(ended, Ok(Ended::Exited(s)) if s.success()),
+            "the child has signals blocked: {ended:?}"
+        );
+    }
+
+    #[test]
+    fn test_a_silent_stoppable_process_is_stopped() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exec sleep 30"]);
+        let begun = Instant::now();
+        let _serial = serial();
+        let ended = run_stoppable(cmd, Duration::from_millis(500)).unwrap();
+        assert_eq!(ended, Ended::Silent);
+        assert!(begun.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

@@ -225,9 +225,11 @@ struct ExitsCli {
     /// Leave QEMU out.
     #[arg(long)]
     no_qemu: bool,
-    /// No tracepoint breakdown of the check boots.
+    /// Also break each check boot down by KVM's tracepoints (exit reasons, returns
+    /// to the VMM, ports, MMIO, MSRs). In the nested host, L1 has hung at or right
+    /// after traced boots now and then.
     #[arg(long)]
-    no_trace: bool,
+    trace: bool,
     /// Output directory (default <repo>/build/bench).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -263,7 +265,7 @@ impl ExitsCli {
                 .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
             qemu: self.qemu.clone(),
             no_qemu: self.no_qemu,
-            trace: !self.no_trace,
+            trace: self.trace,
             out: self.out.clone(),
             nested_host: self.nested_host.clone(),
         }

@@ -51,7 +51,7 @@ fn test_exits_accepts_its_documented_options() {
         "--kernel-log",
         "full,quiet",
     ]);
-    accepted(&["exits", "--mem-mib", "512", "--no-qemu", "--no-trace"]);
+    accepted(&["exits", "--mem-mib", "512", "--no-qemu", "--trace"]);
     accepted(&[
         "exits",
         "--qemu",
@@ -79,6 +79,7 @@ fn test_exits_refuses_nonsense() {
     refused(&["exits", "--kernel-log", "loud"], "quiet");
     refused(&["exits", "--mem-mib", "16"], "--mem-mib");
     refused(&["exits", "--quick"], "--quick");
+    refused(&["exits", "--no-trace"], "--no-trace");
 }
 
 #[test]

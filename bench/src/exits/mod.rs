@@ -49,6 +49,10 @@ const NESTED_ENV: &str = "SPRY_BENCH_NESTED";
 /// now and then waits for an interrupt that never comes).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// The nested host prints a progress line per boot and a note per failed one; this
+/// long without a line means L1 itself hangs.
+const NESTED_SILENCE: Duration = Duration::from_secs(15 * 60);
+
 /// Errors of the exits benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum ExitsError {
@@ -835,14 +839,19 @@ pub fn run_nested(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result
         env.host.kvm.describe(),
         script.display()
     );
-    let status = cleanup::run_stoppable(cmd).map_err(|e| ExitsError::Nested(e.to_string()))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(ExitsError::Nested(format!(
+    match cleanup::run_stoppable(cmd, NESTED_SILENCE)
+        .map_err(|e| ExitsError::Nested(e.to_string()))?
+    {
+        cleanup::Ended::Exited(status) if status.success() => Ok(()),
+        cleanup::Ended::Exited(status) => Err(ExitsError::Nested(format!(
             "{} exited with {status}",
             script.display()
-        )))
+        ))),
+        cleanup::Ended::Silent => Err(ExitsError::Nested(format!(
+            "it printed nothing for {} minutes, so L1 hangs (it now and then does under \
+             TCG, most often around traced boots); stopped it: run it again",
+            NESTED_SILENCE.as_secs() / 60
+        ))),
     }
 }
 
