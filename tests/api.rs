@@ -11,33 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use api_support::{call, corpus, Client, Rng, SpryApi};
+use api_support::{call, corpus, curl, Client, Rng, SpryApi};
 use common::{probe_args, Scratch};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn kernel() -> PathBuf {
     common::probe_vmlinux()
-}
-
-/// `curl --unix-socket`, the way people script Firecracker: (status, body).
-fn curl(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.arg("-sS")
-        .arg("--unix-socket")
-        .arg(socket)
-        .args(["-X", method, "-w", "\n%{http_code}"])
-        .args(["-H", "Accept: application/json"]);
-    if !body.is_empty() {
-        cmd.args(["-H", "Content-Type: application/json", "--data-raw", body]);
-    }
-    let out = cmd
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (status.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// spry with an API socket and no VM.

@@ -19,7 +19,7 @@ mod linux_guest {
     use std::process::Command;
     use std::time::Duration;
 
-    use super::api_support::SpryApi;
+    use super::api_support::{curl, SpryApi};
     use super::common::{self, linux_artifact, linux_unavailable, skip, Outcome, Scratch, Spry};
 
     /// Command line of the project's guest; spry adds the root and the devices.
@@ -596,22 +596,6 @@ mod linux_guest {
     }
 
     // --- the API socket -------------------------------------------------------------
-
-    /// `curl --unix-socket`, the way people script Firecracker: (status, body).
-    fn curl(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
-        let out = Command::new("curl")
-            .arg("-sS")
-            .arg("--unix-socket")
-            .arg(socket)
-            .args(["-X", method, "-w", "\n%{http_code}"])
-            .args(["-H", "Content-Type: application/json", "--data-raw", body])
-            .arg(format!("http://localhost{path}"))
-            .output()
-            .expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (status.trim().parse().unwrap_or(0), body.to_owned())
-    }
 
     /// spry with an API socket, `vm` configured over it with curl in Firecracker's
     /// getting-started order, and started.

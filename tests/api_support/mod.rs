@@ -498,3 +498,23 @@ impl Rng {
         mutate(base, &mutations)
     }
 }
+
+/// `curl --unix-socket`, the way people script Firecracker: (status, body).
+pub fn curl(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.arg("-sS")
+        .arg("--unix-socket")
+        .arg(socket)
+        .args(["-X", method, "-w", "\n%{http_code}"])
+        .args(["-H", "Accept: application/json"]);
+    if !body.is_empty() {
+        cmd.args(["-H", "Content-Type: application/json", "--data-raw", body]);
+    }
+    let out = cmd
+        .arg(format!("http://localhost{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().parse().unwrap_or(0), body.to_owned())
+}
