@@ -226,8 +226,8 @@ struct ExitsCli {
     #[arg(long)]
     no_qemu: bool,
     /// Also break each check boot down by KVM's tracepoints (exit reasons, returns
-    /// to the VMM, ports, MMIO, MSRs). In the nested host, L1 has hung at or right
-    /// after traced boots now and then.
+    /// to the VMM, ports, MMIO, MSRs). In the nested host, L1 hung at or right after
+    /// traced boots more often than elsewhere.
     #[arg(long)]
     trace: bool,
     /// Output directory (default <repo>/build/bench).

@@ -81,6 +81,19 @@ const DOCUMENTED: &[&[&str]] = &[
         "--root",
         "initrd,drive",
     ],
+    // bench/README.md "Latest VM exits of a Linux boot".
+    &[
+        "exits",
+        "--firecracker",
+        "../shared/peers/firecracker",
+        "--vcpus",
+        "1,2",
+        "--kernel-log",
+        "full,quiet",
+        "--runs",
+        "5",
+    ],
+    &["exits", "--kernel-log", "quiet"],
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String) {

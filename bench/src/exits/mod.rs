@@ -617,7 +617,14 @@ pub fn measure(env: &Env, settings: &Settings, out: &Path) -> Result<ExitsReport
         kernel: env.build.join("guest/vmlinux"),
         versions: engines
             .iter()
-            .map(|e| (e.name().to_owned(), version_line(e.binary())))
+            .map(|e| {
+                let version = version_line(e.binary());
+                let version = match (e, crate::systems::vm::git_commit()) {
+                    (Engine::Spry(_), Some(commit)) => format!("{version} (git {commit})"),
+                    _ => version,
+                };
+                (e.name().to_owned(), version)
+            })
             .collect(),
         trace_problem,
         cases: results,
@@ -848,8 +855,9 @@ pub fn run_nested(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result
             script.display()
         ))),
         cleanup::Ended::Silent => Err(ExitsError::Nested(format!(
-            "it printed nothing for {} minutes, so L1 hangs (it now and then does under \
-             TCG, most often around traced boots); stopped it: run it again",
+            "it printed nothing for {} minutes, so L1 hangs (under TCG it now and then \
+             does, more often while another nested host keeps the CPUs busy); stopped it: \
+             run it again",
             NESTED_SILENCE.as_secs() / 60
         ))),
     }

@@ -61,7 +61,7 @@ pub fn vm_config(
 
 /// The commit of the repository spry-bench was built from (spry is built from the
 /// same tree by tools/bench), with `-dirty` for uncommitted changes.
-fn git_commit() -> Option<String> {
+pub(crate) fn git_commit() -> Option<String> {
     let repo = crate::setup::default_repo();
     let repo = repo.to_string_lossy();
     let commit = super::run_helper(
