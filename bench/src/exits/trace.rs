@@ -278,8 +278,9 @@ pub fn mmio_region(gpa: u64) -> &'static str {
         0xfee0_0000..=0xfee0_0fff => "local APIC (0xfee00000)",
         0xfec0_0000..=0xfec0_0fff => "IOAPIC (0xfec00000)",
         0xc000_0000 => "boot timer (0xc0000000)",
-        0xd000_0000..=0xdfff_ffff => "virtio-mmio devices (0xd0000000..)",
-        0xfeb0_0000..=0xfebf_ffff => "virtio-mmio devices (0xfeb00000..)",
+        0xc000_1000..=0xcfff_ffff => "virtio-mmio devices (Firecracker: 0xc0001000..)",
+        0xd000_0000..=0xdfff_ffff => "virtio-mmio devices (spry: 0xd0000000..)",
+        0xfeb0_0000..=0xfebf_ffff => "virtio-mmio devices (QEMU microvm: 0xfeb00000..)",
         _ => "other",
     }
 }
@@ -453,6 +454,15 @@ mod tests {
         assert_eq!(b.mmio["IOAPIC (0xfec00000) read"], 197);
         assert_eq!(b.mmio["IOAPIC (0xfec00000) write"], 409);
         assert_eq!(b.msrs["TSC_DEADLINE (timer) (0x6e0) write"], 40);
+    }
+
+    #[test]
+    fn test_mmio_regions() {
+        assert_eq!(mmio_region(0xfec0_0010), "IOAPIC (0xfec00000)");
+        assert!(mmio_region(0xd000_0050).starts_with("virtio-mmio devices (spry"));
+        assert!(mmio_region(0xc000_1050).contains("Firecracker"));
+        assert!(mmio_region(0xfeb0_0e50).contains("QEMU"));
+        assert_eq!(mmio_region(0x1000), "other");
     }
 
     #[test]
