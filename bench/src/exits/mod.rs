@@ -828,6 +828,9 @@ pub fn run_nested(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result
     let systems = 3;
     let boots = cases(settings).len() * systems * (settings.runs + 1);
     let timeout = 900 + 240 * boots;
+    // The inner spry-bench's scratch directory goes under ours: where L1 shares
+    // this machine's /tmp, our cleanup removes it even if L1 dies.
+    let l1_tmp = env.scratch_dir("l1")?;
     let mut cmd = Command::new(&script);
     cmd.args([
         "run",
@@ -839,7 +842,8 @@ pub fn run_nested(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result
     ])
     .arg(exe)
     .args(args)
-    .env(NESTED_ENV, outer_host_line(&env.host));
+    .env(NESTED_ENV, outer_host_line(&env.host))
+    .env("TMPDIR", &l1_tmp);
     eprintln!(
         "spry-bench exits: /dev/kvm here is {}; measuring in the nested host ({} run: L1 with \
          kvm_amd under QEMU's TCG emulator; every instruction emulated, so expect minutes)",
