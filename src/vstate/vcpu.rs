@@ -406,10 +406,11 @@ impl Vcpu {
     /// Why KVM_EXIT_INTERNAL_ERROR stopped the vCPU, with the RIP and, for an
     /// emulation failure, the instruction bytes KVM reports (Linux 5.14 and later).
     fn internal_error(&mut self) -> ExitReason {
+        // `emulation_failure` is KVM_EXIT_INTERNAL_ERROR's layout, which extends
+        // `internal` (suberror, ndata, then data[0] = flags, data[1..3] = the instruction
+        // bytes); it is only trusted below as far as `ndata` says.
         // SAFETY: every member of the exit union is plain integers, valid for any bit
-        // pattern; `emulation_failure` is KVM_EXIT_INTERNAL_ERROR's layout, which
-        // extends `internal` (suberror, ndata, then data[0] = flags, data[1..3] = the
-        // instruction bytes) and is only trusted below as far as `ndata` says.
+        // pattern.
         let failure = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.emulation_failure };
         let has_bytes = failure.suberror == KVM_INTERNAL_ERROR_EMULATION
             && failure.ndata >= 3
