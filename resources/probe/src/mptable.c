@@ -4,11 +4,14 @@
  * 0x9fc00..0xa0000, then 0xf0000..0x100000; checksums verified; the
  * configuration table "PCMP" walked entry by entry.
  *
+ * The entries are walked by the table's length, as Linux's smp_read_mpc()
+ * does: the header's entry count is not what a guest relies on, and VMMs fill
+ * it differently (qboot leaves it 0, Firecracker counts the floating pointer
+ * as an entry, spry counts the entries of the table).
+ *
  * PVH flavour (QEMU's firmware, qboot, writes the table): no table is not a
- * failure (the cpu count is then not checked); an entry count of 0 (qboot
- * leaves it 0) means the entries are walked by the table length, as Linux
- * does; ISA IRQs 0..15 must be routed (IRQ 2 may be missing: qboot routes
- * IRQ 0 to pin 2), not spry's 0..23.
+ * failure (the cpu count is then not checked); ISA IRQs 0..15 must be routed
+ * (IRQ 2 may be missing: qboot routes IRQ 0 to pin 2), not spry's 0..23.
  */
 #include "probe.h"
 
@@ -74,12 +77,9 @@ void check_mptable(void)
 	u64 apic_seen[4] = { 0, 0, 0, 0 };
 	u32 cpus = 0, bsps = 0, bsp_id = ~0u, buses = 0, isa_bus = ~0u, ioapics = 0, lint = 0;
 	u64 irqs = 0;
-	u64 end = t + len, p = t + 44, count = ld16(t + 34);
-	if (!count && facts.pvh)
-		count = ~0ull;  /* walk by length (see the top of this file) */
-	facts.mpc_count = count;
+	u64 end = t + len, p = t + 44;
 	/* one 8-byte load per entry; fields are extracted from the register */
-	while (count && p < end) {
+	while (p < end) {
 		u64 x = ld64(p);
 		u32 type = (u8)x;
 		if (type == MPC_INTSRC) {
@@ -94,7 +94,7 @@ void check_mptable(void)
 						facts.uart_pin = (u32)(x >> 56);
 				}
 				p += 8;
-				if (!--count || p >= end)
+				if (p >= end)
 					break;
 				x = ld64(p);
 				if ((u8)x != MPC_INTSRC)
@@ -102,7 +102,6 @@ void check_mptable(void)
 			}
 			continue;
 		}
-		count--;
 		if (type == MPC_CPU) {
 			u32 id = (u8)(x >> 8), flags = (u8)(x >> 24);
 			if (flags & 1) {
@@ -140,8 +139,8 @@ void check_mptable(void)
 	facts.mp_cpus = cpus;
 	facts.mpc_table = t;
 	facts.mpc_isa_bus = isa_bus;
-	if (count && facts.mpc_count != ~0ull)
-		FAIL(CHK_MPTABLE, "%lu entries missing (table length %lu)", count, len);
+	if (p > end)
+		FAIL(CHK_MPTABLE, "last entry runs %lu bytes past the table length %lu", p - end, len);
 	if (bsps != 1 || bsp_id != facts.lapic_id)
 		FAIL(CHK_MPTABLE, "%u BSP entries, BSP APIC id 0x%x, running on APIC id %u", bsps, bsp_id, facts.lapic_id);
 	if (isa_bus == ~0u)
@@ -165,8 +164,8 @@ u32 mp_isa_pin(u32 irq, u32 dflt)
 	u64 t = facts.mpc_table;
 	if (!t)
 		return dflt;
-	u64 end = t + ld16(t + 4), p = t + 44, count = facts.mpc_count;
-	for (; count && p < end; count--) {
+	u64 end = t + ld16(t + 4), p = t + 44;
+	while (p < end) {
 		u64 x = ld64(p);
 		u32 type = (u8)x;
 		if (type == MPC_INTSRC && (u8)(x >> 32) == facts.mpc_isa_bus && (u8)(x >> 40) == irq &&

@@ -128,7 +128,6 @@ struct probe_facts {
 	u32 ioapic_id;
 	u32 uart_pin;           /* IOAPIC pin for ISA IRQ 4 (MP table), default 4 */
 	u64 mpc_table;          /* MP configuration table (0 if unusable) */
-	u64 mpc_count;          /* entries to walk (PVH: ~0 when the table says 0: walk by length) */
 	u32 mpc_isa_bus;        /* its ISA bus id */
 	u32 mp_cpus;
 	u64 initrd_addr, initrd_size;
