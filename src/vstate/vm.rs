@@ -120,10 +120,11 @@ impl Vm {
         self.fd.create_irq_chip().map_err(VmError::Irqchip)
     }
 
-    /// Creates the in-kernel PIT (after [`Vm::setup_irqchip`]). The kernel starts a
-    /// worker thread for it and waits until that thread runs, holding the VM's lock
-    /// (0.1 to 4 ms on the development host), so the builder does this on a thread
-    /// of its own while it loads the kernel and sets up the devices.
+    /// Creates the in-kernel PIT (after [`Vm::setup_irqchip`]). Holding the VM's lock,
+    /// the kernel waits for kthreadd to create the PIT's worker thread and for the
+    /// grace periods of two I/O bus registrations (0.1 to 4 ms on the development
+    /// host), so the builder does this on a thread of its own while it loads the
+    /// kernel and sets up the devices.
     pub fn create_pit(&self) -> Result<(), VmError> {
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
