@@ -175,56 +175,10 @@ pub fn build_and_start(
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
     vm.setup_irqchip()?;
-    // The PIT is created on a thread of its own (see `Vm::create_pit`) while the kernel
-    // is loaded and the devices and vCPUs are set up; the scope joins it before any
-    // vCPU runs.
-    let assembled = std::thread::scope(|scope| {
-        let pit = scope.spawn(|| vm.create_pit());
-        let assembled = assemble(&kvm, &vm, &guest_memory, &mut res, console, console_input);
-        let pit = pit.join().unwrap_or(Err(VmError::PitThread));
-        let assembled = assembled?;
-        pit?;
-        Ok::<_, BuildError>(assembled)
-    })?;
 
-    let mut vmm = Vmm::new(
-        vm,
-        guest_memory,
-        assembled.event_loop,
-        assembled.exit,
-        assembled.i8042,
-        assembled.devices,
-        res.config,
-    );
-    for vcpu in assembled.vcpus {
-        vmm.add_vcpu(vcpu.start()?);
-    }
-    Ok(vmm)
-}
-
-/// What [`assemble`] built for the VMM.
-struct Assembled {
-    exit: Arc<ExitEvent>,
-    event_loop: EventLoop,
-    i8042: Arc<Mutex<I8042>>,
-    devices: VirtioDevices,
-    vcpus: Vec<Vcpu>,
-}
-
-/// The boot sequence after the irqchip: the kernel and initrd in guest memory, the
-/// event loop and the devices, the boot data, the configured vCPUs.
-fn assemble(
-    kvm: &KvmContext,
-    vm: &Vm,
-    guest_memory: &GuestMemory,
-    res: &mut VmResources,
-    console: Box<dyn Write + Send>,
-    console_input: Option<std::os::fd::RawFd>,
-) -> Result<Assembled, BuildError> {
-    let vcpu_count = res.machine.vcpu_count;
-    let kernel = loader::load_kernel(guest_memory, &mut res.boot.kernel)?;
+    let kernel = loader::load_kernel(&guest_memory, &mut res.boot.kernel)?;
     let initrd = match res.boot.initrd.as_mut() {
-        Some(image) => Some(loader::load_initrd(guest_memory, image, &kernel)?),
+        Some(image) => Some(loader::load_initrd(&guest_memory, image, &kernel)?),
         None => None,
     };
 
@@ -233,7 +187,7 @@ fn assemble(
         BuildError::EventFd("the event loop", std::io::Error::other(format!("{e:?}")))
     })?;
     let mut buses = DeviceBuses::default();
-    let legacy = attach_legacy_devices(vm, &mut buses, &exit, console)?;
+    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console)?;
     if let Some(fd) = console_input {
         let input = SerialInput::new(legacy.serial.clone(), fd, legacy.serial_drained);
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
@@ -242,8 +196,8 @@ fn assemble(
 
     let drives = std::mem::take(&mut res.drives);
     let mut env = DeviceEnv {
-        vm,
-        mem: guest_memory,
+        vm: &vm,
+        mem: &guest_memory,
         buses: &mut buses,
         event_loop: &mut event_loop,
         cmdline: &mut res.boot.cmdline,
@@ -255,7 +209,7 @@ fn assemble(
     let virtio_mmio = env.announced;
 
     configure_system(
-        guest_memory,
+        &guest_memory,
         &res.boot.cmdline,
         &kernel,
         initrd,
@@ -265,8 +219,8 @@ fn assemble(
 
     let buses = Arc::new(buses);
     let vcpus = create_vcpus(
-        kvm,
-        vm,
+        &kvm,
+        &vm,
         vcpu_count,
         res.machine.smt,
         kernel.entry,
@@ -277,13 +231,19 @@ fn assemble(
         blocks,
         nets: net_devices,
     };
-    Ok(Assembled {
-        exit,
+    let mut vmm = Vmm::new(
+        vm,
+        guest_memory,
         event_loop,
-        i8042: legacy.i8042,
+        exit,
+        legacy.i8042,
         devices,
-        vcpus,
-    })
+        res.config,
+    );
+    for vcpu in vcpus {
+        vmm.add_vcpu(vcpu.start()?);
+    }
+    Ok(vmm)
 }
 
 /// Transparent huge pages make the guest's page faults 2 MiB at a time.
