@@ -328,7 +328,13 @@ fn row_cells<'a>(table: &'a str, system: &str, op: &str) -> Vec<&'a str> {
         .lines()
         .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
         .find(|cells| cells.get(1) == Some(&system) && cells.get(2) == Some(&op))
-        .map(|cells| cells[3..].iter().copied().filter(|c| !c.is_empty()).collect())
+        .map(|cells| {
+            cells[3..]
+                .iter()
+                .copied()
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -363,7 +369,9 @@ fn check_qemu_rows(test: &str, stdout: &str, ops: &[&str]) {
             cells.len() == 8
                 && number(3).is_some_and(|r| r > 10.0)
                 && number(4).is_some_and(|r| r > 0.0)
-                && cells[5..].iter().all(|c| *c == "–" || c.parse::<f64>().is_ok()),
+                && cells[5..]
+                    .iter()
+                    .all(|c| *c == "–" || c.parse::<f64>().is_ok()),
             "QEMU {op}: {cells:?}\n{stdout}"
         );
     }
