@@ -15,6 +15,7 @@ pub mod loader;
 pub mod logger;
 pub mod metrics;
 pub mod resources;
+pub mod seccomp;
 pub mod sink;
 pub mod sync;
 pub mod terminal;
