@@ -137,7 +137,12 @@ pub enum Launch {
 /// removed on every way out. The filters are compiled first, so a bad filter file
 /// stops spry before anything else happens.
 pub fn launch(how: &Launch, seccomp: &FilterSource) -> Result<ExitReason, Error> {
+    let compiling = std::time::Instant::now();
     let filters = SeccompFilters::load(seccomp)?;
+    log::debug!(
+        "seccomp filters ({seccomp:?}) ready in {} us",
+        compiling.elapsed().as_micros()
+    );
     exit::catch_stop_signals().map_err(Error::Signals)?;
     let (api_sock, config_file, instance_id) = match how {
         Launch::ConfigFile(path) => return run_config_file(path, &filters),
