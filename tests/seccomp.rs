@@ -309,3 +309,22 @@ fn test_no_seccomp_and_a_filter_file_together_are_refused() {
     assert_eq!(out.code(), Some(2), "{out}");
     assert!(out.stderr.contains("cannot be used with"), "{out}");
 }
+
+#[test]
+fn test_a_sigsys_sent_by_another_process_is_ignored() {
+    let scratch = Scratch::new();
+    let mut spry = booted_over_api(&scratch, &[]);
+    let pid = libc::pid_t::try_from(spry.child.id()).expect("pid");
+
+    // SAFETY: kill(2) on our own child process; no memory is involved.
+    unsafe { libc::kill(pid, libc::SIGSYS) };
+
+    let info = spry.call("GET", "/", "");
+    assert_eq!(info.status, 200, "{}", spry.stderr());
+    assert_eq!(
+        spry.terminate(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        spry.stderr()
+    );
+}

@@ -20,7 +20,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, OnceLock};
 
 use seccompiler::{BpfProgram, TargetArch};
 
@@ -247,10 +247,9 @@ impl SeccompFilters {
     }
 }
 
+/// The first key of `map` in sorted order, so the error names the same one each run.
 fn first_key(map: &HashMap<String, BpfProgram>) -> Option<String> {
-    let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort();
-    keys.first().map(|k| (*k).clone())
+    map.keys().min().cloned()
 }
 
 /// Installs `filter` on the calling thread after naming the thread for the SIGSYS
@@ -282,9 +281,9 @@ fn set_thread_label(label: &str) {
 }
 
 fn install_sigsys_handler() -> Result<(), SeccompError> {
-    static INSTALL: Once = Once::new();
-    let mut result = Ok(());
-    INSTALL.call_once(|| {
+    // The errno of a failed sigaction, kept so every later caller fails too.
+    static INSTALLED: OnceLock<Option<i32>> = OnceLock::new();
+    let failed = *INSTALLED.get_or_init(|| {
         // SAFETY: the handler does only async-signal-safe work (atomics, a read of a
         // destructor-free thread-local, write(2), _exit(2)); `act` is zeroed, then
         // filled with valid values.
@@ -295,16 +294,21 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
             libc::sigemptyset(&mut act.sa_mask);
             libc::sigaction(libc::SIGSYS, &act, std::ptr::null_mut())
         };
-        if ret != 0 {
-            result = Err(SeccompError::Handler(std::io::Error::last_os_error()));
-        }
+        (ret != 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
     });
-    result
+    match failed {
+        Some(errno) => Err(SeccompError::Handler(std::io::Error::from_raw_os_error(
+            errno,
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `si_syscall` in a SIGSYS `siginfo_t` on x86_64: after `si_signo`, `si_errno`,
 /// `si_code`, padding and `si_call_addr`, the seventh 32-bit word.
 const SI_SYSCALL_WORD: usize = 6;
+/// `si_code` of a SIGSYS that a seccomp filter raised (`SYS_SECCOMP`).
+const SYS_SECCOMP: i32 = 1;
 
 /// The name of x86_64 system call `nr`, if the table knows it.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
@@ -418,15 +422,20 @@ fn utc_ms_signal_safe() -> u64 {
     secs.saturating_mul(1000).saturating_add(ms)
 }
 
+/// Handles a SIGSYS: one a filter raised ends spry; one sent by someone else (`kill
+/// -SYS`) is ignored.
 extern "C" fn on_sigsys(_signum: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    if info.is_null() {
+        return;
+    }
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
+    if unsafe { (*info).si_code } != SYS_SECCOMP {
+        return;
+    }
     let faults = FAULTS.fetch_add(1, Ordering::Relaxed) + 1;
-    let nr = if info.is_null() {
-        -1
-    } else {
-        // SAFETY: the kernel passes a full siginfo_t (128 bytes) for SA_SIGINFO
-        // handlers; for a seccomp SIGSYS its seventh 32-bit word is `si_syscall`.
-        i64::from(unsafe { *info.cast::<i32>().add(SI_SYSCALL_WORD) })
-    };
+    // SAFETY: the kernel passes a full siginfo_t (128 bytes); for a seccomp SIGSYS
+    // its seventh 32-bit word is `si_syscall`.
+    let nr = i64::from(unsafe { *info.cast::<i32>().add(SI_SYSCALL_WORD) });
     let (label, len) = THREAD_LABEL.with(Cell::get);
     let line = fault_line(&label[..len], nr);
     write_all_raw(libc::STDERR_FILENO, line.as_bytes());
