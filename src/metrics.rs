@@ -437,6 +437,18 @@ mod tests {
     }
 
     #[test]
+    fn test_line_reports_seccomp_faults_as_firecracker_names_them() {
+        let now = Snapshot {
+            seccomp_faults: 1,
+            ..Snapshot::default()
+        };
+
+        let line = line(&now, &Snapshot::default(), 0);
+
+        assert_eq!(line["seccomp"]["num_faults"], 1);
+    }
+
+    #[test]
     fn test_flush_timer_marks_metrics_due_from_the_event_loop() {
         let due = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let timer = FlushTimer::start(due.clone(), Duration::from_millis(5)).unwrap();
