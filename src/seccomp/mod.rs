@@ -586,6 +586,30 @@ mod tests {
     }
 
     #[test]
+    fn test_apply_confines_only_the_calling_thread() {
+        let text = r#"{"vmm": {"mismatch_action": "allow", "match_action": {"errno": 1},
+                               "filter": [{"syscall": "getppid"}]},
+                       "api": {"mismatch_action": "allow", "match_action": {"errno": 1},
+                               "filter": []},
+                       "vcpu": {"mismatch_action": "allow", "match_action": {"errno": 1},
+                                "filter": []}}"#;
+        let filters = SeccompFilters::from_json(text.as_bytes(), "test.json").unwrap();
+
+        let confined = std::thread::spawn(move || {
+            filters.apply(ThreadKind::Vmm, "test").unwrap();
+            // SAFETY: getppid(2) takes no arguments and has no preconditions.
+            let ret = unsafe { libc::syscall(libc::SYS_getppid) };
+            (ret, std::io::Error::last_os_error().raw_os_error())
+        })
+        .join()
+        .unwrap();
+
+        assert_eq!(confined, (-1, Some(libc::EPERM)));
+        // SAFETY: getppid(2) takes no arguments and has no preconditions.
+        assert!(unsafe { libc::syscall(libc::SYS_getppid) } > 0);
+    }
+
+    #[test]
     fn test_syscall_names_are_the_kernels() {
         assert_eq!(syscall_name(libc::SYS_read), Some("read"));
         assert_eq!(syscall_name(libc::SYS_ioctl), Some("ioctl"));
