@@ -7,10 +7,10 @@
 //! - `api`: the HTTP server on the API socket (installed before its first accept);
 //! - `vcpu`: each vCPU thread (installed before its first `KVM_RUN`).
 //!
-//! spry's own filters are the JSON file `resources/seccomp/x86_64.json`, compiled
-//! into the binary and by `seccompiler` at start; `--seccomp-filter FILE` takes a
-//! file of the same format (Firecracker's and seccompiler's JSON schema) instead, and
-//! `--no-seccomp` installs none. A forbidden call traps: the SIGSYS handler writes one
+//! spry's own filters are the JSON file `resources/seccomp/x86_64.json`, compiled to
+//! BPF by `seccompiler` in `build.rs` ([`builtin`]); `--seccomp-filter FILE` takes a
+//! file of the same format (Firecracker's and seccompiler's JSON schema) instead,
+//! compiled at start, and `--no-seccomp` installs none. A forbidden call traps: the SIGSYS handler writes one
 //! line naming the thread and the call, counts it in the metrics, and ends spry with
 //! [`EXIT_BAD_SYSCALL`].
 
