@@ -178,10 +178,57 @@ pub fn build_and_start(
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
     vm.setup_irqchip()?;
+    // The PIT is created on a thread of its own (see `Vm::create_pit`) while the kernel
+    // is loaded and the devices and vCPUs are set up; the scope joins it before any
+    // vCPU runs. It never sees guest or client input, so it takes no seccomp filter.
+    let assembled = std::thread::scope(|scope| {
+        let pit = scope.spawn(|| vm.create_pit());
+        let assembled = assemble(&kvm, &vm, &guest_memory, &mut res, console, console_input);
+        let pit = pit.join().unwrap_or(Err(VmError::PitThread));
+        let assembled = assembled?;
+        pit?;
+        Ok::<_, BuildError>(assembled)
+    })?;
 
-    let kernel = loader::load_kernel(&guest_memory, &mut res.boot.kernel)?;
+    let mut vmm = Vmm::new(
+        vm,
+        guest_memory,
+        assembled.event_loop,
+        assembled.exit,
+        assembled.i8042,
+        assembled.devices,
+        res.config,
+    );
+    let vcpu_filter = seccomp.get(ThreadKind::Vcpu);
+    for vcpu in assembled.vcpus {
+        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned())?);
+    }
+    Ok(vmm)
+}
+
+/// What [`assemble`] built for the VMM.
+struct Assembled {
+    exit: Arc<ExitEvent>,
+    event_loop: EventLoop,
+    i8042: Arc<Mutex<I8042>>,
+    devices: VirtioDevices,
+    vcpus: Vec<Vcpu>,
+}
+
+/// The boot sequence after the irqchip: the kernel and initrd in guest memory, the
+/// event loop and the devices, the boot data, the configured vCPUs.
+fn assemble(
+    kvm: &KvmContext,
+    vm: &Vm,
+    guest_memory: &GuestMemory,
+    res: &mut VmResources,
+    console: Box<dyn Write + Send>,
+    console_input: Option<std::os::fd::RawFd>,
+) -> Result<Assembled, BuildError> {
+    let vcpu_count = res.machine.vcpu_count;
+    let kernel = loader::load_kernel(guest_memory, &mut res.boot.kernel)?;
     let initrd = match res.boot.initrd.as_mut() {
-        Some(image) => Some(loader::load_initrd(&guest_memory, image, &kernel)?),
+        Some(image) => Some(loader::load_initrd(guest_memory, image, &kernel)?),
         None => None,
     };
 
@@ -190,7 +237,7 @@ pub fn build_and_start(
         BuildError::EventFd("the event loop", std::io::Error::other(format!("{e:?}")))
     })?;
     let mut buses = DeviceBuses::default();
-    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console)?;
+    let legacy = attach_legacy_devices(vm, &mut buses, &exit, console)?;
     if let Some(fd) = console_input {
         let input = SerialInput::new(legacy.serial.clone(), fd, legacy.serial_drained);
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
@@ -199,8 +246,8 @@ pub fn build_and_start(
 
     let drives = std::mem::take(&mut res.drives);
     let mut env = DeviceEnv {
-        vm: &vm,
-        mem: &guest_memory,
+        vm,
+        mem: guest_memory,
         buses: &mut buses,
         event_loop: &mut event_loop,
         cmdline: &mut res.boot.cmdline,
@@ -212,7 +259,7 @@ pub fn build_and_start(
     let virtio_mmio = env.announced;
 
     configure_system(
-        &guest_memory,
+        guest_memory,
         &res.boot.cmdline,
         &kernel,
         initrd,
@@ -222,8 +269,8 @@ pub fn build_and_start(
 
     let buses = Arc::new(buses);
     let vcpus = create_vcpus(
-        &kvm,
-        &vm,
+        kvm,
+        vm,
         vcpu_count,
         res.machine.smt,
         kernel.entry,
@@ -234,20 +281,13 @@ pub fn build_and_start(
         blocks,
         nets: net_devices,
     };
-    let mut vmm = Vmm::new(
-        vm,
-        guest_memory,
-        event_loop,
+    Ok(Assembled {
         exit,
-        legacy.i8042,
+        event_loop,
+        i8042: legacy.i8042,
         devices,
-        res.config,
-    );
-    let vcpu_filter = seccomp.get(ThreadKind::Vcpu);
-    for vcpu in vcpus {
-        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned())?);
-    }
-    Ok(vmm)
+        vcpus,
+    })
 }
 
 /// Transparent huge pages make the guest's page faults 2 MiB at a time.

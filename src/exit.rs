@@ -2,7 +2,7 @@
 //! and the process exit code each reason maps to.
 
 use crate::sync::lock;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -116,6 +116,8 @@ pub fn hex_bytes(bytes: &[u8]) -> String {
 pub struct ExitEvent {
     evt: EventFd,
     reason: Mutex<Option<ExitReason>>,
+    /// Set once a reason is recorded: what a vCPU checks after each device write.
+    requested: AtomicBool,
 }
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
@@ -184,6 +186,7 @@ impl ExitEvent {
         Ok(ExitEvent {
             evt: EventFd::new(EFD_NONBLOCK)?,
             reason: Mutex::new(None),
+            requested: AtomicBool::new(false),
         })
     }
 
@@ -194,6 +197,7 @@ impl ExitEvent {
             *slot = Some(reason);
         }
         drop(slot);
+        self.requested.store(true, Ordering::Release);
         if let Err(e) = self.evt.write(1) {
             log::error!("cannot signal the exit event: {e}");
         }
@@ -204,6 +208,12 @@ impl ExitEvent {
         let slot = lock(&self.reason);
         slot.clone()
             .or_else(|| caught_signal().map(ExitReason::Signal))
+    }
+
+    /// Whether a reason was recorded (a stop signal is not counted: the event loop
+    /// sees those). One atomic load, cheap enough for every vCPU exit.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
     }
 
     /// The event fd the event loop waits on.
@@ -223,6 +233,14 @@ mod tests {
         exit.request(ExitReason::TripleFault { vcpu: 1 });
         assert_eq!(exit.reason(), Some(ExitReason::GuestReset));
         assert_eq!(exit.event_fd().read().unwrap(), 2);
+    }
+
+    #[test]
+    fn test_is_requested_only_once_a_reason_is_recorded() {
+        let exit = ExitEvent::new().unwrap();
+        assert!(!exit.is_requested());
+        exit.request(ExitReason::GuestReset);
+        assert!(exit.is_requested());
     }
 
     #[test]

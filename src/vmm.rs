@@ -97,17 +97,21 @@ pub struct VirtioDevices {
 
 /// A built VM with running vCPUs.
 ///
-/// Field order is drop order: vCPU threads are joined before the VM and its memory go.
+/// Field order is drop order: vCPU threads are joined, then the VM fd is closed
+/// (the kernel destroys the VM and retires every irqfd and ioeventfd at once),
+/// then the devices and their eventfds go, and the guest mapping last, once
+/// nothing can reach it.
 pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
+    // Held, never read: the VM fd must outlive the vCPU threads.
+    _vm: Vm,
     paused: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
     devices: VirtioDevices,
-    // Held, never read: the VM fd and the guest mapping must outlive the vCPU
-    // threads and the devices, whatever else keeps a handle.
-    _vm: Vm,
+    // Held, never read: the guest mapping must outlive the vCPU threads, the VM
+    // and the devices, whatever else keeps a handle.
     _guest_memory: GuestMemory,
     config: VmConfig,
 }
@@ -134,12 +138,12 @@ impl Vmm {
     ) -> Vmm {
         Vmm {
             vcpus: Vec::new(),
+            _vm: vm,
             paused: false,
             event_loop,
             exit,
             i8042,
             devices,
-            _vm: vm,
             _guest_memory: guest_memory,
             config,
         }

@@ -28,6 +28,9 @@ pub enum CompareError {
     /// Setting up failed.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// spry's guest did not pass its check boot.
+    #[error("{0}")]
+    SpryCheck(String),
     /// spry itself failed (peers that fail are listed, spry must run).
     #[error("spry failed in the {phase} phase")]
     Spry {
@@ -309,6 +312,7 @@ fn systems(env: &Env, guest: &Guest, settings: &Settings) -> Result<Roster, Comp
             source,
         },
     )?;
+    spry.check().map_err(CompareError::SpryCheck)?;
     let mut systems: Vec<Box<dyn Sandbox>> = vec![Box::new(spry)];
     let mut unavailable = Vec::new();
     let mut add = |name: &str, peer: Result<Box<dyn Sandbox>, String>| match peer {
@@ -343,22 +347,17 @@ fn qemu(guest: &Guest, settings: &Settings) -> Result<Qemu, String> {
     Ok(Qemu::new(binary, guest.clone(), TIMEOUT))
 }
 
-/// Firecracker, if the user pointed at a binary and it boots the guest.
+/// Firecracker, if there is a binary and its guest passes the check boot.
 fn firecracker(
     guest: &Guest,
     settings: &Settings,
     dir: &std::path::Path,
 ) -> Result<VmSystem, String> {
-    let binary = settings.firecracker.clone().ok_or(
-        "no Firecracker binary on this machine; pass --firecracker PATH to include it".to_owned(),
-    )?;
-    let failed = |e: SystemError| {
-        format!(
-            "{} did not boot the {}: {e}",
-            binary.display(),
-            guest.label()
-        )
-    };
+    let binary = settings.firecracker.clone().ok_or(format!(
+        "no Firecracker binary on this machine (none at {}); pass --firecracker PATH to \
+         include it",
+        crate::setup::default_firecracker().display()
+    ))?;
     let fc = VmSystem::new(
         Vmm::Firecracker,
         binary.clone(),
@@ -366,8 +365,8 @@ fn firecracker(
         dir,
         TIMEOUT,
     )
-    .map_err(failed)?;
-    start_sample(&fc).map_err(failed)?;
+    .map_err(|e| format!("{}: {e}", binary.display()))?;
+    fc.check()?;
     Ok(fc)
 }
 
@@ -547,9 +546,11 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
          until its init's running line."
             .to_owned(),
         "Running signal: spry — the guest's boot-timer write, which spry logs with a \
-         CLOCK_MONOTONIC stamp; QEMU (no boot-timer device: the guest's write lands in \
-         unassigned MMIO) and Firecracker (whose boot timer sits at another address) — the \
-         guest's first console line, timed when it arrives; container — the \
+         CLOCK_MONOTONIC stamp; Firecracker — the same write (its `--boot-timer` device \
+         sits at the same MMIO address, 0xc000_0000), whose `Guest-boot-time` log line has \
+         no such stamp and is timed when it arrives; QEMU (no boot-timer device: the \
+         guest's write lands in unassigned MMIO) — the guest's first console line, timed \
+         when it arrives; container — the \
          init's `spry-bench: running` line on stdout, timed when it arrives. spry against a \
          VM peer is judged on the first console line for both (\"start → console\" and \
          \"stop + start → console\", in the headline sentences and the aims), which comes a \
@@ -588,6 +589,23 @@ pub fn run(env: &Env, settings: Settings) -> Result<Comparison, CompareError> {
                     .to_owned(),
             );
         }
+    }
+    notes.push(
+        "Check boot: before any measured run every VMM booted the guest once with its full \
+         output (the probe: the same command line without probe.quiet=1) and had to pass \
+         every check; a VMM that did not is listed under \"Not compared\" with the failing \
+         checks and is in no headline."
+            .to_owned(),
+    );
+    if results.iter().any(|r| r.name == "Firecracker") {
+        notes.push(
+            "Firecracker: `--no-api --boot-timer --level Info --config-file` with the same \
+             config file as spry; the binary given (by default ../shared/peers/firecracker \
+             next to the repository) is the project's static build of v1.16.1, whose default \
+             seccomp filter is empty (no policy for the gnu target): it runs unconfined, as \
+             spry does today, so neither pays for a filter."
+                .to_owned(),
+        );
     }
     if env.spry_is_debug() {
         notes.push(format!(

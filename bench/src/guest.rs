@@ -105,6 +105,13 @@ impl Guest {
         }
     }
 
+    /// The run-to-exit command line with the guest's full output: the probe's check
+    /// boot (every check printed) before a VMM is compared.
+    pub fn check_args(&self) -> String {
+        self.boot_args(Workload::RunToExit)
+            .replace(" probe.quiet=1", "")
+    }
+
     /// The Linux guest's command line running `cmd` with `sh -c` (init's run mode),
     /// then rebooting; `extra` words are added (e.g. `ip=`).
     pub fn linux_run_args(cmd: &str, extra: &str) -> String {
@@ -195,6 +202,8 @@ mod tests {
         assert_eq!(g.kind, GuestKind::Probe);
         assert_eq!(g.vmlinux, PathBuf::from("/b/probe/vmlinux"));
         assert!(g.boot_args(Workload::Idle).ends_with("probe.mode=console"));
+        assert!(g.boot_args(Workload::RunToExit).contains("probe.quiet=1"));
+        assert!(!g.check_args().contains("probe.quiet"));
     }
 
     #[test]

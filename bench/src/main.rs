@@ -215,7 +215,8 @@ struct ExitsCli {
     /// Kernel log on the console: full (no `quiet`), quiet, or both.
     #[arg(long, value_delimiter = ',', value_enum, default_value = "full")]
     kernel_log: Vec<exits::KernelLog>,
-    /// A Firecracker binary to include (default: $FIRECRACKER if set).
+    /// A Firecracker binary to include (default: $FIRECRACKER if set, else
+    /// ../shared/peers/firecracker next to the repository if it exists).
     #[arg(long, value_name = "PATH")]
     firecracker: Option<PathBuf>,
     /// The QEMU binary (default: qemu-system-x86_64-microvm if installed, else
@@ -259,10 +260,11 @@ impl ExitsCli {
             mem_mib: self.mem_mib,
             roots: distinct(&self.root),
             kernel_logs: distinct(&self.kernel_log),
-            firecracker: self
-                .firecracker
-                .clone()
-                .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
+            firecracker: setup::find_firecracker(
+                self.firecracker.clone(),
+                std::env::var_os("FIRECRACKER"),
+                &setup::default_firecracker(),
+            ),
             qemu: self.qemu.clone(),
             no_qemu: self.no_qemu,
             trace: self.trace,
@@ -291,7 +293,8 @@ struct CompareArgs {
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
     )]
     density: Option<Vec<usize>>,
-    /// A Firecracker binary to include.
+    /// A Firecracker binary to include (default: $FIRECRACKER if set, else
+    /// ../shared/peers/firecracker next to the repository if it exists).
     #[arg(long, value_name = "PATH")]
     firecracker: Option<PathBuf>,
     /// Leave QEMU out.
@@ -319,10 +322,11 @@ impl CompareArgs {
                 }
             }),
             quick: self.quick,
-            firecracker: self
-                .firecracker
-                .clone()
-                .or_else(|| std::env::var_os("FIRECRACKER").map(PathBuf::from)),
+            firecracker: setup::find_firecracker(
+                self.firecracker.clone(),
+                std::env::var_os("FIRECRACKER"),
+                &setup::default_firecracker(),
+            ),
             no_qemu: self.no_qemu,
             qemu: self.qemu.clone(),
         }

@@ -69,6 +69,28 @@ pub fn default_repo() -> PathBuf {
         .map_or(manifest.clone(), Path::to_path_buf)
 }
 
+/// Where the project keeps its Firecracker peer: `shared/peers/firecracker` next to
+/// the repository (`../shared/peers/firecracker` from its root).
+pub fn default_firecracker() -> PathBuf {
+    let repo = default_repo();
+    repo.parent()
+        .unwrap_or(&repo)
+        .join("shared/peers/firecracker")
+}
+
+/// The Firecracker to compare with: `explicit` (`--firecracker PATH`), else
+/// `from_env` (`$FIRECRACKER`), else `default` if a file is there; `None` leaves
+/// Firecracker out.
+pub fn find_firecracker(
+    explicit: Option<PathBuf>,
+    from_env: Option<std::ffi::OsString>,
+    default: &Path,
+) -> Option<PathBuf> {
+    explicit
+        .or_else(|| from_env.map(PathBuf::from))
+        .or_else(|| default.is_file().then(|| default.to_owned()))
+}
+
 /// The spry binary: `--spry`, else `$SPRY_BIN`, else `spry` next to this binary, else
 /// `<repo>/target/release/spry`.
 pub fn find_spry(explicit: Option<PathBuf>, repo: &Path) -> PathBuf {
@@ -176,6 +198,40 @@ impl Env {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_an_explicit_firecracker_wins_over_the_environment_and_the_default() {
+        let found = find_firecracker(
+            Some("/opt/fc".into()),
+            Some("/env/fc".into()),
+            Path::new("/nonexistent/fc"),
+        );
+        assert_eq!(found, Some(PathBuf::from("/opt/fc")));
+    }
+
+    #[test]
+    fn test_the_default_firecracker_is_taken_only_where_it_exists() {
+        let dir = std::env::temp_dir().join(format!("bench-fc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let present = dir.join("firecracker");
+        std::fs::write(&present, b"").unwrap();
+
+        let found = find_firecracker(None, None, &present);
+        let absent = find_firecracker(None, None, &dir.join("absent"));
+
+        assert_eq!(found, Some(present.clone()));
+        assert_eq!(absent, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_the_default_firecracker_is_in_shared_peers_next_to_the_repository() {
+        let fc = default_firecracker();
+        let beside = default_repo()
+            .parent()
+            .map(|p| p.join("shared/peers/firecracker"));
+        assert_eq!(Some(fc), beside);
+    }
 
     #[test]
     fn test_explicit_spry_wins() {

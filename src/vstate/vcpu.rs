@@ -316,6 +316,7 @@ impl Vcpu {
                     self.exit.request(reason);
                     return VcpuState::Exited;
                 }
+                Emulation::Stopped => return VcpuState::Exited,
             }
         }
     }
@@ -371,7 +372,7 @@ impl Vcpu {
                 if !buses.pio.write(u64::from(port), data) {
                     log::trace!("vCPU {index}: unhandled port write {port:#x} {data:x?}");
                 }
-                Emulation::Continue
+                self.after_write()
             }
             VcpuExit::MmioRead(addr, data) => {
                 VcpuExitCounters::count(&counters.mmio_read);
@@ -386,7 +387,7 @@ impl Vcpu {
                 if !buses.mmio.write(addr, data) {
                     log::debug!("vCPU {index}: unhandled MMIO write at {addr:#x}");
                 }
-                Emulation::Continue
+                self.after_write()
             }
             VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Emulation::Continue,
             VcpuExit::Shutdown => Emulation::Stop(ExitReason::TripleFault { vcpu: index }),
@@ -417,6 +418,15 @@ impl Vcpu {
                     detail: format!("unexpected KVM exit {other:?}"),
                 })
             }
+        }
+    }
+
+    /// After a device write: stop if the device asked the VM to stop.
+    fn after_write(&self) -> Emulation {
+        if self.exit.is_requested() {
+            Emulation::Stopped
+        } else {
+            Emulation::Continue
         }
     }
 
@@ -490,6 +500,9 @@ enum Emulation {
     Continue,
     Interrupted,
     Stop(ExitReason),
+    /// A device this vCPU wrote to recorded why the VM stops (the i8042's reset):
+    /// the thread ends at once rather than re-enter the guest and wait for a kick.
+    Stopped,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,7 +147,111 @@ fn aims(c: &Comparison) -> Vec<String> {
         )),
         None => out.push("Aim \"ahead of QEMU\": not judged (QEMU did not run; see below).".into()),
     }
+    out.extend(firecracker_aims(c));
     out
+}
+
+/// The density level the launch-rate aim is judged at.
+const AIM_DENSITY_K: usize = 100;
+
+/// Launches per second at K = [`AIM_DENSITY_K`].
+fn launches_at_aim_k(r: &SystemResult) -> Option<Summary> {
+    summary(
+        r.density
+            .iter()
+            .filter(|d| d.k == AIM_DENSITY_K)
+            .map(|d| d.launch_per_s),
+    )
+}
+
+/// One aim against a peer: spry/peer of a median must stay at or below `limit`
+/// (`at_least`: at or above it, for rates).
+struct RatioAim<'a> {
+    what: &'a str,
+    metric: Stat<'a>,
+    limit: f64,
+    at_least: bool,
+}
+
+/// Issue 13's aims against Firecracker, each a ratio of medians of this run.
+fn firecracker_aims(c: &Comparison) -> Vec<String> {
+    const PEER: &str = "Firecracker";
+    let aims = [
+        RatioAim {
+            what: "start → first console line ≤ 0.5x",
+            metric: &start_console,
+            limit: 0.5,
+            at_least: false,
+        },
+        RatioAim {
+            what: "start → exit ≤ 0.9x",
+            metric: &start_exit,
+            limit: 0.9,
+            at_least: false,
+        },
+        RatioAim {
+            what: "restart (stop + start → console) ≤ 0.7x",
+            metric: &restart_console,
+            limit: 0.7,
+            at_least: false,
+        },
+        RatioAim {
+            what: "idle Pss ≤",
+            metric: &pss,
+            limit: 1.0,
+            at_least: false,
+        },
+        RatioAim {
+            what: "own Pss (without guest RAM) ≤",
+            metric: &own_pss,
+            limit: 1.0,
+            at_least: false,
+        },
+        RatioAim {
+            what: "own Rss (without guest RAM) ≤",
+            metric: &own_rss,
+            limit: 1.0,
+            at_least: false,
+        },
+        RatioAim {
+            what: "CPU per start ≤ 0.8x",
+            metric: &cpu,
+            limit: 0.8,
+            at_least: false,
+        },
+        RatioAim {
+            what: "launches per second at K=100 ≥ 1.5x",
+            metric: &launches_at_aim_k,
+            limit: 1.5,
+            at_least: true,
+        },
+    ];
+    let spry = c.systems.first();
+    let peer = c.systems.iter().find(|s| s.name == PEER);
+    aims.iter()
+        .map(|aim| {
+            let label = format!("Aim \"{} {PEER}\"", aim.what);
+            let Some(peer) = peer else {
+                return format!("{label}: not judged ({PEER} did not run; see below).");
+            };
+            let values = spry.and_then(|s| (aim.metric)(s)).zip((aim.metric)(peer));
+            let Some((ours, theirs)) = values.filter(|(_, t)| t.median > 0.0) else {
+                return format!("{label}: not judged (no value for both in this run).");
+            };
+            let ratio = ours.median / theirs.median;
+            let met = if aim.at_least {
+                ratio >= aim.limit
+            } else {
+                ratio <= aim.limit
+            };
+            format!(
+                "{label}: {} (spry/{PEER} = {ratio:.2}: {} vs {}).",
+                if met { "met" } else { "MISSED" },
+                num(ours.median),
+                num(theirs.median)
+            )
+        })
+        .collect()
 }
 
 fn median_cell(s: Option<Summary>) -> String {
@@ -541,6 +645,52 @@ pub(crate) mod tests {
             &"Aim \"ahead of QEMU\" (start → first console line): met (spry/QEMU = 0.12)."
                 .to_owned()
         ));
+    }
+
+    #[test]
+    fn test_firecracker_aims_are_not_judged_without_firecracker() {
+        let lines = headline_sentences(&fixture());
+        assert!(lines.contains(
+            &"Aim \"start → exit ≤ 0.9x Firecracker\": not judged (Firecracker did not run; \
+              see below)."
+                .to_owned()
+        ));
+    }
+
+    #[test]
+    fn test_firecracker_aims_state_each_ratio_and_verdict() {
+        let mut c = fixture();
+        c.systems[2].name = "Firecracker".into();
+        c.systems[2].density[0].k = 100;
+        c.systems[0].density[0].k = 100;
+        c.systems[0].density[0].launch_per_s = 160.0;
+
+        let lines = headline_sentences(&c);
+
+        // console: 5 vs 41 ms
+        assert!(
+            lines.contains(
+                &"Aim \"start → first console line ≤ 0.5x Firecracker\": met (spry/Firecracker = \
+              0.12: 5.00 vs 41.0)."
+                    .to_owned()
+            ),
+            "{lines:#?}"
+        );
+        // CPU: 2.0 vs 2.0 ms
+        assert!(
+            lines.contains(
+                &"Aim \"CPU per start ≤ 0.8x Firecracker\": MISSED (spry/Firecracker = 1.00: 2.00 \
+              vs 2.00)."
+                    .to_owned()
+            ),
+            "{lines:#?}"
+        );
+        // launches: 160 vs 100 per second
+        assert!(lines.contains(
+            &"Aim \"launches per second at K=100 ≥ 1.5x Firecracker\": met (spry/Firecracker = \
+              1.60: 160 vs 100)."
+                .to_owned()
+        ), "{lines:#?}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! signal "running", exit or idle) and to say what it is.
 
 pub mod elf_note;
+pub mod probe_check;
 pub mod qemu;
 pub mod runc;
 pub mod vm;

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::child::{ChildError, Line, Measured};
+use crate::child::{ChildError, Measured};
 use crate::guest::{Guest, GuestKind};
 use crate::procfs::MemoryUse;
 use crate::systems::elf_note::{has_note, PVH_OWNER, PVH_TYPE};
+use crate::systems::probe_check::{probe_verdict, ProbeEntry};
 use crate::systems::runc::find_program;
 use crate::systems::{
     check_exit, guest_image, version_line, vm_memory, ImageFile, Instance, Kind, Sandbox,
@@ -183,15 +184,16 @@ impl Qemu {
     }
 
     fn probe_trial(&self) -> Result<(), SystemError> {
-        let args = self.guest.boot_args(Workload::RunToExit);
-        let verbose = args.replace(" probe.quiet=1", "");
+        let verbose = self.guest.check_args();
         let mut process = Measured::spawn(self.command_with(&verbose, &[]), false)?;
         let exit = process.wait_exit(self.timeout)?;
         check_exit("QEMU", &exit, &process)?;
-        probe_verdict(&process.lines).map_err(|detail| SystemError::Command {
-            command: format!("the probe under QEMU ({verbose})"),
-            detail,
-        })
+        probe_verdict(&process.lines, Some(ProbeEntry::Pvh))
+            .map(|_| ())
+            .map_err(|e| SystemError::Command {
+                command: format!("the probe under QEMU ({verbose})"),
+                detail: e.to_string(),
+            })
     }
 
     fn diagnose(&self, error: &SystemError) -> String {
@@ -222,37 +224,6 @@ impl Qemu {
                 kernel.display()
             ),
         }
-    }
-}
-
-/// The probe's verdict from its full output: entered through PVH (its `pvh-entry`
-/// check line) and every check passed (`probe: all N checks ok`).
-pub fn probe_verdict(lines: &[Line]) -> Result<(), String> {
-    let text = |l: &&Line| l.text.starts_with("probe: ");
-    let summary = lines
-        .iter()
-        .filter(text)
-        .find(|l| l.text.contains(" checks ok") || l.text.contains(" checks failed"));
-    let failed: Vec<&str> = lines
-        .iter()
-        .filter(text)
-        .filter(|l| l.text.contains(": FAIL"))
-        .map(|l| l.text.as_str())
-        .collect();
-    let pvh = lines
-        .iter()
-        .any(|l| l.text.starts_with("probe: pvh-entry: ok"));
-    match summary {
-        None => Err("the probe printed no summary line".into()),
-        Some(_) if !pvh => Err("the probe did not report its PVH entry (no 'probe: \
-                                pvh-entry: ok' line): not entered through PVH"
-            .into()),
-        Some(s) if !failed.is_empty() || !s.text.contains(" checks ok") => Err(format!(
-            "the probe booted through PVH but reported '{}': {}",
-            s.text,
-            failed.join(" / ")
-        )),
-        Some(_) => Ok(()),
     }
 }
 
@@ -358,43 +329,6 @@ mod tests {
         );
         assert_eq!(args[args.len() - 2], "-append");
         assert!(qemu.boot_entry().is_some_and(|e| e.starts_with("PVH")));
-    }
-
-    fn lines(text: &[&str]) -> Vec<Line> {
-        text.iter()
-            .map(|t| Line {
-                text: (*t).to_owned(),
-                at_us: 0,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn test_probe_verdict_wants_the_pvh_entry_and_every_check_ok() {
-        let good = lines(&[
-            "qemu-system-x86_64: warning: host doesn't support requested feature",
-            "probe: pvh-entry: ok cr0=0x11 eflags=0x2 cs=0x8 ds=0x10",
-            "probe: all 10 checks ok",
-        ]);
-        assert_eq!(probe_verdict(&good), Ok(()));
-        let linux_entry = lines(&[
-            "probe: boot-params: ok at 0x7000",
-            "probe: all 12 checks ok",
-        ]);
-        assert!(probe_verdict(&linux_entry)
-            .unwrap_err()
-            .contains("not entered through PVH"));
-        let failed = lines(&[
-            "probe: pvh-entry: ok",
-            "probe: memmap: FAIL entry 6 [0x0, +0x0) empty or wrapping",
-            "probe: 1 of 10 checks failed",
-        ]);
-        let why = probe_verdict(&failed).unwrap_err();
-        assert!(
-            why.contains("1 of 10 checks failed") && why.contains("memmap: FAIL"),
-            "{why}"
-        );
-        assert!(probe_verdict(&lines(&["garbage"])).is_err());
     }
 
     #[test]

@@ -3,13 +3,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::child::Measured;
 use crate::guest::Guest;
+use crate::guest::GuestKind;
 use crate::procfs::MemoryUse;
 use crate::spry_log::{parse_boot_timer, parse_vcpu_entry};
-use crate::systems::{ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
+use crate::systems::probe_check::{probe_verdict, ProbeEntry};
+use crate::systems::{check_exit, ImageFile, Instance, Kind, Sandbox, SystemError, Workload};
 
 /// Which Firecracker-compatible VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +31,10 @@ pub struct VmSystem {
     guest: Guest,
     run_config: PathBuf,
     idle_config: PathBuf,
+    check_config: PathBuf,
     timeout: Duration,
+    /// How the probe said it was entered in [`VmSystem::check`].
+    entered: OnceLock<ProbeEntry>,
 }
 
 /// The Firecracker-style config for `guest` with `boot_args`, plus `drives` and
@@ -141,7 +147,12 @@ impl VmSystem {
         };
         let run_config = dir.join(format!("{prefix}-run.json"));
         let idle_config = dir.join(format!("{prefix}-idle.json"));
+        let check_config = dir.join(format!("{prefix}-check.json"));
         let none = serde_json::json!([]);
+        write_json(
+            &check_config,
+            &vm_config(&guest, &guest.check_args(), none.clone(), none.clone()),
+        )?;
         write_json(
             &run_config,
             &vm_config(
@@ -161,8 +172,43 @@ impl VmSystem {
             guest,
             run_config,
             idle_config,
+            check_config,
             timeout,
+            entered: OnceLock::new(),
         })
+    }
+
+    /// Boots the guest once before any measured run; `Err` says why this VMM
+    /// cannot be compared (issue 13). The probe boots with its full output and
+    /// must pass every check (spry through the Linux 64-bit entry it implements,
+    /// Firecracker through whichever it picks, which is recorded); the Linux
+    /// guest must run to a clean exit.
+    pub fn check(&self) -> Result<(), String> {
+        let failed = |e: String| {
+            format!(
+                "{} did not pass the {} check boot: {e}",
+                self.binary.display(),
+                self.guest.label()
+            )
+        };
+        if self.guest.kind == GuestKind::Linux {
+            return super::run_to_exit(self, 0, self.timeout)
+                .map(|_| ())
+                .map_err(|e| failed(e.to_string()));
+        }
+        let cmd = vmm_command(self.vmm, &self.binary, &self.check_config);
+        let mut process = Measured::spawn(cmd, false).map_err(|e| failed(e.to_string()))?;
+        let exit = process
+            .wait_exit(self.timeout)
+            .map_err(|e| failed(e.to_string()))?;
+        check_exit(self.name(), &exit, &process).map_err(|e| failed(e.to_string()))?;
+        let want = match self.vmm {
+            Vmm::Spry => Some(ProbeEntry::Linux64),
+            Vmm::Firecracker => None,
+        };
+        let entry = probe_verdict(&process.lines, want).map_err(|e| failed(e.to_string()))?;
+        let _ = self.entered.set(entry);
+        Ok(())
     }
 
     fn config(&self, workload: Workload) -> &Path {
@@ -210,19 +256,10 @@ impl Sandbox for VmSystem {
     fn start(&self, workload: Workload, _tag: usize) -> Result<Instance, SystemError> {
         let cmd = vmm_command(self.vmm, &self.binary, self.config(workload));
         let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
-        let (running_us, main_us) = match self.vmm {
-            Vmm::Spry => wait_boot_timer(&mut process, self.timeout)?,
-            // Firecracker's boot timer is not at the address our guests write (and
-            // its page tables do not map that address), so its guest's first console
-            // line is the signal, as for QEMU.
-            Vmm::Firecracker => {
-                let running = self.guest.running_line();
-                let ((), at) = process.wait_for(running, self.timeout, |l| {
-                    l.text.starts_with(running).then_some(())
-                })?;
-                (at, None)
-            }
-        };
+        // Both have the boot timer at MMIO 0xc000_0000 (Firecracker 1.16 with
+        // `--boot-timer`) and log its write; spry stamps it with CLOCK_MONOTONIC,
+        // Firecracker's line is timed when it arrives.
+        let (running_us, main_us) = wait_boot_timer(&mut process, self.timeout)?;
         let vcpu_entry_us = process.lines.iter().find_map(|l| parse_vcpu_entry(&l.text));
         if workload != Workload::RunToExit {
             self.guest.wait_idle(&mut process, self.timeout)?;
@@ -248,10 +285,16 @@ impl Sandbox for VmSystem {
                           vCPU in long mode at its e_entry (startup_64) with boot_params in \
                           RSI; it does not use the PVH note"
                 .into(),
-            Vmm::Firecracker => "Firecracker's choice: PVH where this Firecracker supports it \
-                                 (1.12 and later enter an ELF with a PVH note through it, as \
-                                 the probe's vmlinux has), else the Linux 64-bit boot protocol"
-                .into(),
+            Vmm::Firecracker => match self.entered.get() {
+                Some(entry) => format!(
+                    "Firecracker's choice, as the probe reported it in the check boot: {}",
+                    entry.describe()
+                ),
+                None => "Firecracker's choice: PVH where this Firecracker supports it (1.12 \
+                         and later enter an ELF with a PVH note through it, as the probe's \
+                         vmlinux has), else the Linux 64-bit boot protocol"
+                    .into(),
+            },
         })
     }
 
