@@ -33,6 +33,7 @@ use crate::exit::ExitEvent;
 use crate::host::HostKvm;
 use crate::loader::{self, KernelKind, LoadedInitrd, LoadedKernel};
 use crate::resources::{Drive, NetInterface, VmResources};
+use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vmm::{ExitSubscriber, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
@@ -150,12 +151,14 @@ pub fn check_host_can_run(res: &VmResources, host: HostKvm) -> Result<(), BuildE
     })
 }
 
-/// Builds the VM `res` describes and starts its vCPUs. `console` receives the
-/// guest's serial output; `console_input` (a pollable fd, normally stdin) feeds it.
+/// Builds the VM `res` describes and starts its vCPUs, each confined by the `vcpu`
+/// filter of `seccomp` before its first `KVM_RUN`. `console` receives the guest's
+/// serial output; `console_input` (a pollable fd, normally stdin) feeds it.
 pub fn build_and_start(
     mut res: VmResources,
     console: Box<dyn Write + Send>,
     console_input: Option<std::os::fd::RawFd>,
+    seccomp: &SeccompFilters,
 ) -> Result<Vmm, BuildError> {
     check_host_can_run(&res, HostKvm::detect())?;
     let kvm = KvmContext::new()?;
@@ -240,8 +243,9 @@ pub fn build_and_start(
         devices,
         res.config,
     );
+    let vcpu_filter = seccomp.get(ThreadKind::Vcpu);
     for vcpu in vcpus {
-        vmm.add_vcpu(vcpu.start()?);
+        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned())?);
     }
     Ok(vmm)
 }

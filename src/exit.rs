@@ -51,6 +51,12 @@ pub enum ExitReason {
 impl ExitReason {
     /// The process exit code: 0 for a guest-requested reset or a requested stop,
     /// 3 for a triple fault, 4 for emulation and vCPU failures, 128+n for signal n.
+    ///
+    /// The other codes spry exits with: 1 when spry itself fails and 2 for a config
+    /// or command line the user must fix ([`crate::Error::exit_code`]), and 148
+    /// ([`crate::seccomp::EXIT_BAD_SYSCALL`], Firecracker's code for the same) when a
+    /// thread made a system call its seccomp filter forbids: the SIGSYS handler exits
+    /// at once, without an `ExitReason`.
     pub fn exit_code(&self) -> u8 {
         match self {
             ExitReason::GuestReset | ExitReason::Stopped => 0,

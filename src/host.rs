@@ -17,9 +17,12 @@ pub enum HostKvm {
 }
 
 impl HostKvm {
-    /// Looks at which KVM vendor module is loaded.
+    /// Looks at which KVM vendor module is loaded; the first call looks, later ones
+    /// (a vCPU explaining a failure, under a filter that allows no `stat`) reuse its
+    /// answer.
     pub fn detect() -> HostKvm {
-        Self::detect_in(Path::new("/sys/module"))
+        static DETECTED: std::sync::OnceLock<HostKvm> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Self::detect_in(Path::new("/sys/module")))
     }
 
     fn detect_in(modules: &Path) -> HostKvm {

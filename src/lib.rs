@@ -15,6 +15,7 @@ pub mod loader;
 pub mod logger;
 pub mod metrics;
 pub mod resources;
+pub mod seccomp;
 pub mod sink;
 pub mod sync;
 pub mod terminal;
@@ -34,6 +35,7 @@ use crate::exit::ExitReason;
 use crate::logger::LoggerError;
 use crate::metrics::{MetricsError, MetricsSink};
 use crate::resources::{ResourcesError, VmResources};
+use crate::seccomp::{FilterSource, SeccompError, SeccompFilters, ThreadKind};
 
 /// The instance id when `--id` is not given (Firecracker's).
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
@@ -80,6 +82,9 @@ pub enum Error {
     /// Installing signal handlers failed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The seccomp filters cannot be loaded or installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 impl Error {
@@ -92,6 +97,7 @@ impl Error {
             | Error::Logger(_)
             | Error::Metrics(_)
             | Error::Socket(_) => 2,
+            Error::Seccomp(e) if e.is_user_error() => 2,
             _ => 1,
         }
     }
@@ -126,12 +132,20 @@ pub enum Launch {
     },
 }
 
-/// Runs one sandbox as `how` says and returns how it ended. The API socket serves
-/// before the VM exists, and its file is removed on every way out.
-pub fn launch(how: &Launch) -> Result<ExitReason, Error> {
+/// Runs one sandbox as `how` says, confined by the `seccomp` filters, and returns
+/// how it ended. The API socket serves before the VM exists, and its file is
+/// removed on every way out. The filters are compiled first, so a bad filter file
+/// stops spry before anything else happens.
+pub fn launch(how: &Launch, seccomp: &FilterSource) -> Result<ExitReason, Error> {
+    let compiling = std::time::Instant::now();
+    let filters = SeccompFilters::load(seccomp)?;
+    log::debug!(
+        "seccomp filters ({seccomp:?}) ready in {} us",
+        compiling.elapsed().as_micros()
+    );
     exit::catch_stop_signals().map_err(Error::Signals)?;
     let (api_sock, config_file, instance_id) = match how {
-        Launch::ConfigFile(path) => return run_config_file(path),
+        Launch::ConfigFile(path) => return run_config_file(path, &filters),
         Launch::Api {
             api_sock,
             config_file,
@@ -140,22 +154,26 @@ pub fn launch(how: &Launch) -> Result<ExitReason, Error> {
     };
     let (listener, _socket_file) = api::socket::bind(api_sock)?;
     let (client, inbox) = api::channel::channel().map_err(Error::ApiChannel)?;
-    api::server::start(listener, client)?;
+    api::server::start(listener, client, filters.get(ThreadKind::Api).cloned())?;
     let booted = match config_file {
-        Some(config_file) => boot_config_file(config_file)?,
+        Some(config_file) => boot_config_file(config_file, &filters)?,
         None => {
-            let preboot = PrebootController::new(instance_id.clone(), Some(libc::STDIN_FILENO));
+            let preboot = PrebootController::new(
+                instance_id.clone(),
+                Some(libc::STDIN_FILENO),
+                filters.clone(),
+            );
             match preboot.serve_until_start(&inbox)? {
                 PrebootEnd::Started(booted) => *booted,
                 PrebootEnd::Signalled(signal) => return Ok(ExitReason::Signal(signal)),
             }
         }
     };
-    run_booted(booted, instance_id, Some(inbox))
+    run_booted(booted, instance_id, Some(inbox), &filters)
 }
 
 /// Reads, checks and boots a config file, with its logger and metrics applied first.
-fn boot_config_file(config_path: &Path) -> Result<Booted, Error> {
+fn boot_config_file(config_path: &Path, filters: &SeccompFilters) -> Result<Booted, Error> {
     let config = VmConfig::from_file(config_path)?;
     if let Some(logger_config) = &config.logger {
         logger::configure(logger_config)?;
@@ -169,15 +187,19 @@ fn boot_config_file(config_path: &Path) -> Result<Booted, Error> {
         resources,
         Box::new(std::io::stdout()),
         Some(libc::STDIN_FILENO),
+        filters,
     )?;
     Ok(Booted { vmm, metrics })
 }
 
 /// Runs a booted VM until it stops, serving `inbox`'s API requests if there is one.
+/// This thread takes its `vmm` filter once everything the event loop needs is open,
+/// before the loop first serves a device.
 fn run_booted(
     mut booted: Booted,
     instance_id: &str,
     inbox: Option<ApiInbox>,
+    filters: &SeccompFilters,
 ) -> Result<ExitReason, Error> {
     let _raw_terminal = terminal::RawTerminal::enter(libc::STDIN_FILENO);
     let mut controller = RuntimeController::attach(
@@ -186,12 +208,13 @@ fn run_booted(
         inbox,
         booted.metrics,
     )?;
+    filters.apply(ThreadKind::Vmm, "VMM")?;
     Ok(booted.vmm.run_with(&mut controller)?)
 }
 
 /// Boots the VM `config_path` describes with its console on stdin/stdout, and
 /// returns how it ended.
-fn run_config_file(config_path: &Path) -> Result<ExitReason, Error> {
-    let booted = boot_config_file(config_path)?;
-    run_booted(booted, DEFAULT_INSTANCE_ID, None)
+fn run_config_file(config_path: &Path, filters: &SeccompFilters) -> Result<ExitReason, Error> {
+    let booted = boot_config_file(config_path, filters)?;
+    run_booted(booted, DEFAULT_INSTANCE_ID, None, filters)
 }

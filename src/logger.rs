@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use crate::config::LoggerConfig;
@@ -38,6 +39,10 @@ struct Logger {
     missed: AtomicU64,
 }
 
+/// The log file's descriptor, or -1 for stderr: for the SIGSYS handler, which may
+/// take no lock.
+static LOG_FD: AtomicI32 = AtomicI32::new(-1);
+
 static LOGGER: Logger = Logger {
     output: Mutex::new(None),
     show_level: AtomicBool::new(true),
@@ -61,6 +66,7 @@ pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
             path: path.clone(),
             source,
         })?;
+        LOG_FD.store(file.as_raw_fd(), Ordering::SeqCst);
         *lock(&LOGGER.output) = Some(file);
     }
     if let Some(level) = config.level {
@@ -80,6 +86,13 @@ pub fn configure(config: &LoggerConfig) -> Result<(), LoggerError> {
             Some(module.clone()).filter(|m| !m.is_empty());
     }
     Ok(())
+}
+
+/// The log file's descriptor, or -1 when spry logs to stderr. Log files are never
+/// closed once open but to be replaced, so a signal handler may write a last line
+/// to this descriptor.
+pub fn log_file_fd() -> i32 {
+    LOG_FD.load(Ordering::SeqCst)
 }
 
 /// Lines lost so far because the log file or FIFO refused them.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use spry::seccomp::FilterSource;
 use spry::Launch;
 
 /// spry: a KVM microVM monitor with container-grade start time.
@@ -26,6 +27,14 @@ struct Cli {
     /// Accepted for Firecracker compatibility: spry's boot timer is always on.
     #[arg(long)]
     boot_timer: bool,
+    /// Install no seccomp filters: every thread may make any system call (for
+    /// debugging; Firecracker's switch).
+    #[arg(long, conflicts_with = "seccomp_filter")]
+    no_seccomp: bool,
+    /// Confine spry's threads with the filters in this JSON file (Firecracker's
+    /// seccompiler format, keys "vmm", "api" and "vcpu") instead of spry's own.
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
     /// How much spry logs on stderr.
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     log_level: log::LevelFilter,
@@ -60,7 +69,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match spry::launch(&how) {
+    let seccomp = match (cli.no_seccomp, cli.seccomp_filter) {
+        (true, _) => FilterSource::Off,
+        (false, Some(path)) => FilterSource::File(path),
+        (false, None) => FilterSource::Default,
+    };
+    match spry::launch(&how, &seccomp) {
         Ok(reason) => {
             log::info!("VM stopped: {reason}");
             if reason.exit_code() != 0 {

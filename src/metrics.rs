@@ -15,16 +15,19 @@
 //!  "block_rootfs": {"requests": 0, ...},
 //!  "net": {"rx_frames": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0, "tx_dropped": 0},
 //!  "net_eth0": {...},
-//!  "logger": {"missed_log_count": 0}}
+//!  "logger": {"missed_log_count": 0},
+//!  "seccomp": {"num_faults": 0}}
 //! ```
 //!
 //! `block` and `net` add up every device; `block_<drive_id>` and `net_<iface_id>` are
-//! per device.
+//! per device. A forbidden system call ends spry at once; its SIGSYS handler adds
+//! one last line of its own, `{"utc_timestamp_ms": ..., "seccomp": {"num_faults": 1}}`.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -137,6 +140,8 @@ pub struct Snapshot {
     pub api: [u64; 2],
     /// Log lines lost.
     pub missed_logs: u64,
+    /// Forbidden system calls caught by the seccomp filters.
+    pub seccomp_faults: u64,
 }
 
 impl Snapshot {
@@ -179,6 +184,7 @@ impl Snapshot {
                 API.errors.load(Ordering::Relaxed),
             ],
             missed_logs: crate::logger::missed_log_count(),
+            seccomp_faults: crate::seccomp::fault_count(),
         }
     }
 }
@@ -279,6 +285,10 @@ pub fn line(now: &Snapshot, was: &Snapshot, utc_timestamp_ms: u64) -> Value {
         "logger".into(),
         json!({"missed_log_count": now.missed_logs.saturating_sub(was.missed_logs)}),
     );
+    out.insert(
+        "seccomp".into(),
+        json!({"num_faults": now.seccomp_faults.saturating_sub(was.seccomp_faults)}),
+    );
     Value::Object(out)
 }
 
@@ -298,6 +308,7 @@ impl MetricsSink {
             path: path.clone(),
             source,
         })?;
+        METRICS_FD.store(file.as_raw_fd(), Ordering::SeqCst);
         Ok(MetricsSink {
             path,
             file,
@@ -323,6 +334,27 @@ impl MetricsSink {
                 source,
             })
     }
+}
+
+impl Drop for MetricsSink {
+    fn drop(&mut self) {
+        let _ = METRICS_FD.compare_exchange(
+            self.file.as_raw_fd(),
+            -1,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+}
+
+/// The open metrics file's descriptor, or -1: for the SIGSYS handler, which may take
+/// no lock.
+static METRICS_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The descriptor of the metrics file opened last, or -1 when none is open. The
+/// SIGSYS handler writes its last line there.
+pub fn metrics_file_fd() -> i32 {
+    METRICS_FD.load(Ordering::SeqCst)
 }
 
 /// Marks metrics as due at a fixed interval ([`FLUSH_INTERVAL`] in spry), from the
@@ -402,6 +434,18 @@ mod tests {
         assert_eq!(line["vcpu"]["exit_io_out"], 150);
         assert_eq!(line["block_rootfs"]["read_bytes"], 6144);
         assert_eq!(line["net"]["rx_bytes"], 0);
+    }
+
+    #[test]
+    fn test_line_reports_seccomp_faults_as_firecracker_names_them() {
+        let now = Snapshot {
+            seccomp_faults: 1,
+            ..Snapshot::default()
+        };
+
+        let line = line(&now, &Snapshot::default(), 0);
+
+        assert_eq!(line["seccomp"]["num_faults"], 1);
     }
 
     #[test]

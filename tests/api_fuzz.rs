@@ -17,6 +17,7 @@ use proptest::prelude::*;
 use spry::api::channel::VmmClient;
 use spry::api::controller::PrebootController;
 use spry::api::routes::{parse, RequestError, ROUTES};
+use spry::seccomp::SeccompFilters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn methods() -> impl Strategy<Value = Method> {
@@ -145,7 +146,8 @@ fn preboot_vmm() -> VmmClient {
         .get_or_init(|| {
             let (client, inbox) = spry::api::channel::channel().expect("API channel");
             std::thread::spawn(move || {
-                let controller = PrebootController::new("fuzz".into(), None);
+                let controller =
+                    PrebootController::new("fuzz".into(), None, SeccompFilters::none());
                 let _ = controller.serve_until_start(&inbox);
             });
             client

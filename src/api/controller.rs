@@ -21,6 +21,7 @@ use crate::devices::legacy::i8042::I8042Error;
 use crate::logger::{self, LoggerError};
 use crate::metrics::{FlushTimer, MetricsError, MetricsSink, Snapshot};
 use crate::resources::{self, Boot, Machine, ResourcesError, VmResources};
+use crate::seccomp::SeccompFilters;
 use crate::sync::lock;
 use crate::vmm::{RunHook, Vmm, VmmError};
 
@@ -118,6 +119,7 @@ pub struct PrebootController {
     config: VmConfig,
     metrics: Option<MetricsSink>,
     console_input: Option<RawFd>,
+    seccomp: SeccompFilters,
 }
 
 const WAKE_API: u64 = 0;
@@ -125,13 +127,18 @@ const WAKE_SIGNAL: u64 = 1;
 
 impl PrebootController {
     /// An empty configuration (Firecracker's defaults: 1 vCPU, 128 MiB). The guest
-    /// console will read `console_input`.
-    pub fn new(instance_id: String, console_input: Option<RawFd>) -> PrebootController {
+    /// console will read `console_input`; the vCPUs take their filter from `seccomp`.
+    pub fn new(
+        instance_id: String,
+        console_input: Option<RawFd>,
+        seccomp: SeccompFilters,
+    ) -> PrebootController {
         PrebootController {
             instance_id,
             config: VmConfig::default(),
             metrics: None,
             console_input,
+            seccomp,
         }
     }
 
@@ -241,8 +248,12 @@ impl PrebootController {
             return Err(ControllerError::NoBootSource);
         }
         let resources = VmResources::try_from(self.config.clone())?;
-        let vmm =
-            builder::build_and_start(resources, Box::new(std::io::stdout()), self.console_input)?;
+        let vmm = builder::build_and_start(
+            resources,
+            Box::new(std::io::stdout()),
+            self.console_input,
+            &self.seccomp,
+        )?;
         Ok(Outcome::Started(Box::new(Booted {
             vmm,
             metrics: self.metrics.take(),
@@ -404,7 +415,7 @@ mod tests {
     use crate::config::{LogLevel, MachineConfig, NetConfig};
 
     fn controller() -> PrebootController {
-        PrebootController::new("test".into(), None)
+        PrebootController::new("test".into(), None, SeccompFilters::none())
     }
 
     fn preboot(c: &mut PrebootController, action: PrebootAction) -> Result<(), String> {

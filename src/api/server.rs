@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use super::action::VmmData;
 use super::channel::VmmClient;
 use super::routes::{self, RequestError, MAX_PAYLOAD};
+use crate::seccomp::{Filter, ThreadKind};
 
 /// A client must send a request's headers within this time of the connection
 /// becoming ready for one (also closes idle keep-alive connections).
@@ -49,12 +50,21 @@ pub enum ServerError {
     /// The thread could not be spawned.
     #[error("cannot start the API thread")]
     Thread(#[source] std::io::Error),
+    /// The thread could not confine itself.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The thread ended before saying whether its filter is on.
+    #[error("the API thread ended while installing its seccomp filter")]
+    Vanished,
 }
 
-/// Starts serving `listener` on a new thread; requests go to `vmm`.
+/// Starts serving `listener` on a new thread; requests go to `vmm`. The thread
+/// installs `seccomp` (its filter, when filters are on) before its first accept;
+/// this returns once it did.
 pub fn start(
     listener: std::os::unix::net::UnixListener,
     vmm: VmmClient,
+    seccomp: Option<Filter>,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     listener
         .set_nonblocking(true)
@@ -69,10 +79,23 @@ pub fn start(
         let _context = runtime.enter();
         UnixListener::from_std(listener).map_err(ServerError::Listener)?
     };
-    std::thread::Builder::new()
+    let (confined_tx, confined_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
         .name("spry-api".into())
-        .spawn(move || runtime.block_on(serve(listener, vmm)))
-        .map_err(ServerError::Thread)
+        .spawn(move || {
+            let confined = match &seccomp {
+                Some(filter) => crate::seccomp::apply(filter, ThreadKind::Api, "API"),
+                None => Ok(()),
+            };
+            let ok = confined.is_ok();
+            let _ = confined_tx.send(confined);
+            if ok {
+                runtime.block_on(serve(listener, vmm));
+            }
+        })
+        .map_err(ServerError::Thread)?;
+    confined_rx.recv().map_err(|_| ServerError::Vanished)??;
+    Ok(thread)
 }
 
 /// Accepts connections forever.

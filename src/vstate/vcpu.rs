@@ -24,6 +24,7 @@ use crate::devices::bus::DeviceBuses;
 use crate::exit::{hex_bytes, ExitEvent, ExitReason};
 use crate::host::HostKvm;
 use crate::metrics::VcpuExitCounters;
+use crate::seccomp::{Filter, ThreadKind};
 
 /// Errors while creating, configuring or driving a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -200,8 +201,9 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread, running guest code at once.
-    pub fn start(self) -> Result<VcpuHandle, VcpuError> {
+    /// Starts the vCPU thread, running guest code at once; the thread installs
+    /// `seccomp` (when filters are on) before its first `KVM_RUN`.
+    pub fn start(self, seccomp: Option<Filter>) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
         let (event_tx, event_rx) = channel();
@@ -209,7 +211,7 @@ impl Vcpu {
         let counters = self.counters.clone();
         let thread = std::thread::Builder::new()
             .name(format!("spry-vcpu{index}"))
-            .spawn(move || self.run_thread(event_rx, response_tx))
+            .spawn(move || self.run_thread(seccomp, event_rx, response_tx))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,
@@ -220,7 +222,22 @@ impl Vcpu {
         })
     }
 
-    fn run_thread(mut self, events: Receiver<VcpuEvent>, responses: Sender<VcpuResponse>) {
+    fn run_thread(
+        mut self,
+        seccomp: Option<Filter>,
+        events: Receiver<VcpuEvent>,
+        responses: Sender<VcpuResponse>,
+    ) {
+        if let Some(filter) = &seccomp {
+            let label = format!("vCPU {}", self.index);
+            if let Err(e) = crate::seccomp::apply(filter, ThreadKind::Vcpu, &label) {
+                self.exit.request(ExitReason::VcpuError {
+                    vcpu: self.index,
+                    detail: crate::error_line(&e),
+                });
+                return;
+            }
+        }
         let flag: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         IMMEDIATE_EXIT.with(|f| f.set(flag));
         if self.index == 0 {
