@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod resources;
 pub mod seccomp;
 pub mod sink;
+pub mod snapshot;
 pub mod sync;
 pub mod terminal;
 pub mod vmm;

@@ -1,0 +1,3 @@
+//! Snapshots: the saved state of a paused VM, in files.
+
+pub mod format;
