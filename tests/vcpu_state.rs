@@ -1,16 +1,20 @@
-//! A vCPU's state saved on real KVM, carried through a snapshot file's bytes, and
-//! restored into a vCPU of a fresh VM: the registers and MSRs come back, and the guest
-//! goes on counting where it stopped.
+//! A vCPU's state and the VM's irqchip, PIT and clock saved on real KVM, carried
+//! through a snapshot file's bytes, and restored into a fresh VM: the registers, MSRs
+//! and chips come back, and the guest goes on counting where it stopped.
 
 mod common;
 
 use std::path::Path;
 
-use kvm_bindings::{kvm_msr_entry, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_irqchip, kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use spry::snapshot::format;
 use spry::vstate::msrs::{MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
-use spry::vstate::vcpu_state::{VcpuState, VcpuStateError, VcpuStateSupport};
+use spry::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
+use spry::vstate::vm_state::{ClockRestore, VmState};
 
 /// Guest RAM of the test VMs.
 const MEM_SIZE: usize = 0x10000;
@@ -26,10 +30,10 @@ const SYSENTER_ESP: u32 = 0x175;
 /// An address above spry's guest memory, as spry's own builder uses for the TSS.
 const TSS_ADDR: usize = 0xfffb_d000;
 
-/// A VM with 64 KiB of RAM holding the counter, an in-kernel irqchip (so a LAPIC) and
-/// one vCPU that has not run.
+/// A VM with 64 KiB of RAM holding the counter, an in-kernel irqchip (so a LAPIC), a
+/// PIT and one vCPU that has not run.
 struct TestVm {
-    _vm: VmFd,
+    vm: VmFd,
     vcpu: VcpuFd,
     mem: *mut libc::c_void,
 }
@@ -71,8 +75,13 @@ impl TestVm {
         unsafe { vm.set_user_memory_region(region) }.unwrap();
         vm.set_tss_address(TSS_ADDR).unwrap();
         vm.create_irq_chip().unwrap();
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
-        TestVm { _vm: vm, vcpu, mem }
+        TestVm { vm, vcpu, mem }
     }
 
     /// Gives the vCPU KVM's CPUID and points it at the counter in real mode, with
@@ -124,14 +133,38 @@ impl Drop for TestVm {
     }
 }
 
-/// Why a vCPU state cannot be saved or restored on this host, when the cause is an
-/// ioctl KVM does not offer here.
-fn unsupported(err: &VcpuStateError) -> Option<String> {
+/// `/dev/kvm`, or `None` with `test` reported skipped.
+fn open_kvm(test: &str) -> Option<Kvm> {
+    if !Path::new("/dev/kvm").exists() {
+        common::skip(test, "no /dev/kvm");
+        return None;
+    }
+    Some(Kvm::new().unwrap())
+}
+
+/// Why a vCPU or VM state cannot be saved or restored on this host, when the cause is
+/// an ioctl KVM does not offer here.
+fn unsupported(err: &dyn std::error::Error) -> Option<String> {
     let source = std::error::Error::source(err)?;
     let errno = source.downcast_ref::<kvm_ioctls::Error>()?.errno();
     [libc::EINVAL, libc::ENOTTY, libc::ENXIO, libc::EOPNOTSUPP]
         .contains(&errno)
         .then(|| format!("{err} (errno {errno}): not supported by this host's KVM"))
+}
+
+/// The value of a save or restore; `None` with `test` reported skipped where this
+/// host's KVM lacks the ioctl; any other failure fails the test.
+fn or_skip<T, E: std::error::Error>(test: &str, step: &str, result: Result<T, E>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(e) => match unsupported(&e) {
+            Some(why) => {
+                common::skip(test, &format!("{step}: {why}"));
+                None
+            }
+            None => panic!("{step}: {e}"),
+        },
+    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
@@ -141,11 +174,7 @@ fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
 #[test]
 fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     const TEST: &str = "vcpu_state::test_vcpu_state_round_trips_into_a_fresh_vm";
-    if !Path::new("/dev/kvm").exists() {
-        common::skip(TEST, "no /dev/kvm");
-        return;
-    }
-    let kvm = Kvm::new().unwrap();
+    let Some(kvm) = open_kvm(TEST) else { return };
     let support = VcpuStateSupport::probe(&kvm).unwrap();
     eprintln!(
         "host: xsave {} xcrs {} get_tsc_khz {} tsc_control {}, {} MSRs listed",
@@ -164,12 +193,8 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     ];
     assert_eq!(counts, [1, 2, 3]);
 
-    let saved = match VcpuState::save(&source.vcpu, &support) {
-        Ok(state) => state,
-        Err(e) => match unsupported(&e) {
-            Some(why) => return common::skip(TEST, &why),
-            None => panic!("save: {e}"),
-        },
+    let Some(saved) = or_skip(TEST, "save", VcpuState::save(&source.vcpu, &support)) else {
+        return;
     };
     eprintln!(
         "saved {} of {} listed MSRs, {} CPUID leaves, TSC {:?} kHz",
@@ -181,12 +206,10 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     let bytes = format::encode(&saved).unwrap();
     let loaded: VcpuState = format::decode(&bytes).unwrap();
     let mut target = TestVm::new(&kvm);
-    if let Err(e) = loaded.restore(&target.vcpu, &support) {
-        match unsupported(&e) {
-            Some(why) => return common::skip(TEST, &why),
-            None => panic!("restore: {e}"),
-        }
-    }
+    let restored = loaded.restore(&target.vcpu, &support);
+    let Some(()) = or_skip(TEST, "restore", restored) else {
+        return;
+    };
     let again = VcpuState::save(&target.vcpu, &support).unwrap();
 
     assert_eq!(loaded, saved);
@@ -215,4 +238,62 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     assert!(differing.is_empty(), "MSRs not kept: {differing:?}");
     // The restored guest counts on from where the saved one stopped.
     assert_eq!(target.next_count(), 4);
+}
+
+/// The PIT's channels less the time each count was loaded, which KVM_SET_PIT2 sets to
+/// the time of the restore.
+fn pit_counts(pit: &kvm_pit_state2) -> serde_json::Value {
+    let mut pit = *pit;
+    for channel in &mut pit.channels {
+        channel.count_load_time = 0;
+    }
+    json(&pit)
+}
+
+#[test]
+fn test_vm_state_round_trips_into_a_fresh_vm() {
+    const TEST: &str = "vcpu_state::test_vm_state_round_trips_into_a_fresh_vm";
+    let Some(kvm) = open_kvm(TEST) else { return };
+    let source = TestVm::new(&kvm);
+    let mut ioapic = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    source.vm.get_irqchip(&mut ioapic).unwrap();
+    // Route IRQ 4 (the serial port) to vector 0x24, unmasked, fixed delivery, to APIC 0.
+    // SAFETY: KVM filled the `ioapic` member of the union (chip_id is KVM_IRQCHIP_IOAPIC),
+    // and a redirection entry is a plain u64 for which every bit pattern is valid.
+    unsafe { ioapic.chip.ioapic.redirtbl[4].bits = 0x24 };
+    source.vm.set_irqchip(&ioapic).unwrap();
+    let mut pit = source.vm.get_pit2().unwrap();
+    // Channel 0 in mode 2 (rate generator) at 100 Hz: 1193182 / 100.
+    pit.channels[0].mode = 2;
+    pit.channels[0].count = 11932;
+    source.vm.set_pit2(&pit).unwrap();
+
+    let Some(saved) = or_skip(TEST, "save", VmState::save(&source.vm)) else {
+        return;
+    };
+    let loaded: VmState = format::decode(&format::encode(&saved).unwrap()).unwrap();
+    let target = TestVm::new(&kvm);
+    let restored = loaded.restore(&target.vm, ClockRestore::Continue);
+    let Some(()) = or_skip(TEST, "restore", restored) else {
+        return;
+    };
+    let again = VmState::save(&target.vm).unwrap();
+
+    assert_eq!(json(&again.pic_master), json(&saved.pic_master));
+    assert_eq!(json(&again.pic_slave), json(&saved.pic_slave));
+    assert_eq!(json(&again.ioapic), json(&saved.ioapic));
+    assert_eq!(json(&saved.ioapic), json(&ioapic));
+    assert_eq!(pit_counts(&again.pit), pit_counts(&saved.pit));
+    assert_eq!(
+        (saved.pit.channels[0].mode, saved.pit.channels[0].count),
+        (2, 11932)
+    );
+    // The guest's clock goes on from the saved value: never backwards, and not by more
+    // than the second this test could take.
+    assert!(again.clock.clock >= saved.clock.clock);
+    let advanced = again.clock.clock - saved.clock.clock;
+    assert!(advanced < 1_000_000_000, "clock advanced {advanced} ns");
 }

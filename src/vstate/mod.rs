@@ -6,3 +6,4 @@ pub mod msrs;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;
