@@ -12,7 +12,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use spry::snapshot::format;
-use spry::vstate::msrs::{MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE};
+use spry::vstate::msrs::{read_msrs, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_MTRR_DEF_TYPE};
 use spry::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
 use spry::vstate::vm_state::{ClockRestore, VmState};
 
@@ -27,6 +27,8 @@ const COUNTER: [u8; 5] = [0x40, 0xe6, 0x10, 0xeb, 0xfb];
 /// MSR_IA32_SYSENTER_CS and MSR_IA32_SYSENTER_ESP: plain read/write MSRs KVM always keeps.
 const SYSENTER_CS: u32 = 0x174;
 const SYSENTER_ESP: u32 = 0x175;
+/// MTRRs enabled (bit 11), write-back (6) as the default type, as spry boots vCPUs.
+const MTRR_ON_WRITEBACK: u64 = (1 << 11) | 6;
 /// An address above spry's guest memory, as spry's own builder uses for the TSS.
 const TSS_ADDR: usize = 0xfffb_d000;
 
@@ -111,9 +113,14 @@ impl TestVm {
                 data: 0xdead_b000,
                 ..Default::default()
             },
+            kvm_msr_entry {
+                index: MSR_MTRR_DEF_TYPE,
+                data: MTRR_ON_WRITEBACK,
+                ..Default::default()
+            },
         ])
         .unwrap();
-        assert_eq!(self.vcpu.set_msrs(&msrs).unwrap(), 2);
+        assert_eq!(self.vcpu.set_msrs(&msrs).unwrap(), 3);
     }
 
     /// Runs the vCPU to its next count, and returns it.
@@ -177,7 +184,7 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     let Some(kvm) = open_kvm(TEST) else { return };
     let support = VcpuStateSupport::probe(&kvm).unwrap();
     eprintln!(
-        "host: xsave {} xcrs {} get_tsc_khz {} tsc_control {}, {} MSRs listed",
+        "host: xsave {} xcrs {} get_tsc_khz {} tsc_control {}, {} MSRs to try",
         support.xsave,
         support.xcrs,
         support.get_tsc_khz,
@@ -197,12 +204,18 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
         return;
     };
     eprintln!(
-        "saved {} of {} listed MSRs, {} CPUID leaves, TSC {:?} kHz",
+        "saved {} of {} MSRs tried, {} CPUID leaves, TSC {:?} kHz",
         saved.msrs.len(),
         support.msr_indices.len(),
         saved.cpuid.len(),
         saved.tsc_khz
     );
+    let indices: Vec<String> = saved
+        .msrs
+        .iter()
+        .map(|m| format!("{:#x}", m.index))
+        .collect();
+    eprintln!("saved MSRs: {}", indices.join(" "));
     let bytes = format::encode(&saved).unwrap();
     let loaded: VcpuState = format::decode(&bytes).unwrap();
     let mut target = TestVm::new(&kvm);
@@ -226,6 +239,7 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     assert_eq!(saved.msr(SYSENTER_CS), Some(0x10));
     assert_eq!(again.msr(SYSENTER_CS), Some(0x10));
     assert_eq!(again.msr(SYSENTER_ESP), Some(0xdead_b000));
+    assert_eq!(again.msr(MSR_MTRR_DEF_TYPE), Some(MTRR_ON_WRITEBACK));
     let saved_tsc = saved.msr(MSR_IA32_TSC).unwrap();
     assert!(again.msr(MSR_IA32_TSC).unwrap() >= saved_tsc);
     let differing: Vec<String> = saved
@@ -238,6 +252,21 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     assert!(differing.is_empty(), "MSRs not kept: {differing:?}");
     // The restored guest counts on from where the saved one stopped.
     assert_eq!(target.next_count(), 4);
+}
+
+#[test]
+fn test_msr_kvm_cannot_read_is_left_out() {
+    const TEST: &str = "vcpu_state::test_msr_kvm_cannot_read_is_left_out";
+    let Some(kvm) = open_kvm(TEST) else { return };
+    let vm = TestVm::new(&kvm);
+    vm.start_counter(&kvm);
+    // No MSR lives at 0xdead_0000, so KVM_GET_MSRS stops there.
+    let tried = [SYSENTER_CS, 0xdead_0000, SYSENTER_ESP];
+
+    let read = read_msrs(&vm.vcpu, &tried).unwrap();
+
+    let got: Vec<(u32, u64)> = read.iter().map(|m| (m.index, m.data)).collect();
+    assert_eq!(got, [(SYSENTER_CS, 0x10), (SYSENTER_ESP, 0xdead_b000)]);
 }
 
 /// The PIT's channels less the time each count was loaded, which KVM_SET_PIT2 sets to

@@ -9,6 +9,52 @@ pub const MSR_IA32_TSC: u32 = 0x10;
 /// The LAPIC timer's TSC deadline; it counts in the TSC's time, so it is written after it.
 pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
+/// MTRRdefType: spry's boot turns MTRRs on with write-back as the default type.
+pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+
+/// MSRs KVM keeps and reads back but leaves out of KVM_GET_MSR_INDEX_LIST: the MTRRs
+/// (userspace saves them itself, as QEMU does). Without them a restored guest would run
+/// with its memory uncached.
+pub const UNLISTED_MSRS: [u32; 28] = [
+    MSR_MTRR_DEF_TYPE,
+    // Fixed-range MTRRs: 64K_00000, 16K_80000, 16K_A0000, 4K_C0000 to 4K_F8000.
+    0x250,
+    0x258,
+    0x259,
+    0x268,
+    0x269,
+    0x26a,
+    0x26b,
+    0x26c,
+    0x26d,
+    0x26e,
+    0x26f,
+    // Variable-range MTRRs: KVM gives a vCPU 8 base/mask pairs.
+    0x200,
+    0x201,
+    0x202,
+    0x203,
+    0x204,
+    0x205,
+    0x206,
+    0x207,
+    0x208,
+    0x209,
+    0x20a,
+    0x20b,
+    0x20c,
+    0x20d,
+    0x20e,
+    0x20f,
+];
+
+/// The MSRs to try to save: KVM's list, then each unlisted one it does not name.
+pub fn msrs_to_save(listed: &[u32]) -> Vec<u32> {
+    let mut all = listed.to_vec();
+    all.extend(UNLISTED_MSRS.iter().filter(|index| !listed.contains(index)));
+    all
+}
+
 /// Errors while reading or writing MSRs.
 #[derive(Debug, thiserror::Error)]
 pub enum MsrError {
@@ -105,6 +151,17 @@ mod tests {
             index,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn test_msrs_to_save_adds_mtrrs_once() {
+        let listed = [MSR_IA32_TSC, MSR_MTRR_DEF_TYPE];
+
+        let all = msrs_to_save(&listed);
+
+        assert_eq!(&all[..2], &listed);
+        assert_eq!(all.len(), 2 + UNLISTED_MSRS.len() - 1);
+        assert!(all.contains(&0x20f));
     }
 
     #[test]

@@ -107,18 +107,18 @@ pub struct VcpuStateSupport {
     pub get_tsc_khz: bool,
     /// KVM_CAP_TSC_CONTROL: a vCPU's TSC frequency can be set (scaled).
     pub tsc_control: bool,
-    /// KVM_GET_MSR_INDEX_LIST: every MSR KVM may save (each vCPU keeps those it can read).
+    /// Every MSR KVM may save: KVM_GET_MSR_INDEX_LIST and the MTRRs it leaves out (each
+    /// vCPU keeps those it can read).
     pub msr_indices: Vec<u32>,
 }
 
 impl VcpuStateSupport {
     /// Asks `kvm` what it can save.
     pub fn probe(kvm: &Kvm) -> Result<VcpuStateSupport, VcpuStateError> {
-        let msr_indices = kvm
+        let listed = kvm
             .get_msr_index_list()
-            .map_err(VcpuStateError::MsrIndexList)?
-            .as_slice()
-            .to_vec();
+            .map_err(VcpuStateError::MsrIndexList)?;
+        let msr_indices = msrs::msrs_to_save(listed.as_slice());
         Ok(VcpuStateSupport {
             xsave: kvm.check_extension(Cap::Xsave),
             xcrs: kvm.check_extension(Cap::Xcrs),
@@ -214,8 +214,8 @@ pub struct VcpuState {
     pub debug_regs: kvm_debugregs,
     /// The local APIC's register page.
     pub lapic: kvm_lapic_state,
-    /// Every MSR of KVM_GET_MSR_INDEX_LIST this vCPU lets KVM read, TSC and kvmclock
-    /// included.
+    /// Every MSR of KVM_GET_MSR_INDEX_LIST, and every MTRR, this vCPU lets KVM read; TSC
+    /// and kvmclock included.
     pub msrs: Vec<kvm_msr_entry>,
     /// Pending exceptions, interrupts, NMIs, SMM and interrupt shadow.
     pub vcpu_events: kvm_vcpu_events,
