@@ -11,6 +11,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use spry::arch::x86_64::cpuid_compat::missing_features;
 use spry::snapshot::format;
 use spry::vstate::msrs::{read_msrs, MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, MSR_MTRR_DEF_TYPE};
 use spry::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
@@ -237,6 +238,13 @@ fn test_vcpu_state_round_trips_into_a_fresh_vm() {
     assert_eq!(json(&again.lapic), json(&saved.lapic));
     assert_eq!(json(&again.cpuid), json(&saved.cpuid));
     assert_eq!(again.tsc_khz, saved.tsc_khz);
+    // What this host gives a vCPU, read back from one: PVM's KVM_GET_CPUID2 shows far
+    // more leaf 1 ECX bits (SSE3, SSSE3, SSE4, AVX, XSAVE...) than its
+    // KVM_GET_SUPPORTED_CPUID reported and the vCPU was given.
+    let probe = TestVm::new(&kvm);
+    probe.start_counter(&kvm);
+    let host_cpuid = probe.vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
+    assert_eq!(missing_features(&saved.cpuid, host_cpuid.as_slice()), None);
     assert_eq!(saved.msr(SYSENTER_CS), Some(0x10));
     assert_eq!(again.msr(SYSENTER_CS), Some(0x10));
     assert_eq!(again.msr(SYSENTER_ESP), Some(0xdead_b000));

@@ -4,6 +4,7 @@
 pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
+pub mod cpuid_compat;
 pub mod gdt;
 pub mod layout;
 pub mod mptable;
