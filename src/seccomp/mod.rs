@@ -284,9 +284,9 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
     // The errno of a failed sigaction, kept so every later caller fails too.
     static INSTALLED: OnceLock<Option<i32>> = OnceLock::new();
     let failed = *INSTALLED.get_or_init(|| {
-        // SAFETY: the handler does only async-signal-safe work (atomics, a read of a
-        // destructor-free thread-local, write(2), _exit(2)); `act` is zeroed, then
-        // filled with valid values.
+        // The handler does only async-signal-safe work: atomics, a read of a
+        // destructor-free thread-local, write(2), _exit(2).
+        // SAFETY: that handler, and `act` zeroed, then filled with valid values.
         let ret = unsafe {
             let mut act: libc::sigaction = std::mem::zeroed();
             act.sa_sigaction = on_sigsys as extern "C" fn(_, _, _) as usize;
