@@ -133,7 +133,13 @@ mod linux_guest {
             };
             let mut out = boot();
             if let Some(fault) = nested_host_fault(&out) {
-                eprintln!("RETRYING after {fault} in the nested test host:\n{out}");
+                // Straight to the process's stderr, past the test harness's capture,
+                // so the retry shows in the run's log even when the test passes.
+                let test = std::thread::current().name().unwrap_or("a test").to_owned();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "RETRYING {test} after {fault} in the nested test host; first attempt:\n{out}"
+                );
                 out = boot();
             }
             assert_clean_boot(&out);
