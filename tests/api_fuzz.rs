@@ -4,6 +4,7 @@
 //! well-formed answers; refusals are 400s with a `fault_message`.
 
 mod api_support;
+mod common;
 
 use std::sync::OnceLock;
 use std::time::Duration;

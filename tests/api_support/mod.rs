@@ -11,6 +11,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::common::{in_nested_host, EmulatorFault, NESTED_SILENCE_LIMIT};
+
 /// One HTTP response.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -162,13 +164,39 @@ pub fn call(socket: &Path, method: &str, path: &str, body: &str) -> Response {
 }
 
 /// What a spry child printed: console lines and stderr, collected by threads.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Output {
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// When spry last printed anything, on either stream.
+    last_output: Arc<Mutex<Instant>>,
+    /// A wait fails as an [`EmulatorFault`] once spry printed nothing for this long.
+    silence_limit: Option<Duration>,
 }
 
 impl Output {
+    fn new() -> Output {
+        Output {
+            lines: Arc::default(),
+            stderr: Arc::default(),
+            last_output: Arc::new(Mutex::new(Instant::now())),
+            silence_limit: in_nested_host().then_some(NESTED_SILENCE_LIMIT),
+        }
+    }
+
+    fn printed_now(&self) {
+        *lock(&self.last_output) = Instant::now();
+    }
+
+    /// Everything spry printed so far, for a failure message.
+    fn dump(&self) -> String {
+        format!(
+            "--- stdout:\n{}\n--- stderr:\n{}",
+            lock(&self.lines).join("\n"),
+            lock(&self.stderr)
+        )
+    }
+
     /// Polls `check` until it gives a value, failing after `timeout` with `what`
     /// and everything spry printed.
     fn wait_until<T>(
@@ -182,15 +210,25 @@ impl Output {
             if let Some(value) = check() {
                 return value;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what} within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.lines.lock().unwrap().join("\n"),
-                self.stderr.lock().unwrap()
-            );
+            let silent = lock(&self.last_output).elapsed();
+            if let Some(limit) = self.silence_limit.filter(|l| silent > *l) {
+                std::panic::panic_any(EmulatorFault(format!(
+                    "{what}: spry printed nothing for {limit:?} (a stalled guest)\n{}",
+                    self.dump()
+                )));
+            }
+            if Instant::now() >= deadline {
+                panic!("{what} within {timeout:?}\n{}", self.dump());
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Locks `m` even when a panicking test thread poisoned it: the collected output is
+/// still what the failure report needs.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A spry child serving an API socket, with its console lines collected.
@@ -213,26 +251,23 @@ impl SpryApi {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn spry");
-        let out = Output::default();
+        let out = Output::new();
         let stdout = child.stdout.take().expect("stdout");
-        let sink = out.lines.clone();
+        let sink = out.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
+                lock(&sink.lines).push(line);
+                sink.printed_now();
             }
         });
         let mut stderr = child.stderr.take().expect("stderr");
-        let sink = out.stderr.clone();
+        let sink = out.clone();
         std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                lock(&sink.stderr).push_str(&String::from_utf8_lossy(&chunk[..n]));
+                sink.printed_now();
             }
         });
         let stdin = child.stdin.take();
@@ -260,11 +295,11 @@ impl SpryApi {
 
     /// Console lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.out.lines.lock().unwrap().clone()
+        lock(&self.out.lines).clone()
     }
 
     pub fn stderr(&self) -> String {
-        self.out.stderr.lock().unwrap().clone()
+        lock(&self.out.stderr).clone()
     }
 
     /// Waits until a console line satisfies `pred`, and returns it.

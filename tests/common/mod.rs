@@ -5,6 +5,8 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spry::host::HostKvm;
@@ -81,6 +83,46 @@ pub fn linux_unavailable() -> Option<String> {
     }
 }
 
+/// Whether this process runs inside the nested test host (tools/nested).
+pub fn in_nested_host() -> bool {
+    std::env::var_os("SPRY_NESTED_HOST").is_some()
+}
+
+/// How long a Linux guest in the nested test host may print nothing before its boot
+/// counts as stalled for good: its longest quiet stretch in a sound boot is seconds.
+pub const NESTED_SILENCE_LIMIT: Duration = Duration::from_secs(150);
+
+/// A test failure the nested test host's emulator caused rather than spry (a guest
+/// that stalled for good or triple-faulted at a point no real host shows): the
+/// panic payload by which [`retry_emulator_faults`] tells it from a real failure.
+#[derive(Debug)]
+pub struct EmulatorFault(pub String);
+
+/// Runs test `body`; where it fails on an [`EmulatorFault`] in the nested test host,
+/// runs it again from scratch, up to `attempts` runs in all, each retry announced on
+/// the process's own stderr (past the harness's capture) so that the run's log and
+/// `tools/devtool test`'s summary name it even when the test then passes.
+pub fn retry_emulator_faults(attempts: u32, body: impl Fn()) {
+    for attempt in 1..=attempts {
+        let failure = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&body)) {
+            Ok(()) => return,
+            Err(failure) => failure,
+        };
+        let Some(EmulatorFault(fault)) = failure.downcast_ref::<EmulatorFault>() else {
+            std::panic::resume_unwind(failure)
+        };
+        if attempt == attempts || !in_nested_host() {
+            panic!("{fault}");
+        }
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let _ = writeln!(
+            std::io::stderr(),
+            "RETRYING {test} (run {} of {attempts}) after {fault}",
+            attempt + 1
+        );
+    }
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub vmm_sys_util::tempdir::TempDir);
 
@@ -109,6 +151,8 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// spry was killed because it printed nothing for its silence limit.
+    pub fell_silent: bool,
 }
 
 impl Outcome {
@@ -160,6 +204,7 @@ pub struct Spry {
     cmd: Command,
     stdin: Vec<u8>,
     timeout: Duration,
+    silence_limit: Option<Duration>,
 }
 
 impl Spry {
@@ -172,6 +217,7 @@ impl Spry {
             cmd,
             stdin: Vec::new(),
             timeout: Duration::from_secs(60),
+            silence_limit: None,
         }
     }
 
@@ -198,11 +244,19 @@ impl Spry {
         self
     }
 
+    /// Kills spry early when neither its console nor its log printed anything for
+    /// `limit` (a guest that stalled for good).
+    pub fn silence_limit(&mut self, limit: Duration) -> &mut Spry {
+        self.silence_limit = Some(limit);
+        self
+    }
+
     pub fn spawn(&mut self) -> Child {
         self.cmd.spawn().expect("spawn spry")
     }
 
-    /// Runs to completion (killing spry at the deadline) and collects its output.
+    /// Runs to completion (killing spry at the deadline, or when it fell silent for
+    /// its silence limit) and collects its output.
     pub fn run(&mut self) -> Outcome {
         let start = Instant::now();
         let mut child = self.spawn();
@@ -213,23 +267,24 @@ impl Spry {
             // Keep stdin open a little so the guest can read before EOF.
             std::thread::sleep(Duration::from_millis(50));
         });
-        let mut out = child.stdout.take().expect("stdout");
-        let mut err = child.stderr.take().expect("stderr");
-        let out_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = out.read_to_end(&mut s);
-            s
-        });
-        let err_reader = std::thread::spawn(move || {
-            let mut s = Vec::new();
-            let _ = err.read_to_end(&mut s);
-            s
-        });
+        // Milliseconds after `start` at which spry last printed anything.
+        let last_output = Arc::new(AtomicU64::new(0));
+        let out_reader = read_all(child.stdout.take().expect("stdout"), start, &last_output);
+        let err_reader = read_all(child.stderr.take().expect("stderr"), start, &last_output);
+        let silent_since = || {
+            start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last_output.load(Ordering::Relaxed)))
+        };
+        let mut fell_silent = false;
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait spry") {
                 break status;
             }
-            if start.elapsed() > self.timeout {
+            fell_silent = self
+                .silence_limit
+                .is_some_and(|limit| silent_since() > limit);
+            if fell_silent || start.elapsed() > self.timeout {
                 let _ = child.kill();
                 break child.wait().expect("wait killed spry");
             }
@@ -242,8 +297,29 @@ impl Spry {
             stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
             stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
             elapsed,
+            fell_silent,
         }
     }
+}
+
+/// Reads `pipe` to its end on a thread, noting in `last_output` (milliseconds after
+/// `start`) when bytes last arrived.
+fn read_all(
+    mut pipe: impl Read + Send + 'static,
+    start: Instant,
+    last_output: &Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    let last_output = Arc::clone(last_output);
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            all.extend_from_slice(&chunk[..n]);
+            let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            last_output.fetch_max(now, Ordering::Relaxed);
+        }
+        all
+    })
 }
 
 /// A Firecracker-style config for `kernel`.
@@ -345,6 +421,7 @@ impl NetNs {
             cmd,
             stdin: Vec::new(),
             timeout: Duration::from_secs(60),
+            silence_limit: None,
         }
     }
 
@@ -582,6 +659,7 @@ impl Running {
             stdout,
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
             elapsed: self.start.elapsed(),
+            fell_silent: false,
         }
     }
 }
