@@ -1,0 +1,398 @@
+/*
+ * spry-agent: runs commands for the host inside a spry guest.
+ *
+ *   spry-agent [--vsock PORT | --unix PATH]
+ *
+ * Listens on a vsock stream port (default 52; the host reaches it through the
+ * vsock device's Unix socket with "CONNECT 52") and serves one command per
+ * connection in a child process of its own, speaking protocol version 1 of
+ * docs/agent-protocol.md: the host sends HELLO and EXEC, then STDIN data and
+ * SIGNALs; the agent answers HELLO, then STDOUT and STDERR data, then EXIT.
+ * --unix serves the same protocol on a Unix socket, so the host side can be
+ * tested against this very program without a VM.
+ *
+ * Why C: the guest's root file system is busybox and this agent, built with
+ * the machine's gcc against static glibc like spry-exec.c; nothing else runs
+ * in the guest. Started by the guest's init; built by build.sh into
+ * /sbin/spry-agent.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/vm_sockets.h>
+
+#define PROTOCOL_VERSION 1
+#define MAX_FRAME (1u << 20)   /* EXEC may carry a long argv and env */
+#define CHUNK 65536            /* STDOUT/STDERR frames carry at most this */
+#define STDIN_BUFFER (1u << 18) /* stop reading the host when this is queued */
+/* STDIN frames carry at most CHUNK bytes too: the host reads them only while
+ * CHUNK more fit in the buffer. */
+
+enum {
+	HELLO = 'H', EXEC = 'E', STDIN = 'I', SIGNAL = 'S',       /* host -> agent */
+	STDOUT = 'O', STDERR = 'R', EXIT = 'X', FAILED = 'F',     /* agent -> host */
+};
+
+static void die(const char *what)
+{
+	fprintf(stderr, "spry-agent: %s: %s\n", what, strerror(errno));
+	exit(1);
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int read_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* A frame: kind (1 byte), payload length (u32 little-endian), payload. */
+static int send_frame(int sock, uint8_t kind, const void *payload, uint32_t len)
+{
+	uint8_t head[5] = { kind, len & 0xff, (len >> 8) & 0xff, (len >> 16) & 0xff,
+			    (len >> 24) & 0xff };
+	if (write_all(sock, head, sizeof(head)) < 0)
+		return -1;
+	return len ? write_all(sock, payload, len) : 0;
+}
+
+/* Reads one frame; *payload is malloc'd (NUL-terminated for convenience). */
+static int recv_frame(int sock, uint8_t *kind, char **payload, uint32_t *len)
+{
+	uint8_t head[5];
+	if (read_all(sock, head, sizeof(head)) < 0)
+		return -1;
+	*kind = head[0];
+	*len = head[1] | head[2] << 8 | head[3] << 16 | (uint32_t)head[4] << 24;
+	if (*len > MAX_FRAME)
+		return -1;
+	*payload = malloc(*len + 1);
+	if (!*payload)
+		return -1;
+	if (read_all(sock, *payload, *len) < 0) {
+		free(*payload);
+		return -1;
+	}
+	(*payload)[*len] = 0;
+	return 0;
+}
+
+static void fail(int sock, const char *fmt, const char *arg)
+{
+	char msg[512];
+	int n = snprintf(msg, sizeof(msg), fmt, arg);
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= sizeof(msg))
+		n = sizeof(msg) - 1;
+	send_frame(sock, FAILED, msg, (uint32_t)n);
+}
+
+static uint32_t le32(const char *p)
+{
+	const uint8_t *u = (const uint8_t *)p;
+	return u[0] | u[1] << 8 | u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+/*
+ * EXEC's payload: argc (u32), envc (u32), then argc + envc + 1 NUL-terminated
+ * strings: the arguments, environment entries ("NAME=value", set on top of the
+ * agent's own environment) and the working directory (empty: /). Splits it in
+ * place; -1 when it is malformed.
+ */
+struct command {
+	char **argv, **envp, *cwd;
+};
+
+static int parse_exec(char *p, uint32_t len, struct command *cmd)
+{
+	char *end = p + len;
+	uint32_t argc, envc, i;
+	char **strings;
+
+	if (len < 8)
+		return -1;
+	argc = le32(p);
+	envc = le32(p + 4);
+	if (argc == 0 || argc > len || envc > len)
+		return -1;
+	strings = calloc((size_t)argc + envc + 3, sizeof(char *));
+	if (!strings)
+		return -1;
+	p += 8;
+	for (i = 0; i < argc + envc + 1; i++) {
+		char *nul = memchr(p, 0, (size_t)(end - p));
+		if (!nul) {
+			free(strings);
+			return -1;
+		}
+		/* argv ends with NULL, envp starts after it and ends with NULL. */
+		strings[i < argc ? i : i + 1] = p;
+		p = nul + 1;
+	}
+	cmd->argv = strings;
+	cmd->envp = strings + argc + 1;
+	cmd->cwd = strings[argc + envc + 1];
+	strings[argc + envc + 1] = NULL;
+	if (!*cmd->cwd)
+		cmd->cwd = "/";
+	return 0;
+}
+
+static void set_nonblock(int fd)
+{
+	int flags = fcntl(fd, F_GETFL);
+	if (flags >= 0)
+		fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+}
+
+/* Sends what the pipe holds as frames of `kind`; at its end an empty frame. */
+static int forward_output(int sock, int *fd, uint8_t kind)
+{
+	static char buf[CHUNK];
+	ssize_t n = read(*fd, buf, sizeof(buf));
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n <= 0) {
+		close(*fd);
+		*fd = -1;
+		return send_frame(sock, kind, NULL, 0);
+	}
+	return send_frame(sock, kind, buf, (uint32_t)n);
+}
+
+/* One connection: HELLO, EXEC, then relay until the command ended. */
+static void serve(int sock)
+{
+	uint8_t kind;
+	char *payload;
+	uint32_t len;
+	struct command cmd;
+	int in[2], out[2], err[2], status;
+	pid_t pid;
+	char *queued = NULL; /* stdin bytes received but not yet taken by the command */
+	size_t queued_len = 0, queued_off = 0;
+	int host_open = 1, stdin_eof = 0, exited = 0;
+	uint8_t hello[2] = { PROTOCOL_VERSION & 0xff, PROTOCOL_VERSION >> 8 };
+
+	if (recv_frame(sock, &kind, &payload, &len) < 0 || kind != HELLO || len < 2)
+		return;
+	if (send_frame(sock, HELLO, hello, sizeof(hello)) < 0)
+		return;
+	if ((uint8_t)payload[0] != PROTOCOL_VERSION || payload[1] != 0) {
+		fail(sock, "the host speaks protocol %s; this agent speaks 1", "another");
+		return;
+	}
+	free(payload);
+	if (recv_frame(sock, &kind, &payload, &len) < 0 || kind != EXEC)
+		return;
+	if (parse_exec(payload, len, &cmd) < 0) {
+		fail(sock, "malformed EXEC request%s", "");
+		return;
+	}
+	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+		fail(sock, "pipe: %s", strerror(errno));
+		return;
+	}
+	pid = fork();
+	if (pid < 0) {
+		fail(sock, "fork: %s", strerror(errno));
+		return;
+	}
+	if (pid == 0) {
+		/* Its own session and process group, so a SIGNAL reaches its children too. */
+		setsid();
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		dup2(err[1], 2);
+		signal(SIGPIPE, SIG_DFL);
+		if (chdir(cmd.cwd) < 0) {
+			dprintf(2, "spry-agent: cd %s: %s\n", cmd.cwd, strerror(errno));
+			_exit(126);
+		}
+		for (char **e = cmd.envp; *e; e++)
+			putenv(*e);
+		execvp(cmd.argv[0], cmd.argv);
+		dprintf(2, "spry-agent: %s: %s\n", cmd.argv[0], strerror(errno));
+		_exit(errno == ENOENT ? 127 : 126);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(err[1]);
+	set_nonblock(in[1]);
+	set_nonblock(out[0]);
+	set_nonblock(err[0]);
+	queued = malloc(STDIN_BUFFER);
+	if (!queued)
+		stdin_eof = 1;
+
+	while (out[0] >= 0 || err[0] >= 0 || !exited) {
+		struct pollfd p[4] = {
+			{ .fd = out[0], .events = POLLIN },
+			{ .fd = err[0], .events = POLLIN },
+			/* Read the host only while the command's input has room. */
+			{ .fd = host_open && queued_len < STDIN_BUFFER - CHUNK ? sock : -1,
+			  .events = POLLIN },
+			{ .fd = queued_len > queued_off || (stdin_eof && in[1] >= 0) ? in[1] : -1,
+			  .events = POLLOUT },
+		};
+		if (!exited && waitpid(pid, &status, WNOHANG) == pid)
+			exited = 1;
+		if (poll(p, 4, exited ? -1 : 100) < 0 && errno != EINTR)
+			break;
+		if (p[0].revents && forward_output(sock, &out[0], STDOUT) < 0)
+			break;
+		if (p[1].revents && forward_output(sock, &err[0], STDERR) < 0)
+			break;
+		if (p[2].revents) {
+			if (recv_frame(sock, &kind, &payload, &len) < 0) {
+				/* The host went away: end the command and everything it started. */
+				host_open = 0;
+				kill(-pid, SIGKILL);
+				stdin_eof = 1;
+			} else if (kind == STDIN && len == 0) {
+				stdin_eof = 1;
+				free(payload);
+			} else if (kind == STDIN && !stdin_eof) {
+				if (queued_len + len > STDIN_BUFFER) {
+					/* Frames larger than CHUNK break the protocol. */
+					host_open = 0;
+					kill(-pid, SIGKILL);
+					stdin_eof = 1;
+				} else {
+					memcpy(queued + queued_len, payload, len);
+					queued_len += len;
+				}
+				free(payload);
+			} else if (kind == SIGNAL && len == 4) {
+				kill(-pid, (int)le32(payload));
+				free(payload);
+			} else {
+				free(payload); /* unknown frames are ignored: later versions add some */
+			}
+		}
+		if (p[3].revents && in[1] >= 0) {
+			if (queued_len > queued_off) {
+				ssize_t n = write(in[1], queued + queued_off, queued_len - queued_off);
+				if (n > 0)
+					queued_off += (size_t)n;
+				else if (n < 0 && errno != EAGAIN && errno != EINTR)
+					stdin_eof = 1, queued_off = queued_len; /* it closed its input */
+				if (queued_off == queued_len) {
+					queued_off = queued_len = 0;
+				} else if (queued_off >= STDIN_BUFFER / 2) {
+					memmove(queued, queued + queued_off, queued_len - queued_off);
+					queued_len -= queued_off;
+					queued_off = 0;
+				}
+			}
+			if (stdin_eof && queued_off == queued_len) {
+				close(in[1]);
+				in[1] = -1;
+			}
+		}
+	}
+	if (!exited)
+		waitpid(pid, &status, 0);
+	if (host_open) {
+		uint8_t exit_frame[8] = { 0 };
+		uint32_t code = WIFEXITED(status) ? (uint32_t)WEXITSTATUS(status) : 0;
+		uint32_t sig = WIFSIGNALED(status) ? (uint32_t)WTERMSIG(status) : 0;
+		for (int i = 0; i < 4; i++) {
+			exit_frame[i] = (code >> (8 * i)) & 0xff;
+			exit_frame[4 + i] = (sig >> (8 * i)) & 0xff;
+		}
+		send_frame(sock, EXIT, exit_frame, sizeof(exit_frame));
+	}
+}
+
+static int listen_on(int argc, char **argv)
+{
+	int sock;
+	if (argc == 3 && !strcmp(argv[1], "--unix")) {
+		struct sockaddr_un addr = { .sun_family = AF_UNIX };
+		if (strlen(argv[2]) >= sizeof(addr.sun_path)) {
+			fprintf(stderr, "spry-agent: socket path too long: %s\n", argv[2]);
+			exit(2);
+		}
+		strcpy(addr.sun_path, argv[2]);
+		sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		unlink(argv[2]);
+		if (sock < 0 || bind(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+			die(argv[2]);
+	} else {
+		struct sockaddr_vm addr = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
+					    .svm_port = 52 };
+		if (argc == 3 && !strcmp(argv[1], "--vsock")) {
+			addr.svm_port = (unsigned)strtoul(argv[2], NULL, 10);
+		} else if (argc != 1) {
+			fputs("usage: spry-agent [--vsock PORT | --unix PATH]\n", stderr);
+			exit(2);
+		}
+		sock = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (sock < 0 || bind(sock, (struct sockaddr *)&addr, sizeof(addr)) < 0)
+			die("vsock");
+	}
+	if (listen(sock, 16) < 0)
+		die("listen");
+	return sock;
+}
+
+int main(int argc, char **argv)
+{
+	int sock = listen_on(argc, argv);
+
+	/* Connections are served by children that nobody waits for. */
+	signal(SIGCHLD, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	for (;;) {
+		int conn = accept4(sock, NULL, NULL, SOCK_CLOEXEC);
+		if (conn < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			die("accept");
+		}
+		pid_t pid = fork();
+		if (pid == 0) {
+			close(sock);
+			/* The session waits for its command: undo the parent's SIG_IGN. */
+			signal(SIGCHLD, SIG_DFL);
+			serve(conn);
+			_exit(0);
+		}
+		close(conn);
+	}
+}
