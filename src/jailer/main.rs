@@ -1,0 +1,101 @@
+//! `spry-jailer`: Firecracker's jailer for spry. It builds a chroot jail for one
+//! microVM, puts it in its own cgroup and namespaces, drops every privilege and
+//! execs spry inside, taking Firecracker's command line and jail layout so tools
+//! written for Firecracker's jailer drive it unchanged.
+//!
+//! The steps, in order (see `run`), follow Firecracker's `docs/jailer.md`.
+
+mod args;
+mod cgroup;
+mod chroot;
+mod error;
+mod namespaces;
+mod privileges;
+mod process;
+mod rlimits;
+
+use std::fs::File;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::args::{Cli, JailSpec};
+use crate::chroot::DeviceNode;
+use crate::error::JailError;
+
+fn main() -> ExitCode {
+    // First, before anything can use them: descriptors the caller leaked.
+    if let Err(e) = process::close_inherited_fds() {
+        return refuse(&e);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            // clap's first line names the problem; its usage lines add nothing here.
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("spry-jailer: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let spec = match JailSpec::from_cli(cli) {
+        Ok(spec) => spec,
+        Err(e) => return refuse(&e),
+    };
+    match run(&spec) {
+        Ok(never) => match never {},
+        Err(e) => refuse(&e),
+    }
+}
+
+fn refuse(e: &JailError) -> ExitCode {
+    eprintln!("spry-jailer: {}", e.line());
+    ExitCode::FAILURE
+}
+
+/// Builds the jail and execs spry in it; returns only on failure.
+fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
+    // 1. The jail directory and spry's own copy of its binary.
+    chroot::create_jail_dir(&spec.chroot_dir)?;
+    let jailed_exec = chroot::copy_exec_file(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?;
+    // 2. The network namespace: its handle is a host path, so before the jail.
+    if let Some(netns) = &spec.netns {
+        namespaces::join_netns(netns)?;
+    }
+    // 3. Resource limits and the cgroup, inherited by everything spry starts; cgroupfs
+    //    is out of sight once jailed.
+    spec.limits.install()?;
+    spec.cgroup.enter(&spec.id)?;
+    // 4. What must be opened or read from the host before it leaves view.
+    let dev_null = if spec.daemonize {
+        Some(File::open("/dev/null").map_err(|source| JailError::Open {
+            path: "/dev/null".into(),
+            source,
+        })?)
+    } else {
+        None
+    };
+    let nodes = DeviceNode::from_host();
+    // 5. Into the jail, then its directories and device nodes for the jailed user.
+    chroot::pivot_into(&spec.chroot_dir)?;
+    chroot::populate(spec.uid, spec.gid, &nodes)?;
+    // 6. Detach, and/or become init of a new PID namespace; the pid file (in the jail
+    //    root) names the process that will be spry.
+    if let Some(dev_null) = dev_null {
+        process::daemonize(dev_null)?;
+    }
+    let pid_file = std::path::Path::new("/").join(format!("{}.pid", spec.exec_name));
+    if spec.new_pid_ns {
+        namespaces::enter_new_pid_ns(&pid_file, spec.daemonize)?;
+    } else {
+        // SAFETY: getpid takes no arguments.
+        process::write_pid_file(&pid_file, unsafe { libc::getpid() })?;
+    }
+    // 7. No privileges left, then spry.
+    privileges::drop_to(spec.uid, spec.gid)?;
+    Err(process::exec_spry(&jailed_exec, &spec.id, &spec.spry_args))
+}
