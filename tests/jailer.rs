@@ -1,0 +1,788 @@
+//! spry-jailer on this host, as root: a jailed spry boots the probe guest from a
+//! config inside its jail, and is seen from /proc to run as the jailed user, with no
+//! capabilities, `no_new_privs`, in its own mount namespace rooted in the jail, in
+//! the cgroup, network namespace and PID namespace asked for. Bad arguments are
+//! refused with one line before anything is created.
+//!
+//! Every jail lives in the test's scratch directory; every cgroup and network
+//! namespace a test creates is removed when it ends.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{config, probe_args, probe_vmlinux, spry_bin, NetNs, Outcome, Running, Scratch, Spry};
+
+/// The user and group the tests jail spry as: unused on this host, and different
+/// from each other so a swap would show.
+const UID: u32 = 1234;
+const GID: u32 = 4321;
+
+/// The cgroup v2 hierarchy's mount point on this host.
+const CGROUP2_MOUNTS: &str = "/proc/self/mountinfo";
+
+fn jailer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_spry-jailer"))
+}
+
+/// Whether this test can run (the jailer needs root); records the skip if not.
+fn running_as_root(test: &str) -> bool {
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root {
+        common::skip(test, "the jailer needs root");
+    }
+    root
+}
+
+/// A jail in a scratch directory: `<base>/spry/<id>/root`, prepared with the probe
+/// guest, a config booting it (`/vm.json`) and spry's shared libraries (the test
+/// build of spry is dynamically linked; a production spry would be static).
+struct Jail {
+    scratch: Scratch,
+    base: PathBuf,
+    id: String,
+    exec_file: PathBuf,
+}
+
+impl Jail {
+    fn new(tag: &str) -> Jail {
+        let scratch = Scratch::new();
+        let base = scratch.path("jails");
+        std::fs::create_dir(&base).expect("create the chroot base");
+        Jail {
+            scratch,
+            base,
+            id: format!("{tag}-{}", std::process::id()),
+            exec_file: spry_bin(),
+        }
+    }
+
+    /// `<base>/spry/<id>/root`.
+    fn root(&self) -> PathBuf {
+        self.base.join("spry").join(&self.id).join("root")
+    }
+
+    /// Puts the probe, booted with `probe_extra` on its command line, into the jail.
+    fn with_probe(self, probe_extra: &str) -> Jail {
+        let root = self.root();
+        std::fs::create_dir_all(&root).expect("create the jail root");
+        std::fs::copy(probe_vmlinux(), root.join("vmlinux")).expect("copy the probe");
+        let vm = config(
+            Path::new("/vmlinux"),
+            &probe_args(probe_extra),
+            None,
+            1,
+            128,
+        );
+        std::fs::write(root.join("vm.json"), vm).expect("write vm.json");
+        copy_shared_libraries(&spry_bin(), &root);
+        self
+    }
+
+    /// The jailer confining spry in this jail, with `args` for the jailer and
+    /// `spry_args` after `--`.
+    fn jailer(&self, args: &[&str], spry_args: &[&str]) -> Spry {
+        let mut cmd = Spry::program(jailer_bin());
+        cmd.arg("--id")
+            .arg(&self.id)
+            .arg("--exec-file")
+            .arg(&self.exec_file)
+            .arg("--uid")
+            .arg(UID.to_string())
+            .arg("--gid")
+            .arg(GID.to_string())
+            .arg("--chroot-base-dir")
+            .arg(&self.base);
+        for a in args {
+            cmd.arg(a);
+        }
+        cmd.arg("--");
+        for a in spry_args {
+            cmd.arg(a);
+        }
+        cmd.timeout(Duration::from_secs(30));
+        cmd
+    }
+
+    /// A jailed spry booting `/vm.json` in console mode (it runs until it reads `q`),
+    /// started and past the guest's checks.
+    fn start_console(self, args: &[&str], spry_args: &[&str]) -> (Jail, Running) {
+        let jail = self.with_probe("probe.mode=console");
+        let mut spry_args = spry_args.to_vec();
+        spry_args.extend(["--config-file", "/vm.json"]);
+        let mut running = jail.jailer(args, &spry_args).start();
+        let ready = running.wait_for(|l| l == "probe: console ready", Duration::from_secs(20));
+        assert!(ready.is_some(), "the jailed guest never got ready");
+        (jail, running)
+    }
+}
+
+/// Ends a console-mode probe and collects the run.
+fn stop_console(mut running: Running) -> Outcome {
+    if let Some(stdin) = running.stdin.as_mut() {
+        let _ = stdin.write_all(b"q");
+    }
+    running.finish(Duration::from_secs(20))
+}
+
+/// Copies the libraries `ldd` lists for `binary`, and its loader, to the same paths
+/// under `root`.
+fn copy_shared_libraries(binary: &Path, root: &Path) {
+    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let libraries = text.lines().filter_map(|l| {
+        let path = l.split("=>").last()?.split_whitespace().next()?;
+        path.starts_with('/').then(|| PathBuf::from(path))
+    });
+    for lib in libraries {
+        let dst = root.join(lib.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(dst.parent().expect("a parent")).expect("create lib dir");
+        std::fs::copy(&lib, &dst).expect("copy a shared library");
+    }
+}
+
+/// One `Key:` line of /proc/<pid>/status, its value trimmed.
+fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// The cgroup2 hierarchy's mount point.
+fn cgroup2_root() -> PathBuf {
+    let info = std::fs::read_to_string(CGROUP2_MOUNTS).expect("read mountinfo");
+    let line = info
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup2 "))
+        })
+        .expect("cgroup2 is mounted");
+    PathBuf::from(line.split_whitespace().nth(4).expect("a mount point"))
+}
+
+/// A parent cgroup of the test's own; on drop, its processes are killed and it and
+/// the cgroups below it are removed.
+struct TestCgroup {
+    parent: String,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> TestCgroup {
+        TestCgroup {
+            parent: format!("spry-jailer-test-{tag}-{}", std::process::id()),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        cgroup2_root().join(&self.parent)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let parent = self.dir();
+        let Ok(children) = std::fs::read_dir(&parent) else {
+            return;
+        };
+        for child in children
+            .filter_map(Result::ok)
+            .filter(|c| c.path().is_dir())
+        {
+            let _ = std::fs::write(child.path().join("cgroup.kill"), "1");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while std::fs::remove_dir(child.path()).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
+/// Waits until `path` exists (a file another process writes), up to `timeout`.
+fn wait_for_file(path: &Path, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if !text.is_empty() {
+                return text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---- booting jailed ----
+
+#[test]
+fn test_jailed_spry_boots_the_probe_from_a_config_inside_the_jail() {
+    if !running_as_root("test_jailed_spry_boots_the_probe_from_a_config_inside_the_jail") {
+        return;
+    }
+    let jail = Jail::new("boot").with_probe("");
+
+    let out = jail.jailer(&[], &["--config-file", "/vm.json"]).run();
+
+    out.assert_probe_all_ok();
+}
+
+#[test]
+fn test_jail_layout_and_device_nodes_belong_to_the_jailed_user() {
+    if !running_as_root("test_jail_layout_and_device_nodes_belong_to_the_jailed_user") {
+        return;
+    }
+    let jail = Jail::new("layout").with_probe("");
+
+    let out = jail.jailer(&[], &["--config-file", "/vm.json"]).run();
+
+    out.assert_probe_all_ok();
+    let root = jail.root();
+    let meta = |p: &str| std::fs::symlink_metadata(root.join(p)).expect(p);
+    // The jail root and the directories spry writes in: the jailed user's alone.
+    for dir in ["", "dev", "dev/net", "run"] {
+        let m = meta(dir);
+        assert!(m.is_dir(), "{dir}");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (UID, GID, 0o700),
+            "{dir}"
+        );
+    }
+    // spry's private copy: root's, not writable by the jailed user.
+    let exec = meta("spry");
+    assert!(exec.is_file());
+    assert_eq!(
+        exec.len(),
+        std::fs::metadata(spry_bin()).expect("spry").len()
+    );
+    assert_eq!((exec.uid(), exec.permissions().mode() & 0o777), (0, 0o555));
+    // Character devices with the host's numbers (major, minor), owner-only.
+    let device = |p: &str| {
+        let m = meta(p);
+        assert!(m.file_type().is_char_device(), "{p}");
+        let rdev = m.rdev();
+        (
+            libc::major(rdev),
+            libc::minor(rdev),
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o777,
+        )
+    };
+    assert_eq!(device("dev/kvm"), (10, 232, UID, GID, 0o600));
+    assert_eq!(device("dev/net/tun"), (10, 200, UID, GID, 0o600));
+    assert_eq!(device("dev/urandom"), (1, 9, UID, GID, 0o600));
+    // The pid file names the process that became spry.
+    let pid: u32 = std::fs::read_to_string(root.join("spry.pid"))
+        .expect("spry.pid")
+        .parse()
+        .expect("a pid");
+    assert!(pid > 1);
+}
+
+#[test]
+fn test_jailed_spry_runs_as_the_given_user_with_no_capabilities_and_no_new_privs() {
+    if !running_as_root(
+        "test_jailed_spry_runs_as_the_given_user_with_no_capabilities_and_no_new_privs",
+    ) {
+        return;
+    }
+    let (_jail, running) = Jail::new("privs").start_console(&[], &[]);
+    let pid = running.pid();
+
+    let ids = |key| status_field(pid, key);
+    let fields = [
+        ids("Uid"),
+        ids("Gid"),
+        ids("Groups"),
+        ids("CapInh"),
+        ids("CapPrm"),
+        ids("CapEff"),
+        ids("CapBnd"),
+        ids("CapAmb"),
+        ids("NoNewPrivs"),
+        ids("Seccomp"),
+    ];
+    let out = stop_console(running);
+
+    let no_caps = "0000000000000000".to_owned();
+    assert_eq!(
+        fields,
+        [
+            format!("{UID}\t{UID}\t{UID}\t{UID}"),
+            format!("{GID}\t{GID}\t{GID}\t{GID}"),
+            String::new(),
+            no_caps.clone(),
+            no_caps.clone(),
+            no_caps.clone(),
+            no_caps.clone(),
+            no_caps,
+            "1".to_owned(),
+            // spry's own seccomp filter is on, jailed or not.
+            "2".to_owned(),
+        ]
+    );
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_jailed_spry_sees_only_the_jail_in_its_own_mount_namespace() {
+    if !running_as_root("test_jailed_spry_sees_only_the_jail_in_its_own_mount_namespace") {
+        return;
+    }
+    let (jail, running) = Jail::new("mntns").start_console(&[], &["--api-sock", "/run/api.sock"]);
+    let pid = running.pid();
+
+    let ns = |p: &str| std::fs::read_link(p).expect("read a namespace link");
+    let spry_mnt_ns = ns(&format!("/proc/{pid}/ns/mnt"));
+    let own_mnt_ns = ns("/proc/self/ns/mnt");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let listing = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("list a directory")
+            .map(|e| e.expect("an entry").file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let spry_sees = listing(Path::new(&format!("/proc/{pid}/root")));
+    let jail_holds = listing(&jail.root());
+    let sees_etc = Path::new(&format!("/proc/{pid}/root/etc")).exists();
+    let sees_proc = Path::new(&format!("/proc/{pid}/root/proc")).exists();
+    let socket = std::fs::symlink_metadata(jail.root().join("run/api.sock"));
+    let out = stop_console(running);
+
+    assert_ne!(spry_mnt_ns, own_mnt_ns);
+    // One mount: the jail, at "/". Nothing of the host is mounted.
+    let mounts: Vec<Vec<&str>> = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(mounts.len(), 1, "{mountinfo}");
+    assert_eq!(mounts[0][4], "/", "{mountinfo}");
+    assert!(
+        mounts[0][3].ends_with(&format!("/spry/{}/root", jail.id)),
+        "{mountinfo}"
+    );
+    // Its "/" is the jail: the same entries (spry, vm.json, dev, run, ...).
+    assert_eq!(spry_sees, jail_holds);
+    assert!(!sees_etc && !sees_proc);
+    // spry's API socket, created at /run/api.sock, is in the jail.
+    assert!(socket.expect("the API socket").file_type().is_socket());
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_inherited_descriptors_do_not_reach_spry() {
+    if !running_as_root("test_inherited_descriptors_do_not_reach_spry") {
+        return;
+    }
+    /// A descriptor number far above any spry opens itself.
+    const LEAKED_FD: i32 = 900;
+    let jail = Jail::new("fds").with_probe("probe.mode=console");
+    let host_file = std::fs::File::open("/etc/hostname").expect("open a host file");
+    let mut jailer = jail.jailer(&[], &["--config-file", "/vm.json"]);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&host_file);
+    // SAFETY: dup2 in the forked child before exec: it duplicates an open descriptor
+    // without the close-on-exec flag, as a careless caller would leak it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(jailer.command(), move || {
+            if libc::dup2(raw, LEAKED_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut running = jailer.start();
+    let ready = running.wait_for(|l| l == "probe: console ready", Duration::from_secs(20));
+    assert!(ready.is_some(), "the jailed guest never got ready");
+
+    let leaked = Path::new(&format!("/proc/{}/fd/{LEAKED_FD}", running.pid())).exists();
+    let out = stop_console(running);
+
+    assert!(!leaked, "descriptor {LEAKED_FD} reached spry");
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_resource_limits_bound_spry() {
+    if !running_as_root("test_resource_limits_bound_spry") {
+        return;
+    }
+    let limits = [
+        "--resource-limit",
+        "no-file=1000",
+        "--resource-limit",
+        "fsize=1048576",
+    ];
+    let (_jail, running) = Jail::new("rlimit").start_console(&limits, &[]);
+
+    let text = std::fs::read_to_string(format!("/proc/{}/limits", running.pid())).expect("limits");
+    let out = stop_console(running);
+
+    let limit = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).expect(name);
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(limit("Max open files"), "1000 1000");
+    assert_eq!(limit("Max file size"), "1048576 1048576");
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+// ---- cgroups ----
+
+#[test]
+fn test_cgroup_files_are_written_and_spry_runs_in_the_cgroup() {
+    if !running_as_root("test_cgroup_files_are_written_and_spry_runs_in_the_cgroup") {
+        return;
+    }
+    let cgroup = TestCgroup::new("files");
+    // Core cgroup files, which every v2 hierarchy has whatever controllers it offers.
+    let args = [
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        "cgroup.max.descendants=3",
+        "--cgroup",
+        "cgroup.max.depth=2",
+    ];
+    let (jail, running) = Jail::new("cgfiles").start_console(&args, &[]);
+    let dir = cgroup.dir().join(&jail.id);
+
+    let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", running.pid()));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let values = [read("cgroup.max.descendants"), read("cgroup.max.depth")];
+    let out = stop_console(running);
+
+    let expected = format!("0::/{}/{}", cgroup.parent, jail.id);
+    assert!(
+        membership.expect("cgroup").lines().any(|l| l == expected),
+        "spry is not in {expected}"
+    );
+    assert_eq!(values, ["3\n", "2\n"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_cpu_memory_and_pids_limits_are_applied() {
+    let test = "test_cpu_memory_and_pids_limits_are_applied";
+    if !running_as_root(test) {
+        return;
+    }
+    let offered =
+        std::fs::read_to_string(cgroup2_root().join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| !offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    if !missing.is_empty() {
+        common::skip(
+            test,
+            &format!(
+                "the cgroup v2 hierarchy at {} offers {:?}, not {missing:?} (they are bound to \
+                 cgroup v1 hierarchies on this host)",
+                cgroup2_root().display(),
+                offered.trim()
+            ),
+        );
+        return;
+    }
+    let cgroup = TestCgroup::new("limits");
+    let args = [
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        "cpu.max=50000 100000",
+        "--cgroup",
+        "memory.max=268435456",
+        "--cgroup",
+        "pids.max=64",
+    ];
+    let (jail, running) = Jail::new("cglimits").start_console(&args, &[]);
+    let dir = cgroup.dir().join(&jail.id);
+
+    let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", running.pid()));
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect(f);
+    let values = [read("cpu.max"), read("memory.max"), read("pids.max")];
+    let out = stop_console(running);
+
+    let expected = format!("0::/{}/{}", cgroup.parent, jail.id);
+    assert!(membership.expect("cgroup").lines().any(|l| l == expected));
+    assert_eq!(values, ["50000 100000\n", "268435456\n", "64\n"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it() {
+    if !running_as_root("test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it") {
+        return;
+    }
+    let cgroup = TestCgroup::new("nosuch");
+    let jail = Jail::new("nosuch");
+
+    let out = jail
+        .jailer(
+            &[
+                "--parent-cgroup",
+                &cgroup.parent,
+                "--cgroup",
+                "nosuch.max=1",
+            ],
+            &[],
+        )
+        .run();
+
+    assert_eq!(out.code(), Some(1), "{out}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].starts_with(
+            "spry-jailer: cgroup controller \"nosuch\" (for --cgroup nosuch.max) is not available"
+        ),
+        "{out}"
+    );
+    assert!(!cgroup.dir().exists(), "a cgroup was created");
+}
+
+// ---- namespaces ----
+
+#[test]
+fn test_jailed_spry_joins_the_given_network_namespace() {
+    if !running_as_root("test_jailed_spry_joins_the_given_network_namespace") {
+        return;
+    }
+    let netns = NetNs::new("jail").expect("a network namespace");
+    let handle = format!("/var/run/netns/{}", netns.name);
+    let (_jail, running) = Jail::new("netns").start_console(&["--netns", &handle], &[]);
+
+    let spry_ns = std::fs::metadata(format!("/proc/{}/ns/net", running.pid())).expect("ns");
+    let out = stop_console(running);
+
+    let wanted = std::fs::metadata(&handle).expect("the namespace handle");
+    assert_eq!((spry_ns.dev(), spry_ns.ino()), (wanted.dev(), wanted.ino()));
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file() {
+    if !running_as_root(
+        "test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file",
+    ) {
+        return;
+    }
+    let (jail, running) = Jail::new("pidns").start_console(&["--new-pid-ns"], &[]);
+
+    let pid: u32 = wait_for_file(&jail.root().join("spry.pid"), Duration::from_secs(5))
+        .parse()
+        .expect("a pid");
+    let ns_pids = status_field(pid, "NSpid");
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    let out = stop_console(running);
+
+    // Host pid, then pid 1 in the new namespace.
+    assert_eq!(ns_pids, format!("{pid}\t1"));
+    assert_eq!(name.trim(), "spry");
+    // The jailer itself exited 0 once spry was started, as Firecracker's does.
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.probe_lines().contains(&"probe: console bye"), "{out}");
+}
+
+#[test]
+fn test_daemonize_detaches_spry_from_the_caller() {
+    if !running_as_root("test_daemonize_detaches_spry_from_the_caller") {
+        return;
+    }
+    let jail = Jail::new("daemon").with_probe("probe.mode=count probe.count_ms=1000");
+    let started = Instant::now();
+
+    let out = jail
+        .jailer(&["--daemonize"], &["--config-file", "/vm.json"])
+        .run();
+    let pid: u32 = wait_for_file(&jail.root().join("spry.pid"), Duration::from_secs(5))
+        .parse()
+        .expect("a pid");
+    // Wait for the exec: the daemon is spry once it runs as the jailed user.
+    while status_field(pid, "Uid").split('\t').next() != Some(&UID.to_string()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "spry never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stdio: Vec<PathBuf> = (0..3)
+        .map(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd link"))
+        .collect();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("comm");
+    // SAFETY: kill takes integers; `pid` is the daemon this test started.
+    unsafe { libc::kill(i32::try_from(pid).expect("pid"), libc::SIGKILL) };
+
+    // The jailer returned at once, leaving spry running with nothing of the caller's.
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.is_empty(), "{out}");
+    assert_eq!(name.trim(), "spry");
+    assert_eq!(stdio, vec![PathBuf::from("/dev/null"); 3]);
+    // In a session of its own (fields after "(comm)": state ppid pgrp session).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    // SAFETY: getsid(0) takes no pointers.
+    let own_session = unsafe { libc::getsid(0) };
+    assert_ne!(fields[3], own_session.to_string());
+}
+
+// ---- refusals: one line, exit 1, nothing created ----
+
+/// Runs the jailer with `args` and asserts it refused with exactly `line` before
+/// creating the jail.
+fn assert_refused(jail: &Jail, args: &[&str], line: &str) {
+    let out = jail.jailer(args, &[]).run();
+    assert_ne!(out.code(), Some(0), "{out}");
+    assert_eq!(out.stderr.lines().collect::<Vec<_>>(), [line], "{out}");
+    assert!(
+        !jail.base.join("spry").exists(),
+        "the jail was created: {out}"
+    );
+}
+
+#[test]
+fn test_id_with_a_slash_is_refused() {
+    let mut jail = Jail::new("badid");
+    jail.id = "a/../b".into();
+
+    assert_refused(
+        &jail,
+        &[],
+        "spry-jailer: invalid --id \"a/../b\": use 1 to 64 ASCII letters, digits or '-'",
+    );
+}
+
+#[test]
+fn test_id_of_65_characters_is_refused() {
+    let mut jail = Jail::new("longid");
+    jail.id = "x".repeat(65);
+
+    assert_refused(
+        &jail,
+        &[],
+        &format!(
+            "spry-jailer: invalid --id \"{}\": use 1 to 64 ASCII letters, digits or '-'",
+            jail.id
+        ),
+    );
+}
+
+#[test]
+fn test_missing_exec_file_is_refused() {
+    let mut jail = Jail::new("noexec");
+    jail.exec_file = jail.scratch.path("no-such-spry");
+
+    assert_refused(
+        &jail,
+        &[],
+        &format!(
+            "spry-jailer: cannot use --exec-file {}: No such file or directory (os error 2)",
+            jail.exec_file.display()
+        ),
+    );
+}
+
+#[test]
+fn test_chroot_base_that_is_a_file_is_refused() {
+    let mut jail = Jail::new("basefile");
+    jail.base = jail.scratch.write("not-a-dir", b"");
+
+    assert_refused(
+        &jail,
+        &[],
+        &format!(
+            "spry-jailer: --chroot-base-dir {} is not a directory",
+            jail.base.display()
+        ),
+    );
+}
+
+#[test]
+fn test_parent_cgroup_leaving_the_hierarchy_is_refused() {
+    let jail = Jail::new("cgparent");
+
+    assert_refused(
+        &jail,
+        &[
+            "--parent-cgroup",
+            "../escape",
+            "--cgroup",
+            "cgroup.max.depth=1",
+        ],
+        "spry-jailer: invalid --parent-cgroup \"../escape\": use a relative path without '.' or \
+         '..'",
+    );
+}
+
+#[test]
+fn test_cgroup_setting_with_a_path_is_refused() {
+    let jail = Jail::new("cgfile");
+
+    assert_refused(
+        &jail,
+        &["--cgroup", "../../memory.max=1"],
+        "spry-jailer: invalid --cgroup \"../../memory.max=1\": use <controller>.<file>=<value>, \
+         e.g. memory.max=256M",
+    );
+}
+
+#[test]
+fn test_missing_netns_is_refused() {
+    let jail = Jail::new("nonetns");
+
+    assert_refused(
+        &jail,
+        &["--netns", "/var/run/netns/spry-no-such-namespace"],
+        "spry-jailer: cannot use --netns /var/run/netns/spry-no-such-namespace: No such file or \
+         directory (os error 2)",
+    );
+}
+
+#[test]
+fn test_unknown_resource_limit_is_refused() {
+    let jail = Jail::new("badlimit");
+
+    assert_refused(
+        &jail,
+        &["--resource-limit", "nproc=10"],
+        "spry-jailer: invalid --resource-limit \"nproc=10\": use fsize=<bytes> or no-file=<count>",
+    );
+}
+
+#[test]
+fn test_cgroup_v1_is_refused() {
+    let jail = Jail::new("cgv1");
+
+    assert_refused(
+        &jail,
+        &["--cgroup-version", "1"],
+        "spry-jailer: unsupported --cgroup-version \"1\": spry-jailer supports cgroup v2 only (2)",
+    );
+}
