@@ -583,6 +583,34 @@ fn test_jailed_spry_joins_the_given_network_namespace() {
 }
 
 #[test]
+fn test_jailed_spry_serves_a_tap_of_its_network_namespace() {
+    if !running_as_root("test_jailed_spry_serves_a_tap_of_its_network_namespace") {
+        return;
+    }
+    let netns = NetNs::new("jailnet").expect("a network namespace");
+    netns.add_tap("sprytap0");
+    let sock = netns.packet_socket("sprytap0");
+    let handle = format!("/var/run/netns/{}", netns.name);
+    let jail = Jail::new("tap").with_probe("probe.mode=net probe.net_tx=2 probe.net_rx=0");
+    let mut vm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jail.root().join("vm.json")).expect("vm.json"))
+            .expect("JSON");
+    vm["network-interfaces"] =
+        serde_json::json!([{"iface_id": "eth0", "host_dev_name": "sprytap0"}]);
+    std::fs::write(jail.root().join("vm.json"), vm.to_string()).expect("write vm.json");
+
+    let running = jail
+        .jailer(&["--netns", &handle], &["--config-file", "/vm.json"])
+        .start();
+    // The probe's frames carry EtherType 0x88b5.
+    let frame = common::recv_guest_frame(&sock, 0x88b5, Duration::from_secs(20));
+    let out = running.finish(Duration::from_secs(30));
+
+    out.assert_probe_all_ok();
+    assert!(frame.is_some(), "no frame from the guest on the tap\n{out}");
+}
+
+#[test]
 fn test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file() {
     if !running_as_root(
         "test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file",
