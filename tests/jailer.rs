@@ -69,16 +69,16 @@ impl Jail {
 
     /// Puts the probe, booted with `probe_extra` on its command line, into the jail.
     fn with_probe(self, probe_extra: &str) -> Jail {
+        let probe = std::fs::read(probe_vmlinux()).expect("read the probe");
+        self.with_kernel(&probe, &probe_args(probe_extra))
+    }
+
+    /// Puts `kernel` and a config booting it (`/vm.json`) into the jail.
+    fn with_kernel(self, kernel: &[u8], boot_args: &str) -> Jail {
         let root = self.root();
         std::fs::create_dir_all(&root).expect("create the jail root");
-        std::fs::copy(probe_vmlinux(), root.join("vmlinux")).expect("copy the probe");
-        let vm = config(
-            Path::new("/vmlinux"),
-            &probe_args(probe_extra),
-            None,
-            1,
-            128,
-        );
+        std::fs::write(root.join("vmlinux"), kernel).expect("write the kernel");
+        let vm = config(Path::new("/vmlinux"), boot_args, None, 1, 128);
         std::fs::write(root.join("vm.json"), vm).expect("write vm.json");
         copy_shared_libraries(&spry_bin(), &root);
         self
@@ -171,8 +171,32 @@ fn cgroup2_root() -> PathBuf {
     PathBuf::from(line.split_whitespace().nth(4).expect("a mount point"))
 }
 
-/// A parent cgroup of the test's own; on drop, its processes are killed and it and
-/// the cgroups below it are removed.
+/// Every cgroup v1 hierarchy: (mount point, its controllers).
+fn cgroup1_hierarchies() -> Vec<(PathBuf, Vec<String>)> {
+    let info = std::fs::read_to_string(CGROUP2_MOUNTS).expect("read mountinfo");
+    info.lines()
+        .filter_map(|l| {
+            let (fields, rest) = l.split_once(" - ")?;
+            let rest: Vec<&str> = rest.split_whitespace().collect();
+            (rest.first() == Some(&"cgroup")).then(|| {
+                let mount = PathBuf::from(fields.split_whitespace().nth(4).unwrap_or("/"));
+                let controllers = rest.get(2).unwrap_or(&"").split(',').map(str::to_owned);
+                (mount, controllers.collect())
+            })
+        })
+        .collect()
+}
+
+/// The v1 hierarchy holding `controller`, if one is mounted.
+fn cgroup1_hierarchy(controller: &str) -> Option<PathBuf> {
+    cgroup1_hierarchies()
+        .into_iter()
+        .find(|(_, controllers)| controllers.iter().any(|c| c == controller))
+        .map(|(mount, _)| mount)
+}
+
+/// A parent cgroup of the test's own, in whichever hierarchies the jailer uses; on
+/// drop, the processes in the cgroups below it are killed and all are removed.
 struct TestCgroup {
     parent: String,
 }
@@ -184,6 +208,7 @@ impl TestCgroup {
         }
     }
 
+    /// The parent in the v2 hierarchy.
     fn dir(&self) -> PathBuf {
         cgroup2_root().join(&self.parent)
     }
@@ -191,21 +216,36 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let parent = self.dir();
-        let Ok(children) = std::fs::read_dir(&parent) else {
-            return;
-        };
-        for child in children
-            .filter_map(Result::ok)
-            .filter(|c| c.path().is_dir())
-        {
-            let _ = std::fs::write(child.path().join("cgroup.kill"), "1");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(child.path()).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+        let roots = std::iter::once(cgroup2_root())
+            .chain(cgroup1_hierarchies().into_iter().map(|(mount, _)| mount));
+        for parent in roots.map(|root| root.join(&self.parent)) {
+            let Ok(children) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for child in children
+                .filter_map(Result::ok)
+                .filter(|c| c.path().is_dir())
+            {
+                kill_cgroup(&child.path());
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while std::fs::remove_dir(child.path()).is_err() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
+            let _ = std::fs::remove_dir(&parent);
         }
-        let _ = std::fs::remove_dir(&parent);
+    }
+}
+
+/// Kills what is left in a cgroup: `cgroup.kill` in v2, each task in v1.
+fn kill_cgroup(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    let tasks = std::fs::read_to_string(dir.join("tasks")).unwrap_or_default();
+    for pid in tasks.lines().filter_map(|t| t.parse::<i32>().ok()) {
+        // SAFETY: kill takes integers; the task is in the test's own cgroup.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -458,6 +498,8 @@ fn test_cgroup_files_are_written_and_spry_runs_in_the_cgroup() {
     let cgroup = TestCgroup::new("files");
     // Core cgroup files, which every v2 hierarchy has whatever controllers it offers.
     let args = [
+        "--cgroup-version",
+        "2",
         "--parent-cgroup",
         &cgroup.parent,
         "--cgroup",
@@ -508,6 +550,8 @@ fn test_cpu_memory_and_pids_limits_are_applied() {
     }
     let cgroup = TestCgroup::new("limits");
     let args = [
+        "--cgroup-version",
+        "2",
         "--parent-cgroup",
         &cgroup.parent,
         "--cgroup",
@@ -532,6 +576,134 @@ fn test_cpu_memory_and_pids_limits_are_applied() {
 }
 
 #[test]
+fn test_cgroup_v1_pids_and_cpu_limits_are_applied() {
+    let test = "test_cgroup_v1_pids_and_cpu_limits_are_applied";
+    if !running_as_root(test) {
+        return;
+    }
+    let (Some(cpu), Some(pids)) = (cgroup1_hierarchy("cpu"), cgroup1_hierarchy("pids")) else {
+        common::skip(
+            test,
+            "no cgroup v1 hierarchy with the cpu and pids controllers",
+        );
+        return;
+    };
+    let cgroup = TestCgroup::new("v1");
+    let args = [
+        "--cgroup-version",
+        "1",
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        "cpu.cfs_quota_us=50000",
+        "--cgroup",
+        "pids.max=64",
+    ];
+    let (jail, running) = Jail::new("cgv1").start_console(&args, &[]);
+    let below = Path::new(&cgroup.parent).join(&jail.id);
+
+    let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", running.pid()));
+    let quota = std::fs::read_to_string(cpu.join(&below).join("cpu.cfs_quota_us"));
+    let pids_max = std::fs::read_to_string(pids.join(&below).join("pids.max"));
+    let out = stop_console(running);
+
+    let membership = membership.expect("cgroup");
+    for controller in ["cpu", "pids"] {
+        let line = format!(":{controller}:/{}", below.display());
+        assert!(
+            membership.lines().any(|l| l.ends_with(&line)),
+            "spry is not in {line}: {membership}"
+        );
+    }
+    assert_eq!(quota.expect("cpu.cfs_quota_us"), "50000\n");
+    assert_eq!(pids_max.expect("pids.max"), "64\n");
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+/// A guest that says "spin" on COM1 and then spins forever: `mov $0x3f8, %dx`,
+/// `mov $c, %al; out %al, (%dx)` for each byte, then `jmp .`.
+const SPIN: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b's', 0xee, 0xb0, b'p', 0xee, 0xb0, b'i', 0xee, 0xb0, b'n', 0xee,
+    0xb0, b'\n', 0xee, 0xeb, 0xfe,
+];
+
+/// CPU time (user + system) process `pid` has used, all threads.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // After "(comm)", utime and stime are the 12th and 13th fields, in clock ticks.
+    // SAFETY: sysconf takes an integer.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).expect("ticks");
+    Duration::from_millis((fields[11] + fields[12]) * 1000 / hz)
+}
+
+#[test]
+fn test_spinning_guest_stays_within_its_cpu_quota() {
+    let test = "test_spinning_guest_stays_within_its_cpu_quota";
+    if !running_as_root(test) {
+        return;
+    }
+    // A fifth of one CPU: 20 ms in every 100 ms, through whichever hierarchy has
+    // the cpu controller here.
+    let v2_offers_cpu = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "cpu");
+    let (version, setting, cpu_root) = if v2_offers_cpu {
+        ("2", "cpu.max=20000 100000", cgroup2_root())
+    } else if let Some(mount) = cgroup1_hierarchy("cpu") {
+        ("1", "cpu.cfs_quota_us=20000", mount)
+    } else {
+        common::skip(test, "no cgroup hierarchy offers the cpu controller");
+        return;
+    };
+    let cgroup = TestCgroup::new("spin");
+    let jail = Jail::new("spin").with_kernel(&common::tiny_kernel(SPIN), "console=ttyS0");
+    let args = [
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        setting,
+    ];
+    let mut running = jail.jailer(&args, &["--config-file", "/vm.json"]).start();
+    let spinning = running.wait_for(|l| l == "spin", Duration::from_secs(20));
+    assert!(spinning.is_some(), "the guest never started spinning");
+    let pid = running.pid();
+
+    let (cpu_before, wall_before) = (cpu_time(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (used, wall) = (cpu_time(pid) - cpu_before, wall_before.elapsed());
+    let cpu_stat = std::fs::read_to_string(
+        cpu_root
+            .join(&cgroup.parent)
+            .join(&jail.id)
+            .join("cpu.stat"),
+    )
+    .expect("cpu.stat");
+    let _ = running.finish(Duration::from_millis(10));
+
+    let share = used.as_secs_f64() / wall.as_secs_f64();
+    eprintln!("spinning guest under {setting}: {share:.3} of a CPU, {cpu_stat:?}");
+    // It uses its quota (so it does spin) and no more (CFS enforces the quota per
+    // period, with a little slack for the clock-tick accounting).
+    assert!((0.1..0.3).contains(&share), "spry used {share:.2} of a CPU");
+    let throttled: u64 = cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.parse().ok())
+        .expect("nr_throttled in cpu.stat");
+    assert!(throttled > 0, "{cpu_stat}");
+}
+
+#[test]
 fn test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it() {
     if !running_as_root("test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it") {
         return;
@@ -542,6 +714,8 @@ fn test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it() {
     let out = jail
         .jailer(
             &[
+                "--cgroup-version",
+                "2",
                 "--parent-cgroup",
                 &cgroup.parent,
                 "--cgroup",
@@ -805,12 +979,12 @@ fn test_unknown_resource_limit_is_refused() {
 }
 
 #[test]
-fn test_cgroup_v1_is_refused() {
-    let jail = Jail::new("cgv1");
+fn test_unknown_cgroup_version_is_refused() {
+    let jail = Jail::new("cgv3");
 
     assert_refused(
         &jail,
-        &["--cgroup-version", "1"],
-        "spry-jailer: unsupported --cgroup-version \"1\": spry-jailer supports cgroup v2 only (2)",
+        &["--cgroup-version", "3"],
+        "spry-jailer: invalid --cgroup-version \"3\": use 1 or 2",
     );
 }

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use clap::Parser;
 
-use crate::cgroup::{CgroupPlan, CgroupSetting};
+use crate::cgroup::{CgroupPlan, CgroupSetting, CgroupVersion};
 use crate::error::JailError;
 use crate::rlimits::Limits;
 
@@ -48,14 +48,15 @@ pub struct Cli {
     /// Run spry as init of a new PID namespace; the jailer exits once it is started.
     #[arg(long)]
     new_pid_ns: bool,
-    /// The cgroup hierarchy to use; spry-jailer supports the unified one (2) only.
-    #[arg(long, value_name = "VERSION", default_value = "2")]
+    /// The cgroup hierarchy kind for --cgroup: 1 (one per controller, Firecracker's
+    /// default) or 2 (unified).
+    #[arg(long, value_name = "VERSION", default_value = "1")]
     cgroup_version: String,
-    /// A cgroup v2 file to write in spry's cgroup, as <file>=<value> (repeatable).
+    /// A file to write in spry's cgroup, as <file>=<value> (repeatable).
     #[arg(long = "cgroup", value_name = "FILE=VALUE")]
     cgroups: Vec<String>,
-    /// The cgroup (relative to the v2 root) that holds spry's cgroup <id>; default:
-    /// the exec file's name.
+    /// The cgroup (relative to the hierarchy's root) that holds spry's cgroup <id>;
+    /// default: the exec file's name.
     #[arg(long, value_name = "PATH")]
     parent_cgroup: Option<PathBuf>,
     /// A resource limit, fsize=<bytes> or no-file=<count> (repeatable).
@@ -100,9 +101,11 @@ impl JailSpec {
     /// Checks every argument; nothing on the host has changed yet when this fails.
     pub fn from_cli(cli: Cli) -> Result<JailSpec, JailError> {
         check_id(&cli.id)?;
-        if cli.cgroup_version != "2" {
-            return Err(JailError::CgroupVersion(cli.cgroup_version));
-        }
+        let version = match cli.cgroup_version.as_str() {
+            "1" => CgroupVersion::V1,
+            "2" => CgroupVersion::V2,
+            _ => return Err(JailError::CgroupVersion(cli.cgroup_version)),
+        };
         let (exec_file, exec_name) = check_exec_file(&cli.exec_file)?;
         let chroot_base = check_chroot_base(&cli.chroot_base_dir)?;
         let chroot_dir = chroot_base.join(&exec_name).join(&cli.id).join("root");
@@ -132,7 +135,11 @@ impl JailSpec {
             netns: cli.netns,
             daemonize: cli.daemonize,
             new_pid_ns: cli.new_pid_ns,
-            cgroup: CgroupPlan { parent, settings },
+            cgroup: CgroupPlan {
+                version,
+                parent,
+                settings,
+            },
             limits,
             spry_args: cli.spry_args,
         })

@@ -46,8 +46,8 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
-    /// Only the unified (v2) cgroup hierarchy is supported.
-    #[error("unsupported --cgroup-version {0:?}: spry-jailer supports cgroup v2 only (2)")]
+    /// `--cgroup-version` is neither 1 nor 2.
+    #[error("invalid --cgroup-version {0:?}: use 1 or 2")]
     CgroupVersion(String),
     /// `--parent-cgroup` is not a plain relative path.
     #[error("invalid --parent-cgroup {0:?}: use a relative path without '.' or '..'")]
@@ -110,9 +110,14 @@ pub enum JailError {
         #[source]
         source: io::Error,
     },
-    /// No cgroup v2 file system is mounted.
-    #[error("no cgroup v2 hierarchy is mounted (no cgroup2 entry in {0})")]
-    NoCgroup2(&'static str),
+    /// No cgroup hierarchy of the kind needed is mounted.
+    #[error("no {what} is mounted (see {mountinfo})")]
+    NoCgroupHierarchy {
+        /// The hierarchy looked for.
+        what: String,
+        /// Where the mounts were looked up.
+        mountinfo: &'static str,
+    },
     /// A `--cgroup` file belongs to a controller the v2 hierarchy does not offer.
     #[error(
         "cgroup controller {controller:?} (for --cgroup {file}) is not available in the cgroup v2 \

@@ -59,18 +59,21 @@ fn refuse(e: &JailError) -> ExitCode {
 
 /// Builds the jail and execs spry in it; returns only on failure.
 fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
-    // 1. The jail directory and spry's own copy of its binary.
+    // 1. Where the cgroup goes, so a missing hierarchy or controller is named before
+    //    anything is created.
+    let cgroup = spec.cgroup.place(&spec.id)?;
+    // 2. The jail directory and spry's own copy of its binary.
     chroot::create_jail_dir(&spec.chroot_dir)?;
     let jailed_exec = chroot::copy_exec_file(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?;
-    // 2. The network namespace: its handle is a host path, so before the jail.
+    // 3. The network namespace: its handle is a host path, so before the jail.
     if let Some(netns) = &spec.netns {
         namespaces::join_netns(netns)?;
     }
-    // 3. Resource limits and the cgroup, inherited by everything spry starts; cgroupfs
+    // 4. Resource limits and the cgroup, inherited by everything spry starts; cgroupfs
     //    is out of sight once jailed.
     spec.limits.install()?;
-    spec.cgroup.enter(&spec.id)?;
-    // 4. What must be opened or read from the host before it leaves view.
+    cgroup.enter()?;
+    // 5. What must be opened or read from the host before it leaves view.
     let dev_null = if spec.daemonize {
         Some(File::open("/dev/null").map_err(|source| JailError::Open {
             path: "/dev/null".into(),
@@ -80,10 +83,10 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
         None
     };
     let nodes = DeviceNode::from_host();
-    // 5. Into the jail, then its directories and device nodes for the jailed user.
+    // 6. Into the jail, then its directories and device nodes for the jailed user.
     chroot::pivot_into(&spec.chroot_dir)?;
     chroot::populate(spec.uid, spec.gid, &nodes)?;
-    // 6. Detach, and/or become init of a new PID namespace; the pid file (in the jail
+    // 7. Detach, and/or become init of a new PID namespace; the pid file (in the jail
     //    root) names the process that will be spry.
     if let Some(dev_null) = dev_null {
         process::daemonize(dev_null)?;
@@ -95,7 +98,7 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
         // SAFETY: getpid takes no arguments.
         process::write_pid_file(&pid_file, unsafe { libc::getpid() })?;
     }
-    // 7. No privileges left, then spry.
+    // 8. No privileges left, then spry.
     privileges::drop_to(spec.uid, spec.gid)?;
     Err(process::exec_spry(&jailed_exec, &spec.id, &spec.spry_args))
 }
