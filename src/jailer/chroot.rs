@@ -1,11 +1,11 @@
 //! The jail: its directory, spry's private copy, the move into it (a new mount
 //! namespace whose root is the jail) and the few device nodes spry needs there.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::JailError;
@@ -168,28 +168,20 @@ pub fn pivot_into(chroot_dir: &Path) -> Result<(), JailError> {
 /// by `uid:gid`.
 pub fn populate(uid: u32, gid: u32, nodes: &[DeviceNode]) -> Result<(), JailError> {
     for dir in OWNED_DIRS {
+        let failed = |source| JailError::CreateDir {
+            path: dir.into(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(OWNED_DIR_MODE)
             .create(dir)
-            .map_err(|source| JailError::CreateDir {
-                path: dir.into(),
-                source,
-            })?;
-        let path = CString::new(dir).map_err(|_| io::ErrorKind::InvalidInput.into());
-        let path = path.map_err(|source| JailError::CreateDir {
-            path: dir.into(),
-            source,
-        })?;
-        // The root existed before; its mode is set here for all four alike.
-        // SAFETY: `path` is NUL-terminated and outlives the call.
-        check(unsafe { libc::chmod(path.as_ptr(), OWNED_DIR_MODE) }).map_err(|source| {
-            JailError::CreateDir {
-                path: dir.into(),
-                source,
-            }
-        })?;
-        chown(&path, dir, uid, gid)?;
+            .map_err(failed)?;
+        // The root (and a directory left by an earlier jail) existed before; the mode
+        // is set here for all alike.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(OWNED_DIR_MODE))
+            .map_err(failed)?;
+        chown(dir, uid, gid)?;
     }
     for node in nodes {
         match make_node(node, uid, gid) {
@@ -218,13 +210,12 @@ fn make_node(node: &DeviceNode, uid: u32, gid: u32) -> Result<(), JailError> {
     // SAFETY: `path` is NUL-terminated and outlives the call.
     check(unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, node.rdev) })
         .map_err(failed)?;
-    chown(&path, node.path, uid, gid)
+    chown(node.path, uid, gid)
 }
 
-fn chown(path: &CStr, shown: &str, uid: u32, gid: u32) -> Result<(), JailError> {
-    // SAFETY: `path` is NUL-terminated and outlives the call.
-    check(unsafe { libc::chown(path.as_ptr(), uid, gid) }).map_err(|source| JailError::Chown {
-        path: shown.into(),
+fn chown(path: &str, uid: u32, gid: u32) -> Result<(), JailError> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| JailError::Chown {
+        path: path.into(),
         uid,
         gid,
         source,

@@ -35,10 +35,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            // clap's first line names the problem; its usage lines add nothing here.
-            let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("spry-jailer: {}", line.trim_start_matches("error: "));
+            eprintln!("spry-jailer: {}", clap_error_line(&e.render().to_string()));
             return ExitCode::from(2);
         }
     };
@@ -50,6 +47,17 @@ fn main() -> ExitCode {
         Ok(never) => match never {},
         Err(e) => refuse(&e),
     }
+}
+
+/// clap's message up to its first blank line (the problem, and for missing
+/// arguments their names), on one line; the usage lines that follow add nothing.
+fn clap_error_line(text: &str) -> String {
+    let problem: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    problem.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 fn refuse(e: &JailError) -> ExitCode {
