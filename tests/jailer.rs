@@ -87,7 +87,12 @@ impl Jail {
     /// The jailer confining spry in this jail, with `args` for the jailer and
     /// `spry_args` after `--`.
     fn jailer(&self, args: &[&str], spry_args: &[&str]) -> Spry {
-        let mut cmd = Spry::program(jailer_bin());
+        self.jailer_through(Spry::program(jailer_bin()), args, spry_args)
+    }
+
+    /// `launcher` (a command that ends by running the jailer) given the jailer's
+    /// arguments.
+    fn jailer_through(&self, mut cmd: Spry, args: &[&str], spry_args: &[&str]) -> Spry {
         cmd.arg("--id")
             .arg(&self.id)
             .arg("--exec-file")
@@ -853,6 +858,205 @@ fn test_daemonize_detaches_spry_from_the_caller() {
     // SAFETY: getsid(0) takes no pointers.
     let own_session = unsafe { libc::getsid(0) };
     assert_ne!(fields[3], own_session.to_string());
+}
+
+// ---- rootless ----
+
+/// The jailer run as `UID:GID`, not root, as a member of the `kvm` group would run
+/// it: in a mount namespace of the test's own, `/dev/kvm` is a node that user may
+/// open (this host's `/dev/kvm` is root's alone). The jail is the user's.
+fn rootless_jailer(jail: &Jail, args: &[&str], spry_args: &[&str]) -> Spry {
+    use std::os::unix::fs::chown;
+    // The user must reach the jail: through the scratch directory, into its own tree.
+    std::fs::set_permissions(
+        jail.scratch.path(""),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .expect("open the scratch directory to the user");
+    chown_tree(&jail.base);
+    let kvm = jail.scratch.path("kvm");
+    let kvm_c = std::ffi::CString::new(kvm.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mknod reads a NUL-terminated path that outlives the call.
+    let made = unsafe {
+        libc::mknod(
+            kvm_c.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(10, 232),
+        )
+    };
+    assert_eq!(made, 0, "mknod: {}", std::io::Error::last_os_error());
+    chown(&kvm, Some(UID), Some(GID)).expect("give the kvm node to the user");
+    let mut launcher = Spry::program("unshare");
+    launcher
+        .arg("--mount")
+        .arg("--propagation")
+        .arg("private")
+        .arg("--");
+    launcher.arg("sh").arg("-c").arg(
+        "kvm=\"$1\"; shift; mount --bind \"$kvm\" /dev/kvm && \
+         exec setpriv --reuid \"$UID_\" --regid \"$GID_\" --clear-groups \"$@\"",
+    );
+    launcher
+        .arg("sh")
+        .arg(&kvm)
+        .arg(jailer_bin())
+        .arg("--rootless");
+    launcher
+        .command()
+        .env("UID_", UID.to_string())
+        .env("GID_", GID.to_string());
+    jail.jailer_through(launcher, args, spry_args)
+}
+
+/// Hands `dir` and everything below it to `UID:GID`.
+fn chown_tree(dir: &Path) {
+    std::os::unix::fs::lchown(dir, Some(UID), Some(GID)).expect("chown");
+    if dir.is_dir() && !dir.is_symlink() {
+        for entry in std::fs::read_dir(dir).expect("list") {
+            chown_tree(&entry.expect("an entry").path());
+        }
+    }
+}
+
+/// Whether util-linux's `unshare` and `setpriv` are here; records the skip if not.
+fn have_util_linux(test: &str) -> bool {
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let ok = have("unshare") && have("setpriv");
+    if !ok {
+        common::skip(test, "needs util-linux's unshare and setpriv");
+    }
+    ok
+}
+
+#[test]
+fn test_rootless_jail_boots_the_probe_as_the_user_in_its_own_user_namespace() {
+    let test = "test_rootless_jail_boots_the_probe_as_the_user_in_its_own_user_namespace";
+    if !running_as_root(test) || !have_util_linux(test) {
+        return;
+    }
+    let jail = Jail::new("rootless").with_probe("probe.mode=console");
+    let mut running = rootless_jailer(
+        &jail,
+        &[],
+        &["--config-file", "/vm.json", "--api-sock", "/run/api.sock"],
+    )
+    .start();
+    let ready = running.wait_for(|l| l == "probe: console ready", Duration::from_secs(20));
+    assert!(ready.is_some(), "the jailed guest never got ready");
+    let pid = running.pid();
+
+    let fields = [
+        "Uid",
+        "Gid",
+        "CapEff",
+        "CapPrm",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+    ]
+    .map(|key| status_field(pid, key));
+    let ns = |p: String| std::fs::read_link(p).expect("read a namespace link");
+    let user_ns_differs = ns(format!("/proc/{pid}/ns/user")) != ns("/proc/self/ns/user".into());
+    let uid_map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).expect("uid_map");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let socket = std::fs::symlink_metadata(jail.root().join("run/api.sock"));
+    let out = stop_console(running);
+
+    let no_caps = "0000000000000000".to_owned();
+    assert_eq!(
+        fields,
+        [
+            format!("{UID}\t{UID}\t{UID}\t{UID}"),
+            format!("{GID}\t{GID}\t{GID}\t{GID}"),
+            no_caps.clone(),
+            no_caps.clone(),
+            no_caps.clone(),
+            no_caps,
+            "1".to_owned(),
+            "2".to_owned(),
+        ]
+    );
+    assert!(user_ns_differs);
+    // Only the user itself is mapped.
+    let map: Vec<&str> = uid_map.split_whitespace().collect();
+    assert_eq!(map, [UID.to_string(), UID.to_string(), "1".to_owned()]);
+    // The jail at "/" and the host's device nodes bound into it; nothing else.
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    points.sort_unstable();
+    assert_eq!(points[0], "/", "{mountinfo}");
+    assert!(
+        points[1..].iter().all(|p| p.starts_with("/dev/")),
+        "{mountinfo}"
+    );
+    assert!(points.contains(&"/dev/kvm"), "{mountinfo}");
+    assert!(socket.expect("the API socket").file_type().is_socket());
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
+#[test]
+fn test_rootless_with_another_users_ids_is_refused() {
+    let test = "test_rootless_with_another_users_ids_is_refused";
+    if !running_as_root(test) || !have_util_linux(test) {
+        return;
+    }
+    let jail = Jail::new("rootlessids");
+    let mut launcher = Spry::program("setpriv");
+    launcher
+        .arg("--reuid")
+        .arg((UID + 1).to_string())
+        .arg("--regid")
+        .arg(GID.to_string())
+        .arg("--clear-groups")
+        .arg(jailer_bin())
+        .arg("--rootless");
+
+    let out = jail.jailer_through(launcher, &[], &[]).run();
+
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [format!(
+            "spry-jailer: --rootless runs spry as the calling user: use --uid {} --gid {GID}",
+            UID + 1
+        )]
+    );
+}
+
+#[test]
+fn test_jail_without_root_or_rootless_is_refused() {
+    let test = "test_jail_without_root_or_rootless_is_refused";
+    if !running_as_root(test) || !have_util_linux(test) {
+        return;
+    }
+    let jail = Jail::new("notroot");
+    let mut launcher = Spry::program("setpriv");
+    launcher
+        .arg("--reuid")
+        .arg(UID.to_string())
+        .arg("--regid")
+        .arg(GID.to_string())
+        .arg("--clear-groups")
+        .arg(jailer_bin());
+
+    let out = jail.jailer_through(launcher, &[], &[]).run();
+
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert_eq!(
+        out.stderr.lines().collect::<Vec<_>>(),
+        [
+            "spry-jailer: spry-jailer needs root to build a jail (or --rootless, to build one as \
+          this user)"
+        ]
+    );
 }
 
 // ---- refusals: one line, exit 1, nothing created ----

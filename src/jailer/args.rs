@@ -62,6 +62,11 @@ pub struct Cli {
     /// A resource limit, fsize=<bytes> or no-file=<count> (repeatable).
     #[arg(long = "resource-limit", value_name = "RESOURCE=VALUE")]
     resource_limits: Vec<String>,
+    /// Build the jail without root (spry's addition): a user namespace mapping only
+    /// the calling user, whose --uid and --gid these must be; host device nodes
+    /// bind-mounted; no --netns.
+    #[arg(long)]
+    rootless: bool,
     /// Arguments for spry.
     #[arg(last = true, value_name = "SPRY ARGS")]
     spry_args: Vec<OsString>,
@@ -93,6 +98,8 @@ pub struct JailSpec {
     pub cgroup: CgroupPlan,
     /// The resource limits.
     pub limits: Limits,
+    /// Whether to build the jail in a user namespace, without root.
+    pub rootless: bool,
     /// Arguments passed to spry after `--id`.
     pub spry_args: Vec<OsString>,
 }
@@ -106,6 +113,11 @@ impl JailSpec {
             "2" => CgroupVersion::V2,
             _ => return Err(JailError::CgroupVersion(cli.cgroup_version)),
         };
+        if cli.rootless {
+            check_rootless(&cli)?;
+        } else if effective_uid() != 0 {
+            return Err(JailError::NotRoot);
+        }
         let (exec_file, exec_name) = check_exec_file(&cli.exec_file)?;
         let chroot_base = check_chroot_base(&cli.chroot_base_dir)?;
         let chroot_dir = chroot_base.join(&exec_name).join(&cli.id).join("root");
@@ -125,6 +137,7 @@ impl JailSpec {
             .map(|s| parse_cgroup_setting(s))
             .collect::<Result<Vec<_>, _>>()?;
         let limits = Limits::parse(&cli.resource_limits)?;
+
         Ok(JailSpec {
             id: cli.id,
             exec_file,
@@ -141,9 +154,29 @@ impl JailSpec {
                 settings,
             },
             limits,
+            rootless: cli.rootless,
             spry_args: cli.spry_args,
         })
     }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments.
+    unsafe { libc::geteuid() }
+}
+
+/// A user namespace made without privilege maps only its maker's ids, and joining
+/// a network namespace needs privilege over it.
+fn check_rootless(cli: &Cli) -> Result<(), JailError> {
+    // SAFETY: getuid and getgid take no arguments.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    if (cli.uid, cli.gid) != (uid, gid) {
+        return Err(JailError::RootlessIds { uid, gid });
+    }
+    if cli.netns.is_some() {
+        return Err(JailError::RootlessNetns);
+    }
+    Ok(())
 }
 
 /// Firecracker's rule for ids: 1 to 64 ASCII alphanumerics or '-'. The id becomes a

@@ -104,18 +104,20 @@ pub fn copy_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<Path
     Ok(PathBuf::from("/").join(name))
 }
 
-/// Moves this process into the jail: a new mount namespace in which nothing
-/// propagates to or from the host, the jail bind-mounted on itself (`pivot_root`
-/// needs a mount point), `pivot_root` into it, and the old root detached, so no path
-/// leads out of the jail any more.
-pub fn pivot_into(chroot_dir: &Path) -> Result<(), JailError> {
-    let step = |step: &'static str| {
-        move |source| JailError::Jail {
-            step,
-            path: chroot_dir.to_owned(),
-            source,
-        }
-    };
+/// A jail step's error.
+fn jail_step<'a>(chroot_dir: &'a Path, step: &'static str) -> impl Fn(io::Error) -> JailError + 'a {
+    move |source| JailError::Jail {
+        step,
+        path: chroot_dir.to_owned(),
+        source,
+    }
+}
+
+/// Gives this process a mount namespace of its own in which nothing propagates to
+/// or from the host, with the jail bind-mounted onto itself (`pivot_root` needs a
+/// mount point).
+pub fn isolate_mounts(chroot_dir: &Path) -> Result<(), JailError> {
+    let step = |name| jail_step(chroot_dir, name);
     let dir = CString::new(chroot_dir.as_os_str().as_bytes())
         .map_err(|_| step("path to C string")(io::ErrorKind::InvalidInput.into()))?;
     // SAFETY: unshare takes only flags.
@@ -142,6 +144,13 @@ pub fn pivot_into(chroot_dir: &Path) -> Result<(), JailError> {
         )
     })
     .map_err(step("bind-mounting the jail onto itself"))?;
+    Ok(())
+}
+
+/// Moves this process into the jail (after [`isolate_mounts`]): `pivot_root` into
+/// it and the old root detached, so no path leads out of the jail any more.
+pub fn pivot_into(chroot_dir: &Path) -> Result<(), JailError> {
+    let step = |name| jail_step(chroot_dir, name);
     std::env::set_current_dir(chroot_dir).map_err(step("chdir into the jail"))?;
     let old_root = c"old_root";
     // SAFETY: `old_root` is a NUL-terminated literal.

@@ -58,6 +58,24 @@ pub enum JailError {
     /// A `--resource-limit` argument is not `fsize=<n>` or `no-file=<n>`.
     #[error("invalid --resource-limit {0:?}: use fsize=<bytes> or no-file=<count>")]
     ResourceLimit(String),
+    /// Building a jail needs root, unless `--rootless`.
+    #[error("spry-jailer needs root to build a jail (or --rootless, to build one as this user)")]
+    NotRoot,
+    /// `--rootless` can only run spry as the calling user.
+    #[error("--rootless runs spry as the calling user: use --uid {uid} --gid {gid}")]
+    RootlessIds {
+        /// The caller's uid.
+        uid: u32,
+        /// The caller's gid.
+        gid: u32,
+    },
+    /// `--rootless` cannot join a network namespace.
+    #[error(
+        "--rootless cannot use --netns (joining a namespace needs CAP_SYS_ADMIN over it); spry \
+         stays in the caller's network namespace, where taps made for the user (ip tuntap add \
+         NAME mode tap user UID) work"
+    )]
+    RootlessNetns,
     /// Inherited descriptors could not be closed.
     #[error("cannot close inherited file descriptors")]
     CloseFds(#[source] io::Error),

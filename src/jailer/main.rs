@@ -13,6 +13,7 @@ mod namespaces;
 mod privileges;
 mod process;
 mod rlimits;
+mod rootless;
 
 use std::fs::File;
 use std::process::ExitCode;
@@ -92,8 +93,18 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
     };
     let nodes = DeviceNode::from_host();
     // 6. Into the jail, then its directories and device nodes for the jailed user.
+    //    Rootless: first a user namespace, in which nodes cannot be made, so the
+    //    host's are bind-mounted in before the host leaves view.
+    if spec.rootless {
+        rootless::enter_user_namespace(spec.uid, spec.gid)?;
+    }
+    chroot::isolate_mounts(&spec.chroot_dir)?;
+    if spec.rootless {
+        rootless::bind_devices(&spec.chroot_dir, &nodes)?;
+    }
     chroot::pivot_into(&spec.chroot_dir)?;
-    chroot::populate(spec.uid, spec.gid, &nodes)?;
+    let nodes_to_make = if spec.rootless { &[][..] } else { &nodes[..] };
+    chroot::populate(spec.uid, spec.gid, nodes_to_make)?;
     // 7. Detach, and/or become init of a new PID namespace; the pid file (in the jail
     //    root) names the process that will be spry.
     if let Some(dev_null) = dev_null {
@@ -107,6 +118,6 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
         process::write_pid_file(&pid_file, unsafe { libc::getpid() })?;
     }
     // 8. No privileges left, then spry.
-    privileges::drop_to(spec.uid, spec.gid)?;
+    privileges::drop_to(spec.uid, spec.gid, spec.rootless)?;
     Err(process::exec_spry(&jailed_exec, &spec.id, &spec.spry_args))
 }

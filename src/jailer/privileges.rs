@@ -25,8 +25,10 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Drops everything; then checks that no capability is left.
-pub fn drop_to(uid: u32, gid: u32) -> Result<(), JailError> {
+/// Drops everything; then checks that no capability is left. `keep_groups` leaves
+/// the supplementary groups alone, as a rootless jail must (its user namespace
+/// denies `setgroups`, and a `kvm` group may be what opens `/dev/kvm`).
+pub fn drop_to(uid: u32, gid: u32, keep_groups: bool) -> Result<(), JailError> {
     let failed = |step| {
         move |source| JailError::DropPrivileges {
             step,
@@ -49,12 +51,15 @@ pub fn drop_to(uid: u32, gid: u32) -> Result<(), JailError> {
         )
     };
     check(cleared).map_err(failed("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"))?;
-    // SAFETY: a zero-length list: setgroups reads no memory.
-    check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(failed("setgroups"))?;
+    if !keep_groups {
+        // SAFETY: a zero-length list: setgroups reads no memory.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) }).map_err(failed("setgroups"))?;
+    }
     // SAFETY: integer arguments only.
     check(unsafe { libc::setresgid(gid, gid, gid) }).map_err(failed("setresgid"))?;
     // Leaving uid 0 clears the permitted and effective sets by itself; capset below
-    // also covers `--uid 0` and the inheritable set.
+    // also covers `--uid 0`, the inheritable set, and a rootless jail's user
+    // namespace (whose maker holds every capability there without ever being uid 0).
     // SAFETY: integer arguments only.
     check(unsafe { libc::setresuid(uid, uid, uid) }).map_err(failed("setresuid"))?;
     set_no_capabilities().map_err(failed("capset"))?;
