@@ -137,7 +137,6 @@ impl JailSpec {
             .map(|s| parse_cgroup_setting(s))
             .collect::<Result<Vec<_>, _>>()?;
         let limits = Limits::parse(&cli.resource_limits)?;
-
         Ok(JailSpec {
             id: cli.id,
             exec_file,
