@@ -709,6 +709,59 @@ fn test_spinning_guest_stays_within_its_cpu_quota() {
 }
 
 #[test]
+fn test_pids_limit_stops_spry_at_the_thread_over_it() {
+    let test = "test_pids_limit_stops_spry_at_the_thread_over_it";
+    if !running_as_root(test) {
+        return;
+    }
+    let v2_offers_pids = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "pids");
+    let (version, pids_root) = if v2_offers_pids {
+        ("2", cgroup2_root())
+    } else if let Some(mount) = cgroup1_hierarchy("pids") {
+        ("1", mount)
+    } else {
+        common::skip(test, "no cgroup hierarchy offers the pids controller");
+        return;
+    };
+    let cgroup = TestCgroup::new("pids");
+    let jail = Jail::new("pids").with_probe("");
+    let mut vm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jail.root().join("vm.json")).expect("vm.json"))
+            .expect("JSON");
+    vm["machine-config"]["vcpu_count"] = 2.into();
+    std::fs::write(jail.root().join("vm.json"), vm.to_string()).expect("write vm.json");
+    // Two tasks: spry's main thread and vCPU 0's; vCPU 1's is one too many.
+    let args = [
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        "pids.max=2",
+    ];
+
+    let out = jail.jailer(&args, &["--config-file", "/vm.json"]).run();
+
+    let events = std::fs::read_to_string(
+        pids_root
+            .join(&cgroup.parent)
+            .join(&jail.id)
+            .join("pids.events"),
+    )
+    .expect("pids.events");
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("spry: cannot start the thread of vCPU 1: Resource temporarily unavailable"),
+        "{out}"
+    );
+    assert_eq!(events, "max 1\n");
+}
+
+#[test]
 fn test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it() {
     if !running_as_root("test_cgroup_file_of_an_unavailable_controller_is_refused_naming_it") {
         return;
