@@ -879,6 +879,35 @@ fn test_jailed_spry_serves_a_tap_of_its_network_namespace() {
 }
 
 #[test]
+fn test_jailed_spry_writes_a_drive_the_jailed_user_owns() {
+    if !running_as_root("test_jailed_spry_writes_a_drive_the_jailed_user_owns") {
+        return;
+    }
+    let jail = Jail::new("drive").with_probe("probe.mode=blk probe.blk_sectors=3:40");
+    let disk = jail.root().join("root.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("write the drive");
+    std::os::unix::fs::chown(&disk, Some(UID), Some(GID)).expect("give the drive to the user");
+    let mut vm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jail.root().join("vm.json")).expect("vm.json"))
+            .expect("JSON");
+    vm["drives"] = serde_json::json!([{"drive_id": "rootfs", "path_on_host": "/root.img",
+        "is_root_device": true, "is_read_only": false}]);
+    std::fs::write(jail.root().join("vm.json"), vm.to_string()).expect("write vm.json");
+
+    let out = jail.jailer(&[], &["--config-file", "/vm.json"]).run();
+
+    out.assert_probe_all_ok();
+    assert!(
+        out.stdout
+            .contains("probe: blk0: write+read 40 sectors: ok"),
+        "{out}"
+    );
+    // The guest's writes reached the file in the jail.
+    let written = std::fs::read(&disk).expect("read the drive");
+    assert!(written.iter().any(|&b| b != 0), "nothing was written");
+}
+
+#[test]
 fn test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file() {
     if !running_as_root(
         "test_new_pid_ns_makes_spry_init_of_its_namespace_and_names_it_in_the_pid_file",
