@@ -1,7 +1,8 @@
 //! spry-jailer on this host, as root: a jailed spry boots the probe guest from a
 //! config inside its jail, and is seen from /proc to run as the jailed user, with no
 //! capabilities, `no_new_privs`, in its own mount namespace rooted in the jail, in
-//! the cgroup, network namespace and PID namespace asked for. Bad arguments are
+//! the cgroup, network namespace and PID namespace asked for, held to its cgroup's
+//! limits; a rootless jail does the same for a user without root. Bad arguments are
 //! refused with one line before anything is created.
 //!
 //! Every jail lives in the test's scratch directory; every cgroup and network
@@ -22,8 +23,8 @@ use common::{config, probe_args, probe_vmlinux, spry_bin, NetNs, Outcome, Runnin
 const UID: u32 = 1234;
 const GID: u32 = 4321;
 
-/// The cgroup v2 hierarchy's mount point on this host.
-const CGROUP2_MOUNTS: &str = "/proc/self/mountinfo";
+/// Where the cgroup hierarchies are found.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 fn jailer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_spry-jailer"))
@@ -164,7 +165,7 @@ fn status_field(pid: u32, key: &str) -> String {
 
 /// The cgroup2 hierarchy's mount point.
 fn cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string(CGROUP2_MOUNTS).expect("read mountinfo");
+    let info = std::fs::read_to_string(MOUNTINFO).expect("read mountinfo");
     let line = info
         .lines()
         .find(|l| {
@@ -178,7 +179,7 @@ fn cgroup2_root() -> PathBuf {
 
 /// Every cgroup v1 hierarchy: (mount point, its controllers).
 fn cgroup1_hierarchies() -> Vec<(PathBuf, Vec<String>)> {
-    let info = std::fs::read_to_string(CGROUP2_MOUNTS).expect("read mountinfo");
+    let info = std::fs::read_to_string(MOUNTINFO).expect("read mountinfo");
     info.lines()
         .filter_map(|l| {
             let (fields, rest) = l.split_once(" - ")?;
