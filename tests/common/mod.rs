@@ -221,6 +221,24 @@ impl Spry {
         }
     }
 
+    /// Another program run like spry (stdio piped, same deadline), e.g. the jailer.
+    pub fn program(path: impl AsRef<std::ffi::OsStr>) -> Spry {
+        let mut cmd = Command::new(path);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Spry {
+            cmd,
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The command, for settings these helpers do not cover.
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+
     /// spry booting `config` (JSON text written to a file in `scratch`).
     pub fn with_config(scratch: &Scratch, config: &str) -> Spry {
         let path = scratch.write("vm.json", config.as_bytes());

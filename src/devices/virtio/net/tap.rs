@@ -67,7 +67,11 @@ pub fn check_name(name: &str) -> Result<(), TapError> {
 /// missing name through /dev/net/tun would create it).
 pub fn check_exists(name: &str) -> Result<(), TapError> {
     check_name(name)?;
-    let sys = std::path::Path::new("/sys/class/net").join(name);
+    let class = std::path::Path::new("/sys/class/net");
+    if !class.exists() {
+        return check_exists_without_sysfs(name);
+    }
+    let sys = class.join(name);
     if !sys.exists() {
         return Err(TapError::Missing(name.to_owned()));
     }
@@ -76,6 +80,21 @@ pub fn check_exists(name: &str) -> Result<(), TapError> {
     let flags = i64::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
     if flags & i64::from(libc::IFF_TAP) == 0 {
         return Err(TapError::NotTap(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Where sysfs is out of view (inside spry-jailer's jail) the kernel is asked by
+/// name in spry's network namespace instead. Whether it is a tap is then left to
+/// `TUNSETIFF`, which refuses any other kind of device; and a missing name cannot be
+/// created by accident, since creating a tap needs `CAP_NET_ADMIN`, which a jailed
+/// spry does not have.
+fn check_exists_without_sysfs(name: &str) -> Result<(), TapError> {
+    let missing = || TapError::Missing(name.to_owned());
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: if_nametoindex reads the NUL-terminated name, which outlives the call.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        return Err(missing());
     }
     Ok(())
 }
