@@ -3,6 +3,7 @@
 //! loop.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod api;
 pub mod arch;
 pub mod builder;

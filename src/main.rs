@@ -10,8 +10,10 @@ use spry::Launch;
 
 /// spry: a KVM microVM monitor with container-grade start time.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
     /// Boot the VM this Firecracker-style JSON file describes.
     #[arg(long, value_name = "FILE")]
     config_file: Option<PathBuf>,
@@ -40,6 +42,110 @@ struct Cli {
     log_level: log::LevelFilter,
 }
 
+/// Commands for a running guest, through its agent (`spry-agent`, on vsock).
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Run a command in the running guest with this terminal's stdin, stdout and
+    /// stderr; spry exits with the command's status (128 + signal if a signal
+    /// ended it; 125 if spry could not run it). Ctrl-C reaches the command.
+    Exec {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Set NAME=VALUE in the command's environment (repeatable).
+        #[arg(short, long = "env", value_name = "NAME=VALUE")]
+        env: Vec<std::ffi::OsString>,
+        /// The command's working directory in the guest (default /).
+        #[arg(short, long, value_name = "DIR")]
+        workdir: Option<std::ffi::OsString>,
+        /// Kill the command after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<f64>,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Copy a file or directory (with its modes) into or out of the running
+    /// guest: write the guest's side as :PATH. A destination ending in / keeps
+    /// the source's name.
+    Cp {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// What to copy (a host path, or :PATH in the guest).
+        src: String,
+        /// Where to (a guest :PATH, or a host path).
+        dst: String,
+    },
+}
+
+/// How `spry exec` and `spry cp` reach the guest.
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// The API socket of the spry running the guest (its vsock socket is read
+    /// from GET /vm/config).
+    #[arg(long, value_name = "PATH", required_unless_present = "vsock_uds")]
+    api_sock: Option<PathBuf>,
+    /// The vsock device's Unix socket (its uds_path), instead of --api-sock.
+    #[arg(long, value_name = "PATH", conflicts_with = "api_sock")]
+    vsock_uds: Option<PathBuf>,
+    /// The vsock port the guest's agent listens on.
+    #[arg(long, value_name = "PORT", default_value_t = spry::agent::protocol::DEFAULT_PORT)]
+    port: u32,
+}
+
+impl TargetArgs {
+    fn target(self) -> spry::agent::command::Target {
+        use spry::agent::command::Target;
+        match (self.api_sock, self.vsock_uds) {
+            (_, Some(uds)) => Target::VsockSocket(uds),
+            (Some(api), None) => Target::ApiSocket(api),
+            (None, None) => unreachable!("clap requires one of them"),
+        }
+    }
+}
+
+/// Runs `spry exec` or `spry cp`.
+fn agent_command(command: AgentCommand) -> ExitCode {
+    use spry::agent::command::{self, FAILED};
+    let (what, result) = match command {
+        AgentCommand::Exec {
+            target,
+            env,
+            workdir,
+            timeout,
+            command: argv,
+        } => {
+            let timeout = match timeout.map(std::time::Duration::try_from_secs_f64) {
+                Some(Err(e)) => {
+                    eprintln!("spry exec: --timeout: {e}");
+                    return ExitCode::from(FAILED);
+                }
+                Some(Ok(t)) => Some(t),
+                None => None,
+            };
+            let port = target.port;
+            let request = command::request(argv, env, workdir);
+            (
+                "exec",
+                command::exec(&target.target(), port, &request, timeout),
+            )
+        }
+        AgentCommand::Cp { target, src, dst } => {
+            let port = target.port;
+            (
+                "cp",
+                command::cp(&target.target(), port, &src, &dst).map(|()| 0),
+            )
+        }
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(e) => {
+            eprintln!("spry {what}: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
 /// Firecracker's rule for `--id`: 1 to 64 alphanumerics or `-`.
 fn instance_id(text: &str) -> Result<String, String> {
     let ok = (1..=64).contains(&text.len())
@@ -54,6 +160,9 @@ fn instance_id(text: &str) -> Result<String, String> {
 fn main() -> ExitCode {
     spry::clock::mark_process_start();
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return agent_command(command);
+    }
     spry::logger::init(cli.log_level);
     let how = match (cli.api_sock, cli.config_file) {
         (Some(api_sock), config_file) => Launch::Api {

@@ -95,6 +95,7 @@ compute_keys() {
 		"libc6-dev=$(pkgver libc6-dev)" \
 		"init=$(sha256sum <"$HERE/init")" \
 		"spry-exec.c=$(sha256sum <"$HERE/spry-exec.c")" \
+		"spry-agent.c=$(sha256sum <"$HERE/spry-agent.c")" \
 		"device-nodes=$(device_nodes)")
 	KEY=$(printf '%s' "$fin" | sha256sum | cut -c1-16)
 	KEY_INPUTS="$kin"$'\n'"$fin"
@@ -263,6 +264,9 @@ build_rootfs() { # $1 = staging dir (gets rootfs.ext4 + initramfs.cpio)
 	# dispositions (see spry-exec.c).
 	gcc -static -Os -s -Wall -o "$tree/sbin/spry-exec" "$HERE/spry-exec.c" >&2 ||
 		die "compiling spry-exec.c failed (needs gcc and libc6-dev's static libc.a)"
+	# The agent `spry exec` and `spry cp` talk to over vsock (docs/agent-protocol.md).
+	gcc -static -Os -s -Wall -o "$tree/sbin/spry-agent" "$HERE/spry-agent.c" >&2 ||
+		die "compiling spry-agent.c failed (needs gcc and libc6-dev's static libc.a)"
 	ln -s sbin/init "$tree/init"            # initramfs entry point (rdinit=/init)
 	printf 'root::0:0:root:/root:/bin/sh\n' >"$tree/etc/passwd"
 	printf 'root:x:0:\ntty:x:5:\n' >"$tree/etc/group"

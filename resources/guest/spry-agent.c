@@ -269,8 +269,10 @@ static void serve(int sock)
 			{ .fd = queued_len > queued_off || (stdin_eof && in[1] >= 0) ? in[1] : -1,
 			  .events = POLLOUT },
 		};
-		if (!exited && waitpid(pid, &status, WNOHANG) == pid)
+		if (!exited && waitpid(pid, &status, WNOHANG) == pid) {
 			exited = 1;
+			continue; /* the loop's condition may now be false */
+		}
 		if (poll(p, 4, exited ? -1 : 100) < 0 && errno != EINTR)
 			break;
 		if (p[0].revents && forward_output(sock, &out[0], STDOUT) < 0)
@@ -368,6 +370,10 @@ static int listen_on(int argc, char **argv)
 	}
 	if (listen(sock, 16) < 0)
 		die("listen");
+	if (argc == 3 && !strcmp(argv[1], "--unix"))
+		fprintf(stderr, "spry-agent: listening on %s\n", argv[2]);
+	else
+		fprintf(stderr, "spry-agent: listening on vsock port %s\n", argc == 3 ? argv[2] : "52");
 	return sock;
 }
 

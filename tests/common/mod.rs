@@ -209,16 +209,7 @@ pub struct Spry {
 
 impl Spry {
     pub fn new() -> Spry {
-        let mut cmd = Command::new(spry_bin());
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        Spry {
-            cmd,
-            stdin: Vec::new(),
-            timeout: Duration::from_secs(60),
-            silence_limit: None,
-        }
+        Spry::program(spry_bin())
     }
 
     /// Another program run like spry (stdio piped, same deadline), e.g. the jailer.
@@ -231,6 +222,7 @@ impl Spry {
             cmd,
             stdin: Vec::new(),
             timeout: Duration::from_secs(60),
+            silence_limit: None,
         }
     }
 

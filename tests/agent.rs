@@ -1,0 +1,363 @@
+//! `spry exec` and `spry cp` against the real guest agent (`resources/guest/spry-agent.c`,
+//! built here with the machine's gcc) serving on a Unix socket, behind a stand-in
+//! for the vsock device's hybrid socket (`CONNECT <port>\n` → `OK <port>\n`, then
+//! the bytes both ways). The Linux tests run the same commands against a guest.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{spry_bin, Scratch};
+
+/// The agent, built once per test binary into target/.
+fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spry-agent");
+            let src = common::repo().join("resources/guest/spry-agent.c");
+            let built = Command::new("gcc")
+                .args(["-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .expect("run gcc");
+            assert!(built.success(), "gcc could not build {}", src.display());
+            out
+        })
+        .clone()
+}
+
+/// A running agent and the hybrid-vsock stand-in in front of it.
+struct Guest {
+    agent: Child,
+    /// What `spry exec --vsock-uds` connects to.
+    uds: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Guest {
+    fn start() -> Guest {
+        let scratch = Scratch::new();
+        let agent_sock = scratch.path("agent.sock");
+        let agent = Command::new(agent_bin())
+            .arg("--unix")
+            .arg(&agent_sock)
+            .spawn()
+            .expect("start the agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent_sock.exists() {
+            assert!(Instant::now() < deadline, "the agent never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let uds = scratch.path("v.sock");
+        let listener = UnixListener::bind(&uds).expect("bind the vsock stand-in");
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let agent_sock = agent_sock.clone();
+                std::thread::spawn(move || hybrid_connect(conn, &agent_sock));
+            }
+        });
+        Guest {
+            agent,
+            uds,
+            _scratch: scratch,
+        }
+    }
+
+    fn spry(&self, sub: &str) -> Command {
+        let mut cmd = Command::new(spry_bin());
+        cmd.arg(sub).arg("--vsock-uds").arg(&self.uds);
+        cmd
+    }
+
+    fn exec(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .spry("exec")
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spry exec");
+        let mut input = child.stdin.take().expect("stdin");
+        let bytes = stdin.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().expect("wait spry exec");
+        let _ = feeder.join();
+        out
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+}
+
+/// The vsock device's side of a host-initiated connection, as Firecracker's
+/// hybrid vsock behaves: read `CONNECT <port>`, answer `OK <port>`, bridge.
+fn hybrid_connect(conn: UnixStream, agent_sock: &Path) {
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || line.trim() != "CONNECT 52" {
+        return; // a wrong port: the device closes the connection
+    }
+    let Ok(agent) = UnixStream::connect(agent_sock) else {
+        return;
+    };
+    let mut conn_w = conn;
+    if conn_w.write_all(b"OK 1073741824\n").is_err() {
+        return;
+    }
+    let mut agent_r = agent.try_clone().expect("clone");
+    let mut agent_w = agent;
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut reader, &mut agent_w);
+        let _ = agent_w.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut agent_r, &mut conn_w);
+    let _ = conn_w.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    let mut input = child.stdin.take().expect("stdin");
+    let bytes = bytes.to_vec();
+    let feeder = std::thread::spawn(move || input.write_all(&bytes));
+    let out = child.wait_with_output().expect("sha256sum output");
+    let _ = feeder.join();
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn test_exec_returns_output_streams_apart_and_the_exit_status() {
+    let guest = Guest::start();
+    let out = guest.exec(&["sh", "-c", "echo out; echo err >&2; exit 7"], b"");
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+}
+
+#[test]
+fn test_exec_streams_binary_stdin_and_stdout_byte_exact() {
+    let guest = Guest::start();
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11).to_le_bytes()[0])
+        .collect();
+    let out = guest.exec(&["cat"], &data);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "cat's output differs from its input");
+    let out = guest.exec(&["sha256sum"], &data);
+    assert_eq!(
+        stdout(&out).split_whitespace().next(),
+        Some(sha256(&data).as_str())
+    );
+}
+
+#[test]
+fn test_exec_of_a_missing_program_is_127_and_env_and_workdir_apply() {
+    let guest = Guest::start();
+    let out = guest.exec(&["no-such-program-anywhere"], b"");
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let out = guest
+        .spry("exec")
+        .args([
+            "-e",
+            "GREETING=hi there",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING; pwd",
+        ])
+        .output()
+        .expect("spry exec");
+    assert_eq!(stdout(&out), "hi there\n/tmp\n", "{out:?}");
+}
+
+#[test]
+fn test_exec_that_never_reads_its_input_or_never_exits_is_ended_by_the_host() {
+    let guest = Guest::start();
+    // Never reads: 8 MiB of input must not wedge anything.
+    let out = guest.exec(&["sh", "-c", "echo done"], &vec![b'x'; 8 << 20]);
+    assert_eq!(
+        (out.status.code(), stdout(&out).as_str()),
+        (Some(0), "done\n")
+    );
+    // Never exits: --timeout kills it.
+    let start = Instant::now();
+    let out = guest
+        .spry("exec")
+        .args(["--timeout", "1", "--", "sleep", "600"])
+        .output()
+        .expect("spry exec");
+    assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn test_sigint_to_spry_exec_reaches_the_command() {
+    let guest = Guest::start();
+    let mut child = guest
+        .spry("exec")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 42' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spry exec");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("ready line");
+    assert_eq!(line, "ready\n");
+    // SAFETY: kill with a pid of our own child and a valid signal.
+    let sent = unsafe { libc::kill(i32::try_from(child.id()).expect("pid"), libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).expect("rest");
+    assert_eq!(rest, "got-int\n");
+    assert_eq!(child.wait().expect("wait").code(), Some(42));
+}
+
+#[test]
+fn test_concurrent_execs_each_get_their_own_output() {
+    let guest = Guest::start();
+    let guest = &guest;
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn(move || {
+                    let script =
+                        format!("for n in 1 2 3 4 5; do echo {i}-$n; sleep 0.05; done; exit {i}");
+                    guest.exec(&["sh", "-c", &script], b"")
+                })
+            })
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.join().expect("exec thread");
+            let want: String = (1..=5).map(|n| format!("{i}-{n}\n")).collect();
+            assert_eq!(
+                (out.status.code(), stdout(&out)),
+                (Some(i32::try_from(i).expect("i")), want)
+            );
+        }
+    });
+}
+
+#[test]
+fn test_cp_copies_a_tree_in_and_out_with_its_modes() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let tree = scratch.path("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("run.sh"), b"#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(tree.join("run.sh"), std::fs::Permissions::from_mode(0o751))
+        .expect("chmod");
+    let blob: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("sub/blob.bin"), &blob).expect("write");
+    // The "guest" here is this machine under another directory.
+    let inside = scratch.path("guest-root");
+    std::fs::create_dir(&inside).expect("mkdir");
+    let to_guest = format!(":{}/copied", inside.display());
+    let out = guest
+        .spry("cp")
+        .arg(&tree)
+        .arg(&to_guest)
+        .output()
+        .expect("spry cp in");
+    assert!(out.status.success(), "{out:?}");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+    assert_eq!(mode(&inside.join("copied/run.sh")), 0o751);
+    assert_eq!(
+        std::fs::read(inside.join("copied/sub/blob.bin")).expect("read"),
+        blob
+    );
+
+    let back = scratch.path("back");
+    let out = guest
+        .spry("cp")
+        .arg(format!(":{}/copied", inside.display()))
+        .arg(&back)
+        .output()
+        .expect("spry cp out");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(mode(&back.join("run.sh")), 0o751);
+    assert_eq!(
+        std::fs::read(back.join("sub/blob.bin")).expect("read"),
+        blob
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.path(""))
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".spry-cp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn test_cp_of_a_missing_guest_path_fails_with_tar_s_message() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let out = guest
+        .spry("cp")
+        .arg(":/nonexistent/file")
+        .arg(scratch.path("x"))
+        .output()
+        .expect("spry cp");
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tar in the guest failed"), "{err}");
+    assert!(!scratch.path("x").exists());
+}
+
+#[test]
+fn test_exec_without_an_agent_says_what_is_missing() {
+    let scratch = Scratch::new();
+    let out = Command::new(spry_bin())
+        .args(["exec", "--vsock-uds"])
+        .arg(scratch.path("nothing.sock"))
+        .args(["--", "true"])
+        .output()
+        .expect("spry exec");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the vsock socket"), "{err}");
+    // A device that closes the connection: nothing listens on that port.
+    let guest = Guest::start();
+    let out = guest
+        .spry("exec")
+        .args(["--port", "53", "--", "true"])
+        .output()
+        .expect("spry exec");
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the guest's spry-agent running?"), "{err}");
+}
