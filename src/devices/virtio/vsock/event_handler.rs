@@ -1,0 +1,85 @@
+//! The vsock device on the event loop: the three queues' ioeventfds, the Unix
+//! listener, and every connection's socket (edge-triggered, so a socket the guest
+//! has no credit for does not wake the loop again until something changes).
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::device::{Vsock, EVT, RX, TX};
+use super::muxer::FdChange;
+
+const RX_QUEUE: u32 = 0;
+const TX_QUEUE: u32 = 1;
+const EVT_QUEUE: u32 = 2;
+const LISTENER: u32 = 3;
+const CONNECTION: u32 = 4;
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        let events = [
+            Events::with_data(&self.queue_evts[RX], RX_QUEUE, EventSet::IN),
+            Events::with_data(&self.queue_evts[TX], TX_QUEUE, EventSet::IN),
+            Events::with_data(&self.queue_evts[EVT], EVT_QUEUE, EventSet::IN),
+            Events::with_data_raw(self.muxer.listener_fd(), LISTENER, EventSet::IN),
+        ];
+        for e in events {
+            if let Err(err) = ops.add(e) {
+                log::error!("virtio-vsock: cannot watch an event source: {err:?}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            RX_QUEUE => {
+                let _ = self.queue_evts[RX].read();
+                self.process_rx();
+            }
+            TX_QUEUE => {
+                let _ = self.queue_evts[TX].read();
+                self.process_tx();
+            }
+            EVT_QUEUE => {
+                let _ = self.queue_evts[EVT].read();
+            }
+            LISTENER => {
+                self.muxer.accept_clients();
+            }
+            CONNECTION => {
+                let set = events.event_set();
+                let readable = set.intersects(
+                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
+                );
+                let writable = set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP);
+                self.muxer.handle_fd_event(events.fd(), readable, writable);
+                self.process_rx();
+            }
+            _ => {}
+        }
+        self.apply_fd_changes(ops);
+    }
+}
+
+impl Vsock {
+    fn apply_fd_changes(&mut self, ops: &mut EventOps) {
+        for change in self.muxer.take_fd_changes() {
+            match change {
+                FdChange::Watch(fd) => {
+                    let set = EventSet::IN
+                        | EventSet::OUT
+                        | EventSet::READ_HANG_UP
+                        | EventSet::EDGE_TRIGGERED;
+                    if let Err(err) = ops.add(Events::with_data_raw(fd, CONNECTION, set)) {
+                        log::error!("virtio-vsock: cannot watch a connection: {err:?}");
+                    }
+                }
+                FdChange::Unwatch(stream) => {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+                    // The event set does not matter for removal.
+                    let _ = ops.remove(Events::with_data_raw(fd, CONNECTION, EventSet::IN));
+                    drop(stream);
+                }
+            }
+        }
+    }
+}
