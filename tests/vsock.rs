@@ -1,9 +1,11 @@
 //! virtio-vsock through real KVM exits, ioeventfds and irqfds, driven by the probe
-//! guest's own driver: a host client's `CONNECT` round trip, a guest connection to
-//! `<uds_path>_P`, and a reset for a port nobody listens on.
+//! guest's own driver (`probe.mode=vsock`): a host client's `CONNECT` round trip,
+//! a guest connection to `<uds_path>_P`, a reset for a port nobody listens on, a
+//! flood of silent clients; and the device's API and config-file surface.
 
 #![allow(clippy::cast_possible_truncation)]
 
+mod api_support;
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,7 +13,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{config, probe_args, probe_vmlinux, Scratch, Spry};
+use api_support::SpryApi;
+use common::{config, probe_args, probe_vmlinux, Outcome, Scratch, Spry};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The guest port the probe listens on in these tests.
+const GUEST_PORT: u32 = 52;
 
 /// The probe's data pattern: byte `i` of a stream.
 fn pattern(i: usize) -> u8 {
@@ -38,7 +45,14 @@ fn vsock_config(args: &str, uds: &Path) -> String {
     v.to_string()
 }
 
-/// Echoes everything one client of `listener` sends until it closes.
+/// Runs the probe with `args` to its end.
+fn run_probe(scratch: &Scratch, args: &str) -> Outcome {
+    let text = vsock_config(args, &scratch.path("v.sock"));
+    Spry::with_config(scratch, &text).run()
+}
+
+/// Echoes everything one client of `listener` sends until it closes; returns the
+/// byte count.
 fn echo_once(listener: UnixListener) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let Ok((mut s, _)) = listener.accept() else {
@@ -60,78 +74,225 @@ fn echo_once(listener: UnixListener) -> std::thread::JoinHandle<usize> {
     })
 }
 
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "spry never created {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// What a host client got back for `sent` through `CONNECT <port>`: the `OK`
+/// line, the echo, and whatever came after the echo before the end of the stream.
+struct RoundTrip {
+    ok_line: String,
+    echo: Vec<u8>,
+    after: Vec<u8>,
 }
 
-#[test]
-fn test_host_connect_round_trip_and_guest_connect_and_reset() {
-    let scratch = Scratch::new();
-    let uds = scratch.path("v.sock");
-    let echo = echo_once(UnixListener::bind(scratch.path("v.sock_7000")).unwrap());
-    let text = vsock_config(
-        "probe.vsock_listen=52 probe.vsock_connect=7000 probe.vsock_refused=7001 probe.vsock_bytes=10000",
-        &uds,
-    );
-    let mut spry = Spry::with_config(&scratch, &text);
-    spry.arg("--log-level").arg("info");
-    let mut running = spry.start();
-    let listening = running.wait_for(
-        |l| l.contains("vsock: listening on port 52"),
-        Duration::from_secs(30),
-    );
-    assert!(listening.is_some(), "the probe never listened");
-    wait_for_socket(&uds);
-
-    let mut client = UnixStream::connect(&uds).unwrap();
+fn round_trip(uds: &Path, port: u32, sent: &[u8]) -> RoundTrip {
+    let mut client = UnixStream::connect(uds).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    client.write_all(b"CONNECT 52\n").unwrap();
+    client
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .unwrap();
     let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut ok = String::new();
-    reader.read_line(&mut ok).unwrap();
-    assert!(ok.starts_with("OK ") && ok.ends_with('\n'), "{ok:?}");
-    let sent: Vec<u8> = (0..20000).map(pattern).collect();
-    client.write_all(&sent).unwrap();
-    let mut back = vec![0u8; sent.len()];
-    reader.read_exact(&mut back).unwrap();
+    let mut ok_line = String::new();
+    reader.read_line(&mut ok_line).unwrap();
+    let mut echo = vec![0u8; sent.len()];
+    if ok_line.starts_with("OK ") {
+        client.write_all(sent).unwrap();
+        reader.read_exact(&mut echo).unwrap();
+    }
     client.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut rest = Vec::new();
-    reader.read_to_end(&mut rest).unwrap();
+    let mut after = Vec::new();
+    let _ = reader.read_to_end(&mut after);
+    RoundTrip {
+        ok_line,
+        echo,
+        after,
+    }
+}
+
+/// Starts the probe listening on [`GUEST_PORT`] and waits until it says so.
+fn listening_probe(scratch: &Scratch) -> common::Running {
+    let text = vsock_config(
+        &format!("probe.vsock_listen={GUEST_PORT}"),
+        &scratch.path("v.sock"),
+    );
+    let mut running = Spry::with_config(scratch, &text).start();
+    let line = running.wait_for(|l| l.contains("vsock: listening on port"), BOOT_TIMEOUT);
+    assert!(line.is_some(), "the probe never listened");
+    running
+}
+
+#[test]
+fn test_host_client_connect_round_trip_is_byte_exact() {
+    let scratch = Scratch::new();
+    let running = listening_probe(&scratch);
+    let sent: Vec<u8> = (0..20000).map(pattern).collect();
+
+    let trip = round_trip(&scratch.path("v.sock"), GUEST_PORT, &sent);
 
     let out = running.finish(Duration::from_secs(60));
-    assert!(back == sent, "the echo differs from what was sent\n{out}");
+    assert!(trip.ok_line.starts_with("OK "), "{:?}\n{out}", trip.ok_line);
     assert!(
-        rest.is_empty(),
-        "{} bytes after the echo\n{out}",
-        rest.len()
+        trip.echo == sent,
+        "the echo differs from what was sent\n{out}"
     );
-    assert_eq!(echo.join().unwrap(), 10000, "{out}");
+    assert!(
+        trip.after.is_empty(),
+        "{} bytes after the echo",
+        trip.after.len()
+    );
     out.assert_probe_all_ok();
-    let listen_line = format!(
-        "probe: vsock-listen: ok port 52: 20000 bytes echoed, fnv {:#x}",
+    let line = format!(
+        "probe: vsock-listen: ok port {GUEST_PORT}: 20000 bytes echoed, fnv {:#x}",
         fnv(&sent)
     );
-    assert!(out.stdout.contains(&listen_line), "{listen_line}\n{out}");
-    let pattern_10k: Vec<u8> = (0..10000).map(pattern).collect();
-    let connect_line = format!(
-        "probe: vsock-connect: ok port 7000: 10000 bytes echoed back, fnv {:#x}",
-        fnv(&pattern_10k)
+    assert!(out.stdout.contains(&line), "{line}\n{out}");
+    assert!(
+        !scratch.path("v.sock").exists(),
+        "spry left its socket behind"
     );
-    assert!(out.stdout.contains(&connect_line), "{connect_line}\n{out}");
+}
+
+#[test]
+fn test_guest_connection_reaches_the_uds_path_port_listener() {
+    let scratch = Scratch::new();
+    let echo = echo_once(UnixListener::bind(scratch.path("v.sock_7000")).unwrap());
+
+    let out = run_probe(&scratch, "probe.vsock_connect=7000 probe.vsock_bytes=30000");
+
+    out.assert_probe_all_ok();
+    let sent: Vec<u8> = (0..30000).map(pattern).collect();
+    let line = format!(
+        "probe: vsock-connect: ok port 7000: 30000 bytes echoed back, fnv {:#x}",
+        fnv(&sent)
+    );
+    assert!(out.stdout.contains(&line), "{line}\n{out}");
+    assert_eq!(echo.join().unwrap(), 30000);
+}
+
+#[test]
+fn test_guest_connection_to_an_unbound_port_is_reset() {
+    let scratch = Scratch::new();
+
+    let out = run_probe(&scratch, "probe.vsock_refused=7001");
+
+    out.assert_probe_all_ok();
     assert!(
         out.stdout
             .contains("probe: vsock-refused: ok port 7001: reset"),
         "{out}"
     );
-    assert!(!uds.exists(), "spry left {} behind", uds.display());
+}
+
+#[test]
+fn test_guest_cid_comes_from_the_config() {
+    let scratch = Scratch::new();
+
+    let out = run_probe(&scratch, "");
+
+    out.assert_probe_all_ok();
+    assert!(out.stdout.contains("probe: vsock: ok cid 3"), "{out}");
+}
+
+#[test]
+fn test_flood_of_silent_clients_is_bounded_and_the_slots_come_back() {
+    let scratch = Scratch::new();
+    let running = listening_probe(&scratch);
+    let uds = scratch.path("v.sock");
+    // More clients than spry holds (128), none of which ever sends its line.
+    let silent: Vec<UnixStream> = (0..200)
+        .map(|_| UnixStream::connect(&uds).unwrap())
+        .collect();
+    // spry closes the ones past its limit at once, the rest after 2 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let start = Instant::now();
+    let sent: Vec<u8> = (0..1000).map(pattern).collect();
+
+    let trip = round_trip(&uds, GUEST_PORT, &sent);
+
+    let out = running.finish(Duration::from_secs(60));
+    assert!(trip.ok_line.starts_with("OK "), "{:?}\n{out}", trip.ok_line);
+    assert!(trip.echo == sent, "{out}");
+    out.assert_probe_all_ok();
+    let closed = silent
+        .into_iter()
+        .filter(|mut s| {
+            let mut b = [0u8; 1];
+            s.set_nonblocking(true).unwrap();
+            matches!(s.read(&mut b), Ok(0))
+        })
+        .count();
+    assert_eq!(closed, 200, "silent clients still open");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn test_put_vsock_before_boot_shows_in_vm_config() {
+    let scratch = Scratch::new();
+    let spry = SpryApi::start(&scratch.path("api.sock"), &[]);
+    let uds = scratch.path("v.sock");
+    let body = serde_json::json!({"guest_cid": 7, "uds_path": uds}).to_string();
+
+    let put = spry.call("PUT", "/vsock", &body);
+    let config = spry.call("GET", "/vm/config", "").json();
+
+    assert_eq!(put.status, 204, "{put:?}");
+    assert_eq!(config["vsock"]["guest_cid"], 7);
+    assert_eq!(config["vsock"]["uds_path"], uds.to_str().unwrap());
+}
+
+#[test]
+fn test_put_vsock_with_a_reserved_cid_is_refused() {
+    let scratch = Scratch::new();
+    let spry = SpryApi::start(&scratch.path("api.sock"), &[]);
+
+    let message = spry
+        .call(
+            "PUT",
+            "/vsock",
+            r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#,
+        )
+        .fault();
+
+    assert_eq!(
+        message,
+        "vsock.guest_cid: 2 is not a guest context id (3 to 4294967294)"
+    );
+}
+
+#[test]
+fn test_put_vsock_after_boot_is_refused() {
+    let scratch = Scratch::new();
+    let config = common::config(
+        &probe_vmlinux(),
+        &probe_args("probe.mode=console"),
+        None,
+        1,
+        128,
+    );
+    let config_file = scratch.write("vm.json", config.as_bytes());
+    let spry = SpryApi::start(
+        &scratch.path("api.sock"),
+        &["--config-file", config_file.to_str().unwrap()],
+    );
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: console ready");
+    let body = serde_json::json!({"guest_cid": 3, "uds_path": scratch.path("v.sock")}).to_string();
+
+    let message = spry.call("PUT", "/vsock", &body).fault();
+
+    assert_eq!(
+        message,
+        "The requested operation is not supported after starting the microVM."
+    );
+}
+
+#[test]
+fn test_config_with_an_existing_uds_path_is_refused() {
+    let scratch = Scratch::new();
+    let uds = scratch.write("v.sock", b"");
+    let text = vsock_config("", &uds);
+
+    let out = Spry::with_config(&scratch, &text).run();
+
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("vsock.uds_path:"), "{out}");
+    assert!(out.stderr.contains("already exists"), "{out}");
 }

@@ -118,6 +118,8 @@ pub struct Connection {
     asked_credit: bool,
     /// Queued for the receive path.
     pub scheduled: bool,
+    /// When a host client's REQUEST was queued, until the guest answers.
+    pub connecting_since: Option<std::time::Instant>,
 }
 
 impl Connection {
@@ -141,6 +143,7 @@ impl Connection {
             peer_done_receiving: false,
             asked_credit: false,
             scheduled: false,
+            connecting_since: None,
         }
     }
 
@@ -153,6 +156,7 @@ impl Connection {
     ) -> Connection {
         let mut c = Connection::new(stream, local_port, peer_port, guest_cid);
         c.pending.request = true;
+        c.connecting_since = Some(std::time::Instant::now());
         c
     }
 
@@ -183,6 +187,7 @@ impl Connection {
     /// The guest answered our REQUEST: tell the host client which port it got.
     pub fn accept(&mut self) -> Result<(), ConnectionError> {
         self.state = State::Established;
+        self.connecting_since = None;
         let line = format!("OK {}\n", self.local_port);
         self.tx_buf.extend(line.as_bytes());
         self.flush()
@@ -299,6 +304,19 @@ impl Connection {
             && self.readable
             && !self.host_eof
             && !self.peer_done_receiving
+    }
+
+    /// The reset that tells the guest this connection is gone.
+    pub fn reset_header(&self) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: self.local_port,
+            dst_port: self.peer_port,
+            type_: TYPE_STREAM,
+            op: op::RST,
+            ..Header::default()
+        }
     }
 
     /// A header from the host side of this connection, carrying our credit.

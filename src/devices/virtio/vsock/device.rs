@@ -6,6 +6,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::muxer::Muxer;
 use super::packet::{Header, MAX_PKT_DATA};
@@ -44,6 +45,10 @@ pub struct Vsock {
     guest_cid: u64,
     name: String,
     pub(super) queue_evts: [EventFd; 3],
+    /// Fires when the muxer's next connect timeout is due (armed only then).
+    pub(super) timer: TimerFd,
+    /// The deadline `timer` is armed for.
+    pub(super) timer_deadline: Option<std::time::Instant>,
     interrupt: Arc<Interrupt>,
     active: Option<Active>,
     /// The Unix-socket side.
@@ -70,6 +75,8 @@ impl Vsock {
                 EventFd::new(EFD_NONBLOCK)?,
                 EventFd::new(EFD_NONBLOCK)?,
             ],
+            timer: TimerFd::new()?,
+            timer_deadline: None,
             interrupt,
             active: None,
             muxer,

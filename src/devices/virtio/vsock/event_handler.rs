@@ -13,6 +13,7 @@ const TX_QUEUE: u32 = 1;
 const EVT_QUEUE: u32 = 2;
 const LISTENER: u32 = 3;
 const CONNECTION: u32 = 4;
+const TIMER: u32 = 5;
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
@@ -21,6 +22,7 @@ impl MutEventSubscriber for Vsock {
             Events::with_data(&self.queue_evts[TX], TX_QUEUE, EventSet::IN),
             Events::with_data(&self.queue_evts[EVT], EVT_QUEUE, EventSet::IN),
             Events::with_data_raw(self.muxer.listener_fd(), LISTENER, EventSet::IN),
+            Events::with_data(&self.timer, TIMER, EventSet::IN),
         ];
         for e in events {
             if let Err(err) = ops.add(e) {
@@ -45,6 +47,13 @@ impl MutEventSubscriber for Vsock {
             LISTENER => {
                 self.muxer.accept_clients();
             }
+            TIMER => {
+                // Read before re-arming: arming clears the expiry this event reports.
+                let _ = self.timer.wait();
+                self.timer_deadline = None;
+                self.muxer.expire(std::time::Instant::now());
+                self.process_rx();
+            }
             CONNECTION => {
                 let set = events.event_set();
                 let readable = set.intersects(
@@ -57,10 +66,32 @@ impl MutEventSubscriber for Vsock {
             _ => {}
         }
         self.apply_fd_changes(ops);
+        self.arm_timer();
     }
 }
 
 impl Vsock {
+    /// Arms the timer for the muxer's next deadline, when that changed.
+    fn arm_timer(&mut self) {
+        let want = self.muxer.next_deadline();
+        if want == self.timer_deadline {
+            return;
+        }
+        let result = match want {
+            // A zero duration would disarm the timer: wait at least a millisecond.
+            Some(at) => {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                self.timer
+                    .reset(left.max(std::time::Duration::from_millis(1)), None)
+            }
+            None => self.timer.clear(),
+        };
+        match result {
+            Ok(()) => self.timer_deadline = want,
+            Err(e) => log::error!("virtio-vsock: cannot arm the connect timer: {e}"),
+        }
+    }
+
     fn apply_fd_changes(&mut self, ops: &mut EventOps) {
         for change in self.muxer.take_fd_changes() {
             match change {

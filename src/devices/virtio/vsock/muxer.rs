@@ -17,6 +17,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vm_memory::bitmap::BitmapSlice;
 use vm_memory::VolatileSlice;
@@ -29,6 +30,10 @@ pub const MAX_CONNECTIONS: usize = 128;
 /// Resets for unknown connections waiting for a receive buffer; more are dropped
 /// (the guest learns of those connections' end by its own timeout).
 pub const MAX_QUEUED_RESETS: usize = 256;
+/// How long a host client may take to write its `CONNECT` line, and the guest to
+/// answer the REQUEST that follows (Firecracker's 2 s): a client that stays silent
+/// or a guest that never answers gives its connection slot back.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// First host port handed to host-initiated connections; guest-initiated ones use
@@ -71,6 +76,7 @@ pub enum FdChange {
 struct PendingClient {
     stream: UnixStream,
     line: Vec<u8>,
+    since: Instant,
 }
 
 type ConnKey = (u32, u32);
@@ -211,8 +217,52 @@ impl Muxer {
     }
 
     fn queue_reset(&mut self, to: &Header) {
+        self.push_reset(to.reset_reply());
+    }
+
+    fn push_reset(&mut self, rst: Header) {
         if self.resets.len() < MAX_QUEUED_RESETS {
-            self.resets.push_back(to.reset_reply());
+            self.resets.push_back(rst);
+        }
+    }
+
+    /// When the oldest client or unanswered REQUEST times out, if any waits.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let clients = self.clients.values().map(|c| c.since);
+        let connecting = self.conns.values().filter_map(|c| c.connecting_since);
+        clients.chain(connecting).min().map(|t| t + CONNECT_TIMEOUT)
+    }
+
+    /// Closes clients that did not finish their `CONNECT` line in time, and host
+    /// connections the guest did not answer (the guest gets a RST for those, so a
+    /// late RESPONSE finds nothing).
+    pub fn expire(&mut self, now: Instant) {
+        let late = |since: Instant| now.saturating_duration_since(since) >= CONNECT_TIMEOUT;
+        let silent: Vec<RawFd> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| late(c.since))
+            .map(|(&fd, _)| fd)
+            .collect();
+        for fd in silent {
+            if let Some(client) = self.clients.remove(&fd) {
+                self.counters.refused += 1;
+                self.changes.push(FdChange::Unwatch(client.stream));
+            }
+        }
+        let unanswered: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.connecting_since.is_some_and(late))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in unanswered {
+            if let Some(conn) = self.conns.get(&key) {
+                let rst = conn.reset_header();
+                self.counters.refused += 1;
+                self.remove(key);
+                self.push_reset(rst);
+            }
         }
     }
 
@@ -328,6 +378,9 @@ impl Muxer {
             return Ok(());
         };
         if h.op == op::RST {
+            // What the host socket takes now still reaches it; the rest is lost
+            // with the connection, as the guest asked.
+            let _ = conn.flush();
             self.remove(key);
             return Ok(());
         }
@@ -416,6 +469,7 @@ impl Muxer {
                 PendingClient {
                     stream,
                     line: Vec::new(),
+                    since: Instant::now(),
                 },
             );
             self.changes.push(FdChange::Watch(fd));

@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::connection::TX_BUF_SIZE;
 use super::device::{Vsock, EVT};
-use super::muxer::{FdChange, Muxer, MAX_CONNECTIONS};
+use super::muxer::{FdChange, Muxer, CONNECT_TIMEOUT, MAX_CONNECTIONS};
 use super::packet::{op, Header, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::devices::virtio::test_utils::{
     add_chains, counting_interrupt, default_mem, driver_queue_at, Desc,
@@ -650,4 +650,64 @@ fn test_device_reset_closes_every_connection() {
     r.settle();
     let mut buf = [0u8; 1];
     assert_eq!(host.read(&mut buf).unwrap(), 0);
+}
+
+#[test]
+fn test_nothing_waiting_means_no_deadline() {
+    let mem = default_mem();
+    let r = rig(&mem);
+    assert_eq!(r.vsock.muxer.next_deadline(), None);
+}
+
+#[test]
+fn test_silent_client_is_closed_after_the_connect_timeout() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let mut client = r.client(b"CONNECT");
+    let deadline = r.vsock.muxer.next_deadline().unwrap();
+    r.vsock.muxer.expire(deadline);
+    r.settle();
+    assert!(closed(&mut client));
+    assert_eq!(r.vsock.muxer.connection_count(), 0);
+}
+
+#[test]
+fn test_client_is_kept_before_the_connect_timeout() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let _client = r.client(b"CONNECT");
+    let deadline = r.vsock.muxer.next_deadline().unwrap();
+    r.vsock.muxer.expire(deadline - CONNECT_TIMEOUT / 2);
+    assert_eq!(r.vsock.muxer.connection_count(), 1);
+}
+
+#[test]
+fn test_unanswered_request_closes_the_client_and_resets_the_guest() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    r.post_rx(2);
+    let mut client = r.client(b"CONNECT 52\n");
+    let req = r.one_received();
+    let deadline = r.vsock.muxer.next_deadline().unwrap();
+    r.vsock.muxer.expire(deadline);
+    r.vsock.process_rx();
+    r.settle();
+    let rst = r.one_received();
+    assert_eq!(
+        (rst.op, rst.src_port, rst.dst_port),
+        (op::RST, req.src_port, 52)
+    );
+    assert!(closed(&mut client));
+}
+
+#[test]
+fn test_guest_reset_after_data_delivers_what_the_socket_takes() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let mut host = r.guest_connection();
+    r.send(from_guest(op::RW, 1000, 5000), b"last words");
+    r.send(from_guest(op::RST, 1000, 5000), &[]);
+    let mut got = Vec::new();
+    host.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words");
 }
