@@ -34,6 +34,10 @@ pub const MAX_QUEUED_RESETS: usize = 256;
 /// answer the REQUEST that follows (Firecracker's 2 s): a client that stays silent
 /// or a guest that never answers gives its connection slot back.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Clients taken off the listener per wake-up: a client connecting in a loop
+/// cannot keep the event loop to itself (the listener is level-triggered, so the
+/// rest wait for the next round).
+const ACCEPT_BUDGET: usize = 32;
 /// Longest `CONNECT <port>\n` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// First host port handed to host-initiated connections; guest-initiated ones use
@@ -442,9 +446,9 @@ impl Muxer {
         }
     }
 
-    /// Takes every waiting client off the listener.
+    /// Takes waiting clients off the listener (up to a budget per call).
     pub fn accept_clients(&mut self) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let stream = match accept_nonblocking(&self.listener) {
                 Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,

@@ -711,3 +711,15 @@ fn test_guest_reset_after_data_delivers_what_the_socket_takes() {
     host.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"last words");
 }
+
+#[test]
+fn test_guest_data_to_a_closed_host_socket_resets_the_connection() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let host = r.guest_connection();
+    drop(host);
+    r.send(from_guest(op::RW, 1000, 5000), b"nobody listens");
+    let got = r.received();
+    assert!(got.iter().any(|(h, _)| h.op == op::RST), "{got:?}");
+    assert_eq!(r.vsock.muxer.counters.resets, 1);
+}
