@@ -225,6 +225,48 @@ fn test_flood_of_silent_clients_is_bounded_and_the_slots_come_back() {
 }
 
 #[test]
+fn test_malformed_packets_are_counted_and_the_device_keeps_serving() {
+    let scratch = Scratch::new();
+    let metrics = scratch.path("metrics.json");
+    let mut v: serde_json::Value = serde_json::from_str(&vsock_config(
+        &format!("probe.vsock_hostile=1 probe.vsock_listen={GUEST_PORT}"),
+        &scratch.path("v.sock"),
+    ))
+    .unwrap();
+    v["metrics"] = serde_json::json!({"metrics_path": metrics});
+    let config_file = scratch.write("vm.json", v.to_string().as_bytes());
+    let mut spry = SpryApi::start(
+        &scratch.path("api.sock"),
+        &["--config-file", config_file.to_str().unwrap()],
+    );
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l.contains("vsock: listening on port"));
+
+    let flush = spry.call("PUT", "/actions", r#"{"action_type": "FlushMetrics"}"#);
+    let sent: Vec<u8> = (0..4000).map(pattern).collect();
+    let trip = round_trip(&scratch.path("v.sock"), GUEST_PORT, &sent);
+
+    assert_eq!(flush.status, 204);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // The probe's seven malformed chains and headers (see its README).
+    assert_eq!(line["vsock"]["malformed"], 7, "{line}");
+    assert!(trip.echo == sent, "the device stopped serving");
+    assert_eq!(spry.wait_exit(Duration::from_secs(60)), Some(0));
+    let lines = spry.lines();
+    assert!(
+        lines.iter().any(|l| l
+            == "probe: vsock-hostile: ok 7 malformed packets completed, RST for the wrong type"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("probe: all ") && l.ends_with(" checks ok")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn test_put_vsock_before_boot_shows_in_vm_config() {
     let scratch = Scratch::new();
     let spry = SpryApi::start(&scratch.path("api.sock"), &[]);

@@ -16,7 +16,8 @@
  *   probe.count_ms=N, probe.bench_reqs=N, probe.bench_size=N,
  *   probe.bench_op=read|write, probe.bench_depth=N, probe.bench_frames=N,
  *   probe.bench_rx=N, probe.bench_irq=0|1, probe.vsock_listen=P,
- *   probe.vsock_connect=P, probe.vsock_refused=P, probe.vsock_bytes=N,
+ *   probe.vsock_connect=P, probe.vsock_refused=P, probe.vsock_hostile=1,
+ *   probe.vsock_bytes=N,
  *   probe.vsock_timeout_ms=N (see README.md)
  * Numbers are decimal or 0x-prefixed hex.
  */
@@ -87,6 +88,7 @@ static const struct option options[] = {
 	{ "vsock_listen", 12, &cfg.vsock_listen, NULL },
 	{ "vsock_connect", 13, &cfg.vsock_connect, NULL },
 	{ "vsock_refused", 13, &cfg.vsock_refused, NULL },
+	{ "vsock_hostile", 13, &cfg.vsock_hostile, NULL },
 	{ "vsock_bytes", 11, &cfg.vsock_bytes, NULL },
 	{ "vsock_timeout_ms", 16, &cfg.vsock_timeout_ms, NULL },
 	{ "virtio_timeout_ms", 17, &cfg.virtio_timeout_ms, NULL },

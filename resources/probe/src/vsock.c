@@ -11,6 +11,9 @@
  *                   probe.vsock_bytes bytes of the pattern (i*7+0x5a), read
  *                   them back and compare, SHUTDOWN, wait for the RST
  *   vsock-refused   probe.vsock_refused=P: connect to host port P, expect RST
+ *   vsock-hostile   probe.vsock_hostile=1 (runs first): seven malformed
+ *                   transmit chains, each of which the device must complete
+ *                   (and count); the wrong-type one must be answered with RST
  *
  * The listen and connect lines report the byte count and the FNV-1a hash of
  * the bytes received, which the host compares with what it sent. Buffers:
@@ -257,6 +260,95 @@ static void connect_step(u32 port)
 	OK_NOW(c, "port %u: %lu bytes echoed back, fnv 0x%x", port, got, sum);
 }
 
+/* Queues n descriptors as one chain (tx slots, restored afterwards) and waits
+ * for the device to complete it. */
+static int send_raw(const struct vdesc *descs, u16 n)
+{
+	if (tx_next + n > txq->size)
+		tx_next = 0;
+	u16 head = tx_next;
+	for (u16 i = 0; i < n; i++) {
+		struct vdesc *d = &txq->desc[head + i];
+		*d = descs[i];
+		if (i + 1 < n) {
+			d->flags |= VD_NEXT;
+			d->next = (u16)(head + i + 1);
+		}
+	}
+	tx_next = (u16)((tx_next + n) & (txq->size - 1));
+	vq_add(txq, head);
+	vq_kick(txq);
+	int done = vq_wait(txq, 1, 0, cfg.virtio_timeout_ms);
+	if (done)
+		vq_get(txq, NULL);
+	for (u16 i = 0; i < n; i++)
+		txq->desc[head + i] = (struct vdesc){ .addr = (u64)(txbuf + (u64)(head + i) * VBUF) };
+	return done;
+}
+
+/* Header number `slot` of the hostile chains (each in a buffer of its own). */
+static u64 hostile_header(u32 slot, u64 cid, u16 type, u32 len, u16 op)
+{
+	static u8 bufs[5][64] __attribute__((aligned(64)));
+	u8 *buf = bufs[slot];
+	struct vhdr h = {
+		.src_cid = cid, .dst_cid = HOST_CID, .src_port = LOCAL_PORT + 3, .dst_port = 9,
+		.len = len, .type = type, .op = op, .buf_alloc = GUEST_BUF_ALLOC,
+	};
+	memcpy(buf, &h, HDR);
+	return (u64)buf;
+}
+
+static void hostile_step(void)
+{
+	int c = check_register("vsock-hostile");
+	u64 ok_hdr = hostile_header(0, guest_cid, 1, 16, OP_RW);
+	u64 payload = (u64)data;
+	const struct vdesc chains[][2] = {
+		{ { .addr = ok_hdr, .len = 20 } },                         /* header cut short */
+		{ { .addr = ok_hdr, .len = HDR, .flags = VD_WRITE } },     /* device-writable */
+		{ { .addr = ok_hdr, .len = HDR }, { .addr = 0xfff00000000ull, .len = 16 } }, /* outside RAM */
+		{ { .addr = hostile_header(1, guest_cid, 1, 1u << 20, OP_RW), .len = HDR },
+		  { .addr = payload, .len = 16 } },                        /* len beyond any packet */
+	};
+	const u16 lens[] = { 1, 1, 2, 2 };
+	u32 sent = 0;
+	for (u32 i = 0; i < ARRAY_SIZE(lens); i++, sent++)
+		if (!send_raw(chains[i], lens[i])) {
+			FAIL_NOW(c, "malformed chain %u was never completed", i);
+			return;
+		}
+	/* a chain whose next index points outside the table */
+	struct vdesc broken = { .addr = hostile_header(2, guest_cid, 1, 16, OP_RW), .len = HDR, .flags = VD_NEXT };
+	txq->desc[0] = broken;
+	txq->desc[0].next = 200;
+	tx_next = 0;
+	vq_add(txq, 0);
+	vq_kick(txq);
+	if (!vq_wait(txq, 1, 0, cfg.virtio_timeout_ms)) {
+		FAIL_NOW(c, "the chain with a bad next index was never completed");
+		return;
+	}
+	vq_get(txq, NULL);
+	txq->desc[0] = (struct vdesc){ .addr = (u64)txbuf };
+	tx_next = 1;
+	sent++;
+	/* a spoofed source CID, then a socket type the device does not serve */
+	struct vdesc spoofed = { .addr = hostile_header(3, 99, 1, 0, OP_REQUEST), .len = HDR };
+	struct vdesc seqpacket = { .addr = hostile_header(4, guest_cid, 2, 0, OP_REQUEST), .len = HDR };
+	if (!send_raw(&spoofed, 1) || !send_raw(&seqpacket, 1)) {
+		FAIL_NOW(c, "a malformed header was never completed");
+		return;
+	}
+	sent += 2;
+	struct vhdr h;
+	if (!recv_on(&h, LOCAL_PORT + 3, 9) || h.op != OP_RST) {
+		FAIL_NOW(c, "no RST for the wrong socket type");
+		return;
+	}
+	OK_NOW(c, "%u malformed packets completed, RST for the wrong type", sent);
+}
+
 static void refused_step(u32 port)
 {
 	int c = check_register("vsock-refused");
@@ -279,6 +371,8 @@ void vsock_mode(void)
 	int c = check_register("vsock");
 	if (!open_device(c))
 		return;
+	if (cfg.vsock_hostile)
+		hostile_step();
 	if (cfg.vsock_listen)
 		listen_step((u32)cfg.vsock_listen);
 	if (cfg.vsock_connect)
