@@ -277,6 +277,11 @@ impl Connection {
         Ok(())
     }
 
+    /// Guest bytes waiting for the host socket.
+    pub fn buffered(&self) -> usize {
+        self.tx_buf.len()
+    }
+
     /// Marks the connection for a reset to the guest.
     pub fn reset(&mut self) {
         self.pending.rst = true;

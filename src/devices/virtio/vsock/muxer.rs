@@ -206,6 +206,11 @@ impl Muxer {
         std::mem::take(&mut self.changes)
     }
 
+    /// Guest bytes all connections hold for their host sockets.
+    pub fn buffered_bytes(&self) -> usize {
+        self.conns.values().map(Connection::buffered).sum()
+    }
+
     /// Live connections plus clients still writing their `CONNECT` line.
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.clients.len()

@@ -434,7 +434,7 @@ fn test_guest_overrunning_its_credit_is_reset() {
     let mut r = rig(&mem);
     let host = r.guest_connection();
     // Nobody reads the host end, and its socket buffer is as small as it goes.
-    nix_set_sndbuf(&host);
+    nix_set_sndbuf(&r, &host);
     let chunk = vec![7u8; 60 * 1024];
     for _ in 0..8 {
         r.send(from_guest(op::RW, 1000, 5000), &chunk);
@@ -444,15 +444,15 @@ fn test_guest_overrunning_its_credit_is_reset() {
     assert_eq!(r.vsock.muxer.connection_count(), 0);
 }
 
-/// Shrinks the socket's receive buffer so the device's writes stall early.
-fn nix_set_sndbuf(s: &UnixStream) {
+/// Shrinks a socket buffer (`SO_SNDBUF` or `SO_RCVBUF`) of `fd` to the minimum.
+fn shrink(fd: std::os::fd::RawFd, which: libc::c_int) {
     let size: libc::c_int = 4096;
     // SAFETY: `size` is a valid c_int for the duration of the call.
     let ret = unsafe {
         libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
+            fd,
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
+            which,
             std::ptr::addr_of!(size).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
@@ -460,12 +460,22 @@ fn nix_set_sndbuf(s: &UnixStream) {
     assert_eq!(ret, 0);
 }
 
+/// Makes the device's writes to `host` stall after a few KiB, as they do when the
+/// host program does not read: the host end's receive buffer and the send buffer
+/// of every device socket shrunk.
+fn nix_set_sndbuf(r: &Rig<'_>, host: &UnixStream) {
+    shrink(std::os::fd::AsRawFd::as_raw_fd(host), libc::SO_RCVBUF);
+    for &fd in &r.watched {
+        shrink(fd, libc::SO_SNDBUF);
+    }
+}
+
 #[test]
 fn test_slow_host_reader_stalls_only_its_own_connection() {
     let mem = default_mem();
     let mut r = rig(&mem);
     let slow = r.guest_connection();
-    nix_set_sndbuf(&slow);
+    nix_set_sndbuf(&r, &slow);
     let fast_listener = r.listen(6000);
     r.send(from_guest(op::REQUEST, 2000, 6000), &[]);
     r.received();
@@ -475,6 +485,7 @@ fn test_slow_host_reader_stalls_only_its_own_connection() {
     for _ in 0..3 {
         r.send(from_guest(op::RW, 1000, 5000), &chunk);
     }
+    assert!(r.vsock.muxer.buffered_bytes() > 0);
     r.send(from_guest(op::RW, 2000, 6000), b"still flowing");
     let mut buf = [0u8; 13];
     fast.read_exact(&mut buf).unwrap();
@@ -722,4 +733,46 @@ fn test_guest_data_to_a_closed_host_socket_resets_the_connection() {
     let got = r.received();
     assert!(got.iter().any(|(h, _)| h.op == op::RST), "{got:?}");
     assert_eq!(r.vsock.muxer.counters.resets, 1);
+}
+
+#[test]
+fn test_buffered_data_drains_to_a_slow_reader_and_the_guest_hears_of_it() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let mut host = r.guest_connection();
+    nix_set_sndbuf(&r, &host);
+    host.set_nonblocking(true).unwrap();
+    let chunk = vec![5u8; 32 * 1024];
+    for _ in 0..3 {
+        r.send(from_guest(op::RW, 1000, 5000), &chunk);
+    }
+    let buffered = r.vsock.muxer.buffered_bytes();
+    let mut total = 0;
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..1000 {
+        match host.read(&mut buf) {
+            Ok(n) => total += n,
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+        // The device's end became writable again.
+        r.sockets_ready();
+        if total == 3 * chunk.len() {
+            break;
+        }
+    }
+    assert_eq!(total, 3 * chunk.len());
+    assert!(
+        buffered > 0,
+        "nothing was buffered: the test proves nothing"
+    );
+    assert_eq!(r.vsock.muxer.buffered_bytes(), 0);
+    let updates: Vec<Header> = r
+        .received()
+        .into_iter()
+        .map(|(h, _)| h)
+        .filter(|h| h.op == op::CREDIT_UPDATE)
+        .collect();
+    assert!(!updates.is_empty());
+    assert!(updates.iter().all(|h| h.buf_alloc == TX_BUF_SIZE));
+    assert!(updates.last().unwrap().fwd_cnt >= TX_BUF_SIZE / 2);
 }
