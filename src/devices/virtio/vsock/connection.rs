@@ -69,7 +69,6 @@ struct Pending {
     response: bool,
     credit_update: bool,
     credit_request: bool,
-    shutdown: bool,
     rst: bool,
 }
 
@@ -299,7 +298,6 @@ impl Connection {
             || p.response
             || p.credit_update
             || p.credit_request
-            || p.shutdown
             || p.rst
             || self.can_read()
     }
@@ -357,8 +355,6 @@ impl Connection {
             Some(op::REQUEST)
         } else if std::mem::take(&mut p.response) {
             Some(op::RESPONSE)
-        } else if std::mem::take(&mut p.shutdown) {
-            Some(op::SHUTDOWN)
         } else if std::mem::take(&mut p.credit_request) {
             Some(op::CREDIT_REQUEST)
         } else if std::mem::take(&mut p.credit_update) {
@@ -367,11 +363,7 @@ impl Connection {
             None
         };
         if let Some(op) = control {
-            let mut h = self.header(op);
-            if op == op::SHUTDOWN {
-                h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
-            }
-            return Ok(RxOutcome::Packet(h));
+            return Ok(RxOutcome::Packet(self.header(op)));
         }
         if !self.can_read() {
             return Ok(RxOutcome::Nothing);
@@ -393,11 +385,14 @@ impl Connection {
             .map_err(|e| ConnectionError::GuestMemory(e.to_string()))?;
         match self.stream.read_volatile(&mut window).or_else(volatile_io) {
             Ok(0) => {
-                // The host client closed its side: the guest reads to the end, then
-                // both sides are done.
+                // The host will send no more. Only that is certain: a host that
+                // shut down just its writing side still reads (a command's input
+                // ended, its output has not), so the guest may go on sending; a
+                // host that closed the socket makes the next write fail, which
+                // resets the connection. (Firecracker tells the guest both.)
                 self.host_eof = true;
                 let mut h = self.header(op::SHUTDOWN);
-                h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                h.flags = SHUTDOWN_SEND;
                 Ok(RxOutcome::Packet(h))
             }
             Ok(n) => {

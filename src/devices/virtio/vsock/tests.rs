@@ -518,7 +518,7 @@ fn test_host_close_sends_shutdown() {
     let h = r.one_received();
     assert_eq!(
         (h.op, h.flags),
-        (op::SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
+        (op::SHUTDOWN, SHUTDOWN_SEND)
     );
 }
 
@@ -775,4 +775,18 @@ fn test_buffered_data_drains_to_a_slow_reader_and_the_guest_hears_of_it() {
     assert!(!updates.is_empty());
     assert!(updates.iter().all(|h| h.buf_alloc == TX_BUF_SIZE));
     assert!(updates.last().unwrap().fwd_cnt >= TX_BUF_SIZE / 2);
+}
+
+#[test]
+fn test_host_half_close_still_takes_guest_data() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    let mut host = r.guest_connection();
+    host.shutdown(std::net::Shutdown::Write).unwrap();
+    r.sockets_ready();
+    assert_eq!(r.one_received().op, op::SHUTDOWN);
+    r.send(from_guest(op::RW, 1000, 5000), b"output after input ended");
+    let mut buf = [0u8; 24];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"output after input ended");
 }
