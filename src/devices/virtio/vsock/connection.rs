@@ -109,6 +109,8 @@ pub struct Connection {
     pub readable: bool,
     /// The host closed its sending side; spry told the guest so.
     host_eof: bool,
+    /// The host closed the socket altogether (it will not read either).
+    pub host_gone: bool,
     /// The guest will send no more: shut the socket's write side once `tx_buf` drains.
     peer_done_sending: bool,
     /// The guest will not receive any more.
@@ -138,6 +140,7 @@ impl Connection {
             tx_buf: VecDeque::new(),
             readable: true,
             host_eof: false,
+            host_gone: false,
             peer_done_sending: false,
             peer_done_receiving: false,
             asked_credit: false,
@@ -294,12 +297,7 @@ impl Connection {
     /// Whether the receive path has anything for this connection.
     pub fn has_rx_work(&self) -> bool {
         let p = self.pending;
-        p.request
-            || p.response
-            || p.credit_update
-            || p.credit_request
-            || p.rst
-            || self.can_read()
+        p.request || p.response || p.credit_update || p.credit_request || p.rst || self.can_read()
     }
 
     fn can_read(&self) -> bool {
@@ -385,14 +383,16 @@ impl Connection {
             .map_err(|e| ConnectionError::GuestMemory(e.to_string()))?;
         match self.stream.read_volatile(&mut window).or_else(volatile_io) {
             Ok(0) => {
-                // The host will send no more. Only that is certain: a host that
-                // shut down just its writing side still reads (a command's input
-                // ended, its output has not), so the guest may go on sending; a
-                // host that closed the socket makes the next write fail, which
-                // resets the connection. (Firecracker tells the guest both.)
+                // The host will send no more. A host that shut down just its
+                // writing side still reads (a command's input ended, its output
+                // has not), so the guest may go on sending; only a host that
+                // closed the socket (a hang-up) will not receive either.
                 self.host_eof = true;
                 let mut h = self.header(op::SHUTDOWN);
                 h.flags = SHUTDOWN_SEND;
+                if self.host_gone {
+                    h.flags |= SHUTDOWN_RCV;
+                }
                 Ok(RxOutcome::Packet(h))
             }
             Ok(n) => {

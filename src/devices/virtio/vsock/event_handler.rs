@@ -60,7 +60,9 @@ impl MutEventSubscriber for Vsock {
                     EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR,
                 );
                 let writable = set.intersects(EventSet::OUT | EventSet::ERROR | EventSet::HANG_UP);
-                self.muxer.handle_fd_event(events.fd(), readable, writable);
+                let hung_up = set.contains(EventSet::HANG_UP);
+                self.muxer
+                    .handle_fd_event(events.fd(), readable, writable, hung_up);
                 self.process_rx();
             }
             _ => {}

@@ -486,7 +486,7 @@ impl Muxer {
     }
 
     /// The event loop saw activity on `fd`, a client or a connection socket.
-    pub fn handle_fd_event(&mut self, fd: RawFd, readable: bool, writable: bool) {
+    pub fn handle_fd_event(&mut self, fd: RawFd, readable: bool, writable: bool, hung_up: bool) {
         if self.clients.contains_key(&fd) {
             self.read_connect_line(fd);
             return;
@@ -500,6 +500,7 @@ impl Muxer {
         if readable {
             conn.readable = true;
         }
+        conn.host_gone |= hung_up;
         if writable {
             match conn.flush() {
                 Ok(()) if conn.finished() => conn.reset(),

@@ -194,8 +194,13 @@ impl Rig<'_> {
 
     /// The event loop reports every socket readable and writable.
     fn sockets_ready(&mut self) {
+        self.sockets_event(false);
+    }
+
+    /// The event loop reports every socket readable, writable and maybe hung up.
+    fn sockets_event(&mut self, hung_up: bool) {
         for fd in self.watched.clone() {
-            self.vsock.muxer.handle_fd_event(fd, true, true);
+            self.vsock.muxer.handle_fd_event(fd, true, true, hung_up);
         }
         self.vsock.process_rx();
         self.settle();
@@ -253,7 +258,7 @@ impl Rig<'_> {
             })
             .collect();
         for fd in fds {
-            self.vsock.muxer.handle_fd_event(fd, true, true);
+            self.vsock.muxer.handle_fd_event(fd, true, true, false);
         }
         self.vsock.process_rx();
         self.settle();
@@ -516,10 +521,7 @@ fn test_host_close_sends_shutdown() {
     drop(host);
     r.sockets_ready();
     let h = r.one_received();
-    assert_eq!(
-        (h.op, h.flags),
-        (op::SHUTDOWN, SHUTDOWN_SEND)
-    );
+    assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
 }
 
 #[test]
@@ -784,7 +786,8 @@ fn test_host_half_close_still_takes_guest_data() {
     let mut host = r.guest_connection();
     host.shutdown(std::net::Shutdown::Write).unwrap();
     r.sockets_ready();
-    assert_eq!(r.one_received().op, op::SHUTDOWN);
+    let h = r.one_received();
+    assert_eq!((h.op, h.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
     r.send(from_guest(op::RW, 1000, 5000), b"output after input ended");
     let mut buf = [0u8; 24];
     host.read_exact(&mut buf).unwrap();
