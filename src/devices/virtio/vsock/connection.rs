@@ -105,6 +105,9 @@ pub struct Connection {
     last_fwd_cnt_sent: Wrapping<u32>,
     /// Guest data (and the `OK` line) the host socket has not taken yet.
     tx_buf: VecDeque<u8>,
+    /// Leading bytes of `tx_buf` that are spry's own (the `OK` line), not guest
+    /// data: they neither use the guest's credit nor count as forwarded.
+    preamble: usize,
     /// The socket may have data (edge-triggered: cleared on EAGAIN).
     pub readable: bool,
     /// The host closed its sending side; spry told the guest so.
@@ -138,6 +141,7 @@ impl Connection {
             fwd_cnt: Wrapping(0),
             last_fwd_cnt_sent: Wrapping(0),
             tx_buf: VecDeque::new(),
+            preamble: 0,
             readable: true,
             host_eof: false,
             host_gone: false,
@@ -192,6 +196,7 @@ impl Connection {
         self.connecting_since = None;
         let line = format!("OK {}\n", self.local_port);
         self.tx_buf.extend(line.as_bytes());
+        self.preamble += line.len();
         self.flush()
     }
 
@@ -221,7 +226,7 @@ impl Connection {
         data: &VolatileSlice<'_, B>,
     ) -> Result<(), ConnectionError> {
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let buffered = u32::try_from(self.tx_buf.len()).unwrap_or(u32::MAX);
+        let buffered = u32::try_from(self.buffered()).unwrap_or(u32::MAX);
         let free = TX_BUF_SIZE.saturating_sub(buffered);
         if len > free || self.peer_done_sending {
             return Err(ConnectionError::CreditOverrun { len, free });
@@ -263,9 +268,9 @@ impl Connection {
                 Ok(0) => break,
                 Ok(n) => {
                     self.tx_buf.drain(..n);
-                    // The OK line is not guest data, but counting it keeps the
-                    // arithmetic simple and only hands the guest 10 bytes early.
-                    self.forwarded(n);
+                    let own = n.min(self.preamble);
+                    self.preamble -= own;
+                    self.forwarded(n - own);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -281,7 +286,7 @@ impl Connection {
 
     /// Guest bytes waiting for the host socket.
     pub fn buffered(&self) -> usize {
-        self.tx_buf.len()
+        self.tx_buf.len() - self.preamble
     }
 
     /// Marks the connection for a reset to the guest.

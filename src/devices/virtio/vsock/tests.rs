@@ -257,9 +257,10 @@ impl Rig<'_> {
                 FdChange::Unwatch(_) => None,
             })
             .collect();
-        for fd in fds {
+        for &fd in &fds {
             self.vsock.muxer.handle_fd_event(fd, true, true, false);
         }
+        self.watched.extend(fds);
         self.vsock.process_rx();
         self.settle();
         c
@@ -792,4 +793,30 @@ fn test_host_half_close_still_takes_guest_data() {
     let mut buf = [0u8; 24];
     host.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"output after input ended");
+}
+
+#[test]
+fn test_guest_may_fill_exactly_its_credit_while_the_host_reads_nothing() {
+    let mem = default_mem();
+    let mut r = rig(&mem);
+    r.post_rx(2);
+    let client = r.client(b"CONNECT 52\n");
+    let req = r.one_received();
+    // The client reads nothing, not even its OK line, and the device can write
+    // only a few KiB to it.
+    nix_set_sndbuf(&r, &client);
+    r.send(from_guest(op::RESPONSE, 52, req.src_port), &[]);
+    let chunk = vec![9u8; 32 * 1024];
+    for _ in 0..4 {
+        r.send(from_guest(op::RW, 52, req.src_port), &chunk);
+    }
+    assert!(r.vsock.muxer.buffered_bytes() > 0);
+    assert!(r.received().iter().all(|(h, _)| h.op != op::RST));
+    assert_eq!(r.vsock.muxer.connection_count(), 1);
+    // One byte more than the 128 KiB of credit is an overrun.
+    let buffered = r.vsock.muxer.buffered_bytes();
+    let written = 4 * chunk.len() - buffered;
+    let one_too_many = vec![9u8; written + 1];
+    r.send(from_guest(op::RW, 52, req.src_port), &one_too_many);
+    assert!(r.received().iter().any(|(h, _)| h.op == op::RST));
 }
