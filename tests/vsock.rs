@@ -87,18 +87,17 @@ fn round_trip(uds: &Path, port: u32, sent: &[u8]) -> RoundTrip {
     client
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    client
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .unwrap();
+    // A client spry refuses (too many) finds its socket closed: no line.
+    let _ = client.write_all(format!("CONNECT {port}\n").as_bytes());
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut ok_line = String::new();
-    reader.read_line(&mut ok_line).unwrap();
+    let _ = reader.read_line(&mut ok_line);
     let mut echo = vec![0u8; sent.len()];
     if ok_line.starts_with("OK ") {
         client.write_all(sent).unwrap();
         reader.read_exact(&mut echo).unwrap();
     }
-    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = client.shutdown(std::net::Shutdown::Write);
     let mut after = Vec::new();
     let _ = reader.read_to_end(&mut after);
     RoundTrip {
@@ -201,12 +200,18 @@ fn test_flood_of_silent_clients_is_bounded_and_the_slots_come_back() {
     let silent: Vec<UnixStream> = (0..200)
         .map(|_| UnixStream::connect(&uds).unwrap())
         .collect();
-    // spry closes the ones past its limit at once, the rest after 2 s.
-    std::thread::sleep(Duration::from_millis(2500));
+    // spry closes the ones past its limit at once, the rest after 2 s; until
+    // then a new client is refused too.
     let start = Instant::now();
     let sent: Vec<u8> = (0..1000).map(pattern).collect();
 
-    let trip = round_trip(&uds, GUEST_PORT, &sent);
+    let trip = loop {
+        let trip = round_trip(&uds, GUEST_PORT, &sent);
+        if trip.ok_line.starts_with("OK ") || start.elapsed() > Duration::from_secs(20) {
+            break trip;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
 
     let out = running.finish(Duration::from_secs(60));
     assert!(trip.ok_line.starts_with("OK "), "{:?}\n{out}", trip.ok_line);
@@ -221,7 +226,12 @@ fn test_flood_of_silent_clients_is_bounded_and_the_slots_come_back() {
         })
         .count();
     assert_eq!(closed, 200, "silent clients still open");
-    assert!(start.elapsed() < Duration::from_secs(20));
+    // Not before the 2 s timeout, and not much later.
+    assert!(
+        start.elapsed() > Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
