@@ -105,3 +105,56 @@ impl Header {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{default_mem, driver_queue, Desc};
+    use virtio_queue::QueueT;
+
+    fn sample() -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port: 1000,
+            dst_port: 52,
+            len: 0,
+            type_: TYPE_STREAM,
+            op: op::REQUEST,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 17,
+        }
+    }
+
+    #[test]
+    fn test_reset_reply_swaps_ends_and_carries_no_credit() {
+        let rst = sample().reset_reply();
+        assert_eq!(
+            rst,
+            Header {
+                src_cid: HOST_CID,
+                dst_cid: 3,
+                src_port: 52,
+                dst_port: 1000,
+                type_: TYPE_STREAM,
+                op: op::RST,
+                ..Header::default()
+            }
+        );
+    }
+
+    #[test]
+    fn test_header_written_to_a_receive_buffer_reads_back_the_same() {
+        let mem = default_mem();
+        let (vq, mut q) = driver_queue(&mem, 16);
+        crate::devices::virtio::test_utils::add_chains(&vq, 0, &[&[Desc::w(0x10_0000, 4096)]]);
+        let mut chain = q.pop_descriptor_chain(&mem).unwrap();
+        let mut pkt = VsockPacket::from_rx_virtq_chain(&mem, &mut chain, MAX_PKT_DATA).unwrap();
+
+        sample().write_to(&mut pkt);
+
+        assert_eq!(Header::of(&pkt), sample());
+        assert_eq!(pkt.data_slice().map(|d| d.len()), Some(4096 - 44));
+    }
+}
