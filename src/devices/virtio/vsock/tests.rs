@@ -137,6 +137,12 @@ fn rig(mem: &GuestMemory) -> Rig<'_> {
     }
 }
 
+impl Drop for Rig<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Rig<'_> {
     /// The driver sends `h` (its `len` set from `data`) in a header and a payload
     /// descriptor, and kicks.
