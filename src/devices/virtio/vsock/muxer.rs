@@ -13,8 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use vm_memory::VolatileSlice;
 
 use super::connection::{Connection, RxOutcome, State};
 use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
+use super::unix::{accept_nonblocking, connect_nonblocking};
 
 /// Connections, live or waiting for their `CONNECT` line, one device holds at once.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -107,67 +107,6 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(line).ok()?;
     let port = text.strip_prefix("CONNECT ")?;
     port.trim_end_matches('\r').parse().ok()
-}
-
-/// Accepts one client without blocking; the new socket is non-blocking too.
-fn accept_nonblocking(listener: &UnixListener) -> std::io::Result<UnixStream> {
-    // SAFETY: accept4 with null address pointers writes nothing into our memory;
-    // the fd it returns is new and owned by nobody else.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nothing else owns.
-    Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
-/// Connects to the Unix listener at `path` without blocking: a listener whose
-/// backlog is full refuses (EAGAIN) instead of stalling the event loop.
-pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    }
-    addr.sun_family = libc::sa_family_t::try_from(libc::AF_UNIX).unwrap_or_default();
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = libc::c_char::from_ne_bytes([*src]);
-    }
-    // SAFETY: socket(2) takes no pointers.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un whose first `len` bytes hold the family
-    // and the NUL-terminated path; connect only reads them.
-    let ret = unsafe {
-        libc::connect(
-            socket.as_raw_fd(),
-            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
-            libc::socklen_t::try_from(len).unwrap_or(libc::socklen_t::MAX),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(UnixStream::from(socket))
 }
 
 impl Drop for Muxer {
