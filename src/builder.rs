@@ -28,11 +28,12 @@ use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::{Net, NetDeviceConfig};
+use crate::devices::virtio::vsock::{Muxer, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::exit::ExitEvent;
 use crate::host::HostKvm;
 use crate::loader::{self, KernelKind, LoadedInitrd, LoadedKernel};
-use crate::resources::{Drive, NetInterface, VmResources};
+use crate::resources::{Drive, NetInterface, VmResources, VsockDevice};
 use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::vmm::{ExitSubscriber, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
@@ -131,6 +132,15 @@ pub enum BuildError {
         #[source]
         source: crate::devices::virtio::net::tap::TapError,
     },
+    /// The vsock device's Unix socket could not be created.
+    #[error("vsock.uds_path: cannot listen on {path}")]
+    VsockListen {
+        /// The path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Too many devices for the MMIO window or interrupt pins.
     #[error("no room for virtio device {0}: spry wires at most {MAX_VIRTIO_DEVICES} devices")]
     NoDeviceSlot(String),
@@ -209,6 +219,11 @@ pub fn build_and_start(
     };
     let blocks = attach_block_devices(&mut env, drives)?;
     let net_devices = attach_net_devices(&mut env, &res.nets)?;
+    let vsock = res
+        .vsock
+        .as_ref()
+        .map(|v| attach_vsock_device(&mut env, v))
+        .transpose()?;
     let virtio_mmio = env.announced;
 
     configure_system(
@@ -233,6 +248,7 @@ pub fn build_and_start(
     let devices = VirtioDevices {
         blocks,
         nets: net_devices,
+        vsock,
     };
     let mut vmm = Vmm::new(
         vm,
@@ -436,6 +452,42 @@ fn attach_net_devices(
         devices.push(net);
     }
     Ok(devices)
+}
+
+/// The vsock device: its listener is bound here, before any seccomp filter (the
+/// event loop's may not create sockets of its own, only accept and connect).
+fn attach_vsock_device(
+    env: &mut DeviceEnv<'_>,
+    config: &VsockDevice,
+) -> Result<Arc<Mutex<Vsock>>, BuildError> {
+    let listen_err = |source| BuildError::VsockListen {
+        path: config.uds_path.clone(),
+        source,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(&config.uds_path).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    let muxer = Muxer::new(config.guest_cid, config.uds_path.clone(), listener);
+    let (interrupt, irq_evt) = device_interrupt("the vsock device's interrupt")?;
+    let vsock = Vsock::new(config.guest_cid, muxer, interrupt.clone())
+        .map_err(|e| BuildError::EventFd("a vsock queue", e))?;
+    let mut queue_evts = Vec::with_capacity(3);
+    for evt in vsock.queue_events() {
+        queue_evts.push(
+            evt.try_clone()
+                .map_err(|e| BuildError::EventFd("a vsock queue", e))?,
+        );
+    }
+    let vsock = Arc::new(Mutex::new(vsock));
+    let evts: Vec<&EventFd> = queue_evts.iter().collect();
+    attach_virtio(
+        env,
+        "virtio-vsock".to_owned(),
+        vsock.clone(),
+        interrupt,
+        &irq_evt,
+        &evts,
+    )?;
+    Ok(vsock)
 }
 
 /// The legacy devices other parts of the VMM keep a handle on.

@@ -53,9 +53,9 @@ pub struct VmConfig {
     /// Firecracker's `cpu-config`; not supported.
     #[serde(default, skip_serializing)]
     pub cpu_config: Option<serde_json::Value>,
-    /// Firecracker's `vsock`; not supported.
-    #[serde(default, skip_serializing)]
-    pub vsock: Option<serde_json::Value>,
+    /// The virtio-vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
     /// Firecracker's `balloon`; not supported.
     #[serde(default, skip_serializing)]
     pub balloon: Option<serde_json::Value>,
@@ -90,7 +90,6 @@ impl VmConfig {
         };
         [
             ("cpu-config", &self.cpu_config),
-            ("vsock", &self.vsock),
             ("balloon", &self.balloon),
             ("entropy", &self.entropy),
             ("mmds-config", &self.mmds_config),
@@ -214,6 +213,21 @@ pub struct NetConfig {
     /// Firecracker's rate limiters; not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// `vsock` (Firecracker's `PUT /vsock` body): a virtio-vsock device whose host side
+/// is Unix sockets at `uds_path` (host-initiated) and `<uds_path>_<port>`
+/// (guest-initiated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Firecracker's deprecated device id; accepted and ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    /// The guest's context id, 3 or more.
+    pub guest_cid: u32,
+    /// Where host clients connect; must not exist yet.
+    pub uds_path: PathBuf,
 }
 
 /// `logger` (Firecracker's `PUT /logger` body). Absent fields keep their current value.
@@ -401,10 +415,29 @@ mod tests {
     #[test]
     fn test_unsupported_section_with_content_is_reported() {
         let config = parse_config(
-            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/v"}, "pmem": []}"#,
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {"amount_mib": 3}, "pmem": []}"#,
         )
         .unwrap();
-        assert_eq!(config.unsupported_sections(), vec!["vsock"]);
+        assert_eq!(config.unsupported_sections(), vec!["balloon"]);
+    }
+
+    #[test]
+    fn test_vsock_section_parses() {
+        let config = parse_config(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/v"}}"#,
+        )
+        .unwrap();
+        let vsock = config.vsock.unwrap();
+        assert_eq!((vsock.guest_cid, vsock.uds_path), (3, PathBuf::from("/v")));
+    }
+
+    #[test]
+    fn test_vsock_unknown_field_names_its_path() {
+        let (field, _) = parse_config(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": 3, "uds_path": "/v", "port": 1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(field, "vsock.port");
     }
 
     #[test]

@@ -15,11 +15,16 @@
 //!  "block_rootfs": {"requests": 0, ...},
 //!  "net": {"rx_frames": 0, "rx_bytes": 0, "tx_frames": 0, "tx_bytes": 0, "tx_dropped": 0},
 //!  "net_eth0": {...},
+//!  "vsock": {"rx_packets": 0, "rx_bytes": 0, "tx_packets": 0, "tx_bytes": 0,
+//!            "malformed": 0, "connections": 0, "refused": 0, "resets": 0},
 //!  "logger": {"missed_log_count": 0},
 //!  "seccomp": {"num_faults": 0}}
 //! ```
 //!
-//! `block` and `net` add up every device; `block_<drive_id>` and `net_<iface_id>` are
+//! `vsock` counts the vsock device's packets and stream bytes each way
+//! (`rx` towards the guest), packets and chains dropped as malformed, connections
+//! made, refused (unbound ports, the connection limit, bad `CONNECT` lines) and
+//! reset. `block` and `net` add up every device; `block_<drive_id>` and `net_<iface_id>` are
 //! per device. A forbidden system call ends spry at once; its SIGSYS handler adds
 //! one last line of its own, `{"utc_timestamp_ms": ..., "seccomp": {"num_faults": 1}}`.
 
@@ -39,6 +44,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::config::MetricsConfig;
 use crate::devices::virtio::block::device::BlockCounters;
 use crate::devices::virtio::net::device::NetCounters;
+use crate::devices::virtio::vsock::VsockCounters;
 use crate::sync::lock;
 use crate::vmm::Vmm;
 
@@ -136,6 +142,8 @@ pub struct Snapshot {
     pub blocks: Vec<(String, BlockCounters)>,
     /// Per interface.
     pub nets: Vec<(String, NetCounters)>,
+    /// The vsock device's, zeros without one.
+    pub vsock: VsockCounters,
     /// API requests, API errors.
     pub api: [u64; 2],
     /// Log lines lost.
@@ -179,6 +187,11 @@ impl Snapshot {
                     (n.id().to_owned(), n.counters)
                 })
                 .collect(),
+            vsock: devices
+                .vsock
+                .as_ref()
+                .map(|v| lock(v).muxer.counters)
+                .unwrap_or_default(),
             api: [
                 API.requests.load(Ordering::Relaxed),
                 API.errors.load(Ordering::Relaxed),
@@ -206,6 +219,19 @@ fn net_json(now: &NetCounters, was: &NetCounters) -> Value {
         "tx_frames": now.tx_frames.saturating_sub(was.tx_frames),
         "tx_bytes": now.tx_bytes.saturating_sub(was.tx_bytes),
         "tx_dropped": now.tx_dropped.saturating_sub(was.tx_dropped),
+    })
+}
+
+fn vsock_json(now: &VsockCounters, was: &VsockCounters) -> Value {
+    json!({
+        "rx_packets": now.rx_packets.saturating_sub(was.rx_packets),
+        "rx_bytes": now.rx_bytes.saturating_sub(was.rx_bytes),
+        "tx_packets": now.tx_packets.saturating_sub(was.tx_packets),
+        "tx_bytes": now.tx_bytes.saturating_sub(was.tx_bytes),
+        "malformed": now.malformed.saturating_sub(was.malformed),
+        "connections": now.connections.saturating_sub(was.connections),
+        "refused": now.refused.saturating_sub(was.refused),
+        "resets": now.resets.saturating_sub(was.resets),
     })
 }
 
@@ -281,6 +307,7 @@ pub fn line(now: &Snapshot, was: &Snapshot, utc_timestamp_ms: u64) -> Value {
     for (id, c) in &now.nets {
         out.insert(format!("net_{id}"), net_json(c, &previous(&was.nets, id)));
     }
+    out.insert("vsock".into(), vsock_json(&now.vsock, &was.vsock));
     out.insert(
         "logger".into(),
         json!({"missed_log_count": now.missed_logs.saturating_sub(was.missed_logs)}),

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use linux_loader::cmdline::Cmdline;
 
 use crate::arch::x86_64::layout::MAX_VIRTIO_DEVICES;
-use crate::config::{BootSourceConfig, DriveConfig, MachineConfig, NetConfig, VmConfig};
+use crate::config::{
+    BootSourceConfig, DriveConfig, MachineConfig, NetConfig, VmConfig, VsockConfig,
+};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::tap;
 use crate::host;
@@ -192,6 +194,17 @@ pub enum ResourcesError {
         index: usize,
         /// The value.
         mtu: u16,
+    },
+    /// A context id the guest cannot have (0-2 are reserved, `u32::MAX` means any).
+    #[error("vsock.guest_cid: {0} is not a guest context id (3 to 4294967294)")]
+    VsockCid(u32),
+    /// A socket path that cannot be bound.
+    #[error("vsock.uds_path: {path}: {why}")]
+    VsockPath {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// More devices than the IOAPIC has pins for.
     #[error("{0} virtio devices, more than the {MAX_VIRTIO_DEVICES} spry can wire to interrupts")]
@@ -417,6 +430,44 @@ pub fn nets_from_config(configs: &[NetConfig]) -> Result<Vec<NetInterface>, Reso
     Ok(nets)
 }
 
+/// A validated vsock device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockDevice {
+    /// The guest's context id.
+    pub guest_cid: u64,
+    /// The Unix socket host clients connect to.
+    pub uds_path: PathBuf,
+}
+
+/// Longest Unix socket path (`sun_path` less its NUL).
+const MAX_UDS_PATH: usize = 107;
+
+/// Validates `vsock`: a guest CID, and a socket path that fits a Unix address and
+/// does not exist yet (spry binds it at boot).
+pub fn vsock_from_config(c: &VsockConfig) -> Result<VsockDevice, ResourcesError> {
+    if c.guest_cid < 3 || c.guest_cid == u32::MAX {
+        return Err(ResourcesError::VsockCid(c.guest_cid));
+    }
+    let bad = |why| ResourcesError::VsockPath {
+        path: c.uds_path.clone(),
+        why,
+    };
+    let len = c.uds_path.as_os_str().len();
+    if len == 0 {
+        return Err(bad("empty"));
+    }
+    if len > MAX_UDS_PATH {
+        return Err(bad("longer than the 107 bytes a Unix socket address holds"));
+    }
+    if c.uds_path.symlink_metadata().is_ok() {
+        return Err(bad("already exists"));
+    }
+    Ok(VsockDevice {
+        guest_cid: u64::from(c.guest_cid),
+        uds_path: c.uds_path.clone(),
+    })
+}
+
 /// Validated machine shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Machine {
@@ -454,6 +505,8 @@ pub struct VmResources {
     pub drives: Vec<Drive>,
     /// Network interfaces.
     pub nets: Vec<NetInterface>,
+    /// The vsock device.
+    pub vsock: Option<VsockDevice>,
     /// The config these resources came from (as `GET /vm/config` reports it).
     pub config: VmConfig,
 }
@@ -571,7 +624,8 @@ impl TryFrom<VmConfig> for VmResources {
         let boot = Boot::from_config(&config.boot_source)?;
         let drives = drives_from_config(&config.drives)?;
         let nets = nets_from_config(&config.network_interfaces)?;
-        let devices = drives.len() + nets.len();
+        let vsock = config.vsock.as_ref().map(vsock_from_config).transpose()?;
+        let devices = drives.len() + nets.len() + usize::from(vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ResourcesError::TooManyDevices(devices));
         }
@@ -580,6 +634,7 @@ impl TryFrom<VmConfig> for VmResources {
             boot,
             drives,
             nets,
+            vsock,
             config,
         })
     }
@@ -909,5 +964,41 @@ mod tests {
         assert_eq!(res.machine.vcpu_count.get(), 1);
         assert_eq!(res.machine.mem_size, 128 << 20);
         assert_eq!(res.boot.kernel.kind, crate::loader::KernelKind::Other);
+    }
+
+    fn vsock(guest_cid: u32, uds_path: &str) -> VsockConfig {
+        VsockConfig {
+            vsock_id: None,
+            guest_cid,
+            uds_path: PathBuf::from(uds_path),
+        }
+    }
+
+    #[test]
+    fn test_vsock_cid_below_3_is_refused() {
+        let e = vsock_from_config(&vsock(2, "/tmp/spry-no-such.sock")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "vsock.guest_cid: 2 is not a guest context id (3 to 4294967294)"
+        );
+    }
+
+    #[test]
+    fn test_vsock_existing_path_is_refused() {
+        let e = vsock_from_config(&vsock(3, "/")).unwrap_err();
+        assert_eq!(e.to_string(), "vsock.uds_path: /: already exists");
+    }
+
+    #[test]
+    fn test_vsock_over_long_path_is_refused() {
+        let long = format!("/tmp/{}", "x".repeat(120));
+        let e = vsock_from_config(&vsock(3, &long)).unwrap_err();
+        assert!(e.to_string().contains("longer than the 107 bytes"), "{e}");
+    }
+
+    #[test]
+    fn test_vsock_is_validated() {
+        let v = vsock_from_config(&vsock(42, "/tmp/spry-no-such.sock")).unwrap();
+        assert_eq!(v.guest_cid, 42);
     }
 }

@@ -12,6 +12,7 @@ use crate::config::VmConfig;
 use crate::devices::legacy::i8042::{I8042Error, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::Net;
+use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
 use crate::sync::lock;
@@ -93,6 +94,8 @@ pub struct VirtioDevices {
     pub blocks: Vec<Arc<Mutex<Block>>>,
     /// Network devices.
     pub nets: Vec<Arc<Mutex<Net>>>,
+    /// The vsock device.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 /// A built VM with running vCPUs.

@@ -192,10 +192,10 @@ fn test_boot_args_longer_than_kernel_accepts_are_refused() {
 #[test]
 fn test_unsupported_firecracker_section_is_refused() {
     let line = refused(&format!(
-        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "vsock": {{"guest_cid": 3, "uds_path": "/tmp/v.sock"}}}}"#,
+        r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "balloon": {{"amount_mib": 16}}}}"#,
         kernel()
     ));
-    assert!(line.ends_with("vsock: not supported by spry"), "{line}");
+    assert!(line.ends_with("balloon: not supported by spry"), "{line}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{
     BootSourceConfig, DriveConfig, LoggerConfig, MachineConfig, MetricsConfig, NetConfig, VmConfig,
+    VsockConfig,
 };
 
 /// One request for the VMM.
@@ -38,6 +39,8 @@ pub enum PrebootAction {
     PutDrive(DriveConfig),
     /// `PUT /network-interfaces/{iface_id}`.
     PutNetworkInterface(NetConfig),
+    /// `PUT /vsock`.
+    PutVsock(VsockConfig),
     /// `PUT /logger`.
     PutLogger(LoggerConfig),
     /// `PUT /metrics`.

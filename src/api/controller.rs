@@ -224,6 +224,10 @@ impl PrebootController {
                 resources::nets_from_config(&nets)?;
                 self.config.network_interfaces = nets;
             }
+            PrebootAction::PutVsock(vsock) => {
+                resources::vsock_from_config(&vsock)?;
+                self.config.vsock = Some(vsock);
+            }
             PrebootAction::PutLogger(update) => {
                 logger::configure(&update)?;
                 self.config.logger = Some(merge_logger(self.config.logger.take(), update));

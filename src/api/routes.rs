@@ -10,7 +10,7 @@ use super::action::{
     ActionType, DriveUpdate, InstanceActionInfo, PrebootAction, Query, RuntimeAction, VmState,
     VmStateUpdate, VmmAction,
 };
-use crate::config::{DriveConfig, NetConfig};
+use crate::config::{DriveConfig, NetConfig, VsockConfig};
 use crate::resources::valid_id;
 
 /// Largest request body accepted, as Firecracker's default
@@ -151,6 +151,11 @@ pub static ROUTES: &[Route] = &[
         method: Method::PUT,
         path: "/network-interfaces/{iface_id}",
         decode: put_network_interface,
+    },
+    Route {
+        method: Method::PUT,
+        path: "/vsock",
+        decode: put_vsock,
     },
     Route {
         method: Method::PUT,
@@ -304,6 +309,11 @@ fn put_network_interface(param: Option<&str>, body: &[u8]) -> Result<VmmAction, 
     let iface: NetConfig = json(body)?;
     same_id(id, &iface.iface_id)?;
     preboot(PrebootAction::PutNetworkInterface(iface))
+}
+
+fn put_vsock(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
+    let vsock: VsockConfig = json(body)?;
+    preboot(PrebootAction::PutVsock(vsock))
 }
 
 fn put_actions(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {

@@ -1,7 +1,7 @@
 /*
  * Kernel command line options of the probe (space-separated tokens; unknown
  * tokens are ignored, Linux-style):
- *   probe.mode=checks|console|count|blk|net|hostile|blkbench|netbench
+ *   probe.mode=checks|console|count|blk|net|hostile|blkbench|netbench|vsock
  *                               what to do after the entry checks
  *   probe.expect_mem_mib=N      e820 must describe N MiB of RAM
  *   probe.expect_cpus=N         the MP table must list N enabled CPUs
@@ -15,7 +15,10 @@
  *   probe.net_rx=N, probe.net_timeout_ms=N, probe.virtio_timeout_ms=N,
  *   probe.count_ms=N, probe.bench_reqs=N, probe.bench_size=N,
  *   probe.bench_op=read|write, probe.bench_depth=N, probe.bench_frames=N,
- *   probe.bench_rx=N, probe.bench_irq=0|1 (see README.md)
+ *   probe.bench_rx=N, probe.bench_irq=0|1, probe.vsock_listen=P,
+ *   probe.vsock_connect=P, probe.vsock_refused=P, probe.vsock_hostile=1,
+ *   probe.vsock_bytes=N,
+ *   probe.vsock_timeout_ms=N (see README.md)
  * Numbers are decimal or 0x-prefixed hex.
  */
 #include "probe.h"
@@ -29,6 +32,8 @@ struct probe_config cfg = {
 	.blk_count = 8,
 	.net_tx = 4,
 	.net_timeout_ms = 2000,
+	.vsock_bytes = 16384,
+	.vsock_timeout_ms = 10000,
 	.virtio_timeout_ms = 1000,
 	.count_ms = 10,
 	.bench_reqs = 1000,
@@ -80,6 +85,12 @@ static const struct option options[] = {
 	{ "net_tx", 6, &cfg.net_tx, NULL },
 	{ "net_rx", 6, &cfg.net_rx, NULL },
 	{ "net_timeout_ms", 14, &cfg.net_timeout_ms, NULL },
+	{ "vsock_listen", 12, &cfg.vsock_listen, NULL },
+	{ "vsock_connect", 13, &cfg.vsock_connect, NULL },
+	{ "vsock_refused", 13, &cfg.vsock_refused, NULL },
+	{ "vsock_hostile", 13, &cfg.vsock_hostile, NULL },
+	{ "vsock_bytes", 11, &cfg.vsock_bytes, NULL },
+	{ "vsock_timeout_ms", 16, &cfg.vsock_timeout_ms, NULL },
 	{ "virtio_timeout_ms", 17, &cfg.virtio_timeout_ms, NULL },
 	{ "count_ms", 8, &cfg.count_ms, NULL },
 	{ "bench_reqs", 10, &cfg.bench_reqs, NULL },

@@ -125,6 +125,7 @@ const struct probe_mode probe_modes[] = {
 	{ "hostile", hostile_mode, NULL },
 	{ "blkbench", blkbench_mode, NULL },
 	{ "netbench", netbench_mode, NULL },
+	{ "vsock", vsock_mode, NULL },
 };
 const u32 probe_num_modes = ARRAY_SIZE(probe_modes);
 

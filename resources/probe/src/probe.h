@@ -102,6 +102,7 @@ struct probe_config {
 	/* virtio modes (see README) */
 	u64 blk_first, blk_count;       /* probe.blk_sectors=<first>:<count> */
 	u64 net_tx, net_rx, net_timeout_ms;
+	u64 vsock_listen, vsock_connect, vsock_refused, vsock_hostile, vsock_bytes, vsock_timeout_ms;
 	u64 virtio_timeout_ms;
 	u64 count_ms;
 	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx, bench_irq;
@@ -225,6 +226,7 @@ void blkbench_mode(void);
 void net_mode(void);
 void netbench_mode(void);
 void hostile_mode(void);
+void vsock_mode(void);
 
 /* i8042 keyboard (kbd.c): IRQ 1 through the IOAPIC, Ctrl-Alt-Del detection */
 void kbd_init(void);

@@ -101,7 +101,7 @@ struct vdev {
 	volatile u32 isr;       /* InterruptStatus bits seen by the handler (accumulated) */
 	volatile u32 irqs;      /* interrupts taken */
 	u32 nq;
-	struct vq q[2];
+	struct vq q[3];         /* vsock: rx, tx, event */
 };
 
 extern struct vdev vdevs[VIRTIO_MAX_DEVS];

@@ -13,6 +13,7 @@ pub mod net;
 pub mod queue;
 #[cfg(test)]
 pub mod test_utils;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
