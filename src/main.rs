@@ -93,12 +93,12 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(self) -> spry::agent::command::Target {
+    /// `--vsock-uds` if given, else `--api-sock` (clap requires one of them).
+    fn target(self) -> Option<spry::agent::command::Target> {
         use spry::agent::command::Target;
-        match (self.api_sock, self.vsock_uds) {
-            (_, Some(uds)) => Target::VsockSocket(uds),
-            (Some(api), None) => Target::ApiSocket(api),
-            (None, None) => unreachable!("clap requires one of them"),
+        match (self.vsock_uds, self.api_sock) {
+            (Some(uds), _) => Some(Target::VsockSocket(uds)),
+            (None, api) => api.map(Target::ApiSocket),
         }
     }
 }
@@ -124,17 +124,19 @@ fn agent_command(command: AgentCommand) -> ExitCode {
             };
             let port = target.port;
             let request = command::request(argv, env, workdir);
-            (
-                "exec",
-                command::exec(&target.target(), port, &request, timeout),
-            )
+            let Some(target) = target.target() else {
+                eprintln!("spry exec: pass --api-sock PATH or --vsock-uds PATH");
+                return ExitCode::from(FAILED);
+            };
+            ("exec", command::exec(&target, port, &request, timeout))
         }
         AgentCommand::Cp { target, src, dst } => {
             let port = target.port;
-            (
-                "cp",
-                command::cp(&target.target(), port, &src, &dst).map(|()| 0),
-            )
+            let Some(target) = target.target() else {
+                eprintln!("spry cp: pass --api-sock PATH or --vsock-uds PATH");
+                return ExitCode::from(FAILED);
+            };
+            ("cp", command::cp(&target, port, &src, &dst).map(|()| 0))
         }
     };
     match result {

@@ -50,6 +50,7 @@ mod linux_guest {
         mem_mib: u32,
         drives: Vec<serde_json::Value>,
         nets: Vec<serde_json::Value>,
+        vsock: Option<PathBuf>,
     }
 
     impl Vm {
@@ -72,6 +73,7 @@ mod linux_guest {
                 mem_mib: 256,
                 drives: Vec::new(),
                 nets: Vec::new(),
+                vsock: None,
             }
         }
 
@@ -101,6 +103,18 @@ mod linux_guest {
             self
         }
 
+        fn vsock(mut self, uds: &Path) -> Vm {
+            self.vsock = Some(uds.to_owned());
+            self
+        }
+
+        fn vsock_section(&self) -> serde_json::Value {
+            match &self.vsock {
+                Some(uds) => serde_json::json!({"guest_cid": 3, "uds_path": uds}),
+                None => serde_json::Value::Null,
+            }
+        }
+
         fn boot_source(&self) -> serde_json::Value {
             let mut boot = serde_json::json!({
                 "kernel_image_path": self.kernel, "boot_args": self.args,
@@ -121,6 +135,7 @@ mod linux_guest {
                 "machine-config": self.machine(),
                 "drives": self.drives,
                 "network-interfaces": self.nets,
+                "vsock": self.vsock_section(),
             })
             .to_string()
         }
@@ -653,6 +668,9 @@ mod linux_guest {
             let id = d["drive_id"].as_str().unwrap_or_default();
             calls.push((format!("/drives/{id}"), d.to_string()));
         }
+        if vm.vsock.is_some() {
+            calls.push(("/vsock".into(), vm.vsock_section().to_string()));
+        }
         calls.push((
             "/actions".into(),
             r#"{"action_type": "InstanceStart"}"#.into(),
@@ -744,6 +762,165 @@ mod linux_guest {
         });
     }
 
+    // --- vsock: spry exec and spry cp through the guest's agent -------------------
+
+    /// `spry exec`/`spry cp` against the guest behind `api`, with `stdin`.
+    fn spry_agent(api: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
+        use std::process::Stdio;
+        let sub = args.first().copied().unwrap_or("exec");
+        let mut child = Command::new(common::spry_bin())
+            .arg(sub)
+            .arg("--api-sock")
+            .arg(api)
+            .args(&args[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn spry exec");
+        let mut input = child.stdin.take().expect("stdin");
+        let bytes = stdin.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = input.write_all(&bytes);
+        });
+        let out = child.wait_with_output().expect("wait spry exec");
+        let _ = feeder.join();
+        out
+    }
+
+    #[test]
+    fn test_exec_and_cp_reach_the_guest_agent_over_vsock() {
+        require_linux!("test_exec_and_cp_reach_the_guest_agent_over_vsock");
+        retry_emulator_faults(ATTEMPTS, || {
+            let scratch = Scratch::new();
+            let vm = Vm::initramfs("vmlinux", &guest_cmd("echo sleeping: now; sleep 600"))
+                .vsock(&scratch.path("v.sock"));
+            let mut spry = boot_over_api(&scratch, &vm);
+            spry.wait_for_line(BOOT_TIMEOUT, |l| {
+                l.starts_with("spry-agent: listening on vsock port 52")
+            });
+            let api = spry.socket.clone();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+            let out = spry_agent(
+                &api,
+                &["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+                b"",
+            );
+            assert_eq!(out.status.code(), Some(7), "{out:?}\n{}", spry.stderr());
+            assert_eq!(
+                (text(&out.stdout), text(&out.stderr)),
+                ("out\n".into(), "err\n".into())
+            );
+
+            // Binary data both ways, checksummed on each side.
+            let data: Vec<u8> = (0..4u32 << 20)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 11).to_le_bytes()[0])
+                .collect();
+            let payload = scratch.write("payload.bin", &data);
+            let out = spry_agent(
+                &api,
+                &[
+                    "exec",
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat > /tmp/p.bin && sha256sum < /tmp/p.bin",
+                ],
+                &data,
+            );
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            assert_eq!(
+                text(&out.stdout).split_whitespace().next(),
+                Some(sha256(&payload).as_str())
+            );
+            let out = spry_agent(&api, &["exec", "--", "cat", "/tmp/p.bin"], b"");
+            assert!(
+                out.stdout == data,
+                "cat returned {} bytes, not the {} sent",
+                out.stdout.len(),
+                data.len()
+            );
+
+            // Several at once, each with its own output and status.
+            std::thread::scope(|s| {
+                let runs: Vec<_> = (0..4u8)
+                    .map(|i| {
+                        let api = &api;
+                        s.spawn(move || {
+                            let script = format!(
+                                "for n in 1 2 3; do echo {i}-$n; sleep 0.2; done; exit {i}"
+                            );
+                            spry_agent(api, &["exec", "--", "sh", "-c", &script], b"")
+                        })
+                    })
+                    .collect();
+                for (i, run) in runs.into_iter().enumerate() {
+                    let out = run.join().expect("exec thread");
+                    let want: String = (1..=3).map(|n| format!("{i}-{n}\n")).collect();
+                    assert_eq!(
+                        (out.status.code(), text(&out.stdout)),
+                        (i32::try_from(i).ok(), want)
+                    );
+                }
+            });
+
+            // A command that never exits is killed at --timeout.
+            let out = spry_agent(&api, &["exec", "--timeout", "2", "--", "sleep", "600"], b"");
+            assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
+
+            // A tree in and back out, with its modes.
+            let tree = scratch.path("tree");
+            std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+            std::fs::write(tree.join("run.sh"), b"#!/bin/sh\necho ran\n").expect("write");
+            std::fs::set_permissions(
+                tree.join("run.sh"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o751),
+            )
+            .expect("chmod");
+            std::fs::copy(&payload, tree.join("sub/p.bin")).expect("copy");
+            let out = spry_agent(
+                &api,
+                &["cp", tree.to_str().expect("utf-8"), ":/tmp/tree"],
+                b"",
+            );
+            assert!(out.status.success(), "{out:?}");
+            let out = spry_agent(
+                &api,
+                &[
+                    "exec",
+                    "--",
+                    "sh",
+                    "-c",
+                    "/tmp/tree/run.sh && stat -c %a /tmp/tree/run.sh",
+                ],
+                b"",
+            );
+            assert_eq!(text(&out.stdout), "ran\n751\n", "{out:?}");
+            let back = scratch.path("back");
+            let out = spry_agent(
+                &api,
+                &["cp", ":/tmp/tree", back.to_str().expect("utf-8")],
+                b"",
+            );
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(sha256(&back.join("sub/p.bin")), sha256(&payload));
+            let mode = std::fs::metadata(back.join("run.sh"))
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+            assert_eq!(mode.ok(), Some(0o751));
+
+            let (status, answer) = curl(
+                &spry.socket,
+                "PUT",
+                "/actions",
+                r#"{"action_type": "SendCtrlAltDel"}"#,
+            );
+            assert_eq!(status, 204, "{answer}");
+            assert_eq!(spry.wait_exit(BOOT_TIMEOUT), Some(0), "{}", spry.stderr());
+            assert_clean_kernel_log(&console(&spry));
+        });
+    }
+
     #[test]
     fn test_patch_drive_with_a_bigger_file_shows_the_guest_its_new_capacity() {
         require_linux!("test_patch_drive_with_a_bigger_file_shows_the_guest_its_new_capacity");
@@ -801,6 +978,7 @@ mod linux_guest {
             mem_mib: 512,
             drives: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
         }
         .drive("data", &disk, false, false);
         vm.run(&scratch)
