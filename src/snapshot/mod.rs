@@ -1,3 +1,4 @@
 //! Snapshots: the saved state of a paused VM, in files.
 
 pub mod format;
+pub mod memory;
