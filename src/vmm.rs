@@ -10,14 +10,23 @@ use vmm_sys_util::epoll::EventSet;
 use crate::builder::EventLoop;
 use crate::config::VmConfig;
 use crate::devices::legacy::i8042::{I8042Error, I8042};
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
+use crate::snapshot::format;
+use crate::snapshot::memory::{self, DirtyPages, MemoryState};
+use crate::snapshot::vm::{
+    BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
+};
 use crate::sync::lock;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
 use crate::vstate::vm::Vm;
+use crate::vstate::vm_state::VmState;
 
 /// How long a vCPU may take to acknowledge a pause or resume. A vCPU leaves KVM_RUN
 /// within microseconds of its kick; only a wedged host misses this.
@@ -86,13 +95,27 @@ impl MutEventSubscriber for ExitSubscriber {
     }
 }
 
-/// Handles on the virtio devices, for runtime changes and metrics.
+/// Handles on the virtio devices, for runtime changes, metrics and snapshots.
 #[derive(Default)]
 pub struct VirtioDevices {
     /// Block devices, in attach order (root first).
     pub blocks: Vec<Arc<Mutex<Block>>>,
     /// Network devices.
     pub nets: Vec<Arc<Mutex<Net>>>,
+    /// The transport of each block device, in the same order.
+    pub block_transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The transport of each network device, in the same order.
+    pub net_transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// What a snapshot reads besides the devices the VMM keeps anyway.
+pub struct SnapshotSources {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// What this host's KVM saves of a vCPU (probed once, at build).
+    pub vcpu_support: Arc<VcpuStateSupport>,
+    /// KVM logs dirty pages (a Diff snapshot is possible).
+    pub track_dirty_pages: bool,
 }
 
 /// A built VM with running vCPUs.
@@ -103,16 +126,17 @@ pub struct VirtioDevices {
 /// nothing can reach it.
 pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
-    // Held, never read: the VM fd must outlive the vCPU threads.
-    _vm: Vm,
+    // The VM fd must outlive the vCPU threads.
+    vm: Vm,
     paused: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
     devices: VirtioDevices,
-    // Held, never read: the guest mapping must outlive the vCPU threads, the VM
-    // and the devices, whatever else keeps a handle.
-    _guest_memory: GuestMemory,
+    snapshot: SnapshotSources,
+    // The guest mapping must outlive the vCPU threads, the VM and the devices,
+    // whatever else keeps a handle.
+    guest_memory: GuestMemory,
     config: VmConfig,
 }
 
@@ -134,19 +158,27 @@ impl Vmm {
         exit: Arc<ExitEvent>,
         i8042: Arc<Mutex<I8042>>,
         devices: VirtioDevices,
+        snapshot: SnapshotSources,
         config: VmConfig,
     ) -> Vmm {
         Vmm {
             vcpus: Vec::new(),
-            _vm: vm,
+            vm,
             paused: false,
             event_loop,
             exit,
             i8042,
             devices,
-            _guest_memory: guest_memory,
+            snapshot,
+            guest_memory,
             config,
         }
+    }
+
+    /// Records that the vCPUs were started paused (a snapshot loaded without
+    /// `resume_vm`).
+    pub fn started_paused(&mut self) {
+        self.paused = true;
     }
 
     /// Takes ownership of a started vCPU.
@@ -212,7 +244,7 @@ impl Vmm {
         what: &'static str,
     ) -> Result<(), VmmError> {
         for vcpu in &self.vcpus {
-            vcpu.send(event);
+            vcpu.send(event.clone());
         }
         let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
         for vcpu in &self.vcpus {
@@ -233,6 +265,108 @@ impl Vmm {
             }
         }
         Ok(())
+    }
+
+    /// Writes a snapshot of the paused VM: guest memory to `mem_file_path` (all of
+    /// it, or for a Diff the pages dirtied since the last snapshot), then the state
+    /// file, each whole or not at all. Runs on the event-loop thread, between two
+    /// turns of the loop, so no device is half way through a request. The VM stays
+    /// paused whatever happens.
+    pub fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), SnapshotError> {
+        if !self.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        let diff = params.snapshot_type == SnapshotType::Diff;
+        if diff && !self.snapshot.track_dirty_pages {
+            return Err(SnapshotError::DiffWithoutTracking);
+        }
+        let vcpus = self.save_vcpus()?;
+        let vm = VmState::save(self.vm.fd())?;
+        let state = VmSnapshot {
+            config: self.config.clone(),
+            memory: MemoryState::of(&self.guest_memory),
+            vm,
+            vcpus,
+            serial: lock(&self.snapshot.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            blocks: self.save_blocks(),
+            nets: self.save_nets(),
+        };
+        let started = Instant::now();
+        let written = if self.snapshot.track_dirty_pages {
+            // Taking the log also restarts it: the next Diff holds what changes
+            // from here on.
+            let dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+            if diff {
+                memory::write_diff(&self.guest_memory, &dirty, &params.mem_file_path)?
+            } else {
+                memory::write_full(&self.guest_memory, &params.mem_file_path)?
+            }
+        } else {
+            memory::write_full(&self.guest_memory, &params.mem_file_path)?
+        };
+        format::write_file(&params.snapshot_path, &state)?;
+        log::info!(
+            "{:?} snapshot: {} pages of memory written in {} us",
+            params.snapshot_type,
+            written.pages_written,
+            started.elapsed().as_micros()
+        );
+        Ok(())
+    }
+
+    /// Each paused vCPU saves its own state, on its own thread.
+    fn save_vcpus(&self) -> Result<Vec<VcpuState>, SnapshotError> {
+        let event = VcpuEvent::SaveState(self.snapshot.vcpu_support.clone());
+        for vcpu in &self.vcpus {
+            vcpu.send(event.clone());
+        }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
+        self.vcpus
+            .iter()
+            .map(|vcpu| loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match vcpu.response(left) {
+                    Some(VcpuResponse::Saved(saved)) => {
+                        break (*saved).map_err(SnapshotError::Vcpu);
+                    }
+                    // A late answer to an earlier request that timed out.
+                    Some(_) => {}
+                    None => break Err(SnapshotError::VcpuNoAnswer(vcpu.index())),
+                }
+            })
+            .collect()
+    }
+
+    // One lock at a time: a transport's save locks its device.
+    fn save_blocks(&self) -> Vec<BlockSnapshot> {
+        let pairs = self
+            .devices
+            .blocks
+            .iter()
+            .zip(&self.devices.block_transports);
+        pairs
+            .map(|(device, transport)| {
+                let device = lock(device).save();
+                BlockSnapshot {
+                    device,
+                    transport: lock(transport).save(),
+                }
+            })
+            .collect()
+    }
+
+    fn save_nets(&self) -> Vec<NetSnapshot> {
+        let pairs = self.devices.nets.iter().zip(&self.devices.net_transports);
+        pairs
+            .map(|(device, transport)| {
+                let device = lock(device).save();
+                NetSnapshot {
+                    device,
+                    transport: lock(transport).save(),
+                }
+            })
+            .collect()
     }
 
     /// Each vCPU's exit counters.

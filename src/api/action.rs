@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{
     BootSourceConfig, DriveConfig, LoggerConfig, MachineConfig, MetricsConfig, NetConfig, VmConfig,
 };
+use crate::snapshot::vm::{SnapshotCreateParams, SnapshotLoadParams};
 
 /// One request for the VMM.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,8 @@ pub enum PrebootAction {
     PutMetrics(MetricsConfig),
     /// `PUT /actions` `InstanceStart`.
     InstanceStart,
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// Calls on a running VM.
@@ -59,6 +62,8 @@ pub enum RuntimeAction {
     Pause,
     /// `PATCH /vm` `Resumed`.
     Resume,
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
 }
 
 /// Reads, valid in every state.

@@ -2,3 +2,4 @@
 
 pub mod format;
 pub mod memory;
+pub mod vm;

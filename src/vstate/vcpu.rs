@@ -25,6 +25,7 @@ use crate::exit::{hex_bytes, ExitEvent, ExitReason};
 use crate::host::HostKvm;
 use crate::metrics::VcpuExitCounters;
 use crate::seccomp::{Filter, ThreadKind};
+use crate::vstate::vcpu_state::{VcpuState as SavedVcpu, VcpuStateError, VcpuStateSupport};
 
 /// Errors while creating, configuring or driving a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub enum VcpuError {
 }
 
 /// What the VMM asks of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuEvent {
     /// Stop running guest code until `Resume`.
     Pause,
@@ -85,15 +86,20 @@ pub enum VcpuEvent {
     Resume,
     /// Leave the thread.
     Finish,
+    /// Save the vCPU's whole state (paused vCPUs only): KVM wants a vCPU's ioctls
+    /// from the thread that runs it.
+    SaveState(Arc<VcpuStateSupport>),
 }
 
-/// What a vCPU thread answers to `Pause` and `Resume`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a vCPU thread answers to `Pause`, `Resume` and `SaveState`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum VcpuResponse {
     /// The vCPU is paused.
     Paused,
     /// The vCPU is running.
     Resumed,
+    /// The vCPU's state, or why it could not be saved.
+    Saved(Box<Result<SavedVcpu, String>>),
 }
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
@@ -201,9 +207,18 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread, running guest code at once; the thread installs
-    /// `seccomp` (when filters are on) before its first `KVM_RUN`.
-    pub fn start(self, seccomp: Option<Filter>) -> Result<VcpuHandle, VcpuError> {
+    /// Gives this vCPU, which has not run, a saved state.
+    pub fn restore_state(
+        &self,
+        state: &SavedVcpu,
+        support: &VcpuStateSupport,
+    ) -> Result<(), VcpuStateError> {
+        state.restore(&self.fd, support)
+    }
+
+    /// Starts the vCPU thread, running guest code at once unless `paused`; the
+    /// thread installs `seccomp` (when filters are on) before its first `KVM_RUN`.
+    pub fn start(self, seccomp: Option<Filter>, paused: bool) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
         let (event_tx, event_rx) = channel();
@@ -211,7 +226,7 @@ impl Vcpu {
         let counters = self.counters.clone();
         let thread = std::thread::Builder::new()
             .name(format!("spry-vcpu{index}"))
-            .spawn(move || self.run_thread(seccomp, event_rx, response_tx))
+            .spawn(move || self.run_thread(seccomp, paused, event_rx, response_tx))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,
@@ -225,6 +240,7 @@ impl Vcpu {
     fn run_thread(
         mut self,
         seccomp: Option<Filter>,
+        paused: bool,
         events: Receiver<VcpuEvent>,
         responses: Sender<VcpuResponse>,
     ) {
@@ -247,7 +263,11 @@ impl Vcpu {
                 crate::clock::since_start().as_micros()
             );
         }
-        let mut state = VcpuState::Running;
+        let mut state = if paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         loop {
             state = match state {
                 VcpuState::Running => self.running(&events, &responses),
@@ -274,6 +294,10 @@ impl Vcpu {
                 }
                 Ok(VcpuEvent::Resume) => {
                     let _ = responses.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuEvent::SaveState(_)) => {
+                    let refused = Err(format!("vCPU {} is running, not paused", self.index));
+                    let _ = responses.send(VcpuResponse::Saved(Box::new(refused)));
                 }
                 Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
                     return Some(VcpuState::Exited)
@@ -334,6 +358,11 @@ impl Vcpu {
                 }
                 Ok(VcpuEvent::Pause) => {
                     let _ = responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuEvent::SaveState(support)) => {
+                    let saved = SavedVcpu::save(&self.fd, &support)
+                        .map_err(|e| format!("vCPU {}: {}", self.index, crate::error_line(&e)));
+                    let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
                 }
                 Ok(VcpuEvent::Finish) | Err(_) => return VcpuState::Exited,
             }

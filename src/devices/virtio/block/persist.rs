@@ -127,7 +127,9 @@ mod tests {
     fn disk() -> TempFile {
         let file = TempFile::new().unwrap();
         for sector in 0..SECTORS {
-            file.as_file().write_all(&[u8::try_from(sector).unwrap(); 512]).unwrap();
+            file.as_file()
+                .write_all(&[u8::try_from(sector).unwrap(); 512])
+                .unwrap();
         }
         file
     }

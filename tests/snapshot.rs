@@ -1,0 +1,204 @@
+//! Snapshots over the API, in Firecracker's dialect: the counting probe is paused,
+//! snapshotted (`PUT /snapshot/create`), and loaded in a new spry process
+//! (`PUT /snapshot/load`), where it counts on from where it stopped; with seccomp
+//! on, as spry runs by default. Also the refusals Firecracker's rules call for.
+
+mod api_support;
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use api_support::SpryApi;
+use common::{probe_args, Scratch};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn spry_without_vm(scratch: &Scratch, socket: &str) -> SpryApi {
+    SpryApi::start(&scratch.path(socket), &["--log-level", "info"])
+}
+
+/// Boots the probe counting every 20 ms, with 128 MiB.
+fn boot_counting_probe(spry: &SpryApi) {
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args(
+            "probe.expect_cpus=1 probe.expect_mem_mib=128 probe.mode=count probe.count_ms=20"
+        ),
+    });
+    let machine = serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128});
+    let calls = [
+        ("/boot-source", boot_source.to_string()),
+        ("/machine-config", machine.to_string()),
+        ("/actions", r#"{"action_type": "InstanceStart"}"#.to_owned()),
+    ];
+    for (path, body) in calls {
+        let answer = spry.call("PUT", path, &body);
+        assert_eq!(
+            answer.status,
+            204,
+            "PUT {path}: {answer:?}\n{}",
+            spry.stderr()
+        );
+    }
+}
+
+/// The numbers of the `probe: count N` lines so far.
+fn counts(spry: &SpryApi) -> Vec<u64> {
+    spry.lines()
+        .iter()
+        .filter_map(|l| l.strip_prefix("probe: count "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn create_body(state: &PathBuf, mem: &PathBuf) -> String {
+    serde_json::json!({"snapshot_path": state, "mem_file_path": mem, "snapshot_type": "Full"})
+        .to_string()
+}
+
+fn load_body(state: &PathBuf, mem: &PathBuf) -> String {
+    serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true,
+    })
+    .to_string()
+}
+
+/// A counting probe, paused after its third count and snapshotted; returns the
+/// files and the last count it printed.
+fn snapshotted_probe(scratch: &Scratch) -> (PathBuf, PathBuf, u64) {
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let mut first = spry_without_vm(scratch, "first.sock");
+    boot_counting_probe(&first);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 3");
+    let pause = first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    // A line the guest wrote just before the pause may still be on its way.
+    std::thread::sleep(Duration::from_millis(100));
+    let last = *counts(&first).last().unwrap();
+    assert_eq!(pause.status, 204);
+    assert_eq!(create.status, 204, "{create:?}\n{}", first.stderr());
+    first.terminate();
+    (state, mem, last)
+}
+
+#[test]
+fn test_counting_probe_snapshotted_mid_run_counts_on_in_a_new_process() {
+    let scratch = Scratch::new();
+    let (state, mem, last) = snapshotted_probe(&scratch);
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let started = Instant::now();
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    let loaded_in = started.elapsed();
+    let next = format!("probe: count {}", last + 2);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+
+    eprintln!("PUT /snapshot/load answered in {loaded_in:?}");
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    let seen = counts(&second);
+    assert_eq!(seen[..2], [last + 1, last + 2], "{seen:?}");
+    let info = second.call("GET", "/", "").json();
+    assert_eq!(info["state"], "Running");
+    let config = second.call("GET", "/vm/config", "").json();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 128);
+}
+
+#[test]
+fn test_loaded_without_resume_the_vm_stays_paused_until_resumed() {
+    let scratch = Scratch::new();
+    let (state, mem, last) = snapshotted_probe(&scratch);
+    let second = spry_without_vm(&scratch, "second.sock");
+    let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem}).to_string();
+
+    let load = second.call("PUT", "/snapshot/load", &body);
+    std::thread::sleep(Duration::from_millis(300));
+    let while_paused = counts(&second).len();
+    let info = second.call("GET", "/", "").json();
+    let resume = second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let next = format!("probe: count {}", last + 1);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    assert_eq!(while_paused, 0);
+    assert_eq!(info["state"], "Paused");
+    assert_eq!(resume.status, 204);
+}
+
+#[test]
+fn test_snapshot_of_a_running_vm_is_refused() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch, "api.sock");
+    boot_counting_probe(&spry);
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+
+    let create = spry.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+
+    assert!(create.fault().contains("pause it first"), "{create:?}");
+    assert!(!state.exists() && !mem.exists());
+}
+
+#[test]
+fn test_load_after_a_boot_configuring_call_is_refused() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch, "api.sock");
+    let machine = spry.call(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 128}"#,
+    );
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+
+    let load = spry.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+
+    assert_eq!(machine.status, 204);
+    assert_eq!(
+        load.fault(),
+        "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+    );
+}
+
+#[test]
+fn test_corrupted_snapshot_is_refused_and_the_process_stays_fresh() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 0x20;
+    std::fs::write(&state, &bytes).unwrap();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    let info = second.call("GET", "/", "").json();
+
+    assert!(
+        load.fault()
+            .starts_with("corrupted snapshot: payload CRC-32 is"),
+        "{load:?}"
+    );
+    assert_eq!(info["state"], "Not started");
+}
+
+#[test]
+fn test_memory_file_of_the_wrong_size_is_refused() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+
+    assert!(
+        load.fault()
+            .contains("is 67108864 bytes, the snapshot's memory is 134217728 bytes"),
+        "{load:?}"
+    );
+}
