@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::x86_64::acpi::{self, VirtioMmio};
 use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
 use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::cpuid_compat::{missing_features, MissingFeatures};
 use crate::arch::x86_64::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042, IRQ_MAX, IRQ_VIRTIO_FIRST,
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
@@ -37,6 +38,7 @@ use crate::host::HostKvm;
 use crate::loader::{self, KernelKind, LoadedInitrd, LoadedKernel};
 use crate::resources::{self, Drive, NetInterface, ResourcesError, VmResources};
 use crate::seccomp::{SeccompFilters, ThreadKind};
+use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format::{self, SnapshotFormatError};
 use crate::snapshot::memory::{self as memory_file, MemoryFileError};
 use crate::snapshot::vm::{LoadParamsError, SnapshotLoadParams, VmSnapshot};
@@ -189,6 +191,9 @@ pub enum BuildError {
     /// The saved i8042 is refused.
     #[error(transparent)]
     I8042State(#[from] I8042Error),
+    /// The snapshot's vCPUs had CPU features this host cannot give.
+    #[error("{0}")]
+    CpuFeatures(MissingFeatures),
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
@@ -232,6 +237,9 @@ pub fn build_and_start(
     }
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
+    if res.machine.track_dirty_pages {
+        device_writes().enable();
+    }
     vm.setup_irqchip()?;
 
     let kernel = loader::load_kernel(&guest_memory, &mut res.boot.kernel)?;
@@ -338,6 +346,9 @@ pub fn restore_and_start(
     let guest_memory = memory_file::restore(mem_path, &snap.memory)?;
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, track_dirty_pages)?;
+    if track_dirty_pages {
+        device_writes().enable();
+    }
     vm.setup_irqchip()?;
     snap.vm.restore(vm.fd(), ClockRestore::Continue)?;
 
@@ -423,6 +434,10 @@ pub fn restore_and_start(
     let mut vcpus = Vec::with_capacity(snap.vcpus.len());
     for (index, state) in (0u8..).zip(&snap.vcpus) {
         let vcpu = Vcpu::new(vm.fd(), index, buses.clone(), exit.clone())?;
+        let host = vcpu.host_cpuid(&kvm.supported_cpuid)?;
+        if let Some(missing) = missing_features(&state.cpuid, &host) {
+            return Err(BuildError::CpuFeatures(missing));
+        }
         vcpu.restore_state(state, &support)?;
         vcpus.push(vcpu);
     }

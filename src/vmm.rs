@@ -16,6 +16,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
+use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format;
 use crate::snapshot::memory::{self, DirtyPages, MemoryState};
 use crate::snapshot::vm::{
@@ -92,6 +93,25 @@ impl MutEventSubscriber for ExitSubscriber {
                 let _ = self.exit.event_fd().read();
             }
         }
+    }
+}
+
+/// Adds to KVM's dirty log what spry's devices wrote from the host side, which KVM
+/// never sees: the buffers they accepted since the last snapshot, and every live
+/// queue's used ring (see [`crate::snapshot::device_writes`]).
+fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapshot) {
+    for page in device_writes().take() {
+        dirty.add_page(mem, page);
+    }
+    let transports = state
+        .blocks
+        .iter()
+        .map(|b| &b.transport)
+        .chain(state.nets.iter().map(|n| &n.transport));
+    for queue in transports.filter(|t| t.activated).flat_map(|t| &t.queues) {
+        // flags, idx, the ring of (id, len) pairs and avail_event.
+        let used_len = 6 + 8 * u64::from(queue.size);
+        dirty.add_range(mem, queue.used_ring, used_len);
     }
 }
 
@@ -296,7 +316,8 @@ impl Vmm {
         let written = if self.snapshot.track_dirty_pages {
             // Taking the log also restarts it: the next Diff holds what changes
             // from here on.
-            let dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+            let mut dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+            add_device_writes(&mut dirty, &self.guest_memory, &state);
             if diff {
                 memory::write_diff(&self.guest_memory, &dirty, &params.mem_file_path)?
             } else {

@@ -20,13 +20,20 @@ fn spry_without_vm(scratch: &Scratch, socket: &str) -> SpryApi {
 
 /// Boots the probe counting every 20 ms, with 128 MiB.
 fn boot_counting_probe(spry: &SpryApi) {
+    boot_counting_probe_with(spry, false);
+}
+
+/// Boots the probe counting every 20 ms, with 128 MiB, logging dirty pages if asked.
+fn boot_counting_probe_with(spry: &SpryApi, track_dirty_pages: bool) {
     let boot_source = serde_json::json!({
         "kernel_image_path": common::probe_vmlinux(),
         "boot_args": probe_args(
             "probe.expect_cpus=1 probe.expect_mem_mib=128 probe.mode=count probe.count_ms=20"
         ),
     });
-    let machine = serde_json::json!({"vcpu_count": 1, "mem_size_mib": 128});
+    let machine = serde_json::json!({
+        "vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": track_dirty_pages
+    });
     let calls = [
         ("/boot-source", boot_source.to_string()),
         ("/machine-config", machine.to_string()),
@@ -201,4 +208,129 @@ fn test_memory_file_of_the_wrong_size_is_refused() {
             .contains("is 67108864 bytes, the snapshot's memory is 134217728 bytes"),
         "{load:?}"
     );
+}
+
+#[test]
+fn test_diff_layered_on_full_restores_the_later_count() {
+    let scratch = Scratch::new();
+    let (full_state, full_mem) = (scratch.path("full.snap"), scratch.path("full.mem"));
+    let (diff_state, diff_mem) = (scratch.path("diff.snap"), scratch.path("diff.mem"));
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    boot_counting_probe_with(&first, true);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 2");
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let full = first.call(
+        "PUT",
+        "/snapshot/create",
+        &create_body(&full_state, &full_mem),
+    );
+    first.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 6");
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let diff_body = serde_json::json!({
+        "snapshot_path": diff_state, "mem_file_path": diff_mem, "snapshot_type": "Diff"
+    });
+    let diff = first.call("PUT", "/snapshot/create", &diff_body.to_string());
+    std::thread::sleep(Duration::from_millis(100));
+    let last = *counts(&first).last().unwrap();
+    first.terminate();
+    let full_size = std::fs::metadata(&full_mem).unwrap();
+    let diff_size = std::fs::metadata(&diff_mem).unwrap();
+
+    spry::snapshot::memory::apply_diff(&full_mem, &diff_mem).unwrap();
+    let second = spry_without_vm(&scratch, "second.sock");
+    let load = second.call("PUT", "/snapshot/load", &load_body(&diff_state, &full_mem));
+    let next = format!("probe: count {}", last + 2);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+
+    use std::os::unix::fs::MetadataExt;
+    eprintln!(
+        "memory files: Full {} KiB on disk, Diff {} KiB on disk (of {} MiB)",
+        full_size.blocks() / 2,
+        diff_size.blocks() / 2,
+        full_size.len() >> 20
+    );
+    assert_eq!((full.status, diff.status), (204, 204), "{diff:?}");
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    assert_eq!(counts(&second)[0], last + 1);
+    assert!(diff_size.blocks() < full_size.blocks());
+}
+
+#[test]
+fn test_diff_without_dirty_tracking_is_refused() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch, "api.sock");
+    boot_counting_probe(&spry);
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let body = serde_json::json!({
+        "snapshot_path": scratch.path("s"), "mem_file_path": scratch.path("m"),
+        "snapshot_type": "Diff"
+    });
+
+    let create = spry.call("PUT", "/snapshot/create", &body.to_string());
+
+    assert!(create.fault().contains("track_dirty_pages"), "{create:?}");
+    assert_eq!(spry.call("GET", "/", "").json()["state"], "Paused");
+}
+
+#[test]
+fn test_snapshot_from_a_cpu_with_more_features_is_refused() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    let bytes = std::fs::read(&state).unwrap();
+    let mut snap: serde_json::Value = spry::snapshot::format::decode(&bytes).unwrap();
+    // Every feature bit of leaf 1 ECX: no host has them all (bit 5 is VMX, which a
+    // guest of spry never gets). kvm-bindings saves a CPUID entry as its 40 bytes:
+    // function, index, flags, EAX, EBX, ECX (bytes 20..24), EDX, padding.
+    for entry in snap["vcpus"][0]["cpuid"].as_array_mut().unwrap() {
+        let bytes = entry.as_array_mut().unwrap();
+        let word = |i: usize| {
+            let b: Vec<u8> = bytes[i..i + 4]
+                .iter()
+                .map(|v| u8::try_from(v.as_u64().unwrap()).unwrap())
+                .collect();
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        };
+        if word(0) == 1 && word(4) == 0 {
+            bytes[20..24].fill(serde_json::json!(0xff));
+        }
+    }
+    std::fs::write(&state, spry::snapshot::format::encode(&snap).unwrap()).unwrap();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+
+    assert!(
+        load.fault()
+            .starts_with("the snapshot's CPU has features this host lacks: CPUID 0x1.0 Ecx"),
+        "{load:?}"
+    );
+}
+
+#[test]
+fn test_restored_console_echoes_what_is_typed() {
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args("probe.mode=console"),
+    });
+    first.call("PUT", "/boot-source", &boot_source.to_string());
+    first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: console ready");
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    first.terminate();
+    let mut second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    second.type_keys(b"restored-marker\n");
+    second.wait_for_line(Duration::from_secs(10), |l| l.contains("restored-marker"));
+    second.type_keys(b"q");
+    let code = second.wait_exit(BOOT_TIMEOUT);
+
+    assert_eq!((create.status, load.status), (204, 204), "{load:?}");
+    assert_eq!(code, Some(0), "{}", second.stderr());
 }

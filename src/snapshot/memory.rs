@@ -228,6 +228,37 @@ impl DirtyPages {
         Ok(DirtyPages { bitmaps })
     }
 
+    /// Adds the pages of `len` bytes at guest address `addr` (parts outside guest
+    /// RAM are ignored).
+    pub fn add_range(&mut self, mem: &GuestMemory, addr: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let last = addr.saturating_add(len - 1) / PAGE_SIZE;
+        for page in addr / PAGE_SIZE..=last {
+            self.add_page(mem, page);
+        }
+    }
+
+    /// Adds guest page number `page` (guest address / [`PAGE_SIZE`]).
+    pub fn add_page(&mut self, mem: &GuestMemory, page: u64) {
+        let addr = page.saturating_mul(PAGE_SIZE);
+        let found = mem
+            .iter()
+            .zip(&mut self.bitmaps)
+            .find(|(r, _)| addr >= r.start_addr().0 && addr - r.start_addr().0 < r.len());
+        let Some((region, bitmap)) = found else {
+            return;
+        };
+        let index = (addr - region.start_addr().0) / PAGE_SIZE;
+        let Ok(word) = usize::try_from(index / 64) else {
+            return;
+        };
+        if let Some(w) = bitmap.get_mut(word) {
+            *w |= 1 << (index % 64);
+        }
+    }
+
     /// How many pages are dirty.
     pub fn count(&self) -> u64 {
         self.bitmaps
@@ -695,6 +726,24 @@ mod tests {
             ]
         );
         assert!(state.check().is_ok());
+    }
+
+    #[test]
+    fn test_added_ranges_set_their_pages_in_the_right_region() {
+        const GIB: u64 = 1 << 30;
+        let mem = guest(5 * GIB);
+        let mut pages = DirtyPages {
+            // One bit per 4 KiB page, 64 to a word: 3 GiB below the gap, 2 above.
+            bitmaps: vec![vec![0; 12288], vec![0; 8192]],
+        };
+
+        pages.add_range(&mem, 0x1ff8, 16);
+        pages.add_range(&mem, 4 * GIB + 0x3000, 1);
+        pages.add_range(&mem, 3 * GIB, 4096);
+
+        assert_eq!(pages.bitmaps[0][0], 0b110);
+        assert_eq!(pages.bitmaps[1][0], 0b1000);
+        assert_eq!(pages.count(), 3);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    kvm_cpuid_entry2, CpuId, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -205,6 +206,14 @@ impl Vcpu {
             self.set("registers", self.fd.set_regs(&regs::boot_regs(entry)))?;
         }
         Ok(())
+    }
+
+    /// The CPUID this host gives a vCPU: `supported` set on this vCPU (which has
+    /// not run) and read back, with what KVM adds on its own.
+    pub fn host_cpuid(&self, supported: &CpuId) -> Result<Vec<kvm_cpuid_entry2>, VcpuError> {
+        self.set("CPUID", self.fd.set_cpuid2(supported))?;
+        let cpuid = self.set("CPUID", self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        Ok(cpuid.as_slice().to_vec())
     }
 
     /// Gives this vCPU, which has not run, a saved state.

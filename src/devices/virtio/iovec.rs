@@ -6,6 +6,7 @@ use std::ops::Deref;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::snapshot::device_writes::device_writes;
 use crate::vstate::memory::GuestMemory;
 
 /// Most segments one request may have (the kernel's IOV_MAX).
@@ -97,6 +98,7 @@ impl ChainBuffers {
                 });
             }
             if desc.is_write_only() {
+                device_writes().mark(segment.addr.0, len);
                 buffers.writable.push(segment);
             } else if buffers.writable.is_empty() {
                 buffers.readable.push(segment);

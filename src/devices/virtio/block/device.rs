@@ -381,6 +381,7 @@ fn write_status_to_last_writable(mem: &GuestMemory, chain: DescriptorChain<&Gues
         addr: vm_memory::GuestAddress(desc.addr().0.saturating_add(u64::from(desc.len()) - 1)),
         len: 1,
     };
+    crate::snapshot::device_writes::device_writes().mark(seg.addr.0, 1);
     match write_at(mem, &[seg], 0, &[request::status::IOERR]) {
         Ok(()) => 1,
         Err(_) => 0,
