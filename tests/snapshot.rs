@@ -103,7 +103,8 @@ fn test_counting_probe_snapshotted_mid_run_counts_on_in_a_new_process() {
     let next = format!("probe: count {}", last + 2);
     second.wait_for_line(Duration::from_secs(10), |l| l == next);
 
-    eprintln!("PUT /snapshot/load answered in {loaded_in:?}");
+    let restored = second.wait_for_log(Duration::from_secs(1), |l| l.contains("snapshot restored"));
+    eprintln!("PUT /snapshot/load answered in {loaded_in:?}; {restored}");
     assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
     let seen = counts(&second);
     assert_eq!(seen[..2], [last + 1, last + 2], "{seen:?}");
