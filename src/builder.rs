@@ -303,6 +303,7 @@ pub fn build_and_start(
         serial: legacy.serial,
         vcpu_support: Arc::new(VcpuStateSupport::probe(&kvm.kvm)?),
         track_dirty_pages: res.machine.track_dirty_pages,
+        diff_base: false,
     };
     let mut vmm = Vmm::new(
         vm,
@@ -451,6 +452,7 @@ pub fn restore_and_start(
         serial: legacy.serial,
         vcpu_support: support,
         track_dirty_pages,
+        diff_base: true,
     };
     let mut vmm = Vmm::new(
         vm,

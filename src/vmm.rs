@@ -136,6 +136,9 @@ pub struct SnapshotSources {
     pub vcpu_support: Arc<VcpuStateSupport>,
     /// KVM logs dirty pages (a Diff snapshot is possible).
     pub track_dirty_pages: bool,
+    /// Memory a Diff can be layered on exists: a Full snapshot this process took
+    /// (the last memory write succeeded) or the memory file it was loaded from.
+    pub diff_base: bool,
 }
 
 /// A built VM with running vCPUs.
@@ -300,6 +303,9 @@ impl Vmm {
         if diff && !self.snapshot.track_dirty_pages {
             return Err(SnapshotError::DiffWithoutTracking);
         }
+        if diff && !self.snapshot.diff_base {
+            return Err(SnapshotError::DiffWithoutBase);
+        }
         let vcpus = self.save_vcpus()?;
         let vm = VmState::save(self.vm.fd())?;
         let state = VmSnapshot {
@@ -312,20 +318,15 @@ impl Vmm {
             blocks: self.save_blocks(),
             nets: self.save_nets(),
         };
+        // An earlier state file at this path must not outlive a failure below next
+        // to memory it does not describe. Best effort: it may not exist.
+        let _ = std::fs::remove_file(&params.snapshot_path);
         let started = Instant::now();
-        let written = if self.snapshot.track_dirty_pages {
-            // Taking the log also restarts it: the next Diff holds what changes
-            // from here on.
-            let mut dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
-            add_device_writes(&mut dirty, &self.guest_memory, &state);
-            if diff {
-                memory::write_diff(&self.guest_memory, &dirty, &params.mem_file_path)?
-            } else {
-                memory::write_full(&self.guest_memory, &params.mem_file_path)?
-            }
-        } else {
-            memory::write_full(&self.guest_memory, &params.mem_file_path)?
-        };
+        let written = self.write_memory(params.snapshot_type, &params.mem_file_path, &state);
+        // A failed write may have used up the dirty log: until a Full succeeds, a
+        // Diff would miss pages.
+        self.snapshot.diff_base = written.is_ok();
+        let written = written?;
         format::write_file(&params.snapshot_path, &state)?;
         log::info!(
             "{:?} snapshot: {} pages of memory written in {} us",
@@ -334,6 +335,26 @@ impl Vmm {
             started.elapsed().as_micros()
         );
         Ok(())
+    }
+
+    /// Writes guest memory for a snapshot of `kind` to `path`.
+    fn write_memory(
+        &self,
+        kind: SnapshotType,
+        path: &std::path::Path,
+        state: &VmSnapshot,
+    ) -> Result<memory::WriteStats, SnapshotError> {
+        if !self.snapshot.track_dirty_pages {
+            return Ok(memory::write_full(&self.guest_memory, path)?);
+        }
+        // Taking the log also restarts it: the next Diff holds what changes from
+        // here on.
+        let mut dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+        add_device_writes(&mut dirty, &self.guest_memory, state);
+        Ok(match kind {
+            SnapshotType::Diff => memory::write_diff(&self.guest_memory, &dirty, path)?,
+            SnapshotType::Full => memory::write_full(&self.guest_memory, path)?,
+        })
     }
 
     /// Each paused vCPU saves its own state, on its own thread.

@@ -335,3 +335,46 @@ fn test_restored_console_echoes_what_is_typed() {
     assert_eq!((create.status, load.status), (204, 204), "{load:?}");
     assert_eq!(code, Some(0), "{}", second.stderr());
 }
+
+#[test]
+fn test_diff_before_any_full_is_refused() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch, "api.sock");
+    boot_counting_probe_with(&spry, true);
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let body = serde_json::json!({
+        "snapshot_path": scratch.path("s"), "mem_file_path": scratch.path("m"),
+        "snapshot_type": "Diff"
+    });
+
+    let create = spry.call("PUT", "/snapshot/create", &body.to_string());
+
+    assert!(
+        create.fault().contains("needs a Full one to layer on"),
+        "{create:?}"
+    );
+}
+
+#[test]
+fn test_failed_create_leaves_no_state_file_and_the_vm_paused() {
+    let scratch = Scratch::new();
+    let (state, _, _) = snapshotted_probe(&scratch);
+    let spry = spry_without_vm(&scratch, "api.sock");
+    boot_counting_probe(&spry);
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    // The old snapshot's state file, with memory going where it cannot be written.
+    let body = serde_json::json!({
+        "snapshot_path": state, "mem_file_path": "/nonexistent-spry-dir/vm.mem"
+    });
+
+    let create = spry.call("PUT", "/snapshot/create", &body.to_string());
+
+    assert!(
+        create.fault().contains("/nonexistent-spry-dir/vm.mem"),
+        "{create:?}"
+    );
+    assert!(!state.exists(), "a state file survived the failed create");
+    assert_eq!(spry.call("GET", "/", "").json()["state"], "Paused");
+}

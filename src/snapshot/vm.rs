@@ -33,6 +33,12 @@ pub enum SnapshotError {
         "a Diff snapshot needs machine-config.track_dirty_pages (or track_dirty_pages on load)"
     )]
     DiffWithoutTracking,
+    /// A Diff with nothing to layer it on.
+    #[error(
+        "a Diff snapshot needs a Full one to layer on: take a Full snapshot first (this VM \
+         was booted, or a snapshot write failed, since the last one)"
+    )]
+    DiffWithoutBase,
     /// A vCPU's state could not be saved.
     #[error("cannot save a vCPU's state: {0}")]
     Vcpu(String),
