@@ -25,6 +25,23 @@ fn boot_counting_probe(spry: &SpryApi) {
 
 /// Boots the probe counting every 20 ms, with 128 MiB, logging dirty pages if asked.
 fn boot_counting_probe_with(spry: &SpryApi, track_dirty_pages: bool) {
+    boot_counting_probe_with_drive(spry, track_dirty_pages, None);
+}
+
+/// As [`boot_counting_probe_with`], with `drive` attached as a (non-root) disk.
+fn boot_counting_probe_with_drive(
+    spry: &SpryApi,
+    track_dirty_pages: bool,
+    drive: Option<&PathBuf>,
+) {
+    if let Some(path) = drive {
+        let body = serde_json::json!({
+            "drive_id": "data", "path_on_host": path, "is_root_device": false,
+            "is_read_only": false
+        });
+        let answer = spry.call("PUT", "/drives/data", &body.to_string());
+        assert_eq!(answer.status, 204, "{answer:?}");
+    }
     let boot_source = serde_json::json!({
         "kernel_image_path": common::probe_vmlinux(),
         "boot_args": probe_args(
@@ -377,4 +394,54 @@ fn test_failed_create_leaves_no_state_file_and_the_vm_paused() {
     );
     assert!(!state.exists(), "a state file survived the failed create");
     assert_eq!(spry.call("GET", "/", "").json()["state"], "Paused");
+}
+
+/// A counting probe with a 1 MiB drive, paused after its third count and
+/// snapshotted; returns the state file, the memory file, the drive and the last
+/// count.
+fn snapshotted_probe_with_drive(scratch: &Scratch) -> (PathBuf, PathBuf, PathBuf, u64) {
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let disk = scratch.write("data.img", &vec![0u8; 1 << 20]);
+    let mut first = spry_without_vm(scratch, "first.sock");
+    boot_counting_probe_with_drive(&first, false, Some(&disk));
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 3");
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    std::thread::sleep(Duration::from_millis(100));
+    let last = *counts(&first).last().unwrap();
+    assert_eq!(create.status, 204, "{create:?}");
+    first.terminate();
+    (state, mem, disk, last)
+}
+
+#[test]
+fn test_snapshot_with_a_drive_reopens_it_on_load() {
+    let scratch = Scratch::new();
+    let (state, mem, _, last) = snapshotted_probe_with_drive(&scratch);
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    let next = format!("probe: count {}", last + 1);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+    let config = second.call("GET", "/vm/config", "").json();
+
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    assert_eq!(config["drives"][0]["drive_id"], "data");
+}
+
+#[test]
+fn test_drive_of_another_size_is_refused_on_load() {
+    let scratch = Scratch::new();
+    let (state, mem, disk, _) = snapshotted_probe_with_drive(&scratch);
+    std::fs::write(&disk, vec![0u8; 2 << 20]).unwrap();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+
+    assert!(
+        load.fault()
+            .contains("holds 4096 sectors, the snapshot's disk had 2048"),
+        "{load:?}"
+    );
+    assert_eq!(second.call("GET", "/", "").json()["state"], "Not started");
 }
