@@ -445,3 +445,35 @@ fn test_drive_of_another_size_is_refused_on_load() {
     );
     assert_eq!(second.call("GET", "/", "").json()["state"], "Not started");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn test_repeated_snapshots_leak_no_file_descriptors() {
+    let scratch = Scratch::new();
+    let spry = spry_without_vm(&scratch, "api.sock");
+    boot_counting_probe(&spry);
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let first = spry.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    let before = open_fds(spry.child.id());
+
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            spry.call("PUT", "/snapshot/create", &create_body(&state, &mem))
+                .status
+        })
+        .collect();
+    let after = open_fds(spry.child.id());
+    let written = spry.wait_for_log(Duration::from_secs(1), |l| l.contains("Full snapshot:"));
+
+    eprintln!("{written}");
+    assert_eq!(first.status, 204, "{first:?}");
+    assert_eq!(statuses, [204; 3]);
+    assert_eq!(after, before);
+}
