@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::acpi::{self, VirtioMmio};
 use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
-use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::cpuid::{filter_cpuid, Topology};
 use crate::arch::x86_64::cpuid_compat::{missing_features, MissingFeatures};
 use crate::arch::x86_64::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042, IRQ_MAX, IRQ_VIRTIO_FIRST,
@@ -41,7 +41,9 @@ use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format::{self, SnapshotFormatError};
 use crate::snapshot::memory::{self as memory_file, MemoryFileError};
-use crate::snapshot::vm::{LoadParamsError, SnapshotLoadParams, VmSnapshot};
+use crate::snapshot::vm::{
+    BlockSnapshot, LoadParamsError, NetSnapshot, SnapshotLoadParams, VmSnapshot,
+};
 use crate::vmm::{ExitSubscriber, SnapshotSources, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
@@ -378,68 +380,32 @@ pub fn restore_and_start(
         next_slot: 0,
         announced: Vec::new(),
     };
-    let mut devices = VirtioDevices::default();
-    for (index, saved) in snap.blocks.iter().enumerate() {
-        let state = &saved.device;
-        let (file, capacity) = resources::open_backing_file(index, &state.path, state.read_only)?;
-        let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
-        let block = Block::restore(state, state.path.clone(), file, capacity, interrupt.clone())?;
-        let queue_evt = block
-            .queue_event()
-            .try_clone()
-            .map_err(|e| BuildError::EventFd("a block queue", e))?;
-        let block = Arc::new(Mutex::new(block));
-        let name = format!("virtio-blk {}", state.id);
-        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&queue_evt]);
-        let transport = attach_virtio(
-            &mut env,
-            name,
-            block.clone(),
-            interrupt,
-            evts,
-            Some(&saved.transport),
-        )?;
-        devices.blocks.push(block);
-        devices.block_transports.push(transport);
-    }
-    for saved in &snap.nets {
-        let state = &saved.device;
-        let tap_name = params.tap_for(&state.id, &state.host_dev_name);
-        let tap = Tap::open(tap_name).map_err(|source| BuildError::Tap {
-            id: state.id.clone(),
-            source,
-        })?;
-        let (interrupt, irq_evt) = device_interrupt("a network device's interrupt")?;
-        let net = Net::restore(state, Box::new(tap), interrupt.clone())?;
-        let [rx, tx] = net.queue_events();
-        let rx = rx
-            .try_clone()
-            .map_err(|e| BuildError::EventFd("a network queue", e))?;
-        let tx = tx
-            .try_clone()
-            .map_err(|e| BuildError::EventFd("a network queue", e))?;
-        let net = Arc::new(Mutex::new(net));
-        let name = format!("virtio-net {}", state.id);
-        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&rx, &tx]);
-        let transport = attach_virtio(
-            &mut env,
-            name,
-            net.clone(),
-            interrupt,
-            evts,
-            Some(&saved.transport),
-        )?;
-        devices.nets.push(net);
-        devices.net_transports.push(transport);
-    }
-
+    let (blocks, block_transports) = restore_block_devices(&mut env, &snap.blocks)?;
+    let (nets, net_transports) = restore_net_devices(&mut env, &snap.nets, params)?;
+    let devices = VirtioDevices {
+        blocks,
+        nets,
+        block_transports,
+        net_transports,
+    };
     let devices_us = started.elapsed().as_micros();
     let buses = Arc::new(buses);
     let support = Arc::new(VcpuStateSupport::probe(&kvm.kvm)?);
     let mut vcpus = Vec::with_capacity(snap.vcpus.len());
+    // Bounded by KVM's maximum above, which is far below 256.
+    let vcpu_count = u8::try_from(snap.vcpus.len()).unwrap_or(u8::MAX);
     for (index, state) in (0u8..).zip(&snap.vcpus) {
         let vcpu = Vcpu::new(vm.fd(), index, buses.clone(), exit.clone())?;
-        let host = vcpu.host_cpuid(&kvm.supported_cpuid)?;
+        // What a vCPU of this host gets at boot, bits spry sets itself included.
+        let mut offered = kvm.supported_cpuid.clone();
+        let topology = Topology {
+            vcpu_id: index,
+            vcpu_count,
+            smt: snap.config.machine_config.smt,
+            tsc_deadline: kvm.tsc_deadline,
+        };
+        filter_cpuid(&mut offered, topology);
+        let host = vcpu.host_cpuid(&offered)?;
         if let Some(missing) = missing_features(&state.cpuid, &host) {
             return Err(BuildError::CpuFeatures(missing));
         }
@@ -633,6 +599,82 @@ fn attach_block_devices(
         blocks.push(block);
     }
     Ok((blocks, transports))
+}
+
+/// The saved drives, each on its saved backing file (which must still have the
+/// saved size), at the slot each had.
+fn restore_block_devices(
+    env: &mut DeviceEnv<'_>,
+    saved: &[BlockSnapshot],
+) -> Result<Attached<Block>, BuildError> {
+    let mut blocks = Vec::with_capacity(saved.len());
+    let mut transports = Vec::with_capacity(saved.len());
+    for (index, saved) in saved.iter().enumerate() {
+        let state = &saved.device;
+        let (file, capacity) = resources::open_backing_file(index, &state.path, state.read_only)?;
+        let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
+        let block = Block::restore(state, state.path.clone(), file, capacity, interrupt.clone())?;
+        let queue_evt = block
+            .queue_event()
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        let block = Arc::new(Mutex::new(block));
+        let name = format!("virtio-blk {}", state.id);
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&queue_evt]);
+        let transport = Some(&saved.transport);
+        transports.push(attach_virtio(
+            env,
+            name,
+            block.clone(),
+            interrupt,
+            evts,
+            transport,
+        )?);
+        blocks.push(block);
+    }
+    Ok((blocks, transports))
+}
+
+/// The saved network interfaces, each on its saved tap or the one `params`
+/// overrides it with, at the slot each had.
+fn restore_net_devices(
+    env: &mut DeviceEnv<'_>,
+    saved: &[NetSnapshot],
+    params: &SnapshotLoadParams,
+) -> Result<Attached<Net>, BuildError> {
+    let mut devices = Vec::with_capacity(saved.len());
+    let mut transports = Vec::with_capacity(saved.len());
+    for saved in saved {
+        let state = &saved.device;
+        let tap_name = params.tap_for(&state.id, &state.host_dev_name);
+        let tap = Tap::open(tap_name).map_err(|source| BuildError::Tap {
+            id: state.id.clone(),
+            source,
+        })?;
+        let (interrupt, irq_evt) = device_interrupt("a network device's interrupt")?;
+        let net = Net::restore(state, Box::new(tap), interrupt.clone())?;
+        let [rx, tx] = net.queue_events();
+        let rx = rx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let tx = tx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let net = Arc::new(Mutex::new(net));
+        let name = format!("virtio-net {}", state.id);
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&rx, &tx]);
+        let transport = Some(&saved.transport);
+        transports.push(attach_virtio(
+            env,
+            name,
+            net.clone(),
+            interrupt,
+            evts,
+            transport,
+        )?);
+        devices.push(net);
+    }
+    Ok((devices, transports))
 }
 
 /// `root=` and `ro`/`rw` for the root drive, unless the user's boot_args name a root.
