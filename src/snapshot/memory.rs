@@ -313,17 +313,17 @@ fn populated_pages(host: u64, pages: u64) -> Option<Vec<u64>> {
     let mut pagemap = File::open("/proc/self/pagemap").ok()?;
     pagemap.seek(SeekFrom::Start(host / PAGE_SIZE * 8)).ok()?;
     let mut bitmap = vec![0u64; usize::try_from(pages.div_ceil(64)).ok()?];
-    // 64 entries (one bitmap word) per read, 512 bytes.
-    let mut entries = [0u8; 512];
-    for (w, word) in bitmap.iter_mut().enumerate() {
-        let left = pages - w as u64 * 64;
-        let n = usize::try_from(left.min(64)).ok()?;
+    // 8192 entries (64 KiB, 128 bitmap words) per read.
+    let mut entries = vec![0u8; 64 * 1024];
+    for (c, words) in bitmap.chunks_mut(128).enumerate() {
+        let left = pages - c as u64 * 8192;
+        let n = usize::try_from(left.min(8192)).ok()?;
         pagemap.read_exact(&mut entries[..n * 8]).ok()?;
         for (i, entry) in entries[..n * 8].chunks_exact(8).enumerate() {
             let mut raw = [0u8; 8];
             raw.copy_from_slice(entry);
             if u64::from_ne_bytes(raw) & PRESENT_OR_SWAPPED != 0 {
-                *word |= 1 << i;
+                words[i / 64] |= 1 << (i % 64);
             }
         }
     }
