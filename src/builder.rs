@@ -158,8 +158,8 @@ pub enum BuildError {
     /// The snapshot's memory file is refused.
     #[error(transparent)]
     SnapshotMemory(#[from] MemoryFileError),
-    /// The snapshot holds no vCPU, or more than this host allows.
-    #[error("snapshot holds {found} vCPUs; this host's KVM takes 1 to {max}")]
+    /// The snapshot holds no vCPU, or more than spry or this host allows.
+    #[error("snapshot holds {found} vCPUs; spry on this host takes 1 to {max}")]
     SnapshotVcpus {
         /// vCPUs in the snapshot.
         found: usize,
@@ -341,10 +341,11 @@ pub fn restore_and_start(
     let snap: VmSnapshot = format::read_file(&params.snapshot_path)?;
     let read_us = started.elapsed().as_micros();
     let kvm = KvmContext::new()?;
-    if snap.vcpus.is_empty() || snap.vcpus.len() > kvm.max_vcpus {
+    let max_vcpus = kvm.max_vcpus.min(usize::from(resources::MAX_VCPUS));
+    if snap.vcpus.is_empty() || snap.vcpus.len() > max_vcpus {
         return Err(BuildError::SnapshotVcpus {
             found: snap.vcpus.len(),
-            max: kvm.max_vcpus,
+            max: max_vcpus,
         });
     }
     let track_dirty_pages = params.tracks_dirty_pages();
@@ -392,7 +393,7 @@ pub fn restore_and_start(
     let buses = Arc::new(buses);
     let support = Arc::new(VcpuStateSupport::probe(&kvm.kvm)?);
     let mut vcpus = Vec::with_capacity(snap.vcpus.len());
-    // Bounded by KVM's maximum above, which is far below 256.
+    // At most MAX_VCPUS (checked above).
     let vcpu_count = u8::try_from(snap.vcpus.len()).unwrap_or(u8::MAX);
     for (index, state) in (0u8..).zip(&snap.vcpus) {
         let vcpu = Vcpu::new(vm.fd(), index, buses.clone(), exit.clone())?;
