@@ -34,6 +34,16 @@ fn boot_counting_probe_with_drive(
     track_dirty_pages: bool,
     drive: Option<&PathBuf>,
 ) {
+    boot_counting_probe_on(spry, 1, track_dirty_pages, drive);
+}
+
+/// The counting probe on `vcpus` vCPUs.
+fn boot_counting_probe_on(
+    spry: &SpryApi,
+    vcpus: u8,
+    track_dirty_pages: bool,
+    drive: Option<&PathBuf>,
+) {
     if let Some(path) = drive {
         let body = serde_json::json!({
             "drive_id": "data", "path_on_host": path, "is_root_device": false,
@@ -44,12 +54,12 @@ fn boot_counting_probe_with_drive(
     }
     let boot_source = serde_json::json!({
         "kernel_image_path": common::probe_vmlinux(),
-        "boot_args": probe_args(
-            "probe.expect_cpus=1 probe.expect_mem_mib=128 probe.mode=count probe.count_ms=20"
-        ),
+        "boot_args": probe_args(&format!(
+            "probe.expect_cpus={vcpus} probe.expect_mem_mib=128 probe.mode=count probe.count_ms=20"
+        )),
     });
     let machine = serde_json::json!({
-        "vcpu_count": 1, "mem_size_mib": 128, "track_dirty_pages": track_dirty_pages
+        "vcpu_count": vcpus, "mem_size_mib": 128, "track_dirty_pages": track_dirty_pages
     });
     let calls = [
         ("/boot-source", boot_source.to_string()),
@@ -476,4 +486,30 @@ fn test_repeated_snapshots_leak_no_file_descriptors() {
     assert_eq!(first.status, 204, "{first:?}");
     assert_eq!(statuses, [204; 10]);
     assert_eq!(after, before);
+}
+
+#[test]
+fn test_two_vcpu_probe_counts_on_after_a_load() {
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    boot_counting_probe_on(&first, 2, false, None);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 3");
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    std::thread::sleep(Duration::from_millis(100));
+    let last = *counts(&first).last().unwrap();
+    first.terminate();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    let next = format!("probe: count {}", last + 2);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+    let snap: serde_json::Value =
+        spry::snapshot::format::decode(&std::fs::read(&state).unwrap()).unwrap();
+
+    assert_eq!(create.status, 204, "{create:?}");
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    assert_eq!(snap["vcpus"].as_array().unwrap().len(), 2);
+    assert_eq!(counts(&second)[0], last + 1);
 }
