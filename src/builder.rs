@@ -193,6 +193,9 @@ pub enum BuildError {
     /// The saved i8042 is refused.
     #[error(transparent)]
     I8042State(#[from] I8042Error),
+    /// `network_overrides` names an interface the snapshot does not have.
+    #[error("network_overrides: the snapshot has no network interface {0:?}")]
+    UnknownOverride(String),
     /// The snapshot's vCPUs had CPU features this host cannot give.
     #[error("{0}")]
     CpuFeatures(MissingFeatures),
@@ -347,6 +350,13 @@ pub fn restore_and_start(
             found: snap.vcpus.len(),
             max: max_vcpus,
         });
+    }
+    if let Some(unknown) = params
+        .network_overrides
+        .iter()
+        .find(|o| !snap.nets.iter().any(|n| n.device.id == o.iface_id))
+    {
+        return Err(BuildError::UnknownOverride(unknown.iface_id.clone()));
     }
     let track_dirty_pages = params.tracks_dirty_pages();
     let guest_memory = memory_file::restore(mem_path, &snap.memory)?;

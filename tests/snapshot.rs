@@ -513,3 +513,21 @@ fn test_two_vcpu_probe_counts_on_after_a_load() {
     assert_eq!(snap["vcpus"].as_array().unwrap().len(), 2);
     assert_eq!(counts(&second)[0], last + 1);
 }
+
+#[test]
+fn test_override_of_an_interface_the_snapshot_lacks_is_refused() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    let second = spry_without_vm(&scratch, "second.sock");
+    let body = serde_json::json!({
+        "snapshot_path": state, "mem_file_path": mem,
+        "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]
+    });
+
+    let load = second.call("PUT", "/snapshot/load", &body.to_string());
+
+    assert_eq!(
+        load.fault(),
+        "network_overrides: the snapshot has no network interface \"eth9\""
+    );
+}
