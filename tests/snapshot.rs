@@ -531,3 +531,55 @@ fn test_override_of_an_interface_the_snapshot_lacks_is_refused() {
         "network_overrides: the snapshot has no network interface \"eth9\""
     );
 }
+
+#[test]
+fn test_block_requests_in_flight_at_the_snapshot_complete_after_the_load() {
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let disk = scratch.write("data.img", &vec![0u8; 1 << 20]);
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    let drive = serde_json::json!({
+        "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true
+    });
+    first.call("PUT", "/drives/data", &drive.to_string());
+    // 85 reads of 4 KiB in flight at any time, completions awaited by interrupt.
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args(
+            "probe.mode=blkbench probe.bench_reqs=40000 probe.bench_irq=1"
+        ),
+    });
+    first.call("PUT", "/boot-source", &boot_source.to_string());
+    first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("probe: blkbench start"));
+    std::thread::sleep(Duration::from_millis(300));
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    let finished_before = first
+        .lines()
+        .iter()
+        .any(|l| l.starts_with("probe: blkbench done"));
+    first.terminate();
+    let second = spry_without_vm(&scratch, "second.sock");
+
+    let load = second.call("PUT", "/snapshot/load", &load_body(&state, &mem));
+    let done = second.wait_for_line(Duration::from_secs(60), |l| {
+        l.starts_with("probe: blkbench done") || l.contains("FAIL")
+    });
+    let summary = second.wait_for_line(Duration::from_secs(10), |l| {
+        l.starts_with("probe: all ") || l.contains("FAIL")
+    });
+
+    assert_eq!(create.status, 204, "{create:?}");
+    assert!(!finished_before, "the bench ended before the snapshot");
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    assert!(
+        done.starts_with("probe: blkbench done 40000 requests"),
+        "{done}"
+    );
+    assert!(
+        summary.ends_with(" checks ok"),
+        "{summary}\n{:?}",
+        second.lines()
+    );
+}
