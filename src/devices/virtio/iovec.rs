@@ -223,6 +223,22 @@ mod tests {
     use crate::devices::virtio::test_utils::{chain, default_mem, Desc};
 
     #[test]
+    fn test_writable_buffers_are_recorded_for_diff_snapshots() {
+        let mem = default_mem();
+        // The record is the process's; other tests may add pages of their own.
+        device_writes().enable();
+
+        chain(&mem, &[Desc::r(0x77_1000, 16), Desc::w(0x77_2ff0, 32)]).unwrap();
+
+        let pages = device_writes().take();
+        assert!(
+            pages.contains(&0x772) && pages.contains(&0x773),
+            "{pages:?}"
+        );
+        assert!(!pages.contains(&0x771));
+    }
+
+    #[test]
     fn test_readable_then_writable_split() {
         let mem = default_mem();
         let buffers = chain(
