@@ -367,7 +367,12 @@ pub fn restore_and_start(
         device_writes().enable();
     }
     vm.setup_irqchip()?;
-    snap.vm.restore(vm.fd(), ClockRestore::Continue)?;
+    let clock = if params.clock_realtime {
+        ClockRestore::Realtime
+    } else {
+        ClockRestore::Continue
+    };
+    snap.vm.restore(vm.fd(), clock)?;
 
     let exit = Arc::new(ExitEvent::new().map_err(|e| BuildError::EventFd("the exit event", e))?);
     let mut event_loop = EventLoop::new().map_err(|e| {

@@ -656,3 +656,19 @@ fn test_diff_taken_during_block_io_completes_every_request() {
         second.lines()
     );
 }
+
+#[test]
+fn test_load_with_clock_realtime_counts_on() {
+    let scratch = Scratch::new();
+    let (state, mem, last) = snapshotted_probe(&scratch);
+    let second = spry_without_vm(&scratch, "second.sock");
+    let body = serde_json::json!({
+        "snapshot_path": state, "mem_file_path": mem, "resume_vm": true, "clock_realtime": true
+    });
+
+    let load = second.call("PUT", "/snapshot/load", &body.to_string());
+    let next = format!("probe: count {}", last + 1);
+    second.wait_for_line(Duration::from_secs(10), |l| l == next);
+
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+}

@@ -174,6 +174,10 @@ pub struct SnapshotLoadParams {
     /// Taps to use instead of the saved ones.
     #[serde(default)]
     pub network_overrides: Vec<NetworkOverride>,
+    /// Advance the guest's KVM clock by the real time that passed since the
+    /// snapshot (otherwise the guest sees no time pass while it was saved).
+    #[serde(default)]
+    pub clock_realtime: bool,
 }
 
 /// Why a load request is refused before anything is read.
