@@ -14,7 +14,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::acpi::{self, VirtioMmio};
 use crate::arch::x86_64::boot_params::{self, ZeroPageContents};
-use crate::arch::x86_64::cpuid::Topology;
+use crate::arch::x86_64::cpuid::{filter_cpuid, Topology};
+use crate::arch::x86_64::cpuid_compat::{missing_features, MissingFeatures};
 use crate::arch::x86_64::layout::{
     BOOT_TIMER_ADDR, BOOT_TIMER_SIZE, CMDLINE_ADDR, IRQ_COM1, IRQ_I8042, IRQ_MAX, IRQ_VIRTIO_FIRST,
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
@@ -22,24 +23,35 @@ use crate::arch::x86_64::layout::{
 use crate::arch::x86_64::{mptable, regs};
 use crate::devices::bus::{BusError, DeviceBuses};
 use crate::devices::legacy::boot_timer::BootTimer;
-use crate::devices::legacy::i8042::{I8042, I8042_LEN, I8042_PORT};
-use crate::devices::legacy::serial::{SerialDevice, SerialInput, COM1_LEN, COM1_PORT};
-use crate::devices::virtio::block::Block;
+use crate::devices::legacy::i8042::{I8042Error, I8042State, I8042, I8042_LEN, I8042_PORT};
+use crate::devices::legacy::serial::{
+    SerialDevice, SerialInput, SerialState, SerialStateError, COM1_LEN, COM1_PORT,
+};
+use crate::devices::virtio::block::{Block, BlockStateError};
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::tap::Tap;
-use crate::devices::virtio::net::{Net, NetDeviceConfig};
+use crate::devices::virtio::net::{Net, NetDeviceConfig, NetStateError};
+use crate::devices::virtio::persist::{TransportState, VirtioStateError};
 use crate::devices::virtio::vsock::{Muxer, Vsock};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::exit::ExitEvent;
 use crate::host::HostKvm;
 use crate::loader::{self, KernelKind, LoadedInitrd, LoadedKernel};
-use crate::resources::{Drive, NetInterface, VmResources, VsockDevice};
+use crate::resources::{self, Drive, NetInterface, ResourcesError, VmResources, VsockDevice};
 use crate::seccomp::{SeccompFilters, ThreadKind};
-use crate::vmm::{ExitSubscriber, VirtioDevices, Vmm};
+use crate::snapshot::device_writes::device_writes;
+use crate::snapshot::format::{self, SnapshotFormatError};
+use crate::snapshot::memory::{self as memory_file, MemoryFileError};
+use crate::snapshot::vm::{
+    BlockSnapshot, LoadParamsError, NetSnapshot, SnapshotLoadParams, VmSnapshot,
+};
+use crate::vmm::{ExitSubscriber, SnapshotSources, VirtioDevices, Vmm};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu_state::{VcpuStateError, VcpuStateSupport};
 use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm_state::{ClockRestore, VmStateError};
 
 /// The event loop every device and control source lives on.
 pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
@@ -144,6 +156,59 @@ pub enum BuildError {
     /// Too many devices for the MMIO window or interrupt pins.
     #[error("no room for virtio device {0}: spry wires at most {MAX_VIRTIO_DEVICES} devices")]
     NoDeviceSlot(String),
+    /// What this host's KVM can save of a vCPU could not be probed.
+    #[error(transparent)]
+    VcpuState(#[from] VcpuStateError),
+    /// The load request itself is wrong.
+    #[error(transparent)]
+    LoadParams(#[from] LoadParamsError),
+    /// The snapshot's state file is refused.
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFormatError),
+    /// The snapshot's memory file is refused.
+    #[error(transparent)]
+    SnapshotMemory(#[from] MemoryFileError),
+    /// The snapshot holds no vCPU, or more than spry or this host allows.
+    #[error("snapshot holds {found} vCPUs; spry on this host takes 1 to {max}")]
+    SnapshotVcpus {
+        /// vCPUs in the snapshot.
+        found: usize,
+        /// KVM's maximum.
+        max: usize,
+    },
+    /// The VM's in-kernel state is refused.
+    #[error(transparent)]
+    VmState(#[from] VmStateError),
+    /// A drive of the snapshot cannot be opened again.
+    #[error(transparent)]
+    SnapshotDrive(#[from] ResourcesError),
+    /// A saved block device is refused.
+    #[error(transparent)]
+    BlockState(#[from] BlockStateError),
+    /// A saved network device is refused.
+    #[error(transparent)]
+    NetState(#[from] NetStateError),
+    /// A saved virtio transport is refused.
+    #[error("{device}")]
+    TransportState {
+        /// Which device.
+        device: String,
+        /// Why.
+        #[source]
+        source: VirtioStateError,
+    },
+    /// The saved serial port is refused.
+    #[error(transparent)]
+    SerialState(#[from] SerialStateError),
+    /// The saved i8042 is refused.
+    #[error(transparent)]
+    I8042State(#[from] I8042Error),
+    /// `network_overrides` names an interface the snapshot does not have.
+    #[error("network_overrides: the snapshot has no network interface {0:?}")]
+    UnknownOverride(String),
+    /// The snapshot's vCPUs had CPU features this host cannot give.
+    #[error("{0}")]
+    CpuFeatures(MissingFeatures),
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
@@ -187,6 +252,9 @@ pub fn build_and_start(
     }
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
+    if res.machine.track_dirty_pages {
+        device_writes().enable();
+    }
     vm.setup_irqchip()?;
 
     let kernel = loader::load_kernel(&guest_memory, &mut res.boot.kernel)?;
@@ -200,7 +268,7 @@ pub fn build_and_start(
         BuildError::EventFd("the event loop", std::io::Error::other(format!("{e:?}")))
     })?;
     let mut buses = DeviceBuses::default();
-    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console)?;
+    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console, None)?;
     if let Some(fd) = console_input {
         let input = SerialInput::new(legacy.serial.clone(), fd, legacy.serial_drained);
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
@@ -213,12 +281,12 @@ pub fn build_and_start(
         mem: &guest_memory,
         buses: &mut buses,
         event_loop: &mut event_loop,
-        cmdline: &mut res.boot.cmdline,
+        cmdline: Some(&mut res.boot.cmdline),
         next_slot: 0,
         announced: Vec::new(),
     };
-    let blocks = attach_block_devices(&mut env, drives)?;
-    let net_devices = attach_net_devices(&mut env, &res.nets)?;
+    let (blocks, block_transports) = attach_block_devices(&mut env, drives)?;
+    let (net_devices, net_transports) = attach_net_devices(&mut env, &res.nets)?;
     let vsock = res
         .vsock
         .as_ref()
@@ -249,6 +317,14 @@ pub fn build_and_start(
         blocks,
         nets: net_devices,
         vsock,
+        block_transports,
+        net_transports,
+    };
+    let sources = SnapshotSources {
+        serial: legacy.serial,
+        vcpu_support: Arc::new(VcpuStateSupport::probe(&kvm.kvm)?),
+        track_dirty_pages: res.machine.track_dirty_pages,
+        diff_base: false,
     };
     let mut vmm = Vmm::new(
         vm,
@@ -257,11 +333,148 @@ pub fn build_and_start(
         exit,
         legacy.i8042,
         devices,
+        sources,
         res.config,
     );
     let vcpu_filter = seccomp.get(ThreadKind::Vcpu);
     for vcpu in vcpus {
-        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned())?);
+        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned(), false)?);
+    }
+    Ok(vmm)
+}
+
+/// Rebuilds the VM a snapshot describes, in this fresh process, and starts its
+/// vCPUs (paused unless `params.resume_vm`). The same steps as a boot where they
+/// can be shared, in the same order (memory slots before the irqchip, devices in
+/// attach order so each gets its old window and interrupt), with saved state in
+/// place of the kernel and the boot tables. Everything read from the snapshot is
+/// checked before a vCPU runs; a refusal names the piece and the value.
+pub fn restore_and_start(
+    params: &SnapshotLoadParams,
+    console: Box<dyn Write + Send>,
+    console_input: Option<std::os::fd::RawFd>,
+    seccomp: &SeccompFilters,
+) -> Result<Vmm, BuildError> {
+    let started = Instant::now();
+    let mem_path = params.memory_file()?;
+    let snap: VmSnapshot = format::read_file(&params.snapshot_path)?;
+    let read_us = started.elapsed().as_micros();
+    let kvm = KvmContext::new()?;
+    let max_vcpus = kvm.max_vcpus.min(usize::from(resources::MAX_VCPUS));
+    if snap.vcpus.is_empty() || snap.vcpus.len() > max_vcpus {
+        return Err(BuildError::SnapshotVcpus {
+            found: snap.vcpus.len(),
+            max: max_vcpus,
+        });
+    }
+    if let Some(unknown) = params
+        .network_overrides
+        .iter()
+        .find(|o| !snap.nets.iter().any(|n| n.device.id == o.iface_id))
+    {
+        return Err(BuildError::UnknownOverride(unknown.iface_id.clone()));
+    }
+    let track_dirty_pages = params.tracks_dirty_pages();
+    let guest_memory = memory_file::restore(mem_path, &snap.memory)?;
+    let mapped_us = started.elapsed().as_micros();
+    let vm = Vm::new(&kvm.kvm)?;
+    vm.register_memory(&guest_memory, track_dirty_pages)?;
+    if track_dirty_pages {
+        device_writes().enable();
+    }
+    vm.setup_irqchip()?;
+    let clock = if params.clock_realtime {
+        ClockRestore::Realtime
+    } else {
+        ClockRestore::Continue
+    };
+    snap.vm.restore(vm.fd(), clock)?;
+
+    let exit = Arc::new(ExitEvent::new().map_err(|e| BuildError::EventFd("the exit event", e))?);
+    let mut event_loop = EventLoop::new().map_err(|e| {
+        BuildError::EventFd("the event loop", std::io::Error::other(format!("{e:?}")))
+    })?;
+    let mut buses = DeviceBuses::default();
+    let saved_legacy = Some((&snap.serial, &snap.i8042));
+    let legacy = attach_legacy_devices(&vm, &mut buses, &exit, console, saved_legacy)?;
+    if let Some(fd) = console_input {
+        let input = SerialInput::new(legacy.serial.clone(), fd, legacy.serial_drained);
+        event_loop.add_subscriber(Arc::new(Mutex::new(input)));
+    }
+    event_loop.add_subscriber(Arc::new(Mutex::new(ExitSubscriber::new(exit.clone()))));
+
+    let mut env = DeviceEnv {
+        vm: &vm,
+        mem: &guest_memory,
+        buses: &mut buses,
+        event_loop: &mut event_loop,
+        cmdline: None,
+        next_slot: 0,
+        announced: Vec::new(),
+    };
+    let (blocks, block_transports) = restore_block_devices(&mut env, &snap.blocks)?;
+    let (nets, net_transports) = restore_net_devices(&mut env, &snap.nets, params)?;
+    let devices = VirtioDevices {
+        blocks,
+        nets,
+        // A snapshot never holds a vsock device (creating one is refused).
+        vsock: None,
+        block_transports,
+        net_transports,
+    };
+    let devices_us = started.elapsed().as_micros();
+    let buses = Arc::new(buses);
+    let support = Arc::new(VcpuStateSupport::probe(&kvm.kvm)?);
+    let mut vcpus = Vec::with_capacity(snap.vcpus.len());
+    // At most MAX_VCPUS (checked above).
+    let vcpu_count = u8::try_from(snap.vcpus.len()).unwrap_or(u8::MAX);
+    for (index, state) in (0u8..).zip(&snap.vcpus) {
+        let vcpu = Vcpu::new(vm.fd(), index, buses.clone(), exit.clone())?;
+        // What a vCPU of this host gets at boot, bits spry sets itself included.
+        let mut offered = kvm.supported_cpuid.clone();
+        let topology = Topology {
+            vcpu_id: index,
+            vcpu_count,
+            smt: snap.config.machine_config.smt,
+            tsc_deadline: kvm.tsc_deadline,
+        };
+        filter_cpuid(&mut offered, topology);
+        let host = vcpu.host_cpuid(&offered)?;
+        if let Some(missing) = missing_features(&state.cpuid, &host) {
+            return Err(BuildError::CpuFeatures(missing));
+        }
+        vcpu.restore_state(state, &support)?;
+        vcpus.push(vcpu);
+    }
+    let mut config = snap.config;
+    config.machine_config.track_dirty_pages = track_dirty_pages;
+    let sources = SnapshotSources {
+        serial: legacy.serial,
+        vcpu_support: support,
+        track_dirty_pages,
+        diff_base: true,
+    };
+    let mut vmm = Vmm::new(
+        vm,
+        guest_memory,
+        event_loop,
+        exit,
+        legacy.i8042,
+        devices,
+        sources,
+        config,
+    );
+    if !params.resume_vm {
+        vmm.started_paused();
+    }
+    log::info!(
+        "snapshot restored in {} us: state file read by {read_us}, memory mapped by \
+         {mapped_us}, VM and devices by {devices_us}",
+        started.elapsed().as_micros()
+    );
+    let vcpu_filter = seccomp.get(ThreadKind::Vcpu);
+    for vcpu in vcpus {
+        vmm.add_vcpu(vcpu.start(vcpu_filter.cloned(), !params.resume_vm)?);
     }
     Ok(vmm)
 }
@@ -291,7 +504,8 @@ struct DeviceEnv<'a> {
     mem: &'a GuestMemory,
     buses: &'a mut DeviceBuses,
     event_loop: &'a mut EventLoop,
-    cmdline: &'a mut Cmdline,
+    /// Where devices are announced; `None` on a restore (the guest knows them).
+    cmdline: Option<&'a mut Cmdline>,
     next_slot: u32,
     /// Every virtio-mmio device so far, in attach order, for the DSDT.
     announced: Vec<VirtioMmio>,
@@ -314,9 +528,9 @@ fn attach_virtio<D>(
     name: String,
     device: Arc<Mutex<D>>,
     interrupt: Arc<Interrupt>,
-    irq_evt: &EventFd,
-    queue_evts: &[&EventFd],
-) -> Result<(), BuildError>
+    (irq_evt, queue_evts): (&EventFd, &[&EventFd]),
+    saved: Option<&TransportState>,
+) -> Result<Arc<Mutex<MmioTransport>>, BuildError>
 where
     D: VirtioDevice + MutEventSubscriber + Send + 'static,
 {
@@ -341,25 +555,41 @@ where
                 source,
             })?;
     }
-    let transport = MmioTransport::new(name.clone(), device.clone(), interrupt, env.mem.clone());
+    let transport = match saved {
+        None => MmioTransport::new(name.clone(), device.clone(), interrupt, env.mem.clone()),
+        Some(state) => MmioTransport::restore(
+            name.clone(),
+            device.clone(),
+            interrupt,
+            env.mem.clone(),
+            state,
+        )
+        .map_err(|source| BuildError::TransportState {
+            device: name.clone(),
+            source,
+        })?,
+    };
+    let transport = Arc::new(Mutex::new(transport));
     env.buses
         .mmio
-        .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+        .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
         .map_err(|source| BuildError::Bus {
             device: "virtio",
             source,
         })?;
     env.event_loop.add_subscriber(device);
-    env.cmdline
-        .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
-        .map_err(BuildError::Cmdline)?;
+    if let Some(cmdline) = env.cmdline.as_deref_mut() {
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(base), irq, None)
+            .map_err(BuildError::Cmdline)?;
+    }
     env.announced.push(VirtioMmio {
         base,
         size: VIRTIO_MMIO_SIZE,
         gsi: irq,
     });
     log::debug!("{name} at {base:#x}, IRQ {irq}");
-    Ok(())
+    Ok(transport)
 }
 
 fn device_interrupt(what: &'static str) -> Result<(Arc<Interrupt>, EventFd), BuildError> {
@@ -368,14 +598,19 @@ fn device_interrupt(what: &'static str) -> Result<(Arc<Interrupt>, EventFd), Bui
     Ok((Arc::new(Interrupt::new(Box::new(line))), evt))
 }
 
+type Attached<D> = (Vec<Arc<Mutex<D>>>, Vec<Arc<Mutex<MmioTransport>>>);
+
 fn attach_block_devices(
     env: &mut DeviceEnv<'_>,
     drives: Vec<Drive>,
-) -> Result<Vec<Arc<Mutex<Block>>>, BuildError> {
+) -> Result<Attached<Block>, BuildError> {
     let mut blocks = Vec::with_capacity(drives.len());
+    let mut transports = Vec::with_capacity(drives.len());
     for drive in drives {
         if drive.is_root {
-            add_root_args(env.cmdline, &drive)?;
+            if let Some(cmdline) = env.cmdline.as_deref_mut() {
+                add_root_args(cmdline, &drive)?;
+            }
         }
         let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
         let name = format!("virtio-blk {}", drive.block.id);
@@ -386,10 +621,94 @@ fn attach_block_devices(
             .try_clone()
             .map_err(|e| BuildError::EventFd("a block queue", e))?;
         let block = Arc::new(Mutex::new(block));
-        attach_virtio(env, name, block.clone(), interrupt, &irq_evt, &[&queue_evt])?;
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&queue_evt]);
+        transports.push(attach_virtio(
+            env,
+            name,
+            block.clone(),
+            interrupt,
+            evts,
+            None,
+        )?);
         blocks.push(block);
     }
-    Ok(blocks)
+    Ok((blocks, transports))
+}
+
+/// The saved drives, each on its saved backing file (which must still have the
+/// saved size), at the slot each had.
+fn restore_block_devices(
+    env: &mut DeviceEnv<'_>,
+    saved: &[BlockSnapshot],
+) -> Result<Attached<Block>, BuildError> {
+    let mut blocks = Vec::with_capacity(saved.len());
+    let mut transports = Vec::with_capacity(saved.len());
+    for (index, saved) in saved.iter().enumerate() {
+        let state = &saved.device;
+        let (file, capacity) = resources::open_backing_file(index, &state.path, state.read_only)?;
+        let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
+        let block = Block::restore(state, state.path.clone(), file, capacity, interrupt.clone())?;
+        let queue_evt = block
+            .queue_event()
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        let block = Arc::new(Mutex::new(block));
+        let name = format!("virtio-blk {}", state.id);
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&queue_evt]);
+        let transport = Some(&saved.transport);
+        transports.push(attach_virtio(
+            env,
+            name,
+            block.clone(),
+            interrupt,
+            evts,
+            transport,
+        )?);
+        blocks.push(block);
+    }
+    Ok((blocks, transports))
+}
+
+/// The saved network interfaces, each on its saved tap or the one `params`
+/// overrides it with, at the slot each had.
+fn restore_net_devices(
+    env: &mut DeviceEnv<'_>,
+    saved: &[NetSnapshot],
+    params: &SnapshotLoadParams,
+) -> Result<Attached<Net>, BuildError> {
+    let mut devices = Vec::with_capacity(saved.len());
+    let mut transports = Vec::with_capacity(saved.len());
+    for saved in saved {
+        let state = &saved.device;
+        let tap_name = params.tap_for(&state.id, &state.host_dev_name);
+        let tap = Tap::open(tap_name).map_err(|source| BuildError::Tap {
+            id: state.id.clone(),
+            source,
+        })?;
+        let (interrupt, irq_evt) = device_interrupt("a network device's interrupt")?;
+        let net = Net::restore(state, Box::new(tap), interrupt.clone())?;
+        let [rx, tx] = net.queue_events();
+        let rx = rx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let tx = tx
+            .try_clone()
+            .map_err(|e| BuildError::EventFd("a network queue", e))?;
+        let net = Arc::new(Mutex::new(net));
+        let name = format!("virtio-net {}", state.id);
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&rx, &tx]);
+        let transport = Some(&saved.transport);
+        transports.push(attach_virtio(
+            env,
+            name,
+            net.clone(),
+            interrupt,
+            evts,
+            transport,
+        )?);
+        devices.push(net);
+    }
+    Ok((devices, transports))
 }
 
 /// `root=` and `ro`/`rw` for the root drive, unless the user's boot_args name a root.
@@ -415,8 +734,9 @@ fn add_root_args(cmdline: &mut Cmdline, drive: &Drive) -> Result<(), BuildError>
 fn attach_net_devices(
     env: &mut DeviceEnv<'_>,
     nets: &[NetInterface],
-) -> Result<Vec<Arc<Mutex<Net>>>, BuildError> {
+) -> Result<Attached<Net>, BuildError> {
     let mut devices = Vec::with_capacity(nets.len());
+    let mut transports = Vec::with_capacity(nets.len());
     for iface in nets {
         let tap = Tap::open(&iface.tap).map_err(|source| BuildError::Tap {
             id: iface.id.clone(),
@@ -441,17 +761,19 @@ fn attach_net_devices(
             .try_clone()
             .map_err(|e| BuildError::EventFd("a network queue", e))?;
         let net = Arc::new(Mutex::new(net));
-        attach_virtio(
+        let name = format!("virtio-net {}", iface.id);
+        let evts: (&EventFd, &[&EventFd]) = (&irq_evt, &[&rx, &tx]);
+        transports.push(attach_virtio(
             env,
-            format!("virtio-net {}", iface.id),
+            name,
             net.clone(),
             interrupt,
-            &irq_evt,
-            &[&rx, &tx],
-        )?;
+            evts,
+            None,
+        )?);
         devices.push(net);
     }
-    Ok(devices)
+    Ok((devices, transports))
 }
 
 /// The vsock device: its listener is bound here, before any seccomp filter (the
@@ -484,8 +806,8 @@ fn attach_vsock_device(
         "virtio-vsock".to_owned(),
         vsock.clone(),
         interrupt,
-        &irq_evt,
-        &evts,
+        (&irq_evt, &evts),
+        None,
     )?;
     Ok(vsock)
 }
@@ -502,11 +824,14 @@ fn attach_legacy_devices(
     buses: &mut DeviceBuses,
     exit: &Arc<ExitEvent>,
     console: Box<dyn Write + Send>,
+    saved: Option<(&SerialState, &I8042State)>,
 ) -> Result<LegacyDevices, BuildError> {
     let com1_irq = eventfd("COM1's interrupt")?;
     vm.register_irqfd(&com1_irq, IRQ_COM1)?;
-    let (serial, serial_drained) =
-        SerialDevice::new(com1_irq, console).map_err(|e| BuildError::EventFd("COM1", e))?;
+    let (serial, serial_drained) = match saved {
+        None => SerialDevice::new(com1_irq, console).map_err(|e| BuildError::EventFd("COM1", e))?,
+        Some((state, _)) => SerialDevice::restore(state, com1_irq, console)?,
+    };
     let serial = Arc::new(Mutex::new(serial));
     buses
         .pio
@@ -518,7 +843,11 @@ fn attach_legacy_devices(
 
     let kbd_irq = eventfd("the i8042 interrupt")?;
     vm.register_irqfd(&kbd_irq, IRQ_I8042)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), kbd_irq)));
+    let i8042 = match saved {
+        None => I8042::new(exit.clone(), kbd_irq),
+        Some((_, state)) => I8042::restore(state, exit.clone(), kbd_irq)?,
+    };
+    let i8042 = Arc::new(Mutex::new(i8042));
     buses
         .pio
         .insert(i8042.clone(), I8042_PORT, I8042_LEN)

@@ -10,15 +10,25 @@ use vmm_sys_util::epoll::EventSet;
 use crate::builder::EventLoop;
 use crate::config::VmConfig;
 use crate::devices::legacy::i8042::{I8042Error, I8042};
+use crate::devices::legacy::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitEvent, ExitReason};
 use crate::metrics::VcpuExitCounters;
+use crate::snapshot::device_writes::device_writes;
+use crate::snapshot::format;
+use crate::snapshot::memory::{self, DirtyPages, MemoryState};
+use crate::snapshot::vm::{
+    BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
+};
 use crate::sync::lock;
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
+use crate::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
 use crate::vstate::vm::Vm;
+use crate::vstate::vm_state::VmState;
 
 /// How long a vCPU may take to acknowledge a pause or resume. A vCPU leaves KVM_RUN
 /// within microseconds of its kick; only a wedged host misses this.
@@ -87,7 +97,26 @@ impl MutEventSubscriber for ExitSubscriber {
     }
 }
 
-/// Handles on the virtio devices, for runtime changes and metrics.
+/// Adds to KVM's dirty log what spry's devices wrote from the host side, which KVM
+/// never sees: the buffers they accepted since the last snapshot, and every live
+/// queue's used ring (see [`crate::snapshot::device_writes`]).
+fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapshot) {
+    for page in device_writes().take() {
+        dirty.add_page(mem, page);
+    }
+    let transports = state
+        .blocks
+        .iter()
+        .map(|b| &b.transport)
+        .chain(state.nets.iter().map(|n| &n.transport));
+    for queue in transports.filter(|t| t.activated).flat_map(|t| &t.queues) {
+        // flags, idx, the ring of (id, len) pairs and avail_event.
+        let used_len = 6 + 8 * u64::from(queue.size);
+        dirty.add_range(mem, queue.used_ring, used_len);
+    }
+}
+
+/// Handles on the virtio devices, for runtime changes, metrics and snapshots.
 #[derive(Default)]
 pub struct VirtioDevices {
     /// Block devices, in attach order (root first).
@@ -96,6 +125,23 @@ pub struct VirtioDevices {
     pub nets: Vec<Arc<Mutex<Net>>>,
     /// The vsock device.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// The transport of each block device, in the same order.
+    pub block_transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The transport of each network device, in the same order.
+    pub net_transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// What a snapshot reads besides the devices the VMM keeps anyway.
+pub struct SnapshotSources {
+    /// COM1.
+    pub serial: Arc<Mutex<SerialDevice>>,
+    /// What this host's KVM saves of a vCPU (probed once, at build).
+    pub vcpu_support: Arc<VcpuStateSupport>,
+    /// KVM logs dirty pages (a Diff snapshot is possible).
+    pub track_dirty_pages: bool,
+    /// Memory a Diff can be layered on exists: a Full snapshot this process took
+    /// (the last memory write succeeded) or the memory file it was loaded from.
+    pub diff_base: bool,
 }
 
 /// A built VM with running vCPUs.
@@ -106,16 +152,17 @@ pub struct VirtioDevices {
 /// nothing can reach it.
 pub struct Vmm {
     vcpus: Vec<VcpuHandle>,
-    // Held, never read: the VM fd must outlive the vCPU threads.
-    _vm: Vm,
+    // The VM fd must outlive the vCPU threads.
+    vm: Vm,
     paused: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
     devices: VirtioDevices,
-    // Held, never read: the guest mapping must outlive the vCPU threads, the VM
-    // and the devices, whatever else keeps a handle.
-    _guest_memory: GuestMemory,
+    snapshot: SnapshotSources,
+    // The guest mapping must outlive the vCPU threads, the VM and the devices,
+    // whatever else keeps a handle.
+    guest_memory: GuestMemory,
     config: VmConfig,
 }
 
@@ -137,19 +184,27 @@ impl Vmm {
         exit: Arc<ExitEvent>,
         i8042: Arc<Mutex<I8042>>,
         devices: VirtioDevices,
+        snapshot: SnapshotSources,
         config: VmConfig,
     ) -> Vmm {
         Vmm {
             vcpus: Vec::new(),
-            _vm: vm,
+            vm,
             paused: false,
             event_loop,
             exit,
             i8042,
             devices,
-            _guest_memory: guest_memory,
+            snapshot,
+            guest_memory,
             config,
         }
+    }
+
+    /// Records that the vCPUs were started paused (a snapshot loaded without
+    /// `resume_vm`).
+    pub fn started_paused(&mut self) {
+        self.paused = true;
     }
 
     /// Takes ownership of a started vCPU.
@@ -215,7 +270,7 @@ impl Vmm {
         what: &'static str,
     ) -> Result<(), VmmError> {
         for vcpu in &self.vcpus {
-            vcpu.send(event);
+            vcpu.send(event.clone());
         }
         let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
         for vcpu in &self.vcpus {
@@ -236,6 +291,130 @@ impl Vmm {
             }
         }
         Ok(())
+    }
+
+    /// Writes a snapshot of the paused VM: guest memory to `mem_file_path` (all of
+    /// it, or for a Diff the pages dirtied since the last snapshot), then the state
+    /// file, each whole or not at all. Runs on the event-loop thread, between two
+    /// turns of the loop, so no device is half way through a request. The VM stays
+    /// paused whatever happens.
+    pub fn create_snapshot(&mut self, params: &SnapshotCreateParams) -> Result<(), SnapshotError> {
+        if !self.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        if self.devices.vsock.is_some() {
+            return Err(SnapshotError::Vsock);
+        }
+        let diff = params.snapshot_type == SnapshotType::Diff;
+        if diff && !self.snapshot.track_dirty_pages {
+            return Err(SnapshotError::DiffWithoutTracking);
+        }
+        if diff && !self.snapshot.diff_base {
+            return Err(SnapshotError::DiffWithoutBase);
+        }
+        let vcpus = self.save_vcpus()?;
+        let vm = VmState::save(self.vm.fd())?;
+        let state = VmSnapshot {
+            config: self.config.clone(),
+            memory: MemoryState::of(&self.guest_memory),
+            vm,
+            vcpus,
+            serial: lock(&self.snapshot.serial).save(),
+            i8042: lock(&self.i8042).save(),
+            blocks: self.save_blocks(),
+            nets: self.save_nets(),
+        };
+        // An earlier state file at this path must not outlive a failure below next
+        // to memory it does not describe. Best effort: it may not exist.
+        let _ = std::fs::remove_file(&params.snapshot_path);
+        let started = Instant::now();
+        let written = self.write_memory(params.snapshot_type, &params.mem_file_path, &state);
+        // A failed write may have used up the dirty log: until a Full succeeds, a
+        // Diff would miss pages.
+        self.snapshot.diff_base = written.is_ok();
+        let written = written?;
+        format::write_file(&params.snapshot_path, &state)?;
+        log::info!(
+            "{:?} snapshot: {} pages of memory written in {} us",
+            params.snapshot_type,
+            written.pages_written,
+            started.elapsed().as_micros()
+        );
+        Ok(())
+    }
+
+    /// Writes guest memory for a snapshot of `kind` to `path`.
+    fn write_memory(
+        &self,
+        kind: SnapshotType,
+        path: &std::path::Path,
+        state: &VmSnapshot,
+    ) -> Result<memory::WriteStats, SnapshotError> {
+        if !self.snapshot.track_dirty_pages {
+            return Ok(memory::write_full(&self.guest_memory, path)?);
+        }
+        // Taking the log also restarts it: the next Diff holds what changes from
+        // here on.
+        let mut dirty = DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+        add_device_writes(&mut dirty, &self.guest_memory, state);
+        Ok(match kind {
+            SnapshotType::Diff => memory::write_diff(&self.guest_memory, &dirty, path)?,
+            SnapshotType::Full => memory::write_full(&self.guest_memory, path)?,
+        })
+    }
+
+    /// Each paused vCPU saves its own state, on its own thread.
+    fn save_vcpus(&self) -> Result<Vec<VcpuState>, SnapshotError> {
+        let event = VcpuEvent::SaveState(self.snapshot.vcpu_support.clone());
+        for vcpu in &self.vcpus {
+            vcpu.send(event.clone());
+        }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
+        self.vcpus
+            .iter()
+            .map(|vcpu| loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match vcpu.response(left) {
+                    Some(VcpuResponse::Saved(saved)) => {
+                        break (*saved).map_err(SnapshotError::Vcpu);
+                    }
+                    // A late answer to an earlier request that timed out.
+                    Some(_) => {}
+                    None => break Err(SnapshotError::VcpuNoAnswer(vcpu.index())),
+                }
+            })
+            .collect()
+    }
+
+    // One lock at a time: a transport's save locks its device.
+    fn save_blocks(&self) -> Vec<BlockSnapshot> {
+        let pairs = self
+            .devices
+            .blocks
+            .iter()
+            .zip(&self.devices.block_transports);
+        pairs
+            .map(|(device, transport)| {
+                let device = lock(device).save();
+                BlockSnapshot {
+                    device,
+                    transport: lock(transport).save(),
+                }
+            })
+            .collect()
+    }
+
+    fn save_nets(&self) -> Vec<NetSnapshot> {
+        let pairs = self.devices.nets.iter().zip(&self.devices.net_transports);
+        pairs
+            .map(|(device, transport)| {
+                let device = lock(device).save();
+                NetSnapshot {
+                    device,
+                    transport: lock(transport).save(),
+                }
+            })
+            .collect()
     }
 
     /// Each vCPU's exit counters.

@@ -14,6 +14,7 @@ use crate::config::{
     BootSourceConfig, DriveConfig, LoggerConfig, MachineConfig, MetricsConfig, NetConfig, VmConfig,
     VsockConfig,
 };
+use crate::snapshot::vm::{SnapshotCreateParams, SnapshotLoadParams};
 
 /// One request for the VMM.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +48,8 @@ pub enum PrebootAction {
     PutMetrics(MetricsConfig),
     /// `PUT /actions` `InstanceStart`.
     InstanceStart,
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// Calls on a running VM.
@@ -62,6 +65,8 @@ pub enum RuntimeAction {
     Pause,
     /// `PATCH /vm` `Resumed`.
     Resume,
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
 }
 
 /// Reads, valid in every state.

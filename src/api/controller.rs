@@ -22,6 +22,8 @@ use crate::logger::{self, LoggerError};
 use crate::metrics::{FlushTimer, MetricsError, MetricsSink, Snapshot};
 use crate::resources::{self, Boot, Machine, ResourcesError, VmResources};
 use crate::seccomp::SeccompFilters;
+use crate::snapshot::vm::SnapshotError;
+use crate::snapshot::vm::SnapshotLoadParams;
 use crate::sync::lock;
 use crate::vmm::{RunHook, Vmm, VmmError};
 
@@ -68,6 +70,13 @@ pub enum ControllerError {
     /// Waiting for API requests failed.
     #[error("cannot wait for API requests")]
     Wait(#[source] std::io::Error),
+    /// `PUT /snapshot/load` after a call that configures a boot (Firecracker's
+    /// `LoadSnapshotNotAllowed`).
+    #[error("Loading a microVM snapshot not allowed after configuring boot-specific resources.")]
+    LoadSnapshotNotAllowed,
+    /// `PUT /snapshot/create` failed; the VM stays paused.
+    #[error("cannot create the snapshot")]
+    Snapshot(#[source] SnapshotError),
 }
 
 /// The answer to a [`Query`], in whichever phase.
@@ -120,6 +129,8 @@ pub struct PrebootController {
     metrics: Option<MetricsSink>,
     console_input: Option<RawFd>,
     seccomp: SeccompFilters,
+    /// A call configured a boot, so a snapshot can no longer be loaded.
+    boot_path: bool,
 }
 
 const WAKE_API: u64 = 0;
@@ -139,6 +150,7 @@ impl PrebootController {
             metrics: None,
             console_input,
             seccomp,
+            boot_path: false,
         }
     }
 
@@ -199,8 +211,18 @@ impl PrebootController {
     /// checking it as far as it can be checked alone (nothing changes when it is
     /// refused).
     fn preboot(&mut self, action: PrebootAction) -> Result<Outcome, ControllerError> {
+        // Firecracker's rule: everything but the logger and metrics commits the
+        // process to a boot (the refused call too; InstanceStart ends this phase).
+        let configures_boot = !matches!(
+            action,
+            PrebootAction::PutLogger(_)
+                | PrebootAction::PutMetrics(_)
+                | PrebootAction::LoadSnapshot(_)
+        );
+        self.boot_path |= configures_boot;
         match action {
             PrebootAction::InstanceStart => return self.start(),
+            PrebootAction::LoadSnapshot(params) => return self.load(&params),
             PrebootAction::PutBootSource(boot) => {
                 Boot::from_config(&boot)?;
                 self.config.boot_source = boot;
@@ -254,6 +276,26 @@ impl PrebootController {
         let resources = VmResources::try_from(self.config.clone())?;
         let vmm = builder::build_and_start(
             resources,
+            Box::new(std::io::stdout()),
+            self.console_input,
+            &self.seccomp,
+        )?;
+        Ok(Outcome::Started(Box::new(Booted {
+            vmm,
+            metrics: self.metrics.take(),
+        })))
+    }
+}
+
+impl PrebootController {
+    /// Restores the snapshot `params` names, in this process that configured
+    /// nothing else.
+    fn load(&mut self, params: &SnapshotLoadParams) -> Result<Outcome, ControllerError> {
+        if self.boot_path {
+            return Err(ControllerError::LoadSnapshotNotAllowed);
+        }
+        let vmm = builder::restore_and_start(
+            params,
             Box::new(std::io::stdout()),
             self.console_input,
             &self.seccomp,
@@ -361,6 +403,9 @@ impl RuntimeController {
             RuntimeAction::FlushMetrics => self.write_metrics(vmm)?,
             RuntimeAction::Pause => vmm.pause()?,
             RuntimeAction::Resume => vmm.resume()?,
+            RuntimeAction::CreateSnapshot(params) => vmm
+                .create_snapshot(&params)
+                .map_err(ControllerError::Snapshot)?,
         }
         Ok(())
     }

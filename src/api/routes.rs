@@ -182,6 +182,16 @@ pub static ROUTES: &[Route] = &[
         path: "/metrics",
         decode: put_metrics,
     },
+    Route {
+        method: Method::PUT,
+        path: "/snapshot/create",
+        decode: put_snapshot_create,
+    },
+    Route {
+        method: Method::PUT,
+        path: "/snapshot/load",
+        decode: put_snapshot_load,
+    },
 ];
 
 /// Decodes one request into the action it asks for.
@@ -339,6 +349,14 @@ fn put_logger(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
 
 fn put_metrics(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
     preboot(PrebootAction::PutMetrics(json(body)?))
+}
+
+fn put_snapshot_create(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
+    runtime(RuntimeAction::CreateSnapshot(json(body)?))
+}
+
+fn put_snapshot_load(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
+    preboot(PrebootAction::LoadSnapshot(json(body)?))
 }
 
 #[cfg(test)]

@@ -663,10 +663,45 @@ mod tests {
             0x81,
             kvm_bindings::kvm_regs
         );
+        use kvm_bindings::{
+            kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_irqchip, kvm_lapic_state,
+            kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+            kvm_xsave, KVMIO,
+        };
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_bindings::kvm_fpu);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+        vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+        vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+        vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+        vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+        vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+        vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
         let expected: HashMap<&str, u64> = [
             ("KVM_RUN", KVM_RUN()),
             ("KVM_KVMCLOCK_CTRL", KVM_KVMCLOCK_CTRL()),
             ("KVM_GET_REGS", KVM_GET_REGS()),
+            ("KVM_GET_MP_STATE", KVM_GET_MP_STATE()),
+            ("KVM_GET_SREGS", KVM_GET_SREGS()),
+            ("KVM_GET_XSAVE", KVM_GET_XSAVE()),
+            ("KVM_GET_FPU", KVM_GET_FPU()),
+            ("KVM_GET_XCRS", KVM_GET_XCRS()),
+            ("KVM_GET_DEBUGREGS", KVM_GET_DEBUGREGS()),
+            ("KVM_GET_LAPIC", KVM_GET_LAPIC()),
+            ("KVM_GET_TSC_KHZ", KVM_GET_TSC_KHZ()),
+            ("KVM_GET_CPUID2", KVM_GET_CPUID2()),
+            ("KVM_GET_MSRS", KVM_GET_MSRS()),
+            ("KVM_GET_VCPU_EVENTS", KVM_GET_VCPU_EVENTS()),
+            ("KVM_GET_IRQCHIP", KVM_GET_IRQCHIP()),
+            ("KVM_GET_PIT2", KVM_GET_PIT2()),
+            ("KVM_GET_CLOCK", KVM_GET_CLOCK()),
+            ("KVM_GET_DIRTY_LOG", KVM_GET_DIRTY_LOG()),
             ("TUNSETOFFLOAD", libc::TUNSETOFFLOAD),
             ("TCGETS", libc::TCGETS),
             ("TCSETS", libc::TCSETS),

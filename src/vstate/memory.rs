@@ -92,6 +92,27 @@ pub fn map_huge_aligned(size: usize) -> Result<MmapRegion, vm_memory::mmap::Mmap
     Ok(mapping)
 }
 
+/// A private (copy-on-write) mapping of `size` bytes of the file at `offset`,
+/// placed on a 2 MiB boundary when the host allows, as [`map_huge_aligned`]. Reads
+/// fault pages in from the page cache; writes make private copies, never reaching
+/// the file.
+pub fn map_file_private_aligned(
+    offset: vm_memory::FileOffset,
+    size: usize,
+) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
+    let hole = AlignedHole::reserve(size);
+    let mapping = MmapRegion::build(
+        Some(offset),
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+    )?;
+    if hole.is_some() && mapping.as_ptr() as usize % HUGE_PAGE != 0 {
+        log::debug!("restored guest RAM of {size:#x} bytes mapped off a 2 MiB boundary");
+    }
+    Ok(mapping)
+}
+
 /// Guard mappings on both sides of a free, 2 MiB-aligned hole of a given size; the
 /// guards go when this is dropped.
 struct AlignedHole {

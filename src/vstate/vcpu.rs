@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    CpuId, KVM_INTERNAL_ERROR_EMULATION, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+    kvm_cpuid_entry2, CpuId, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -25,6 +26,7 @@ use crate::exit::{hex_bytes, ExitEvent, ExitReason};
 use crate::host::HostKvm;
 use crate::metrics::VcpuExitCounters;
 use crate::seccomp::{Filter, ThreadKind};
+use crate::vstate::vcpu_state::{VcpuState as SavedVcpu, VcpuStateError, VcpuStateSupport};
 
 /// Errors while creating, configuring or driving a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +79,7 @@ pub enum VcpuError {
 }
 
 /// What the VMM asks of a vCPU thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VcpuEvent {
     /// Stop running guest code until `Resume`.
     Pause,
@@ -85,15 +87,20 @@ pub enum VcpuEvent {
     Resume,
     /// Leave the thread.
     Finish,
+    /// Save the vCPU's whole state (paused vCPUs only): KVM wants a vCPU's ioctls
+    /// from the thread that runs it.
+    SaveState(Arc<VcpuStateSupport>),
 }
 
-/// What a vCPU thread answers to `Pause` and `Resume`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a vCPU thread answers to `Pause`, `Resume` and `SaveState`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum VcpuResponse {
     /// The vCPU is paused.
     Paused,
     /// The vCPU is running.
     Resumed,
+    /// The vCPU's state, or why it could not be saved.
+    Saved(Box<Result<SavedVcpu, String>>),
 }
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
@@ -201,9 +208,26 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Starts the vCPU thread, running guest code at once; the thread installs
-    /// `seccomp` (when filters are on) before its first `KVM_RUN`.
-    pub fn start(self, seccomp: Option<Filter>) -> Result<VcpuHandle, VcpuError> {
+    /// The CPUID this host gives a vCPU: `supported` set on this vCPU (which has
+    /// not run) and read back, with what KVM adds on its own.
+    pub fn host_cpuid(&self, supported: &CpuId) -> Result<Vec<kvm_cpuid_entry2>, VcpuError> {
+        self.set("CPUID", self.fd.set_cpuid2(supported))?;
+        let cpuid = self.set("CPUID", self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        Ok(cpuid.as_slice().to_vec())
+    }
+
+    /// Gives this vCPU, which has not run, a saved state.
+    pub fn restore_state(
+        &self,
+        state: &SavedVcpu,
+        support: &VcpuStateSupport,
+    ) -> Result<(), VcpuStateError> {
+        state.restore(&self.fd, support)
+    }
+
+    /// Starts the vCPU thread, running guest code at once unless `paused`; the
+    /// thread installs `seccomp` (when filters are on) before its first `KVM_RUN`.
+    pub fn start(self, seccomp: Option<Filter>, paused: bool) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler()?;
         let index = self.index;
         let (event_tx, event_rx) = channel();
@@ -211,7 +235,7 @@ impl Vcpu {
         let counters = self.counters.clone();
         let thread = std::thread::Builder::new()
             .name(format!("spry-vcpu{index}"))
-            .spawn(move || self.run_thread(seccomp, event_rx, response_tx))
+            .spawn(move || self.run_thread(seccomp, paused, event_rx, response_tx))
             .map_err(|source| VcpuError::Spawn { index, source })?;
         Ok(VcpuHandle {
             index,
@@ -225,6 +249,7 @@ impl Vcpu {
     fn run_thread(
         mut self,
         seccomp: Option<Filter>,
+        paused: bool,
         events: Receiver<VcpuEvent>,
         responses: Sender<VcpuResponse>,
     ) {
@@ -247,7 +272,11 @@ impl Vcpu {
                 crate::clock::since_start().as_micros()
             );
         }
-        let mut state = VcpuState::Running;
+        let mut state = if paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         loop {
             state = match state {
                 VcpuState::Running => self.running(&events, &responses),
@@ -274,6 +303,10 @@ impl Vcpu {
                 }
                 Ok(VcpuEvent::Resume) => {
                     let _ = responses.send(VcpuResponse::Resumed);
+                }
+                Ok(VcpuEvent::SaveState(_)) => {
+                    let refused = Err(format!("vCPU {} is running, not paused", self.index));
+                    let _ = responses.send(VcpuResponse::Saved(Box::new(refused)));
                 }
                 Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
                     return Some(VcpuState::Exited)
@@ -334,6 +367,11 @@ impl Vcpu {
                 }
                 Ok(VcpuEvent::Pause) => {
                     let _ = responses.send(VcpuResponse::Paused);
+                }
+                Ok(VcpuEvent::SaveState(support)) => {
+                    let saved = SavedVcpu::save(&self.fd, &support)
+                        .map_err(|e| format!("vCPU {}: {}", self.index, crate::error_line(&e)));
+                    let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
                 }
                 Ok(VcpuEvent::Finish) | Err(_) => return VcpuState::Exited,
             }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
@@ -51,6 +52,29 @@ pub enum I8042Error {
     /// Raising IRQ 1 failed.
     #[error("cannot raise the keyboard interrupt")]
     Interrupt(#[source] std::io::Error),
+    /// A saved output buffer longer than the controller's.
+    #[error("saved i8042 output buffer holds {0} bytes, the controller's holds {BUF_SIZE}")]
+    StateBuffer(usize),
+    /// A saved pending command that takes no data byte.
+    #[error("saved i8042 pending command {0:#04x} takes no data byte")]
+    StateCommand(u8),
+}
+
+/// The controller as the guest left it. Whether a reset was already requested is
+/// not kept: a restored VM starts running, and its next reset must stop it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I8042State {
+    /// Status register.
+    pub status: u8,
+    /// Controller configuration byte.
+    pub control: u8,
+    /// Output port.
+    pub outp: u8,
+    /// A command waiting for its data byte.
+    pub pending_cmd: Option<u8>,
+    /// Bytes the guest has not read yet, oldest first.
+    pub buf: Vec<u8>,
 }
 
 /// The controller.
@@ -83,6 +107,45 @@ impl I8042 {
             buf: VecDeque::with_capacity(BUF_SIZE),
             reset_requested: false,
         }
+    }
+
+    /// The controller's state, to save.
+    pub fn save(&self) -> I8042State {
+        I8042State {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            pending_cmd: self.pending_cmd,
+            buf: self.buf.iter().copied().collect(),
+        }
+    }
+
+    /// A controller in the saved `state`, otherwise as [`I8042::new`]. Bytes still
+    /// to read raise IRQ 1 again (if the guest enabled it): the interrupt that
+    /// announced them went to the old VM.
+    pub fn restore(
+        state: &I8042State,
+        exit: Arc<ExitEvent>,
+        kbd_interrupt: EventFd,
+    ) -> Result<I8042, I8042Error> {
+        if state.buf.len() > BUF_SIZE {
+            return Err(I8042Error::StateBuffer(state.buf.len()));
+        }
+        if let Some(cmd) = state.pending_cmd {
+            if cmd != CMD_WRITE_CTR && cmd != CMD_WRITE_OUTP {
+                return Err(I8042Error::StateCommand(cmd));
+            }
+        }
+        let mut dev = I8042::new(exit, kbd_interrupt);
+        dev.status = state.status;
+        dev.control = state.control;
+        dev.outp = state.outp;
+        dev.pending_cmd = state.pending_cmd;
+        dev.buf.extend(&state.buf);
+        if !dev.buf.is_empty() {
+            dev.interrupt()?;
+        }
+        Ok(dev)
     }
 
     fn push(&mut self, byte: u8) -> Result<(), I8042Error> {
@@ -319,5 +382,65 @@ mod tests {
             let _ = dev.ctrl_alt_del();
         }
         assert!(matches!(dev.ctrl_alt_del(), Err(I8042Error::BufferFull)));
+    }
+
+    #[test]
+    fn test_restored_controller_keeps_unread_keys_and_registers() {
+        let (mut dev, _, _) = device();
+        dev.write(OFS_STATUS, &[CMD_WRITE_OUTP]);
+        dev.ctrl_alt_del().unwrap();
+        let _ = read(&mut dev, OFS_DATA);
+        let saved = dev.save();
+        let (_, exit, irq) = device();
+
+        let state: I8042State =
+            serde_json::from_str(&serde_json::to_string(&saved).unwrap()).unwrap();
+        let mut back = I8042::restore(&state, exit, irq.try_clone().unwrap()).unwrap();
+
+        assert_eq!(back.save(), saved);
+        assert_eq!(irq.read().unwrap(), 1);
+        let codes: Vec<u8> = (0..3).map(|_| read(&mut back, OFS_DATA)).collect();
+        assert_eq!(codes, vec![0x11, 0xe0, 0x71]);
+        back.write(OFS_DATA, &[0x07]);
+        assert_eq!(back.save().outp, 0x07);
+    }
+
+    #[test]
+    fn test_restored_controller_still_resets_the_vm() {
+        let (mut dev, _, _) = device();
+        dev.write(OFS_STATUS, &[CMD_RESET_CPU]);
+        let saved = dev.save();
+        let (_, exit, irq) = device();
+
+        let mut back = I8042::restore(&saved, exit.clone(), irq).unwrap();
+        back.write(OFS_STATUS, &[CMD_RESET_CPU]);
+
+        assert_eq!(exit.reason(), Some(ExitReason::GuestReset));
+    }
+
+    #[test]
+    fn test_restore_with_an_overlong_buffer_is_refused() {
+        let (dev, exit, irq) = device();
+        let mut state = dev.save();
+        state.buf = vec![0; BUF_SIZE + 1];
+
+        let err = I8042::restore(&state, exit, irq).unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "saved i8042 output buffer holds 17 bytes, the controller's holds 16"
+        );
+    }
+
+    #[test]
+    fn test_restore_with_a_foreign_pending_command_is_refused() {
+        let (dev, exit, irq) = device();
+        let mut state = dev.save();
+        state.pending_cmd = Some(CMD_RESET_CPU);
+
+        assert!(matches!(
+            I8042::restore(&state, exit, irq),
+            Err(I8042Error::StateCommand(0xfe))
+        ));
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
 use vm_superio::serial::{Error as SerialError, SerialEvents};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::epoll::EventSet;
@@ -18,6 +19,84 @@ use crate::sync::lock;
 pub const COM1_PORT: u64 = 0x3f8;
 /// COM1 register window.
 pub const COM1_LEN: u64 = 8;
+
+/// Bytes the UART's receive FIFO holds (vm-superio's, a 16550A's 16 and then some).
+pub const FIFO_SIZE: usize = 64;
+
+/// Errors while restoring the serial port.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialStateError {
+    /// More unread input than the FIFO holds.
+    #[error("saved serial input holds {0} bytes, the receive FIFO holds {FIFO_SIZE}")]
+    InputTooLong(usize),
+    /// Creating the drained-input eventfd failed.
+    #[error("cannot create the serial port's eventfd")]
+    EventFd(#[source] io::Error),
+    /// Raising the restored interrupt failed.
+    #[error("cannot raise the restored serial interrupt")]
+    Interrupt(#[source] io::Error),
+}
+
+/// The UART as the guest left it: registers and the input it has not read yet
+/// (vm-superio's `SerialState`, as plain serde data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialState {
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// IER.
+    pub interrupt_enable: u8,
+    /// IIR.
+    pub interrupt_identification: u8,
+    /// LCR.
+    pub line_control: u8,
+    /// LSR.
+    pub line_status: u8,
+    /// MCR.
+    pub modem_control: u8,
+    /// MSR.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read, oldest first.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<vm_superio::SerialState> for SerialState {
+    fn from(s: vm_superio::SerialState) -> SerialState {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialState> for vm_superio::SerialState {
+    fn from(s: &SerialState) -> vm_superio::SerialState {
+        vm_superio::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
 
 /// Raises an interrupt by writing to an eventfd registered as a KVM irqfd.
 #[derive(Debug)]
@@ -73,6 +152,45 @@ impl SerialDevice {
             InputDrained(drained.try_clone()?),
             out,
         );
+        Ok((
+            SerialDevice {
+                uart,
+                reported_error: false,
+            },
+            drained,
+        ))
+    }
+
+    /// The UART's state, to save.
+    pub fn save(&self) -> SerialState {
+        SerialState::from(self.uart.state())
+    }
+
+    /// A UART in the saved `state`, otherwise as [`SerialDevice::new`]. An
+    /// interrupt the state has pending (data ready, or room to transmit, where the
+    /// guest enabled those interrupts) is raised again on `interrupt`.
+    pub fn restore(
+        state: &SerialState,
+        interrupt: EventFd,
+        out: Box<dyn Write + Send>,
+    ) -> Result<(SerialDevice, EventFd), SerialStateError> {
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(SerialStateError::InputTooLong(state.in_buffer.len()));
+        }
+        let drained = EventFd::new(EFD_NONBLOCK).map_err(SerialStateError::EventFd)?;
+        let events = InputDrained(drained.try_clone().map_err(SerialStateError::EventFd)?);
+        let uart = Serial::from_state(
+            &vm_superio::SerialState::from(state),
+            EventFdTrigger(interrupt),
+            events,
+            out,
+        )
+        // `from_state` fails only on a FIFO too long (checked above) or a failed
+        // interrupt.
+        .map_err(|e| match e {
+            SerialError::Trigger(e) | SerialError::IOError(e) => SerialStateError::Interrupt(e),
+            SerialError::FullFifo => SerialStateError::InputTooLong(state.in_buffer.len()),
+        })?;
         Ok((
             SerialDevice {
                 uart,
@@ -263,7 +381,9 @@ mod tests {
 
     const THR: u64 = 0;
     const IER: u64 = 1;
+    const LCR: u64 = 3;
     const LSR: u64 = 5;
+    const SCRATCH: u64 = 7;
 
     #[test]
     fn test_guest_output_reaches_the_writer() {
@@ -304,5 +424,60 @@ mod tests {
         let room = dev.input_capacity();
         assert_eq!(dev.enqueue_input(&vec![b'x'; room + 10]), room);
         assert_eq!(dev.enqueue_input(b"y"), 0);
+    }
+
+    #[test]
+    fn test_restored_uart_keeps_registers_and_unread_input() {
+        let (mut dev, _) =
+            SerialDevice::new(EventFd::new(0).unwrap(), Box::new(io::sink())).unwrap();
+        dev.write(LCR, &[0x03]);
+        dev.write(SCRATCH, &[0x5a]);
+        dev.enqueue_input(b"ab");
+        let saved = dev.save();
+        let json = serde_json::to_string(&saved).unwrap();
+
+        let state: SerialState = serde_json::from_str(&json).unwrap();
+        let (mut back, _) =
+            SerialDevice::restore(&state, EventFd::new(0).unwrap(), Box::new(io::sink())).unwrap();
+
+        assert_eq!(back.save(), saved);
+        let mut bytes = [0u8; 2];
+        back.read(THR, &mut bytes);
+        assert_eq!(&bytes, b"ab");
+        let mut scratch = [0u8];
+        back.read(SCRATCH, &mut scratch);
+        assert_eq!(scratch, [0x5a]);
+    }
+
+    #[test]
+    fn test_restored_uart_with_data_ready_interrupt_raises_it() {
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (mut dev, _) =
+            SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(io::sink())).unwrap();
+        // Received-data interrupt on (IER bit 0), then a byte arrives.
+        dev.write(IER, &[0x01]);
+        dev.enqueue_input(b"x");
+        let saved = dev.save();
+
+        let _ =
+            SerialDevice::restore(&saved, irq.try_clone().unwrap(), Box::new(io::sink())).unwrap();
+
+        assert_eq!(irq.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn test_restore_with_input_past_the_fifo_is_refused() {
+        let (dev, _) = SerialDevice::new(EventFd::new(0).unwrap(), Box::new(io::sink())).unwrap();
+        let mut state = dev.save();
+        state.in_buffer = vec![b'x'; FIFO_SIZE + 1];
+
+        let err = SerialDevice::restore(&state, EventFd::new(0).unwrap(), Box::new(io::sink()))
+            .err()
+            .unwrap();
+
+        assert_eq!(
+            err.to_string(),
+            "saved serial input holds 65 bytes, the receive FIFO holds 64"
+        );
     }
 }

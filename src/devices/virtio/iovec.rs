@@ -6,6 +6,7 @@ use std::ops::Deref;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::snapshot::device_writes::device_writes;
 use crate::vstate::memory::GuestMemory;
 
 /// Most segments one request may have (the kernel's IOV_MAX).
@@ -97,6 +98,7 @@ impl ChainBuffers {
                 });
             }
             if desc.is_write_only() {
+                device_writes().mark(segment.addr.0, len);
                 buffers.writable.push(segment);
             } else if buffers.writable.is_empty() {
                 buffers.readable.push(segment);
@@ -219,6 +221,22 @@ pub fn write_at(
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{chain, default_mem, Desc};
+
+    #[test]
+    fn test_writable_buffers_are_recorded_for_diff_snapshots() {
+        let mem = default_mem();
+        // The record is the process's; other tests may add pages of their own.
+        device_writes().enable();
+
+        chain(&mem, &[Desc::r(0x77_1000, 16), Desc::w(0x77_2ff0, 32)]).unwrap();
+
+        let pages = device_writes().take();
+        assert!(
+            pages.contains(&0x772) && pages.contains(&0x773),
+            "{pages:?}"
+        );
+        assert!(!pages.contains(&0x771));
+    }
 
     #[test]
     fn test_readable_then_writable_split() {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 
+use super::persist::{QueueState, TransportState, VirtioStateError};
 use super::{
     status, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1,
 };
@@ -146,6 +147,93 @@ impl MmioTransport {
             activated: false,
             errors,
         }
+    }
+
+    /// The transport's registers and every queue, to save. Call it with the vCPUs
+    /// paused, from the event loop (see [`super::persist`]).
+    pub fn save(&self) -> TransportState {
+        let queues = if self.activated {
+            self.device().saved_queues()
+        } else {
+            self.queues.iter().map(QueueState::from).collect()
+        };
+        TransportState {
+            device_type: self.device_type,
+            features_select: self.features_select,
+            driver_features_select: self.driver_features_select,
+            acked_features: self.acked_features,
+            queue_select: self.queue_select,
+            status: self.status,
+            activated: self.activated,
+            queues,
+            interrupt: self.interrupt.save(),
+        }
+    }
+
+    /// The transport for `device` (a fresh one, not activated) in the saved `state`:
+    /// every value is checked against the device and `mem` first; an active device
+    /// gets its queues back through `activate`, which also makes it look at them
+    /// again (chains the driver queued before the snapshot are served then).
+    pub fn restore(
+        name: String,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        interrupt: Arc<Interrupt>,
+        mem: GuestMemory,
+        state: &TransportState,
+    ) -> Result<MmioTransport, VirtioStateError> {
+        let mut t = MmioTransport::new(name, device, interrupt, mem);
+        if state.device_type != t.device_type {
+            return Err(VirtioStateError::DeviceType {
+                saved: state.device_type,
+                device: t.device_type,
+            });
+        }
+        if state.queues.len() != t.queue_max_sizes.len() {
+            return Err(VirtioStateError::QueueCount {
+                saved: state.queues.len(),
+                device: t.queue_max_sizes.len(),
+            });
+        }
+        let extra = state.acked_features & !t.avail_features;
+        if extra != 0 {
+            return Err(VirtioStateError::Features {
+                acked: state.acked_features,
+                offered: t.avail_features,
+                extra,
+            });
+        }
+        let pairs = state.queues.iter().zip(&t.queue_max_sizes).enumerate();
+        if state.activated {
+            let ready = status::FEATURES_OK | status::DRIVER_OK;
+            if state.status & ready != ready || state.acked_features & (1 << F_VERSION_1) == 0 {
+                return Err(VirtioStateError::ActiveWithoutDriverOk {
+                    status: state.status,
+                });
+            }
+            let event_idx = state.acked_features & (1 << F_RING_EVENT_IDX) != 0;
+            let mut queues = pairs
+                .map(|(i, (q, &max))| q.to_live_queue(i, max, &t.mem))
+                .collect::<Result<Vec<_>, _>>()?;
+            for q in &mut queues {
+                q.set_event_idx(event_idx);
+            }
+            let mem = t.mem.clone();
+            t.device()
+                .activate(mem, queues, state.acked_features)
+                .map_err(VirtioStateError::Activate)?;
+        } else {
+            t.queues = pairs
+                .map(|(i, (q, &max))| q.to_queue(i, max))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
+        t.features_select = state.features_select;
+        t.driver_features_select = state.driver_features_select;
+        t.acked_features = state.acked_features;
+        t.queue_select = state.queue_select;
+        t.status = state.status;
+        t.activated = state.activated;
+        t.interrupt.restore(&state.interrupt);
+        Ok(t)
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -377,12 +465,13 @@ mod tests {
     use crate::devices::virtio::test_utils::{counting_interrupt, default_mem};
     use crate::devices::virtio::{read_config_bytes, F_VERSION_1};
 
-    #[derive(Default)]
+    #[derive(Default, Debug)]
     struct Dummy {
         activations: usize,
         resets: usize,
         queue_count: usize,
         config: [u8; 8],
+        live: Vec<Queue>,
     }
 
     impl VirtioDevice for Dummy {
@@ -406,13 +495,18 @@ mod tests {
         ) -> Result<(), ActivateError> {
             self.activations += 1;
             self.queue_count = queues.len();
+            self.live = queues;
             Ok(())
         }
         fn reset(&mut self) {
             self.resets += 1;
+            self.live.clear();
         }
         fn guest_errors(&self) -> GuestErrorLog {
             GuestErrorLog::default()
+        }
+        fn saved_queues(&self) -> Vec<QueueState> {
+            self.live.iter().map(QueueState::from).collect()
         }
     }
 
@@ -561,5 +655,151 @@ mod tests {
         assert_eq!(read(&mut t, reg::INTERRUPT_STATUS), 1);
         write(&mut t, reg::INTERRUPT_ACK, 1);
         assert_eq!(read(&mut t, reg::INTERRUPT_STATUS), 0);
+    }
+
+    fn restored(
+        state: &TransportState,
+    ) -> Result<(MmioTransport, Arc<Mutex<Dummy>>), VirtioStateError> {
+        let dummy = Arc::new(Mutex::new(Dummy::default()));
+        let (interrupt, _) = counting_interrupt();
+        let t = MmioTransport::restore(
+            "test".into(),
+            dummy.clone(),
+            interrupt,
+            default_mem(),
+            state,
+        )?;
+        Ok((t, dummy))
+    }
+
+    #[test]
+    fn test_active_transport_restores_into_an_active_device() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        t.interrupt.signal_used_queue();
+        let saved = t.save();
+
+        let (mut back, dummy) = restored(&saved).unwrap();
+
+        assert_eq!(back.save(), saved);
+        assert_eq!(saved.queues[1].desc_table, 0x20_0000);
+        let d = dummy.lock().unwrap();
+        assert_eq!((d.activations, d.queue_count), (1, 2));
+        drop(d);
+        assert_eq!(read(&mut back, reg::INTERRUPT_STATUS), 1);
+        assert_eq!(
+            read(&mut back, reg::STATUS) & status::DRIVER_OK,
+            status::DRIVER_OK
+        );
+    }
+
+    #[test]
+    fn test_transport_saved_mid_setup_finishes_setup_after_restore() {
+        let (mut t, _) = transport();
+        write(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        write(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        write(&mut t, reg::DRIVER_FEATURES, 1);
+        write(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        write(&mut t, reg::QUEUE_SEL, 0);
+        write(&mut t, reg::QUEUE_NUM, 8);
+        write(&mut t, reg::QUEUE_DESC_LOW, 0x10_0000);
+        write(&mut t, reg::QUEUE_AVAIL_LOW, 0x10_1000);
+        write(&mut t, reg::QUEUE_USED_LOW, 0x10_2000);
+        write(&mut t, reg::QUEUE_READY, 1);
+        let saved = t.save();
+
+        let (mut back, dummy) = restored(&saved).unwrap();
+        write(&mut back, reg::QUEUE_SEL, 1);
+        write(&mut back, reg::QUEUE_DESC_LOW, 0x20_0000);
+        write(&mut back, reg::QUEUE_AVAIL_LOW, 0x20_1000);
+        write(&mut back, reg::QUEUE_USED_LOW, 0x20_2000);
+        write(&mut back, reg::QUEUE_READY, 1);
+        let s = read(&mut back, reg::STATUS);
+        write(&mut back, reg::STATUS, s | status::DRIVER_OK);
+
+        assert_eq!(dummy.lock().unwrap().activations, 1);
+        let live = back.save();
+        assert_eq!(
+            (live.queues[0].size, live.queues[0].desc_table),
+            (8, 0x10_0000)
+        );
+    }
+
+    #[test]
+    fn test_restore_into_another_device_type_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        let mut saved = t.save();
+        saved.device_type = 2;
+
+        let err = restored(&saved).unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "saved virtio device type 2, the device restored into is type 42"
+        );
+    }
+
+    #[test]
+    fn test_restore_with_features_the_device_lacks_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        let mut saved = t.save();
+        saved.acked_features |= 1 << 40;
+
+        let err = restored(&saved).unwrap_err();
+
+        assert!(matches!(
+            err,
+            VirtioStateError::Features { extra, .. } if extra == 1 << 40
+        ));
+    }
+
+    #[test]
+    fn test_restore_of_active_queue_outside_memory_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        let mut saved = t.save();
+        saved.queues[1].avail_ring = 0xffff_f000;
+
+        let err = restored(&saved).unwrap_err();
+
+        assert!(matches!(
+            err,
+            VirtioStateError::QueueUnusable { queue: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn test_restore_with_a_missing_queue_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        let mut saved = t.save();
+        saved.queues.pop();
+
+        assert!(matches!(
+            restored(&saved),
+            Err(VirtioStateError::QueueCount {
+                saved: 1,
+                device: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn test_active_state_without_driver_ok_is_refused() {
+        let (mut t, _) = transport();
+        bring_up(&mut t, 1);
+        let mut saved = t.save();
+        saved.status &= !status::DRIVER_OK;
+
+        assert!(matches!(
+            restored(&saved),
+            Err(VirtioStateError::ActiveWithoutDriverOk { .. })
+        ));
     }
 }

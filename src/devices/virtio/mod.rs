@@ -10,6 +10,7 @@ pub mod block;
 pub mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod persist;
 pub mod queue;
 #[cfg(test)]
 pub mod test_utils;
@@ -197,6 +198,10 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The device's once-only log of guest errors, shared with its transport.
     fn guest_errors(&self) -> GuestErrorLog;
+    /// The queues the device serves, as saved state in queue order; empty while it
+    /// is not activated. Snapshots call it with the vCPUs paused, between two turns
+    /// of the event loop, so no chain is half served (see [`persist`]).
+    fn saved_queues(&self) -> Vec<persist::QueueState>;
 }
 
 /// Reads `data.len()` bytes at `offset` of a config space image, zero-filling past

@@ -143,3 +143,34 @@ pub fn add_chains(vq: &MockSplitQueue<'_, GuestMemory>, first: u16, chains: &[&[
         offset += descs.len() as u16;
     }
 }
+
+/// Drives `transport` the way Linux's virtio_mmio driver does up to DRIVER_OK,
+/// acknowledging `features` and giving it `queues` (driver-side, in queue order, each
+/// of `size` entries).
+pub fn bring_up_transport(
+    transport: &mut super::mmio::MmioTransport,
+    features: u64,
+    size: u16,
+    queues: &[&MockSplitQueue<'_, GuestMemory>],
+) {
+    use super::mmio::reg;
+    use super::status;
+    use crate::devices::bus::BusDevice;
+    let mut write = |offset: u64, value: u32| transport.write(offset, &value.to_le_bytes());
+    write(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    write(reg::DRIVER_FEATURES_SEL, 1);
+    write(reg::DRIVER_FEATURES, (features >> 32) as u32);
+    write(reg::DRIVER_FEATURES_SEL, 0);
+    write(reg::DRIVER_FEATURES, features as u32);
+    let features_ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    write(reg::STATUS, features_ok);
+    for (i, vq) in (0u32..).zip(queues) {
+        write(reg::QUEUE_SEL, i);
+        write(reg::QUEUE_NUM, u32::from(size));
+        write(reg::QUEUE_DESC_LOW, vq.desc_table_addr().0 as u32);
+        write(reg::QUEUE_AVAIL_LOW, vq.avail_addr().0 as u32);
+        write(reg::QUEUE_USED_LOW, vq.used_addr().0 as u32);
+        write(reg::QUEUE_READY, 1);
+    }
+    write(reg::STATUS, features_ok | status::DRIVER_OK);
+}

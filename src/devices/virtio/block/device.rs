@@ -11,6 +11,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::request::{self, Completion, Disk, Request, RequestError};
 use crate::config::CacheType;
 use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment, MAX_SEGMENTS};
+use crate::devices::virtio::persist::QueueState;
 use crate::devices::virtio::queue::{drain_batched, UsedEntries};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX,
@@ -53,7 +54,7 @@ struct Active {
 
 /// A virtio-blk device.
 pub struct Block {
-    config: BlockConfig,
+    pub(super) config: BlockConfig,
     name: String,
     avail_features: u64,
     pub(super) queue_evt: EventFd,
@@ -380,6 +381,7 @@ fn write_status_to_last_writable(mem: &GuestMemory, chain: DescriptorChain<&Gues
         addr: vm_memory::GuestAddress(desc.addr().0.saturating_add(u64::from(desc.len()) - 1)),
         len: 1,
     };
+    crate::snapshot::device_writes::device_writes().mark(seg.addr.0, 1);
     match write_at(mem, &[seg], 0, &[request::status::IOERR]) {
         Ok(()) => 1,
         Err(_) => 0,
@@ -423,6 +425,13 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) {
         self.active = None;
+    }
+
+    fn saved_queues(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .map(|a| QueueState::from(&a.queue))
+            .collect()
     }
 }
 

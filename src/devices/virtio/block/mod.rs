@@ -2,9 +2,11 @@
 
 pub mod device;
 pub mod event_handler;
+pub mod persist;
 pub mod request;
 
 pub use device::{Block, BlockConfig};
+pub use persist::{BlockState, BlockStateError};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use crate::devices::virtio::iovec::{
     host_iovecs, total_len, write_at, ChainBuffers, Segment, MAX_SEGMENTS,
 };
+use crate::devices::virtio::persist::QueueState;
 use crate::devices::virtio::queue::{drain, pending, QueueError};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_RING_EVENT_IDX,
@@ -116,9 +117,9 @@ pub struct NetCounters {
 pub struct Net {
     id: String,
     name: String,
-    backend: Box<dyn NetBackend>,
-    mac: Option<[u8; 6]>,
-    mtu: Option<u16>,
+    pub(super) backend: Box<dyn NetBackend>,
+    pub(super) mac: Option<[u8; 6]>,
+    pub(super) mtu: Option<u16>,
     avail_features: u64,
     pub(super) rx_evt: EventFd,
     pub(super) tx_evt: EventFd,
@@ -585,5 +586,12 @@ impl VirtioDevice for Net {
         if let Err(e) = self.backend.set_offloads(0) {
             log::warn!("{}: {e}", self.name);
         }
+    }
+
+    fn saved_queues(&self) -> Vec<QueueState> {
+        self.active
+            .iter()
+            .flat_map(|a| [QueueState::from(&a.rx), QueueState::from(&a.tx)])
+            .collect()
     }
 }
