@@ -77,23 +77,7 @@ impl Guest {
     }
 
     fn exec(&self, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .spry("exec")
-            .arg("--")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spry exec");
-        let mut input = child.stdin.take().expect("stdin");
-        let bytes = stdin.to_vec();
-        let feeder = std::thread::spawn(move || {
-            let _ = input.write_all(&bytes);
-        });
-        let out = child.wait_with_output().expect("wait spry exec");
-        let _ = feeder.join();
-        out
+        common::output_with_stdin(self.spry("exec").arg("--").args(args), stdin)
     }
 }
 
@@ -135,16 +119,7 @@ fn stdout(out: &Output) -> String {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sha256sum");
-    let mut input = child.stdin.take().expect("stdin");
-    let bytes = bytes.to_vec();
-    let feeder = std::thread::spawn(move || input.write_all(&bytes));
-    let out = child.wait_with_output().expect("sha256sum output");
-    let _ = feeder.join();
+    let out = common::output_with_stdin(&mut Command::new("sha256sum"), bytes);
     stdout(&out)
         .split_whitespace()
         .next()

@@ -766,26 +766,10 @@ mod linux_guest {
 
     /// `spry exec`/`spry cp` against the guest behind `api`, with `stdin`.
     fn spry_agent(api: &Path, args: &[&str], stdin: &[u8]) -> std::process::Output {
-        use std::process::Stdio;
         let sub = args.first().copied().unwrap_or("exec");
-        let mut child = Command::new(common::spry_bin())
-            .arg(sub)
-            .arg("--api-sock")
-            .arg(api)
-            .args(&args[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn spry exec");
-        let mut input = child.stdin.take().expect("stdin");
-        let bytes = stdin.to_vec();
-        let feeder = std::thread::spawn(move || {
-            let _ = input.write_all(&bytes);
-        });
-        let out = child.wait_with_output().expect("wait spry exec");
-        let _ = feeder.join();
-        out
+        let mut cmd = Command::new(common::spry_bin());
+        cmd.arg(sub).arg("--api-sock").arg(api).args(&args[1..]);
+        common::output_with_stdin(&mut cmd, stdin)
     }
 
     #[test]

@@ -123,6 +123,25 @@ pub fn retry_emulator_faults(attempts: u32, body: impl Fn()) {
     }
 }
 
+/// Runs `cmd` to its end with `stdin` fed from a thread (so a command that writes
+/// before it reads cannot deadlock against us), collecting stdout and stderr.
+pub fn output_with_stdin(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the command");
+    let mut input = child.stdin.take().expect("stdin");
+    let bytes = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let out = child.wait_with_output().expect("wait for the command");
+    let _ = feeder.join();
+    out
+}
+
 /// A scratch directory removed on drop.
 pub struct Scratch(pub vmm_sys_util::tempdir::TempDir);
 
