@@ -53,6 +53,7 @@ fn instance_id(text: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     spry::clock::mark_process_start();
+    spry::seccomp::single_malloc_arena();
     let cli = Cli::parse();
     spry::logger::init(cli.log_level);
     let how = match (cli.api_sock, cli.config_file) {
