@@ -231,6 +231,7 @@ impl Spry {
             cmd,
             stdin: Vec::new(),
             timeout: Duration::from_secs(60),
+            silence_limit: None,
         }
     }
 
