@@ -161,6 +161,7 @@ fn instance_id(text: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     spry::clock::mark_process_start();
+    spry::seccomp::single_malloc_arena();
     let cli = Cli::parse();
     if let Some(command) = cli.command {
         return agent_command(command);

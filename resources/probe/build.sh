@@ -47,7 +47,7 @@ LDFLAGS=(-nostdlib -static --no-dynamic-linker --build-id=none -z noexecstack -z
 
 src="$here/src"
 common_c=(main.c cpu.c paging.c cmdline.c mptable.c apic.c idt.c irqtest.c console.c serial.c printf.c string.c
-	virtio.c blk.c net.c vsock.c hostile.c kbd.c pvh.c clock.c)
+	virtio.c blk.c net.c vsock.c hostile.c regsweep.c kbd.c pvh.c clock.c)
 # two compiler processes (independent objects; the build fails if either does)
 srcs=("${common_c[@]/#/$src/}")
 half=$((${#srcs[@]} / 2))

@@ -41,6 +41,22 @@ pub const EXIT_BAD_SYSCALL: u8 = 148;
 /// Forbidden system calls caught, for the metrics.
 static FAULTS: AtomicU64 = AtomicU64::new(0);
 
+/// Keeps glibc's malloc to the one `brk` heap every filter allows. By default glibc
+/// gives threads arenas of their own, and the first time it shrinks one it opens
+/// `/proc/sys/vm/overcommit_memory` (past eight arenas it also reads
+/// `/sys/devices/system/cpu/online`): an `openat` the API and vCPU filters forbid, so
+/// a client whose requests made the API thread allocate and free large buffers
+/// stopped spry with exit 148 (found by `tests/hostile.rs`). Call it first thing in
+/// `main`, before any thread exists.
+pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets one of malloc's tunables; no thread allocates
+    // concurrently yet, and M_ARENA_MAX takes any positive value.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Forbidden system calls caught so far (the SIGSYS handler ends spry at the first,
 /// so this is 0 in any metrics line but the one the handler writes).
 pub fn fault_count() -> u64 {

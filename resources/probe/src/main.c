@@ -123,6 +123,7 @@ const struct probe_mode probe_modes[] = {
 	{ "blk", blk_mode, NULL },
 	{ "net", net_mode, NULL },
 	{ "hostile", hostile_mode, NULL },
+	{ "regsweep", regsweep_mode, NULL },
 	{ "blkbench", blkbench_mode, NULL },
 	{ "netbench", netbench_mode, NULL },
 	{ "vsock", vsock_mode, NULL },

@@ -227,6 +227,7 @@ void net_mode(void);
 void netbench_mode(void);
 void hostile_mode(void);
 void vsock_mode(void);
+void regsweep_mode(void);
 
 /* i8042 keyboard (kbd.c): IRQ 1 through the IOAPIC, Ctrl-Alt-Del detection */
 void kbd_init(void);

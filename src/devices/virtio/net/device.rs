@@ -380,8 +380,14 @@ impl Net {
             let mut chains: Vec<(u16, Vec<Segment>)> = Vec::new();
             let mut capacity = 0usize;
             let mut segments = 0usize;
+            // A chain that cannot join this frame stops the gathering; more buffers
+            // will not get past it, so the frame then takes what was gathered.
+            let mut blocked = false;
             while pending(&a.rx, &a.mem)? > 0 {
-                let Some(chain) = a.rx.pop_descriptor_chain(&a.mem) else {
+                // `iter`, unlike `pop_descriptor_chain`, reports a ring it refuses
+                // (one at guest address 0): with chains pending, a silent `None`
+                // would have `process_rx` retry forever.
+                let Some(chain) = a.rx.iter(&a.mem)?.next() else {
                     break;
                 };
                 let head = chain.head_index();
@@ -400,6 +406,7 @@ impl Net {
                             // Keep the order of used entries: give this chain back and
                             // fill the frame with what we have.
                             a.rx.go_to_previous_position();
+                            blocked = true;
                             break;
                         }
                         self.errors.report(
@@ -419,7 +426,7 @@ impl Net {
                 return Ok(RxStop::NoBuffers(0));
             }
             let ring_exhausted = chains.len() >= usize::from(a.rx.size());
-            if mergeable && capacity < needed && !ring_exhausted {
+            if mergeable && capacity < needed && !ring_exhausted && !blocked {
                 a.rx.set_next_avail(start);
                 // Bounded by the queue size, which is a u16.
                 return Ok(RxStop::NoBuffers(

@@ -381,3 +381,60 @@ fn test_frames_waiting_for_buffers_do_not_wake_the_event_loop() {
     mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
     assert_eq!(got[VNET_HDR_LEN..], frame(30, 1)[VNET_HDR_LEN..]);
 }
+
+// ---- found by the fuzzers (fuzz/README.md) ----
+
+#[test]
+fn test_mergeable_frame_stopped_by_a_bad_chain_takes_the_buffers_before_it() {
+    // Found by net_rx: a frame too big for the good buffers before a readable chain
+    // had process_rx wait for more buffers that could never get past that chain, and
+    // retry forever on the event loop thread.
+    let mem = default_mem();
+    let mut r = rig(&mem, 1 << feature::MRG_RXBUF);
+    r.host.send(&frame(1500, 0)).unwrap();
+    add_chains(
+        &r.rx,
+        0,
+        &[&[Desc::w(BUF, 512)], &[Desc::r(BUF + 0x1000, 512)]],
+    );
+
+    r.net.process_rx();
+
+    assert_eq!(used(&r.rx), vec![(0, 512), (1, 0)]);
+}
+
+#[test]
+fn test_receive_ring_at_guest_address_zero_breaks_the_queue() {
+    // Found by mmio: virtio-queue refuses an available ring at guest address 0, and
+    // process_rx took its silent `None` for "no chain yet" while the index said one
+    // was pending, retrying forever on the event loop thread.
+    let mem = default_mem();
+    let (device_side, host) = UnixDatagram::pair().unwrap();
+    device_side.set_nonblocking(true).unwrap();
+    let (interrupt, _irq) = counting_interrupt();
+    let mut net = Net::new(
+        NetDeviceConfig {
+            id: "eth0".into(),
+            backend: Box::new(SocketBackend(device_side)),
+            mac: None,
+            mtu: None,
+        },
+        interrupt.clone(),
+    )
+    .unwrap();
+    let mut rxq = virtio_queue::Queue::new(16).unwrap();
+    rxq.set_desc_table_address(Some(0x1000), Some(0));
+    rxq.set_avail_ring_address(Some(0), Some(0));
+    rxq.set_used_ring_address(Some(0x2000), Some(0));
+    rxq.set_ready(true);
+    let (_tx, txq) = driver_queue_at(&mem, TXQ, 16);
+    net.activate(mem.clone(), vec![rxq, txq], 1 << F_VERSION_1)
+        .unwrap();
+    // One chain pending: the available index (offset 2 of the ring) is 1.
+    mem.write_obj(1u16, GuestAddress(2)).unwrap();
+    host.send(&frame(20, 0)).unwrap();
+
+    net.process_rx();
+
+    assert!(interrupt.needs_reset());
+}
