@@ -43,9 +43,9 @@ use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format::{self, SnapshotFormatError};
 use crate::snapshot::memory::{self as memory_file, MemoryFileError};
 use crate::snapshot::vm::{
-    BlockSnapshot, LoadParamsError, NetSnapshot, SnapshotLoadParams, VmSnapshot,
+    BlockSnapshot, LoadParamsError, NetSnapshot, SnapshotLoadParams, VmSnapshot, VsockSnapshot,
 };
-use crate::vmm::{ExitSubscriber, SnapshotSources, VirtioDevices, Vmm};
+use crate::vmm::{ExitSubscriber, SnapshotSources, VirtioDevices, Vmm, VsockHandles};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
@@ -290,7 +290,7 @@ pub fn build_and_start(
     let vsock = res
         .vsock
         .as_ref()
-        .map(|v| attach_vsock_device(&mut env, v))
+        .map(|v| attach_vsock_device(&mut env, v, None))
         .transpose()?;
     let virtio_mmio = env.announced;
 
@@ -414,11 +414,22 @@ pub fn restore_and_start(
     };
     let (blocks, block_transports) = restore_block_devices(&mut env, &snap.blocks)?;
     let (nets, net_transports) = restore_net_devices(&mut env, &snap.nets, params)?;
+    // Attached last, as at boot, so it gets its old MMIO slot and IRQ back.
+    let vsock = snap
+        .vsock
+        .as_ref()
+        .map(|saved| {
+            let config = VsockDevice {
+                guest_cid: saved.device.guest_cid,
+                uds_path: saved.device.uds_path.clone(),
+            };
+            attach_vsock_device(&mut env, &config, Some(saved))
+        })
+        .transpose()?;
     let devices = VirtioDevices {
         blocks,
         nets,
-        // A snapshot never holds a vsock device (creating one is refused).
-        vsock: None,
+        vsock,
         block_transports,
         net_transports,
     };
@@ -776,12 +787,14 @@ fn attach_net_devices(
     Ok((devices, transports))
 }
 
-/// The vsock device: its listener is bound here, before any seccomp filter (the
-/// event loop's may not create sockets of its own, only accept and connect).
+/// The vsock device (restored from `saved`, if given): its listener is bound
+/// here, before any seccomp filter (the event loop's may not create sockets of its
+/// own, only accept and connect).
 fn attach_vsock_device(
     env: &mut DeviceEnv<'_>,
     config: &VsockDevice,
-) -> Result<Arc<Mutex<Vsock>>, BuildError> {
+    saved: Option<&VsockSnapshot>,
+) -> Result<VsockHandles, BuildError> {
     let listen_err = |source| BuildError::VsockListen {
         path: config.uds_path.clone(),
         source,
@@ -790,8 +803,11 @@ fn attach_vsock_device(
     listener.set_nonblocking(true).map_err(listen_err)?;
     let muxer = Muxer::new(config.guest_cid, config.uds_path.clone(), listener);
     let (interrupt, irq_evt) = device_interrupt("the vsock device's interrupt")?;
-    let vsock = Vsock::new(config.guest_cid, muxer, interrupt.clone())
-        .map_err(|e| BuildError::EventFd("a vsock queue", e))?;
+    let vsock = match saved {
+        None => Vsock::new(config.guest_cid, muxer, interrupt.clone()),
+        Some(saved) => Vsock::restore(&saved.device, muxer, interrupt.clone()),
+    }
+    .map_err(|e| BuildError::EventFd("a vsock queue", e))?;
     let mut queue_evts = Vec::with_capacity(3);
     for evt in vsock.queue_events() {
         queue_evts.push(
@@ -801,15 +817,15 @@ fn attach_vsock_device(
     }
     let vsock = Arc::new(Mutex::new(vsock));
     let evts: Vec<&EventFd> = queue_evts.iter().collect();
-    attach_virtio(
+    let transport = attach_virtio(
         env,
         "virtio-vsock".to_owned(),
         vsock.clone(),
         interrupt,
         (&irq_evt, &evts),
-        None,
+        saved.map(|s| &s.transport),
     )?;
-    Ok(vsock)
+    Ok((vsock, transport))
 }
 
 /// The legacy devices other parts of the VMM keep a handle on.

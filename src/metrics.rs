@@ -190,7 +190,7 @@ impl Snapshot {
             vsock: devices
                 .vsock
                 .as_ref()
-                .map(|v| lock(v).muxer.counters)
+                .map(|(v, _)| lock(v).muxer.counters)
                 .unwrap_or_default(),
             api: [
                 API.requests.load(Ordering::Relaxed),

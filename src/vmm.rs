@@ -22,6 +22,7 @@ use crate::snapshot::format;
 use crate::snapshot::memory::{self, DirtyPages, MemoryState};
 use crate::snapshot::vm::{
     BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
+    VsockSnapshot,
 };
 use crate::sync::lock;
 use crate::vstate::memory::GuestMemory;
@@ -108,13 +109,17 @@ fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapsh
         .blocks
         .iter()
         .map(|b| &b.transport)
-        .chain(state.nets.iter().map(|n| &n.transport));
+        .chain(state.nets.iter().map(|n| &n.transport))
+        .chain(state.vsock.iter().map(|v| &v.transport));
     for queue in transports.filter(|t| t.activated).flat_map(|t| &t.queues) {
         // flags, idx, the ring of (id, len) pairs and avail_event.
         let used_len = 6 + 8 * u64::from(queue.size);
         dirty.add_range(mem, queue.used_ring, used_len);
     }
 }
+
+/// The vsock device and its transport.
+pub type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
 
 /// Handles on the virtio devices, for runtime changes, metrics and snapshots.
 #[derive(Default)]
@@ -123,8 +128,8 @@ pub struct VirtioDevices {
     pub blocks: Vec<Arc<Mutex<Block>>>,
     /// Network devices.
     pub nets: Vec<Arc<Mutex<Net>>>,
-    /// The vsock device.
-    pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// The vsock device and its transport.
+    pub vsock: Option<VsockHandles>,
     /// The transport of each block device, in the same order.
     pub block_transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// The transport of each network device, in the same order.
@@ -302,9 +307,6 @@ impl Vmm {
         if !self.paused {
             return Err(SnapshotError::NotPaused);
         }
-        if self.devices.vsock.is_some() {
-            return Err(SnapshotError::Vsock);
-        }
         let diff = params.snapshot_type == SnapshotType::Diff;
         if diff && !self.snapshot.track_dirty_pages {
             return Err(SnapshotError::DiffWithoutTracking);
@@ -323,6 +325,7 @@ impl Vmm {
             i8042: lock(&self.i8042).save(),
             blocks: self.save_blocks(),
             nets: self.save_nets(),
+            vsock: self.save_vsock(),
         };
         // An earlier state file at this path must not outlive a failure below next
         // to memory it does not describe. Best effort: it may not exist.
@@ -415,6 +418,16 @@ impl Vmm {
                 }
             })
             .collect()
+    }
+
+    fn save_vsock(&self) -> Option<VsockSnapshot> {
+        let (device, transport) = self.devices.vsock.as_ref()?;
+        // The device's lock is released before the transport's save takes it.
+        let device = lock(device).save();
+        Some(VsockSnapshot {
+            device,
+            transport: lock(transport).save(),
+        })
     }
 
     /// Each vCPU's exit counters.

@@ -102,6 +102,13 @@ impl Signaller {
         let mut w = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         protocol::write_frame(&mut *w, Kind::Signal, &signal.to_le_bytes())
     }
+
+    /// Gives up on the agent: the session's wait ends with [`ClientError::Closed`]
+    /// and the agent, seeing the connection go, kills the command's process group.
+    pub fn abandon(&self) {
+        let w = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = w.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// One command running in the guest.

@@ -13,6 +13,9 @@ use super::protocol::ExecRequest;
 /// command) failed: Docker's choice for its own failures.
 pub const FAILED: u8 = 125;
 
+/// How long after `--timeout`'s SIGKILL spry waits for the agent's EXIT.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
 /// Errors of finding the guest's vsock socket.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -124,6 +127,9 @@ pub fn exec(
         std::thread::spawn(move || {
             std::thread::sleep(timeout);
             let _ = signaller.send(libc::SIGKILL);
+            // An agent that cannot even report the kill is given up on.
+            std::thread::sleep(KILL_GRACE);
+            signaller.abandon();
         });
     }
     // The reader thread is left behind when the command ends first: a terminal

@@ -19,6 +19,7 @@ use crate::devices::legacy::serial::SerialState;
 use crate::devices::virtio::block::BlockState;
 use crate::devices::virtio::net::NetState;
 use crate::devices::virtio::persist::TransportState;
+use crate::devices::virtio::vsock::persist::VsockState;
 use crate::vstate::vcpu_state::VcpuState;
 use crate::vstate::vm_state::{VmState, VmStateError};
 
@@ -28,12 +29,6 @@ pub enum SnapshotError {
     /// Firecracker's rule: only a paused VM is snapshotted.
     #[error("cannot create a snapshot of a running microVM; pause it first (PATCH /vm)")]
     NotPaused,
-    /// The vsock device's state is not saved yet.
-    #[error(
-        "cannot snapshot a microVM with a vsock device yet: spry does not save the \
-         vsock device's state"
-    )]
-    Vsock,
     /// A Diff needs KVM's dirty log.
     #[error(
         "a Diff snapshot needs machine-config.track_dirty_pages (or track_dirty_pages on load)"
@@ -82,6 +77,16 @@ pub struct NetSnapshot {
     pub transport: TransportState,
 }
 
+/// The virtio-vsock device and its transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSnapshot {
+    /// The device.
+    pub device: VsockState,
+    /// Its virtio-mmio transport.
+    pub transport: TransportState,
+}
+
 /// Everything of a paused VM but its memory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +107,9 @@ pub struct VmSnapshot {
     pub blocks: Vec<BlockSnapshot>,
     /// Network interfaces, in attach order.
     pub nets: Vec<NetSnapshot>,
+    /// The vsock device, attached after the interfaces.
+    #[serde(default)]
+    pub vsock: Option<VsockSnapshot>,
 }
 
 /// Full or Diff (Firecracker's `snapshot_type`).

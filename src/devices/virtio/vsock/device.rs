@@ -14,6 +14,7 @@ use crate::devices::virtio::queue::{drain, pending, QueueError};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, GuestErrorLog, Interrupt, VirtioDevice, F_VERSION_1,
 };
+use crate::snapshot::device_writes::device_writes;
 use crate::vstate::memory::GuestMemory;
 
 /// virtio device type of a socket device.
@@ -24,8 +25,10 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RX: usize = 0;
 /// Index of the transmit queue (driver to device).
 pub const TX: usize = 1;
-/// Index of the event queue (transport resets; spry sends none while running).
+/// Index of the event queue (transport resets, sent after a restore).
 pub const EVT: usize = 2;
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: every connection is gone.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Bytes of a packet header (44, far below `u32::MAX`).
 #[allow(clippy::cast_possible_truncation)]
 const HEADER_LEN: u32 = PKT_HEADER_SIZE as u32;
@@ -36,8 +39,7 @@ struct Active {
     mem: GuestMemory,
     rx: Queue,
     tx: Queue,
-    // Held so the driver's buffers stay ours; spry posts no events yet.
-    _evt: Queue,
+    evt: Queue,
 }
 
 /// A virtio-vsock device.
@@ -54,6 +56,9 @@ pub struct Vsock {
     /// The Unix-socket side.
     pub muxer: Muxer,
     errors: GuestErrorLog,
+    /// Restored from a snapshot: the guest hears of the lost connections once
+    /// the device is active again.
+    reset_pending: bool,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -81,7 +86,55 @@ impl Vsock {
             active: None,
             muxer,
             errors: GuestErrorLog::default(),
+            reset_pending: false,
         })
+    }
+
+    /// The device's state, to save.
+    pub fn save(&self) -> super::persist::VsockState {
+        super::persist::VsockState {
+            guest_cid: self.guest_cid,
+            uds_path: self.muxer.uds_path().to_owned(),
+        }
+    }
+
+    /// The device `state` describes, on a new `muxer`: once its transport is
+    /// restored and active, it sends the guest a TRANSPORT_RESET event.
+    pub fn restore(
+        state: &super::persist::VsockState,
+        muxer: Muxer,
+        interrupt: Arc<Interrupt>,
+    ) -> std::io::Result<Vsock> {
+        let mut vsock = Vsock::new(state.guest_cid, muxer, interrupt)?;
+        vsock.reset_pending = true;
+        Ok(vsock)
+    }
+
+    /// Posts TRANSPORT_RESET in the driver's next event buffer. Without one (a
+    /// driver that posts none) the guest is not told, as on Firecracker.
+    fn send_transport_reset(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mem = &a.mem;
+        let Some(mut chain) = a.evt.pop_descriptor_chain(mem) else {
+            return;
+        };
+        let head = chain.head_index();
+        let len = match chain.next().filter(|d| d.is_write_only() && d.len() >= 4) {
+            Some(d) => {
+                use vm_memory::Bytes;
+                device_writes().mark(d.addr().0, 4);
+                match mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr()) {
+                    Ok(()) => 4,
+                    Err(_) => 0,
+                }
+            }
+            None => 0,
+        };
+        if a.evt.add_used(&a.mem, head, len).is_ok() {
+            self.interrupt.signal_used_if_needed(&mut a.evt, &a.mem);
+        }
     }
 
     /// The guest's context id.
@@ -159,6 +212,11 @@ impl Vsock {
                     break;
                 };
                 let head = chain.head_index();
+                // Host-side writes KVM's dirty log never sees: a Diff snapshot
+                // must hold them.
+                for d in chain.clone().filter(|d| d.is_write_only()) {
+                    device_writes().mark(d.addr().0, d.len() as usize);
+                }
                 let used = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
                     Ok(mut pkt) => match muxer.next_rx(pkt.data_slice()) {
                         Some(h) => {
@@ -238,12 +296,10 @@ impl VirtioDevice for Vsock {
         let (Some(rx), Some(tx), Some(evt)) = (queues.next(), queues.next(), queues.next()) else {
             return Err(ActivateError::QueueNotReady(EVT));
         };
-        self.active = Some(Active {
-            mem,
-            rx,
-            tx,
-            _evt: evt,
-        });
+        self.active = Some(Active { mem, rx, tx, evt });
+        if std::mem::take(&mut self.reset_pending) {
+            self.send_transport_reset();
+        }
         // Clients may have connected before the driver was ready.
         let _ = self.queue_evts[RX].write(1);
         let _ = self.queue_evts[TX].write(1);
@@ -260,7 +316,16 @@ impl VirtioDevice for Vsock {
     }
 
     fn saved_queues(&self) -> Vec<crate::devices::virtio::persist::QueueState> {
-        // Never saved: a snapshot of a VM with a vsock device is refused.
-        Vec::new()
+        use crate::devices::virtio::persist::QueueState;
+        self.active
+            .iter()
+            .flat_map(|a| {
+                [
+                    QueueState::from(&a.rx),
+                    QueueState::from(&a.tx),
+                    QueueState::from(&a.evt),
+                ]
+            })
+            .collect()
     }
 }

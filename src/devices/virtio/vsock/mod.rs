@@ -6,6 +6,7 @@ pub mod device;
 pub mod event_handler;
 pub mod muxer;
 pub mod packet;
+pub mod persist;
 pub mod unix;
 
 pub use device::{Vsock, TYPE_VSOCK};

@@ -135,6 +135,11 @@ impl Muxer {
         }
     }
 
+    /// The Unix socket host clients connect to.
+    pub fn uds_path(&self) -> &std::path::Path {
+        &self.uds_path
+    }
+
     /// The listener's fd, for the event loop.
     pub fn listener_fd(&self) -> RawFd {
         self.listener.as_raw_fd()

@@ -826,3 +826,45 @@ fn test_guest_may_fill_exactly_its_credit_while_the_host_reads_nothing() {
     r.send(from_guest(op::RW, 52, req.src_port), &one_too_many);
     assert!(r.received().iter().any(|(h, _)| h.op == op::RST));
 }
+
+#[test]
+fn test_restored_device_sends_the_driver_a_transport_reset_event() {
+    let mem = default_mem();
+    let dir = scratch_dir();
+    let uds = dir.join("v.sock");
+    let listener = UnixListener::bind(&uds).unwrap();
+    let (interrupt, irqs) = counting_interrupt();
+    let before = Vsock::new(
+        GUEST_CID,
+        Muxer::new(GUEST_CID, uds.clone(), listener),
+        interrupt,
+    )
+    .unwrap();
+    let state = before.save();
+    assert_eq!(
+        (state.guest_cid, state.uds_path.as_path()),
+        (GUEST_CID, uds.as_path())
+    );
+    drop(before);
+
+    let listener = UnixListener::bind(&uds).unwrap();
+    let (interrupt, _) = counting_interrupt();
+    let muxer = Muxer::new(state.guest_cid, state.uds_path.clone(), listener);
+    let mut vsock = Vsock::restore(&state, muxer, interrupt.clone()).unwrap();
+    let (_, rxq) = driver_queue_at(&mem, RXQ, QSIZE);
+    let (_, txq) = driver_queue_at(&mem, TXQ, QSIZE);
+    let (evt, evtq) = driver_queue_at(&mem, EVTQ, QSIZE);
+    // The driver's event buffer, filled with a pattern the event must overwrite.
+    mem.write_obj(0xffff_ffffu32, GuestAddress(RX_BUF)).unwrap();
+    add_chains(&evt, 0, &[&[Desc::w(RX_BUF, 8)]]);
+    vsock
+        .activate(mem.clone(), vec![rxq, txq, evtq], 0)
+        .unwrap();
+
+    assert_eq!(evt.used().idx().load(), 1, "no event was posted");
+    let event: u32 = mem.read_obj(GuestAddress(RX_BUF)).unwrap();
+    assert_eq!(event, 0, "not VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_eq!(vsock.saved_queues().len(), 3);
+    drop(irqs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
