@@ -701,22 +701,24 @@ mod linux_guest {
         });
     }
 
+    /// A guest command printing `tick: N` every second.
+    fn ticking_cmd() -> String {
+        guest_cmd("i=0; while [ $i -lt 1000 ]; do echo tick: $i; i=$((i+1)); sleep 1; done")
+    }
+
+    /// `vm` (running [`ticking_cmd`]) booted over the API, once it ticked 3.
+    fn boot_ticking(scratch: &Scratch, vm: &Vm) -> SpryApi {
+        let spry = boot_over_api(scratch, vm);
+        spry.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("tick: 3"));
+        spry
+    }
+
     #[test]
     fn test_pause_wait_resume_keeps_the_guest_running_without_lockup_reports() {
         require_linux!("test_pause_wait_resume_keeps_the_guest_running_without_lockup_reports");
         retry_emulator_faults(ATTEMPTS, || {
             let scratch = Scratch::new();
-            let cmd = guest_cmd(
-                "i=0; while [ $i -lt 1000 ]; do echo tick: $i; i=$((i+1)); sleep 1; done",
-            );
-            let vm = Vm::initramfs("vmlinux", &cmd).vsock(&scratch.path("v.sock"));
-            let mut spry = boot_over_api(&scratch, &vm);
-            spry.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("tick: 3"));
-            spry.wait_for_line(BOOT_TIMEOUT, |l| {
-                l.starts_with("spry-agent: listening on vsock port 52")
-            });
-            let out = spry_agent(&spry.socket, &["exec", "--", "echo", "before"], b"");
-            assert_eq!(out.stdout, b"before\n", "{out:?}");
+            let mut spry = boot_ticking(&scratch, &Vm::initramfs("vmlinux", &ticking_cmd()));
             let (status, answer) = curl(&spry.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
             assert_eq!(status, 204, "{answer}");
             let ticks_at_pause = console(&spry).matches("tick: ").count();
@@ -749,12 +751,8 @@ mod linux_guest {
         require_linux!("test_snapshot_of_linux_counts_on_in_a_new_process_and_exec_works_again");
         retry_emulator_faults(ATTEMPTS, || {
             let scratch = Scratch::new();
-            let cmd = guest_cmd(
-                "i=0; while [ $i -lt 1000 ]; do echo tick: $i; i=$((i+1)); sleep 1; done",
-            );
-            let vm = Vm::initramfs("vmlinux", &cmd).vsock(&scratch.path("v.sock"));
-            let mut spry = boot_over_api(&scratch, &vm);
-            spry.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("tick: 3"));
+            let vm = Vm::initramfs("vmlinux", &ticking_cmd()).vsock(&scratch.path("v.sock"));
+            let mut spry = boot_ticking(&scratch, &vm);
             spry.wait_for_line(BOOT_TIMEOUT, |l| {
                 l.starts_with("spry-agent: listening on vsock port 52")
             });
