@@ -153,6 +153,37 @@ fn test_exec_streams_binary_stdin_and_stdout_byte_exact() {
     );
 }
 
+/// 1 GiB of output through a pipe, checksummed on the host as it streams (never
+/// held in memory), against the same bytes made here.
+#[test]
+fn test_exec_streams_1_gib_of_output_byte_exact() {
+    let guest = Guest::start();
+    let make = "yes 'spry-agent streams this line over and over' | head -c 1073741824";
+    let sha_of = |cmd: &mut Command| {
+        let out = cmd.output().expect("run a pipeline");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .expect("a sha256")
+    };
+    let expected = sha_of(Command::new("sh").args(["-c", &format!("{make} | sha256sum")]));
+    let exec = guest.spry("exec");
+    let program = exec.get_program().to_owned();
+    let args: Vec<_> = exec.get_args().map(|a| a.to_owned()).collect();
+    let streamed = sha_of(
+        Command::new("bash")
+            .arg("-c")
+            .arg(r#"set -o pipefail; "$@" | sha256sum"#)
+            .arg("bash")
+            .arg(program)
+            .args(args)
+            .args(["--", "sh", "-c", make]),
+    );
+    assert_eq!(streamed, expected);
+}
+
 #[test]
 fn test_exec_of_a_missing_program_is_127_and_env_and_workdir_apply() {
     let guest = Guest::start();

@@ -213,7 +213,8 @@ impl Measured {
             .join("\n")
     }
 
-    fn drain(&mut self) {
+    /// Takes in the lines that arrived since the last wait.
+    pub fn drain(&mut self) {
         while let Ok(line) = self.lines_rx.try_recv() {
             self.lines.push(line);
         }

@@ -3,6 +3,7 @@
 //! density, image size and device throughput.
 #![warn(missing_docs)]
 
+mod agent_exec;
 mod boot;
 mod child;
 mod cleanup;
@@ -12,6 +13,7 @@ mod devices;
 mod exits;
 mod guest;
 mod host;
+mod nested;
 mod procfs;
 mod progress;
 mod rawsock;
@@ -106,6 +108,11 @@ enum Bench {
     /// QEMU and Firecracker; runs itself in the nested host (tools/nested/nested-host)
     /// where /dev/kvm is not hardware virtualization. Writes exits.md and exits.json.
     Exits(ExitsCli),
+    /// `spry exec -- true` and 100 MiB copied in (spry cp, and piped through spry
+    /// exec) against `runc exec` into a runc container, with the Linux guest and its
+    /// agent; runs itself in the nested host where /dev/kvm is not hardware
+    /// virtualization (runc too). Writes exec.md and exec.json.
+    Exec(ExecCli),
     /// The default: spry against a runc container, QEMU and Firecracker (start,
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
@@ -119,6 +126,7 @@ impl Bench {
             Bench::Block(_) => "block",
             Bench::Net(_) => "net",
             Bench::Exits(_) => "exits",
+            Bench::Exec(_) => "exec",
             Bench::Compare(_) => "compare",
         }
     }
@@ -241,6 +249,38 @@ struct ExitsCli {
     nested_host: Option<PathBuf>,
 }
 
+#[derive(Debug, PartialEq, clap::Args)]
+struct ExecCli {
+    /// Measured `exec true` round trips per system, after one warm-up.
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// Measured copies per system and way, after one warm-up.
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    copy_runs: usize,
+    /// The copied file's size, MiB.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    copy_mib: u32,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where /dev/kvm is not hardware virtualization: the nested host's launcher
+    /// (default <repo>/tools/nested/nested-host).
+    #[arg(long, value_name = "PATH")]
+    nested_host: Option<PathBuf>,
+}
+
+impl ExecCli {
+    fn settings(&self) -> agent_exec::Settings {
+        agent_exec::Settings {
+            runs: self.runs,
+            copy_runs: self.copy_runs,
+            copy_mib: self.copy_mib,
+            out: self.out.clone(),
+            nested_host: self.nested_host.clone(),
+        }
+    }
+}
+
 /// `values` in their order, each once.
 fn distinct<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
     values.iter().fold(Vec::new(), |mut seen, v| {
@@ -361,6 +401,8 @@ enum BenchError {
     Report(#[from] report::ReportError),
     #[error(transparent)]
     Exits(#[from] exits::ExitsError),
+    #[error(transparent)]
+    Exec(#[from] agent_exec::ExecBenchError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -392,6 +434,13 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Bench::Exits(args) => {
             exits::run(
+                &env,
+                &args.settings(),
+                std::env::args_os().skip(1).collect(),
+            )?;
+        }
+        Bench::Exec(args) => {
+            agent_exec::run(
                 &env,
                 &args.settings(),
                 std::env::args_os().skip(1).collect(),

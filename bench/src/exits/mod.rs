@@ -22,11 +22,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::child::{ChildError, Line, Measured};
-use crate::cleanup;
 use crate::clock::ms_between;
 use crate::compare::Unavailable;
 use crate::guest::{form_urlencode, Guest};
 use crate::host::{HostInfo, KvmFlavour};
+use crate::nested;
 use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
 use crate::systems::qemu::{qemu_binary, Qemu};
@@ -40,18 +40,10 @@ pub const MARKER: &str = "spry-bench-exits-ready";
 pub const BASE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux \
                              i8042.nomux i8042.nopnp i8042.dumbkbd";
 
-/// Set for the spry-bench that runs in the nested host: the machine under it, as
-/// the outer spry-bench describes it (the nested host keeps the environment).
-const NESTED_ENV: &str = "SPRY_BENCH_NESTED";
-
 /// One boot in L1 takes 5-60 s (every instruction of L1 is emulated, the other
 /// core may be busy); this much means the guest is stuck (in the nested host one
 /// now and then waits for an interrupt that never comes).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
-
-/// The nested host prints a progress line per boot and a note per failed one; this
-/// long without a line means L1 itself hangs.
-const NESTED_SILENCE: Duration = Duration::from_secs(15 * 60);
 
 /// Errors of the exits benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -572,7 +564,7 @@ fn save_console(out: &Path, case: &Case, system: &str, lines: &[Line]) {
 /// Measures here (KVM with hardware virtualization): every case, every VMM.
 pub fn measure(env: &Env, settings: &Settings, out: &Path) -> Result<ExitsReport, ExitsError> {
     env.ensure_guest()?;
-    if std::env::var_os(NESTED_ENV).is_some() {
+    if std::env::var_os(nested::NESTED_ENV).is_some() {
         // L1's own kernel: let its warnings (soft lockups with their backtraces, KVM's
         // complaints) reach the console, where the nested host's quiet command line
         // keeps only errors. Only a diagnostic aid: a failure changes nothing.
@@ -610,8 +602,9 @@ pub fn measure(env: &Env, settings: &Settings, out: &Path) -> Result<ExitsReport
         place: Place {
             host: env.host.clone(),
             kvm_module: kvm_module(),
-            outer_host: std::env::var(NESTED_ENV).ok(),
-            launcher: std::env::var_os(NESTED_ENV).map(|_| nested_launcher(&env.repo, settings)),
+            outer_host: std::env::var(nested::NESTED_ENV).ok(),
+            launcher: std::env::var_os(nested::NESTED_ENV)
+                .map(|_| nested_launcher(&env.repo, settings)),
         },
         settings: settings.clone(),
         kernel: env.build.join("guest/vmlinux"),
@@ -779,17 +772,6 @@ fn boot_with_retries<T>(
     }
 }
 
-/// One line about this machine for the report written in the nested host.
-fn outer_host_line(host: &HostInfo) -> String {
-    format!(
-        "{} ({} CPUs, Linux {}, /dev/kvm: {})",
-        host.cpu,
-        host.cpus,
-        host.kernel,
-        host.kvm.describe()
-    )
-}
-
 /// The nested host's launcher: `--nested-host`, else tools/nested/exits-host (an L1
 /// CPU with XSAVE, which Firecracker needs) when Firecracker is to run, else
 /// tools/nested/nested-host.
@@ -816,62 +798,27 @@ fn firecracker_hint(error: &str) -> &'static str {
 pub fn run_nested(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result<(), ExitsError> {
     // Built here, where it is fast: L1 sees the same build directory.
     env.ensure_guest()?;
-    let script = nested_launcher(&env.repo, settings);
-    if !script.is_file() {
-        return Err(ExitsError::Host(format!(
-            "/dev/kvm here is {} and {} is missing: cannot measure a Linux boot",
-            env.host.kvm.describe(),
-            script.display()
-        )));
-    }
-    let exe = std::env::current_exe().map_err(|e| ExitsError::Nested(e.to_string()))?;
+    let launcher = nested_launcher(&env.repo, settings);
     let systems = 3;
     let boots = cases(settings).len() * systems * (settings.runs + 1);
-    let timeout = 900 + 240 * boots;
-    // The inner spry-bench's scratch directory goes under ours: where L1 shares
-    // this machine's /tmp, our cleanup removes it even if L1 dies.
-    let l1_tmp = env.scratch_dir("l1")?;
-    let mut cmd = Command::new(&script);
-    cmd.args([
-        "run",
-        "--mem",
-        "2048",
-        "--timeout",
-        &timeout.to_string(),
-        "--",
-    ])
-    .arg(exe)
-    .args(args)
-    .env(NESTED_ENV, outer_host_line(&env.host))
-    .env("TMPDIR", &l1_tmp);
-    eprintln!(
-        "spry-bench exits: /dev/kvm here is {}; measuring in the nested host ({} run: L1 with \
-         kvm_amd under QEMU's TCG emulator; every instruction emulated, so expect minutes)",
-        env.host.kvm.describe(),
-        script.display()
-    );
-    match cleanup::run_stoppable(cmd, NESTED_SILENCE)
-        .map_err(|e| ExitsError::Nested(e.to_string()))?
-    {
-        cleanup::Ended::Exited(status) if status.success() => Ok(()),
-        cleanup::Ended::Exited(status) => Err(ExitsError::Nested(format!(
-            "{} exited with {status}",
-            script.display()
-        ))),
-        cleanup::Ended::Silent => Err(ExitsError::Nested(format!(
-            "it printed nothing for {} minutes, so L1 hangs (under TCG it now and then \
-             does, more often while another nested host keeps the CPUs busy); stopped it: \
-             run it again",
-            NESTED_SILENCE.as_secs() / 60
-        ))),
-    }
+    nested::rerun(
+        env,
+        nested::Rerun {
+            launcher: &launcher,
+            mem_mib: 2048,
+            timeout_s: 900 + 240 * boots,
+            args,
+            what: "exits",
+        },
+    )
+    .map_err(ExitsError::Nested)
 }
 
 /// The exits benchmark: here on a hardware-virtualization host, else in the nested
 /// host. `args` is this process's command line (without the program), passed on to
 /// the nested host.
 pub fn run(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result<(), ExitsError> {
-    let nested = std::env::var(NESTED_ENV).ok();
+    let nested = std::env::var(nested::NESTED_ENV).ok();
     match where_to_measure(env.host.kvm, nested.as_deref()).map_err(ExitsError::Host)? {
         Where::Nested => run_nested(env, settings, args),
         Where::Here => {
