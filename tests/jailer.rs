@@ -8,6 +8,7 @@
 //! Every jail lives in the test's scratch directory; every cgroup and network
 //! namespace a test creates is removed when it ends.
 
+mod api_support;
 mod common;
 
 use std::io::Write;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use api_support::curl;
 use common::{config, probe_args, probe_vmlinux, spry_bin, NetNs, Outcome, Running, Scratch, Spry};
 
 /// The user and group the tests jail spry as: unused on this host, and different
@@ -435,6 +437,124 @@ fn test_jailed_spry_sees_only_the_jail_in_its_own_mount_namespace() {
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// An API client that names host files outside the jail, in every way it can
+/// (absolute host paths, `..` past the jail's root, symlinks planted in the jail
+/// pointing out of it), for every path the API opens or creates: kernel, drive,
+/// logger, metrics, vsock socket, snapshot files. Each request is refused or lands
+/// in the jail; nothing outside is read, created or changed, and the sandbox boots
+/// and runs afterwards.
+#[test]
+fn test_jailed_spry_cannot_reach_files_outside_its_jail_through_the_api() {
+    if !running_as_root("test_jailed_spry_cannot_reach_files_outside_its_jail_through_the_api") {
+        return;
+    }
+    let jail = Jail::new("escape").with_probe("probe.mode=console");
+    let outside = jail.scratch.path("outside");
+    std::fs::create_dir(&outside).expect("create the outside directory");
+    let secret = outside.join("secret");
+    std::fs::write(&secret, b"not for the guest\n").expect("write the secret");
+    std::fs::copy(probe_vmlinux(), outside.join("vmlinux")).expect("copy the kernel out");
+    let host_path = |name: &str| outside.join(name).to_string_lossy().into_owned();
+    // `..` past "/" stays at "/": in the jail these name jail paths that do not exist.
+    let climb = |name: &str| format!("{}{}", "../".repeat(32), host_path(name));
+    std::os::unix::fs::symlink(&outside, jail.root().join("out")).expect("plant a symlink");
+    std::os::unix::fs::symlink(outside.join("vmlinux"), jail.root().join("kernel-link"))
+        .expect("plant a symlink");
+    let before = listing(&outside);
+
+    let mut running = jail.jailer(&[], &["--api-sock", "/run/api.sock"]).start();
+    let socket = jail.root().join("run/api.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the jailed API socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let put = |path: &str, body: String| curl(&socket, "PUT", path, &body);
+    let refused = |what: &str, (status, answer): (u16, String)| {
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert!(!answer.contains("not for the guest"), "{what}: {answer}");
+        // Not a permission error: in the jail these paths do not exist at all.
+        assert!(
+            answer.contains("No such file or directory"),
+            "{what}: {answer}"
+        );
+    };
+
+    let args = probe_args("probe.mode=console");
+    for kernel in [
+        host_path("vmlinux"),
+        climb("vmlinux"),
+        "/kernel-link".into(),
+    ] {
+        let body = format!(r#"{{"kernel_image_path": "{kernel}", "boot_args": "{args}"}}"#);
+        refused(&format!("kernel {kernel}"), put("/boot-source", body));
+    }
+    for drive in [host_path("secret"), climb("secret"), "/out/secret".into()] {
+        let body = format!(
+            r#"{{"drive_id": "d", "path_on_host": "{drive}", "is_root_device": false,
+                "is_read_only": true}}"#
+        );
+        refused(&format!("drive {drive}"), put("/drives/d", body));
+    }
+    for log in [host_path("log"), climb("log"), "/out/log".into()] {
+        refused(
+            &format!("log {log}"),
+            put("/logger", format!(r#"{{"log_path": "{log}"}}"#)),
+        );
+    }
+    for metrics in [host_path("metrics"), "/out/metrics".into()] {
+        let body = format!(r#"{{"metrics_path": "{metrics}"}}"#);
+        refused(&format!("metrics {metrics}"), put("/metrics", body));
+    }
+
+    // The sandbox still boots from what the jail holds.
+    let body = format!(r#"{{"kernel_image_path": "/vmlinux", "boot_args": "{args}"}}"#);
+    let (status, answer) = put("/boot-source", body);
+    assert_eq!(status, 204, "{answer}");
+    let (status, answer) = put("/actions", r#"{"action_type": "InstanceStart"}"#.into());
+    assert_eq!(status, 204, "{answer}");
+    let ready = running.wait_for(|l| l == "probe: console ready", Duration::from_secs(20));
+    assert!(ready.is_some(), "the jailed guest never got ready");
+
+    let (status, answer) = curl(&socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    assert_eq!(status, 204, "{answer}");
+    for (snap, mem) in [
+        (host_path("snap"), host_path("mem")),
+        (climb("snap"), climb("mem")),
+        ("/out/snap".into(), "/out/mem".into()),
+    ] {
+        let body = format!(r#"{{"snapshot_path": "{snap}", "mem_file_path": "{mem}"}}"#);
+        refused(&format!("snapshot {snap}"), put("/snapshot/create", body));
+    }
+    let (status, answer) = curl(&socket, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    assert_eq!(status, 204, "{answer}");
+    let out = stop_console(running);
+
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        listing(&outside),
+        before,
+        "something was created outside the jail"
+    );
+    assert_eq!(
+        std::fs::read(&secret).expect("read the secret"),
+        b"not for the guest\n"
+    );
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("list a directory")
+        .map(|e| e.expect("an entry").file_name())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn test_inherited_descriptors_do_not_reach_spry() {
     if !running_as_root("test_inherited_descriptors_do_not_reach_spry") {
@@ -734,6 +854,91 @@ fn test_spinning_guest_stays_within_its_cpu_quota() {
         .and_then(|n| n.parse().ok())
         .expect("nr_throttled in cpu.stat");
     assert!(throttled > 0, "{cpu_stat}");
+}
+
+/// A guest that says "touch", writes a byte to every 4 KiB page from 32 MiB to
+/// 112 MiB of its RAM (80 MiB), then says "done" and spins: `mov $0x3f8, %dx`,
+/// the bytes out, `mov $0x2000000, %edi`; loop: `movb $1, (%rdi)`,
+/// `add $0x1000, %edi`, `cmp $0x7000000, %edi`, `jb loop`; the bytes out, `jmp .`.
+const TOUCH: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b't', 0xee, 0xb0, b'o', 0xee, 0xb0, b'u', 0xee, 0xb0, b'c', 0xee,
+    0xb0, b'h', 0xee, 0xb0, b'\n', 0xee, 0xbf, 0x00, 0x00, 0x00, 0x02, 0xc6, 0x07, 0x01, 0x81,
+    0xc7, 0x00, 0x10, 0x00, 0x00, 0x81, 0xff, 0x00, 0x00, 0x00, 0x07, 0x72, 0xef, 0xb0, b'd', 0xee,
+    0xb0, b'o', 0xee, 0xb0, b'n', 0xee, 0xb0, b'e', 0xee, 0xb0, b'\n', 0xee, 0xeb, 0xfe,
+];
+
+#[test]
+fn test_guest_touching_more_ram_than_its_memory_limit_is_stopped_at_the_limit() {
+    let test = "test_guest_touching_more_ram_than_its_memory_limit_is_stopped_at_the_limit";
+    if !running_as_root(test) {
+        return;
+    }
+    // 32 MiB for spry and everything its guest touches, through whichever
+    // hierarchy has the memory controller here (v1 without swap accounting: the
+    // limit then bounds RAM; swap is off on our hosts).
+    const LIMIT: u64 = 32 << 20;
+    let v2_offers_memory = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "memory");
+    let (version, settings, memory_root) = if v2_offers_memory {
+        let settings = vec![
+            format!("memory.max={LIMIT}"),
+            "memory.swap.max=0".to_owned(),
+        ];
+        ("2", settings, cgroup2_root())
+    } else if let Some(mount) = cgroup1_hierarchy("memory") {
+        ("1", vec![format!("memory.limit_in_bytes={LIMIT}")], mount)
+    } else {
+        common::skip(test, "no cgroup hierarchy offers the memory controller");
+        return;
+    };
+    let cgroup = TestCgroup::new("mem");
+    let jail = Jail::new("mem").with_kernel(&common::tiny_kernel(TOUCH), "console=ttyS0");
+    let mut args = vec![
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &cgroup.parent,
+    ];
+    for setting in &settings {
+        args.extend(["--cgroup", setting.as_str()]);
+    }
+    let mut running = jail.jailer(&args, &["--config-file", "/vm.json"]).start();
+    let touching = running.wait_for(|l| l == "touch", Duration::from_secs(20));
+    assert!(
+        touching.is_some(),
+        "the guest never started touching its memory"
+    );
+    let done = running.wait_for(|l| l == "done", Duration::from_secs(20));
+    let dir = memory_root.join(&cgroup.parent).join(&jail.id);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let (events, peak) = if version == "2" {
+        (read("memory.events"), read("memory.peak"))
+    } else {
+        (read("memory.failcnt"), read("memory.max_usage_in_bytes"))
+    };
+    let out = running.finish(Duration::from_secs(10));
+    eprintln!("memory-hungry guest under {settings:?}: {out}\nevents {events:?}, peak {peak:?}");
+
+    assert!(
+        done.is_none(),
+        "the guest touched 80 MiB under a 32 MiB limit: {out}"
+    );
+    // The cgroup's OOM killer ended spry (SIGKILL), or KVM's failed fault ended it
+    // with an error: either way it did not run on past its box.
+    assert_ne!(out.code(), Some(0), "{out}");
+    let peak: u64 = peak.trim().parse().unwrap_or(0);
+    assert!(peak <= LIMIT, "peak {peak} over the limit {LIMIT}");
+    let limit_hit = if version == "2" {
+        events
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .any(|(k, v)| matches!(k, "max" | "oom" | "oom_kill") && v.trim() != "0")
+    } else {
+        events.trim().parse::<u64>().unwrap_or(0) > 0
+    };
+    assert!(limit_hit, "{events}");
 }
 
 #[test]
