@@ -899,9 +899,10 @@ mod linux_guest {
                 data.len()
             );
 
-            // Several at once, each with its own output and status.
+            // Several at once (each its own vsock connection), each with its own
+            // output and status.
             std::thread::scope(|s| {
-                let runs: Vec<_> = (0..4u8)
+                let runs: Vec<_> = (0..8u8)
                     .map(|i| {
                         let api = &api;
                         s.spawn(move || {
