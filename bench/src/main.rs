@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod agent_exec;
+mod api_client;
 mod boot;
 mod child;
 mod cleanup;
@@ -19,6 +20,7 @@ mod progress;
 mod rawsock;
 mod report;
 mod setup;
+mod snapshot_bench;
 mod spry_log;
 mod stats;
 mod systems;
@@ -113,6 +115,11 @@ enum Bench {
     /// agent; runs itself in the nested host where /dev/kvm is not hardware
     /// virtualization (runc too). Writes exec.md and exec.json.
     Exec(ExecCli),
+    /// Snapshot create (Full, Diff) time and file sizes, and restore time (load →
+    /// running again, → the guest's next console line) against a cold boot, for
+    /// spry and Firecracker, with the counting probe. Writes snapshot.md and
+    /// snapshot.json.
+    Snapshot(SnapshotCli),
     /// The default: spry against a runc container, QEMU and Firecracker (start,
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
@@ -127,6 +134,7 @@ impl Bench {
             Bench::Net(_) => "net",
             Bench::Exits(_) => "exits",
             Bench::Exec(_) => "exec",
+            Bench::Snapshot(_) => "snapshot",
             Bench::Compare(_) => "compare",
         }
     }
@@ -269,6 +277,42 @@ struct ExecCli {
     nested_host: Option<PathBuf>,
 }
 
+#[derive(Debug, PartialEq, clap::Args)]
+struct SnapshotCli {
+    /// Restores and cold boots per VMM and guest size, after one warm-up.
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// Guest sizes, MiB, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024", value_parser = clap::value_parser!(u32).range(16..=16384))]
+    mem_mib: Vec<u32>,
+    /// A Firecracker binary to include (default: $FIRECRACKER if set, else
+    /// ../shared/peers/firecracker next to the repository if it exists).
+    #[arg(long, value_name = "PATH")]
+    firecracker: Option<PathBuf>,
+    /// Leave Firecracker out.
+    #[arg(long)]
+    no_firecracker: bool,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+impl SnapshotCli {
+    fn settings(&self) -> snapshot_bench::Settings {
+        let firecracker = setup::find_firecracker(
+            self.firecracker.clone(),
+            std::env::var_os("FIRECRACKER"),
+            &setup::default_firecracker(),
+        );
+        snapshot_bench::Settings {
+            runs: self.runs,
+            mem_mib: distinct(&self.mem_mib),
+            firecracker: firecracker.filter(|_| !self.no_firecracker),
+            out: self.out.clone(),
+        }
+    }
+}
+
 impl ExecCli {
     fn settings(&self) -> agent_exec::Settings {
         agent_exec::Settings {
@@ -403,6 +447,8 @@ enum BenchError {
     Exits(#[from] exits::ExitsError),
     #[error(transparent)]
     Exec(#[from] agent_exec::ExecBenchError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot_bench::SnapshotBenchError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -445,6 +491,9 @@ fn run(cli: Cli) -> Result<(), BenchError> {
                 &args.settings(),
                 std::env::args_os().skip(1).collect(),
             )?;
+        }
+        Bench::Snapshot(args) => {
+            snapshot_bench::run(&env, &args.settings())?;
         }
         Bench::Compare(args) => run_compare(&env, &args)?,
     }
