@@ -1,5 +1,6 @@
 //! virtio-blk: a file on the host as a disk in the guest.
 
+pub mod cow;
 pub mod device;
 pub mod event_handler;
 pub mod persist;

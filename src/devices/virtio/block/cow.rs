@@ -1,0 +1,635 @@
+//! Copy-on-write drives: a read-only base image shared by many VMs, and per VM an
+//! overlay holding the blocks that VM wrote, in memory or in a sparse file.
+//!
+//! The disk is cut into [`BLOCK_SIZE`] blocks (the last one may be shorter: disks
+//! are whole 512-byte sectors). A bitmap says which blocks the overlay holds. A
+//! read takes each block from the overlay if written, else from the base; a write
+//! that covers a block whole goes straight to the overlay, one that covers part of
+//! a block not yet in the overlay first copies that block from the base (guests
+//! write 512-byte sectors, the overlay tracks 4 KiB). The base is opened
+//! `O_RDONLY` and never written.
+//!
+//! A file overlay describes itself, so it outlives the process (and a snapshot
+//! only names it): bytes `0..size` hold written blocks at their disk offsets
+//! (never-written ranges stay holes); at `meta = size` rounded up to a block, a
+//! header (magic, block size, disk size); at `meta + BLOCK_SIZE` the bitmap as
+//! little-endian `u64` words. A block's data is written before its bit, so a crash
+//! loses at most the write in progress.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Granularity of the overlay: a page, the unit guests' file systems write.
+pub const BLOCK_SIZE: u64 = 4096;
+/// First bytes of a file overlay's header.
+const MAGIC: &[u8; 8] = b"SPRYCOW1";
+/// Bytes of the header that carry meaning: magic, block size, disk size.
+const HEADER_LEN: usize = 24;
+
+/// Errors of a copy-on-write disk.
+#[derive(Debug, thiserror::Error)]
+pub enum CowError {
+    /// Reading the base image failed.
+    #[error("cannot read base image {path} at {offset:#x}+{len:#x}")]
+    BaseRead {
+        /// The base image.
+        path: PathBuf,
+        /// Disk offset.
+        offset: u64,
+        /// Bytes asked.
+        len: usize,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening or creating the overlay file failed.
+    #[error("cannot open overlay file {path}")]
+    OverlayOpen {
+        /// The overlay.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing the overlay file failed.
+    #[error("overlay file {path}: cannot {what} at {offset:#x}")]
+    OverlayIo {
+        /// The overlay.
+        path: PathBuf,
+        /// "read", "write", "sync", "truncate".
+        what: &'static str,
+        /// File offset.
+        offset: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An existing overlay file is not one of ours, or belongs to a disk of
+    /// another size.
+    #[error("overlay file {path} {why}; give an empty or new file")]
+    OverlayFormat {
+        /// The overlay.
+        path: PathBuf,
+        /// What does not match.
+        why: String,
+    },
+    /// A range that reaches past the end of the disk.
+    #[error("{offset:#x}+{len:#x} reaches past the disk's {size} bytes")]
+    OutOfRange {
+        /// Disk offset.
+        offset: u64,
+        /// Length.
+        len: usize,
+        /// Disk size.
+        size: u64,
+    },
+    /// Saved overlay contents that do not fit this disk.
+    #[error("saved overlay block {index}: {why}")]
+    SavedBlock {
+        /// Block index.
+        index: u64,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// Where a copy-on-write disk keeps its changes (spry's `copy_on_write` object on a
+/// drive): `{"overlay_type": "Memory"}` or
+/// `{"overlay_type": "File", "overlay_path": "/path"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyOnWrite {
+    /// `Memory` or `File`.
+    pub overlay_type: OverlayType,
+    /// The overlay file, for `File`: created sparse if missing or empty, reused
+    /// (with its changes) if it is an overlay of a disk of the same size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_path: Option<PathBuf>,
+}
+
+/// The overlay kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverlayType {
+    /// Changes live in spry's memory and go with the process (or into a snapshot).
+    Memory,
+    /// Changes live in a sparse file of their own.
+    File,
+}
+
+/// What a snapshot keeps of a copy-on-write disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CowState {
+    /// The overlay kind and file.
+    pub copy_on_write: CopyOnWrite,
+    /// A memory overlay's written blocks, by index, each as hex (the state file is
+    /// JSON); a file overlay holds its own and saves none here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocks: Vec<(u64, String)>,
+}
+
+enum Overlay {
+    /// Written blocks by index, each `block_len` bytes.
+    Memory(HashMap<u64, Box<[u8]>>),
+    /// The file and where its bitmap starts.
+    File {
+        file: File,
+        path: PathBuf,
+        bitmap_at: u64,
+    },
+}
+
+/// A disk of `size` bytes: a read-only base plus an overlay of written blocks.
+pub struct CowDisk {
+    base: File,
+    base_path: PathBuf,
+    size: u64,
+    /// Bit `b` set: block `b` is in the overlay.
+    written: Vec<u64>,
+    overlay: Overlay,
+}
+
+impl std::fmt::Debug for CowDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CowDisk")
+            .field("base", &self.base_path)
+            .field("size", &self.size)
+            .field("written_blocks", &self.written_blocks())
+            .finish_non_exhaustive()
+    }
+}
+
+fn blocks_of(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+fn words_of(size: u64) -> usize {
+    usize::try_from(blocks_of(size).div_ceil(64)).unwrap_or(usize::MAX)
+}
+
+/// Opens the base image read-only, the only way a copy-on-write disk opens it.
+pub fn open_base(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).open(path)
+}
+
+impl CowDisk {
+    /// A disk over `base` (`size` bytes, opened read-only) keeping changes in memory.
+    pub fn in_memory(base: File, base_path: PathBuf, size: u64) -> CowDisk {
+        CowDisk {
+            base,
+            base_path,
+            size,
+            written: vec![0; words_of(size)],
+            overlay: Overlay::Memory(HashMap::new()),
+        }
+    }
+
+    /// A disk over `base` keeping changes in the overlay file at `path`: created
+    /// if missing, initialised if empty, reused with its changes if it is an
+    /// overlay of a disk of `size` bytes, refused otherwise.
+    pub fn with_file(
+        base: File,
+        base_path: PathBuf,
+        size: u64,
+        path: &Path,
+    ) -> Result<CowDisk, CowError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| CowError::OverlayOpen {
+                path: path.to_owned(),
+                source,
+            })?;
+        let meta = blocks_of(size) * BLOCK_SIZE;
+        let mut disk = CowDisk {
+            base,
+            base_path,
+            size,
+            written: vec![0; words_of(size)],
+            overlay: Overlay::File {
+                file,
+                path: path.to_owned(),
+                bitmap_at: meta + BLOCK_SIZE,
+            },
+        };
+        let len = disk.overlay_file_len()?;
+        if len == 0 {
+            disk.init_overlay_file()?;
+        } else {
+            disk.load_overlay_file(len)?;
+        }
+        Ok(disk)
+    }
+
+    /// The disk's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The base image's path.
+    pub fn base_path(&self) -> &Path {
+        &self.base_path
+    }
+
+    /// How many blocks the overlay holds.
+    pub fn written_blocks(&self) -> u64 {
+        self.written.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    fn is_written(&self, block: u64) -> bool {
+        let Ok(word) = usize::try_from(block / 64) else {
+            return false;
+        };
+        self.written
+            .get(word)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
+    fn block_len(&self, block: u64) -> usize {
+        let start = block * BLOCK_SIZE;
+        // At most BLOCK_SIZE.
+        usize::try_from((self.size - start).min(BLOCK_SIZE)).unwrap_or(0)
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), CowError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(CowError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of the disk at `offset`: each block from the overlay
+    /// if written, else from the base. Runs of blocks from one source are read in
+    /// one call.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), CowError> {
+        self.check_range(offset, buf.len())?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let written = self.is_written(at / BLOCK_SIZE);
+            // Extend the run while the next blocks come from the same source.
+            let mut end = (at / BLOCK_SIZE + 1) * BLOCK_SIZE;
+            let stop = offset + buf.len() as u64;
+            while end < stop && self.is_written(end / BLOCK_SIZE) == written {
+                end += BLOCK_SIZE;
+            }
+            let n = usize::try_from(end.min(stop) - at).unwrap_or(0);
+            let part = &mut buf[done..done + n];
+            if written {
+                self.read_overlay(part, at)?;
+            } else {
+                self.read_base(part, at)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Writes `data` to the disk at `offset`, into the overlay only.
+    pub fn write_at(&mut self, data: &[u8], offset: u64) -> Result<(), CowError> {
+        self.check_range(offset, data.len())?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let block = at / BLOCK_SIZE;
+            let in_block = usize::try_from(at - block * BLOCK_SIZE).unwrap_or(0);
+            let block_len = self.block_len(block);
+            let n = (block_len - in_block).min(data.len() - done);
+            let part = &data[done..done + n];
+            if self.is_written(block) {
+                self.write_overlay(part, at)?;
+            } else if n == block_len {
+                self.write_overlay(part, at)?;
+                self.mark_written(block)?;
+            } else {
+                // Part of a block the overlay lacks: the rest comes from the base.
+                let start = block * BLOCK_SIZE;
+                let mut whole = vec![0u8; block_len];
+                self.read_base(&mut whole, start)?;
+                whole[in_block..in_block + n].copy_from_slice(part);
+                self.write_overlay(&whole, start)?;
+                self.mark_written(block)?;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Makes the overlay durable (a memory overlay has nothing to sync).
+    pub fn flush(&self) -> Result<(), CowError> {
+        match &self.overlay {
+            Overlay::Memory(_) => Ok(()),
+            Overlay::File { file, path, .. } => {
+                file.sync_data().map_err(|source| CowError::OverlayIo {
+                    path: path.clone(),
+                    what: "sync",
+                    offset: 0,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Drops every change: the disk reads as the base again. A memory overlay
+    /// frees its blocks; a file overlay is truncated (its blocks go back to the
+    /// file system) and re-initialised. For an in-place rollback to a snapshot
+    /// whose disk had no changes yet.
+    pub fn discard_changes(&mut self) -> Result<(), CowError> {
+        self.written.iter_mut().for_each(|w| *w = 0);
+        match &mut self.overlay {
+            Overlay::Memory(blocks) => {
+                *blocks = HashMap::new();
+                Ok(())
+            }
+            Overlay::File { file, path, .. } => {
+                file.set_len(0).map_err(|source| CowError::OverlayIo {
+                    path: path.clone(),
+                    what: "truncate",
+                    offset: 0,
+                    source,
+                })?;
+                self.init_overlay_file()
+            }
+        }
+    }
+
+    /// What a snapshot keeps: the overlay kind, and a memory overlay's blocks.
+    pub fn save(&self) -> CowState {
+        match &self.overlay {
+            Overlay::Memory(blocks) => {
+                let mut saved: Vec<(u64, String)> =
+                    blocks.iter().map(|(i, data)| (*i, to_hex(data))).collect();
+                saved.sort_unstable_by_key(|(i, _)| *i);
+                CowState {
+                    copy_on_write: CopyOnWrite {
+                        overlay_type: OverlayType::Memory,
+                        overlay_path: None,
+                    },
+                    blocks: saved,
+                }
+            }
+            Overlay::File { path, .. } => CowState {
+                copy_on_write: CopyOnWrite {
+                    overlay_type: OverlayType::File,
+                    overlay_path: Some(path.clone()),
+                },
+                blocks: Vec::new(),
+            },
+        }
+    }
+
+    /// Puts a memory overlay's saved blocks back (the restore of [`CowDisk::save`]).
+    pub fn restore_blocks(&mut self, saved: &[(u64, String)]) -> Result<(), CowError> {
+        for (index, hex) in saved {
+            let bad = |why: String| CowError::SavedBlock { index: *index, why };
+            if *index >= blocks_of(self.size) {
+                return Err(bad(format!(
+                    "past the disk's {} blocks",
+                    blocks_of(self.size)
+                )));
+            }
+            let data = from_hex(hex).ok_or_else(|| bad("is not hex".into()))?;
+            if data.len() != self.block_len(*index) {
+                return Err(bad(format!(
+                    "holds {} bytes, want {}",
+                    data.len(),
+                    self.block_len(*index)
+                )));
+            }
+            self.write_at(&data, index * BLOCK_SIZE)?;
+        }
+        Ok(())
+    }
+
+    fn read_base(&self, buf: &mut [u8], offset: u64) -> Result<(), CowError> {
+        self.base
+            .read_exact_at(buf, offset)
+            .map_err(|source| CowError::BaseRead {
+                path: self.base_path.clone(),
+                offset,
+                len: buf.len(),
+                source,
+            })
+    }
+
+    /// Reads overlay bytes at disk `offset`; every block touched is written.
+    fn read_overlay(&self, buf: &mut [u8], offset: u64) -> Result<(), CowError> {
+        match &self.overlay {
+            Overlay::Memory(blocks) => {
+                let mut done = 0usize;
+                while done < buf.len() {
+                    let at = offset + done as u64;
+                    let block = at / BLOCK_SIZE;
+                    let in_block = usize::try_from(at - block * BLOCK_SIZE).unwrap_or(0);
+                    let data = blocks.get(&block).ok_or(CowError::SavedBlock {
+                        index: block,
+                        why: "marked written but missing from memory".into(),
+                    })?;
+                    let n = (data.len() - in_block).min(buf.len() - done);
+                    buf[done..done + n].copy_from_slice(&data[in_block..in_block + n]);
+                    done += n;
+                }
+                Ok(())
+            }
+            Overlay::File { file, path, .. } => {
+                file.read_exact_at(buf, offset)
+                    .map_err(|source| CowError::OverlayIo {
+                        path: path.clone(),
+                        what: "read",
+                        offset,
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Writes `data` at disk `offset` into the overlay; `data` stays within one
+    /// block, and is the whole block unless the block is already written.
+    fn write_overlay(&mut self, data: &[u8], offset: u64) -> Result<(), CowError> {
+        let block = offset / BLOCK_SIZE;
+        let block_len = self.block_len(block);
+        match &mut self.overlay {
+            Overlay::Memory(blocks) => {
+                let in_block = usize::try_from(offset - block * BLOCK_SIZE).unwrap_or(0);
+                let stored = blocks
+                    .entry(block)
+                    .or_insert_with(|| vec![0u8; block_len].into_boxed_slice());
+                stored[in_block..in_block + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            Overlay::File { file, path, .. } => {
+                file.write_all_at(data, offset)
+                    .map_err(|source| CowError::OverlayIo {
+                        path: path.clone(),
+                        what: "write",
+                        offset,
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Sets block `block`'s bit, and a file overlay's copy of its bitmap word.
+    fn mark_written(&mut self, block: u64) -> Result<(), CowError> {
+        let word = usize::try_from(block / 64).unwrap_or(usize::MAX);
+        let Some(w) = self.written.get_mut(word) else {
+            return Err(CowError::OutOfRange {
+                offset: block * BLOCK_SIZE,
+                len: 0,
+                size: self.size,
+            });
+        };
+        *w |= 1 << (block % 64);
+        let value = *w;
+        if let Overlay::File {
+            file,
+            path,
+            bitmap_at,
+        } = &self.overlay
+        {
+            let at = *bitmap_at + word as u64 * 8;
+            file.write_all_at(&value.to_le_bytes(), at)
+                .map_err(|source| CowError::OverlayIo {
+                    path: path.clone(),
+                    what: "write",
+                    offset: at,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn overlay_file_len(&self) -> Result<u64, CowError> {
+        match &self.overlay {
+            Overlay::Memory(_) => Ok(0),
+            Overlay::File { file, path, .. } => file
+                .metadata()
+                .map(|m| m.len())
+                .map_err(|source| CowError::OverlayOpen {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
+
+    /// Writes the header and sizes the (sparse) file to hold the empty bitmap.
+    fn init_overlay_file(&self) -> Result<(), CowError> {
+        let Overlay::File {
+            file,
+            path,
+            bitmap_at,
+        } = &self.overlay
+        else {
+            return Ok(());
+        };
+        let io = |what, offset| {
+            move |source| CowError::OverlayIo {
+                path: path.clone(),
+                what,
+                offset,
+                source,
+            }
+        };
+        let header_at = *bitmap_at - BLOCK_SIZE;
+        let total = *bitmap_at + self.written.len() as u64 * 8;
+        file.set_len(total).map_err(io("truncate", total))?;
+        file.write_all_at(&self.header(), header_at)
+            .map_err(io("write", header_at))
+    }
+
+    fn header(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[0..8].copy_from_slice(MAGIC);
+        h[8..16].copy_from_slice(&BLOCK_SIZE.to_le_bytes());
+        h[16..24].copy_from_slice(&self.size.to_le_bytes());
+        h
+    }
+
+    /// Checks an existing overlay file's header and reads its bitmap.
+    fn load_overlay_file(&mut self, len: u64) -> Result<(), CowError> {
+        let Overlay::File {
+            file,
+            path,
+            bitmap_at,
+        } = &self.overlay
+        else {
+            return Ok(());
+        };
+        let format = |why: String| CowError::OverlayFormat {
+            path: path.clone(),
+            why,
+        };
+        let bitmap_len = self.written.len() as u64 * 8;
+        if len < *bitmap_at + bitmap_len {
+            return Err(format(format!(
+                "is {len} bytes, too short for an overlay of a {}-byte disk",
+                self.size
+            )));
+        }
+        let mut found = [0u8; HEADER_LEN];
+        let header_at = *bitmap_at - BLOCK_SIZE;
+        file.read_exact_at(&mut found, header_at)
+            .map_err(|source| CowError::OverlayIo {
+                path: path.clone(),
+                what: "read",
+                offset: header_at,
+                source,
+            })?;
+        if found != self.header() {
+            return Err(format(format!(
+                "has no spry overlay header for a {}-byte disk at {header_at:#x}",
+                self.size
+            )));
+        }
+        let mut bytes = vec![0u8; self.written.len() * 8];
+        file.read_exact_at(&mut bytes, *bitmap_at)
+            .map_err(|source| CowError::OverlayIo {
+                path: path.clone(),
+                what: "read",
+                offset: *bitmap_at,
+                source,
+            })?;
+        for (w, chunk) in self.written.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            *w = u64::from_le_bytes(word);
+        }
+        Ok(())
+    }
+}
+
+fn to_hex(data: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(data.len() * 2);
+    for b in data {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let bytes = text.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,255 @@
+//! The copy-on-write layer against a reference model: a plain `Vec<u8>` disk that
+//! every operation is mirrored on. Seeded, so a failure reproduces.
+
+use std::io::Write;
+
+use vmm_sys_util::tempfile::TempFile;
+
+use super::*;
+
+/// 16 blocks and three sectors: the last block is a short one.
+const SIZE: u64 = 16 * BLOCK_SIZE + 3 * 512;
+/// Random operations per run.
+const OPS: usize = 4000;
+
+/// splitmix64: a tiny seeded generator, enough to spread offsets and lengths.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next().to_le_bytes()[0]).collect()
+    }
+}
+
+fn base_image(rng: &mut Rng) -> (TempFile, Vec<u8>) {
+    let file = TempFile::new().unwrap();
+    let content = rng.bytes(usize::try_from(SIZE).unwrap());
+    file.as_file().write_all(&content).unwrap();
+    (file, content)
+}
+
+fn checksum(path: &Path) -> u32 {
+    crc32fast::hash(&std::fs::read(path).unwrap())
+}
+
+fn memory_disk(base: &TempFile) -> CowDisk {
+    let file = open_base(base.as_path()).unwrap();
+    CowDisk::in_memory(file, base.as_path().to_owned(), SIZE)
+}
+
+fn file_disk(base: &TempFile, overlay: &Path) -> CowDisk {
+    let file = open_base(base.as_path()).unwrap();
+    CowDisk::with_file(file, base.as_path().to_owned(), SIZE, overlay).unwrap()
+}
+
+/// A random range: mostly small and unaligned, sometimes several blocks, sometimes
+/// exactly one aligned block; always inside the disk.
+fn random_range(rng: &mut Rng) -> (u64, usize) {
+    let (offset, len) = match rng.below(4) {
+        0 => (rng.below(SIZE / BLOCK_SIZE) * BLOCK_SIZE, BLOCK_SIZE),
+        1 => (rng.below(SIZE), rng.below(3 * BLOCK_SIZE + 700)),
+        2 => (rng.below(SIZE / 512) * 512, 512 * (1 + rng.below(12))),
+        _ => (rng.below(SIZE), rng.below(64)),
+    };
+    let len = len.min(SIZE - offset);
+    (offset, usize::try_from(len).unwrap())
+}
+
+/// Runs `OPS` random reads and writes (and a few discards) on `disk` and on the
+/// model, comparing every read and, at the end, the whole disk.
+fn run_against_model(disk: &mut CowDisk, model: &mut Vec<u8>, base: &[u8], seed: u64) {
+    let mut rng = Rng(seed);
+    for op in 0..OPS {
+        let (offset, len) = random_range(&mut rng);
+        let at = usize::try_from(offset).unwrap();
+        match rng.below(100) {
+            0 => {
+                disk.discard_changes().unwrap();
+                model.copy_from_slice(base);
+            }
+            1..=45 => {
+                let data = rng.bytes(len);
+                disk.write_at(&data, offset).unwrap();
+                model[at..at + len].copy_from_slice(&data);
+            }
+            _ => {
+                let mut got = vec![0xeeu8; len];
+                disk.read_at(&mut got, offset).unwrap();
+                assert!(
+                    got == model[at..at + len],
+                    "seed {seed} op {op}: read {offset:#x}+{len:#x} differs from the model"
+                );
+            }
+        }
+    }
+    let mut whole = vec![0u8; usize::try_from(SIZE).unwrap()];
+    disk.read_at(&mut whole, 0).unwrap();
+    assert!(whole == *model, "seed {seed}: final disk differs");
+}
+
+#[test]
+fn test_memory_overlay_matches_the_model_and_leaves_the_base_alone() {
+    for seed in [1u64, 2, 3] {
+        let mut rng = Rng(seed);
+        let (base, content) = base_image(&mut rng);
+        let before = checksum(base.as_path());
+        let mut disk = memory_disk(&base);
+        let mut model = content.clone();
+
+        run_against_model(&mut disk, &mut model, &content, seed);
+
+        assert_eq!(checksum(base.as_path()), before, "seed {seed}");
+    }
+}
+
+#[test]
+fn test_file_overlay_matches_the_model_and_leaves_the_base_alone() {
+    for seed in [11u64, 12, 13] {
+        let mut rng = Rng(seed);
+        let (base, content) = base_image(&mut rng);
+        let before = checksum(base.as_path());
+        let overlay = TempFile::new().unwrap();
+        let mut disk = file_disk(&base, overlay.as_path());
+        let mut model = content.clone();
+
+        run_against_model(&mut disk, &mut model, &content, seed);
+
+        assert_eq!(checksum(base.as_path()), before, "seed {seed}");
+    }
+}
+
+#[test]
+fn test_file_overlay_reopened_keeps_its_changes() {
+    let mut rng = Rng(21);
+    let (base, content) = base_image(&mut rng);
+    let overlay = TempFile::new().unwrap();
+    let mut model = content.clone();
+    let mut disk = file_disk(&base, overlay.as_path());
+    run_against_model(&mut disk, &mut model, &content, 21);
+    disk.flush().unwrap();
+    drop(disk);
+
+    let mut again = file_disk(&base, overlay.as_path());
+    let mut whole = vec![0u8; model.len()];
+    again.read_at(&mut whole, 0).unwrap();
+
+    assert!(whole == model);
+    run_against_model(&mut again, &mut model, &content, 22);
+}
+
+#[test]
+fn test_unaligned_write_across_a_block_boundary_keeps_the_neighbours() {
+    let mut rng = Rng(31);
+    let (base, content) = base_image(&mut rng);
+    let mut disk = memory_disk(&base);
+    // 100 bytes ending 40 bytes into block 1.
+    let offset = BLOCK_SIZE - 60;
+
+    disk.write_at(&[0xab; 100], offset).unwrap();
+
+    let mut got = vec![0u8; 2 * 4096];
+    disk.read_at(&mut got, 0).unwrap();
+    let mut want = content[..2 * 4096].to_vec();
+    want[4036..4136].fill(0xab);
+    assert!(got == want);
+    assert_eq!(disk.written_blocks(), 2);
+}
+
+#[test]
+fn test_discard_changes_reads_the_base_again_for_both_overlays() {
+    let mut rng = Rng(41);
+    let (base, content) = base_image(&mut rng);
+    let overlay = TempFile::new().unwrap();
+    let mut disks = [memory_disk(&base), file_disk(&base, overlay.as_path())];
+    for disk in &mut disks {
+        disk.write_at(&[7; 5000], 1000).unwrap();
+
+        disk.discard_changes().unwrap();
+
+        let mut got = vec![0u8; content.len()];
+        disk.read_at(&mut got, 0).unwrap();
+        assert!(got == content);
+        assert_eq!(disk.written_blocks(), 0);
+    }
+    // A reopened file overlay has forgotten the discarded write too.
+    let again = file_disk(&base, overlay.as_path());
+    assert_eq!(again.written_blocks(), 0);
+}
+
+#[test]
+fn test_range_past_the_end_is_refused() {
+    let mut rng = Rng(51);
+    let (base, _) = base_image(&mut rng);
+    let mut disk = memory_disk(&base);
+
+    let write = disk.write_at(&[1; 512], SIZE - 511);
+    let read = disk.read_at(&mut [0; 1], SIZE);
+    let huge = disk.read_at(&mut [0; 16], u64::MAX - 8);
+
+    assert!(matches!(write, Err(CowError::OutOfRange { .. })));
+    assert!(matches!(read, Err(CowError::OutOfRange { .. })));
+    assert!(matches!(huge, Err(CowError::OutOfRange { .. })));
+    assert_eq!(disk.written_blocks(), 0);
+}
+
+#[test]
+fn test_overlay_of_another_disk_size_is_refused() {
+    let mut rng = Rng(61);
+    let (base, _) = base_image(&mut rng);
+    let overlay = TempFile::new().unwrap();
+    drop(file_disk(&base, overlay.as_path()));
+    let small = TempFile::new().unwrap();
+    small.as_file().write_all(&[0; 4096]).unwrap();
+
+    let err = CowDisk::with_file(
+        open_base(small.as_path()).unwrap(),
+        small.as_path().to_owned(),
+        4096,
+        overlay.as_path(),
+    )
+    .unwrap_err();
+
+    assert!(matches!(err, CowError::OverlayFormat { .. }), "{err}");
+}
+
+#[test]
+fn test_saved_memory_overlay_restores_the_same_disk() {
+    let mut rng = Rng(71);
+    let (base, content) = base_image(&mut rng);
+    let mut disk = memory_disk(&base);
+    let mut model = content.clone();
+    run_against_model(&mut disk, &mut model, &content, 71);
+    let json = serde_json::to_string(&disk.save()).unwrap();
+
+    let state: CowState = serde_json::from_str(&json).unwrap();
+    let mut back = memory_disk(&base);
+    back.restore_blocks(&state.blocks).unwrap();
+
+    let mut whole = vec![0u8; model.len()];
+    back.read_at(&mut whole, 0).unwrap();
+    assert!(whole == model);
+    assert_eq!(back.written_blocks(), disk.written_blocks());
+}
+
+#[test]
+fn test_saved_block_that_is_not_hex_is_refused() {
+    let mut rng = Rng(81);
+    let (base, _) = base_image(&mut rng);
+    let mut disk = memory_disk(&base);
+
+    let err = disk.restore_blocks(&[(0, "zz".repeat(4096))]).unwrap_err();
+
+    assert!(matches!(err, CowError::SavedBlock { index: 0, .. }), "{err}");
+}
