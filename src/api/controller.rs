@@ -436,6 +436,8 @@ fn replace_backing(
     lock(block).replace_backing(path.clone(), file, capacity);
     log::info!("drive {} now backed by {}", drive.drive_id, path.display());
     drive.path_on_host = Some(path);
+    // The new file is an ordinary drive: the copy-on-write layer went with the old.
+    drive.copy_on_write = None;
     Ok(())
 }
 

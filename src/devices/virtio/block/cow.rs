@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{CopyOnWrite, OverlayType};
+
 /// Granularity of the overlay: a page, the unit guests' file systems write.
 pub const BLOCK_SIZE: u64 = 4096;
 /// First bytes of a file overlay's header.
@@ -77,6 +79,9 @@ pub enum CowError {
         /// What does not match.
         why: String,
     },
+    /// The overlay file is the base image itself: writes would land in the base.
+    #[error("overlay file {0} is the base image itself")]
+    OverlayIsBase(PathBuf),
     /// A range that reaches past the end of the disk.
     #[error("{offset:#x}+{len:#x} reaches past the disk's {size} bytes")]
     OutOfRange {
@@ -95,29 +100,6 @@ pub enum CowError {
         /// What is wrong.
         why: String,
     },
-}
-
-/// Where a copy-on-write disk keeps its changes (spry's `copy_on_write` object on a
-/// drive): `{"overlay_type": "Memory"}` or
-/// `{"overlay_type": "File", "overlay_path": "/path"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CopyOnWrite {
-    /// `Memory` or `File`.
-    pub overlay_type: OverlayType,
-    /// The overlay file, for `File`: created sparse if missing or empty, reused
-    /// (with its changes) if it is an overlay of a disk of the same size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overlay_path: Option<PathBuf>,
-}
-
-/// The overlay kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OverlayType {
-    /// Changes live in spry's memory and go with the process (or into a snapshot).
-    Memory,
-    /// Changes live in a sparse file of their own.
-    File,
 }
 
 /// What a snapshot keeps of a copy-on-write disk.
@@ -207,6 +189,9 @@ impl CowDisk {
                 path: path.to_owned(),
                 source,
             })?;
+        if same_file(&base, &file) {
+            return Err(CowError::OverlayIsBase(path.to_owned()));
+        }
         let meta = blocks_of(size) * BLOCK_SIZE;
         let mut disk = CowDisk {
             base,
@@ -513,13 +498,14 @@ impl CowDisk {
     fn overlay_file_len(&self) -> Result<u64, CowError> {
         match &self.overlay {
             Overlay::Memory(_) => Ok(0),
-            Overlay::File { file, path, .. } => file
-                .metadata()
-                .map(|m| m.len())
-                .map_err(|source| CowError::OverlayOpen {
-                    path: path.clone(),
-                    source,
-                }),
+            Overlay::File { file, path, .. } => {
+                file.metadata()
+                    .map(|m| m.len())
+                    .map_err(|source| CowError::OverlayOpen {
+                        path: path.clone(),
+                        source,
+                    })
+            }
         }
     }
 
@@ -609,6 +595,15 @@ impl CowDisk {
     }
 }
 
+/// Whether two open files are one (same device and inode, whatever the paths).
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn to_hex(data: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(data.len() * 2);
@@ -620,7 +615,11 @@ fn to_hex(data: &[u8]) -> String {
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let bytes = text.as_bytes();
     if bytes.len() % 2 != 0 {
         return None;

@@ -10,4 +10,6 @@ pub use device::{Block, BlockConfig};
 pub use persist::{BlockState, BlockStateError};
 
 #[cfg(test)]
+mod cow_device_tests;
+#[cfg(test)]
 mod tests;

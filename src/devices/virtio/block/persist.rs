@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cow::CowState;
 use super::device::{Block, BlockConfig};
 use crate::config::CacheType;
 use crate::devices::virtio::Interrupt;
@@ -52,6 +53,10 @@ pub struct BlockState {
     pub read_only: bool,
     /// Flush semantics (VIRTIO_BLK_F_FLUSH was offered for Writeback).
     pub cache: CacheType,
+    /// A copy-on-write drive (then `path` is the base image): its overlay, and a
+    /// memory overlay's blocks. Absent in snapshots of ordinary drives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_on_write: Option<CowState>,
 }
 
 impl Block {
@@ -63,6 +68,7 @@ impl Block {
             capacity: self.config.capacity,
             read_only: self.config.read_only,
             cache: self.config.cache,
+            copy_on_write: self.save_copy_on_write(),
         }
     }
 
@@ -149,6 +155,7 @@ mod tests {
             capacity: SECTORS,
             read_only: false,
             cache: CacheType::Unsafe,
+            copy_on_write: None,
         }
     }
 

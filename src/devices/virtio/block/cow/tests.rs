@@ -251,5 +251,26 @@ fn test_saved_block_that_is_not_hex_is_refused() {
 
     let err = disk.restore_blocks(&[(0, "zz".repeat(4096))]).unwrap_err();
 
-    assert!(matches!(err, CowError::SavedBlock { index: 0, .. }), "{err}");
+    assert!(
+        matches!(err, CowError::SavedBlock { index: 0, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_overlay_file_that_is_the_base_is_refused_and_the_base_unchanged() {
+    let mut rng = Rng(91);
+    let (base, _) = base_image(&mut rng);
+    let before = checksum(base.as_path());
+
+    let err = CowDisk::with_file(
+        open_base(base.as_path()).unwrap(),
+        base.as_path().to_owned(),
+        SIZE,
+        base.as_path(),
+    )
+    .unwrap_err();
+
+    assert!(matches!(err, CowError::OverlayIsBase(_)), "{err}");
+    assert_eq!(checksum(base.as_path()), before);
 }
