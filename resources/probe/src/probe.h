@@ -222,6 +222,8 @@ extern const u32 probe_num_modes;
 void console_run(void);
 void count_run(void);
 void blk_mode(void);
+void blkclone_mode(void);
+void blkclone_run(void);
 void blkbench_mode(void);
 void net_mode(void);
 void netbench_mode(void);

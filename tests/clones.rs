@@ -1,0 +1,352 @@
+//! Clones of one snapshot running side by side, each in its own spry process with
+//! its own API socket, sharing one read-only base image through copy-on-write
+//! drives (`drive_overrides` at `PUT /snapshot/load`). The guest is the probe in
+//! `probe.mode=blkclone`: a letter typed on its console makes it read its
+//! sectors (saying whether they hold the base's data, its own or another's),
+//! write its own pattern there and read it back.
+
+mod api_support;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api_support::SpryApi;
+use common::{probe_args, Scratch};
+use serde_json::{json, Value};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+const ROUND_TIMEOUT: Duration = Duration::from_secs(20);
+/// The sectors each round covers: 17 sectors from sector 3, so the writes start
+/// and end inside a 4 KiB block of the overlay.
+const FIRST: u64 = 3;
+const COUNT: u64 = 17;
+/// Clones started from the one snapshot.
+const CLONES: usize = 8;
+/// The base image: 1 MiB.
+const BASE_BYTES: u64 = 1 << 20;
+
+/// Byte `i` of sector `s` as the probe writes it (resources/probe/README.md).
+fn sector_pattern(s: u64) -> Vec<u8> {
+    (0..512u64)
+        .map(|i| u8::try_from((s * 31 + i * 7 + 0x5a) & 0xff).unwrap_or(0))
+        .collect()
+}
+
+/// A base image holding the probe's plain pattern in every sector.
+fn base_image(scratch: &Scratch) -> PathBuf {
+    let bytes: Vec<u8> = (0..BASE_BYTES / 512).flat_map(sector_pattern).collect();
+    scratch.write("base.img", &bytes)
+}
+
+fn checksum(path: &Path) -> u32 {
+    crc32fast::hash(&std::fs::read(path).unwrap())
+}
+
+fn blkclone_args() -> String {
+    probe_args(&format!(
+        "probe.mode=blkclone probe.blk_sectors={FIRST}:{COUNT}"
+    ))
+}
+
+/// Boots the blkclone probe with `drive` as drive "rootfs", and waits until it idles.
+fn boot_blkclone(spry: &SpryApi, drive: &Value) {
+    let boot_source = json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": blkclone_args(),
+    });
+    let calls = [
+        ("/drives/rootfs", drive.to_string()),
+        ("/boot-source", boot_source.to_string()),
+        (
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128}).to_string(),
+        ),
+        (
+            "/actions",
+            json!({"action_type": "InstanceStart"}).to_string(),
+        ),
+    ];
+    for (path, body) in calls {
+        let answer = spry.call("PUT", path, &body);
+        assert_eq!(
+            answer.status,
+            204,
+            "PUT {path}: {answer:?}\n{}",
+            spry.stderr()
+        );
+    }
+    spry.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: blkclone ready");
+}
+
+/// The golden VM: the probe on a copy-on-write view of `base` (its writes, none
+/// before the snapshot, would stay in memory), idle, paused and snapshotted.
+fn golden_snapshot(scratch: &Scratch, base: &Path) -> (PathBuf, PathBuf) {
+    let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
+    let mut golden = SpryApi::start(&scratch.path("golden.sock"), &[]);
+    let drive = json!({
+        "drive_id": "rootfs", "path_on_host": base, "is_root_device": false,
+        "copy_on_write": {"overlay_type": "Memory"}
+    });
+    boot_blkclone(&golden, &drive);
+    snapshot(&golden, &state, &mem);
+    golden.terminate();
+    (state, mem)
+}
+
+fn snapshot(spry: &SpryApi, state: &Path, mem: &Path) {
+    let pause = spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let body = json!({"snapshot_path": state, "mem_file_path": mem});
+    let create = spry.call("PUT", "/snapshot/create", &body.to_string());
+    assert_eq!(pause.status, 204, "{pause:?}");
+    assert_eq!(create.status, 204, "{create:?}\n{}", spry.stderr());
+}
+
+fn load_body(state: &Path, mem: &Path, overrides: &Value) -> String {
+    json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true,
+        "drive_overrides": overrides,
+    })
+    .to_string()
+}
+
+/// Clone `i`'s copy-on-write view of `base`: a memory overlay for even `i`, a
+/// file overlay for odd `i`.
+fn clone_override(scratch: &Scratch, base: &Path, i: usize) -> Value {
+    let cow = if i % 2 == 0 {
+        json!({"overlay_type": "Memory"})
+    } else {
+        json!({"overlay_type": "File", "overlay_path": overlay_path(scratch, i)})
+    };
+    json!([{"drive_id": "rootfs", "path_on_host": base, "copy_on_write": cow}])
+}
+
+fn overlay_path(scratch: &Scratch, i: usize) -> PathBuf {
+    scratch.path(&format!("clone{i}.cow"))
+}
+
+fn tag(i: usize) -> u8 {
+    b'a' + u8::try_from(i).unwrap()
+}
+
+/// Types clone `i`'s tag and returns the probe's answer for that round.
+fn round(spry: &mut SpryApi, tag: u8, seen_before: usize) -> String {
+    let prefix = format!("probe: blkclone {}: ", char::from(tag));
+    spry.type_keys(&[tag]);
+    let answered = |l: &str| l.starts_with(&prefix);
+    spry.out_wait(ROUND_TIMEOUT, seen_before, answered)
+}
+
+/// Waits for the `n+1`th line satisfying `pred` (earlier rounds print the same
+/// prefix).
+trait NthLine {
+    fn out_wait(&self, timeout: Duration, n: usize, pred: impl Fn(&str) -> bool) -> String;
+}
+
+impl NthLine for SpryApi {
+    fn out_wait(&self, timeout: Duration, n: usize, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.lines().into_iter().filter(|l| pred(l)).nth(n) {
+                return line;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no answer in {timeout:?}; console: {:?}\nstderr: {}",
+                self.lines(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn ok_line(tag: u8, before: &str) -> String {
+    format!(
+        "probe: blkclone {}: before {before}, write+read {COUNT} sectors: ok",
+        char::from(tag)
+    )
+}
+
+/// Starts `CLONES` spry processes and loads the snapshot into each at once, each
+/// with its own socket and its own copy-on-write view of `base`.
+fn start_clones(scratch: &Scratch, state: &Path, mem: &Path, base: &Path) -> Vec<SpryApi> {
+    let clones: Vec<SpryApi> = (0..CLONES)
+        .map(|i| SpryApi::start(&scratch.path(&format!("clone{i}.sock")), &[]))
+        .collect();
+    let loads: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = clones
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let body = load_body(state, mem, &clone_override(scratch, base, i));
+                s.spawn(move || c.call("PUT", "/snapshot/load", &body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, load) in loads.iter().enumerate() {
+        assert_eq!(
+            load.status,
+            204,
+            "clone {i}: {load:?}\n{}",
+            clones[i].stderr()
+        );
+    }
+    clones
+}
+
+#[test]
+fn test_eight_clones_of_one_snapshot_keep_their_own_writes_over_one_base() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let before = checksum(&base);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let mut clones = start_clones(&scratch, &state, &mem, &base);
+
+    // One clone after the other, so each first round comes after every earlier
+    // clone wrote: each must still find the base's data.
+    let first: Vec<String> = clones
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| round(c, tag(i), 0))
+        .collect();
+    let second: Vec<String> = clones
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| round(c, tag(i), 1))
+        .collect();
+
+    for i in 0..CLONES {
+        assert_eq!(first[i], ok_line(tag(i), "base"), "clone {i}");
+        assert_eq!(second[i], ok_line(tag(i), "mine"), "clone {i}");
+        let config = clones[i].call("GET", "/vm/config", "").json();
+        let cow = &config["drives"][0]["copy_on_write"];
+        let kind = if i % 2 == 0 { "Memory" } else { "File" };
+        assert_eq!(cow["overlay_type"], kind, "clone {i}: {config}");
+    }
+    assert_eq!(checksum(&base), before, "the base image was written");
+    // A file overlay holds its clone's pattern at the disk offset: sector s of
+    // clone i holds the plain pattern of sector s + tag.
+    let overlay = std::fs::read(overlay_path(&scratch, 1)).unwrap();
+    let at = usize::try_from(FIRST * 512).unwrap();
+    assert_eq!(
+        overlay[at..at + 512],
+        sector_pattern(FIRST + u64::from(tag(1)))
+    );
+}
+
+#[test]
+fn test_each_clone_answers_on_its_own_api_socket() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+
+    let clones = start_clones(&scratch, &state, &mem, &base);
+
+    let pids: Vec<u32> = clones.iter().map(|c| c.child.id()).collect();
+    for (i, c) in clones.iter().enumerate() {
+        let info = c.call("GET", "/", "").json();
+        assert_eq!(info["state"], "Running", "clone {i}");
+        let paused = c.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+        assert_eq!(paused.status, 204, "clone {i}");
+        // Pausing clone i paused it alone.
+        for (j, other) in clones.iter().enumerate().filter(|(j, _)| *j > i) {
+            let state = other.call("GET", "/", "").json()["state"].clone();
+            assert_eq!(state, "Running", "clone {j} after pausing {i}");
+        }
+    }
+    assert_eq!(
+        pids.iter().collect::<std::collections::HashSet<_>>().len(),
+        CLONES
+    );
+}
+
+#[test]
+fn test_override_of_a_drive_the_snapshot_lacks_is_refused() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let clone = SpryApi::start(&scratch.path("clone.sock"), &[]);
+    let overrides = json!([{"drive_id": "scratch", "path_on_host": base}]);
+
+    let load = clone.call(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, &overrides),
+    );
+    let info = clone.call("GET", "/", "").json();
+
+    assert_eq!(load.status, 400, "{load:?}");
+    assert_eq!(
+        load.fault(),
+        "drive_overrides: the snapshot has no drive \"scratch\""
+    );
+    assert_eq!(info["state"], "Not started");
+}
+
+#[test]
+fn test_override_to_a_missing_file_is_refused_before_any_vcpu_runs() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let mut clone = SpryApi::start(&scratch.path("clone.sock"), &[]);
+    let missing = scratch.path("missing.img");
+    let overrides = json!([{"drive_id": "rootfs", "path_on_host": missing,
+                            "copy_on_write": {"overlay_type": "Memory"}}]);
+
+    let load = clone.call(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, &overrides),
+    );
+    let info = clone.call("GET", "/", "").json();
+    // The process is still fresh: the same snapshot loads once the override is right.
+    let good = clone_override(&scratch, &base, 0);
+    let retry = clone.call("PUT", "/snapshot/load", &load_body(&state, &mem, &good));
+    let answer = round(&mut clone, b'z', 0);
+
+    assert_eq!(load.status, 400, "{load:?}");
+    let fault = load.fault();
+    assert!(
+        fault.starts_with("drive_overrides: drive \"rootfs\"")
+            && fault.contains(&missing.display().to_string()),
+        "{fault}"
+    );
+    assert_eq!(info["state"], "Not started");
+    assert_eq!(retry.status, 204, "{retry:?}");
+    assert_eq!(answer, ok_line(b'z', "base"));
+}
+
+/// A clone's own snapshot brings its changes back: a memory overlay's blocks from
+/// the state file, a file overlay's from the overlay file it names.
+#[test]
+fn test_snapshot_of_a_clone_restores_its_changes_for_both_overlays() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let before = checksum(&base);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    for i in [0usize, 1] {
+        let mut clone = SpryApi::start(&scratch.path(&format!("c{i}.sock")), &[]);
+        let load = clone_override(&scratch, &base, i);
+        let loaded = clone.call("PUT", "/snapshot/load", &load_body(&state, &mem, &load));
+        assert_eq!(loaded.status, 204, "{loaded:?}");
+        round(&mut clone, tag(i), 0);
+        let (s2, m2) = (
+            scratch.path(&format!("c{i}.snap")),
+            scratch.path(&format!("c{i}.mem")),
+        );
+        snapshot(&clone, &s2, &m2);
+        clone.terminate();
+
+        let mut again = SpryApi::start(&scratch.path(&format!("again{i}.sock")), &[]);
+        let reloaded = again.call("PUT", "/snapshot/load", &load_body(&s2, &m2, &json!([])));
+        let answer = round(&mut again, tag(i), 0);
+
+        assert_eq!(reloaded.status, 204, "{reloaded:?}\n{}", again.stderr());
+        assert_eq!(answer, ok_line(tag(i), "mine"), "overlay of clone {i}");
+    }
+    assert_eq!(checksum(&base), before);
+}
