@@ -436,6 +436,7 @@ void blkbench_mode(void)
  * read them and tell whose data they hold ("base": the sector pattern,
  * "mine": the pattern shifted by T, as this clone writes it, "other":
  * anything else), write the shifted pattern, read it back. 'q' ends the mode.
+ * probe.touch_mib=N writes one word in each page of N MiB before idling.
  * Tagged pattern: sector s holds what the plain pattern puts in sector s + T.
  */
 static struct blk clone_blk;
@@ -460,8 +461,18 @@ void blkclone_mode(void)
 			 cfg.blk_count, clone_blk.capacity);
 		return;
 	}
+	/* A working set, as a booted sandbox has one (kernel, page cache): one write
+	 * per page makes each page the VM's own. */
+	u64 touch = cfg.touch_mib << 20;
+	u8 *ws = touch && touch < dma_avail() ? dma_alloc(touch, 4096) : NULL;
+	if (touch && !ws) {
+		FAIL_NOW(c, "probe.touch_mib=%lu: only %lu bytes free", cfg.touch_mib, dma_avail());
+		return;
+	}
+	for (u64 off = 0; off < touch; off += 4096)
+		*(volatile u64 *)(ws + off) = off | 1;
 	clone_ready = 1;
-	OK_NOW(c, "capacity %lu", clone_blk.capacity);
+	OK_NOW(c, "capacity %lu, %lu MiB touched", clone_blk.capacity, cfg.touch_mib);
 }
 
 /* Reads the round's sectors; returns "base", "mine" or "other", or NULL on a failed read. */
