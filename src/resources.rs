@@ -906,6 +906,64 @@ mod tests {
         f
     }
 
+    fn cow_drive(path: &std::path::Path, cow: CopyOnWrite) -> DriveConfig {
+        DriveConfig {
+            copy_on_write: Some(cow),
+            ..drive("rootfs", path, true)
+        }
+    }
+
+    #[test]
+    fn test_copy_on_write_drive_opens_its_base_read_only() {
+        let base = disk(8192);
+        let memory = CopyOnWrite {
+            overlay_type: OverlayType::Memory,
+            overlay_path: None,
+        };
+
+        let drives = drives_from_config(&[cow_drive(base.as_path(), memory)]).unwrap();
+
+        let cow = drives[0].cow.as_ref().unwrap();
+        assert_eq!((cow.size(), drives[0].block.capacity), (8192, 16));
+        assert!(!drives[0].block.read_only);
+        let mut file = &drives[0].block.file;
+        assert!(file.write(&[1]).is_err(), "the base is open for writing");
+    }
+
+    #[test]
+    fn test_copy_on_write_on_a_read_only_drive_is_refused() {
+        let base = disk(4096);
+        let mut config = cow_drive(
+            base.as_path(),
+            CopyOnWrite {
+                overlay_type: OverlayType::Memory,
+                overlay_path: None,
+            },
+        );
+        config.is_read_only = true;
+
+        let err = drives_from_config(&[config]).unwrap_err();
+
+        assert!(matches!(err, ResourcesError::CowReadOnly(0)), "{err}");
+    }
+
+    #[test]
+    fn test_file_overlay_without_a_path_is_refused() {
+        let base = disk(4096);
+        let file = CopyOnWrite {
+            overlay_type: OverlayType::File,
+            overlay_path: None,
+        };
+
+        let err = drives_from_config(&[cow_drive(base.as_path(), file)]).unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "drives[0].copy_on_write.overlay_path: missing: a File overlay needs the path of \
+             its (new or empty) overlay file"
+        );
+    }
+
     #[test]
     fn test_root_drive_comes_first_with_sector_capacity() {
         let (a, b) = (disk(4096), disk(1024));

@@ -416,24 +416,30 @@ fn cold_fleet(
     (fleet, started.elapsed())
 }
 
-/// `n` clones of the snapshot, each loaded (and resumed) once its process is up.
+/// `n` clones of the snapshot, each loaded (and resumed) once its process is up;
+/// also the median time `PUT /snapshot/load` took to answer.
 fn clone_fleet(
     scratch: &Scratch,
     snap: (&Path, &Path),
     base: &Path,
     n: usize,
-) -> (Vec<SpryApi>, Duration) {
+) -> (Vec<SpryApi>, Duration, Duration) {
     let started = std::time::Instant::now();
+    let mut loads = Vec::with_capacity(n);
     let fleet: Vec<SpryApi> = (0..n)
         .map(|i| {
             let spry = SpryApi::start(&scratch.path(&format!("clone{n}_{i}.sock")), &[]);
             let body = load_body(snap.0, snap.1, &clone_override(scratch, base, i));
+            let asked = std::time::Instant::now();
             let load = spry.call("PUT", "/snapshot/load", &body);
+            loads.push(asked.elapsed());
             assert_eq!(load.status, 204, "{load:?}");
             spry
         })
         .collect();
-    (fleet, started.elapsed())
+    let elapsed = started.elapsed();
+    loads.sort_unstable();
+    (fleet, elapsed, loads[n / 2])
 }
 
 /// Prints launches per second and Pss per idle VM for fleets of clones of one
@@ -457,16 +463,16 @@ fn measure_clones_against_cold_boots() {
     let base = base_image(&scratch);
     let (state, mem) = golden_snapshot_touching(&scratch, &base, touch_mib);
     println!("working set {touch_mib} MiB per VM, 128 MiB of guest RAM");
-    println!("| VMs | kind | launches/s | Pss per idle VM | Rss per idle VM |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| VMs | kind | launches/s | Pss per idle VM | Rss per idle VM | median load |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for n in sizes {
         let (fleet, elapsed) = cold_fleet(&scratch, &base, n, touch_mib);
         let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
         drop(fleet);
-        println!("| {n} | cold boot | {rate:.1} | {pss} KiB | {rss} KiB |");
-        let (fleet, elapsed) = clone_fleet(&scratch, (&state, &mem), &base, n);
+        println!("| {n} | cold boot | {rate:.1} | {pss} KiB | {rss} KiB | - |");
+        let (fleet, elapsed, load) = clone_fleet(&scratch, (&state, &mem), &base, n);
         let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
         drop(fleet);
-        println!("| {n} | clone | {rate:.1} | {pss} KiB | {rss} KiB |");
+        println!("| {n} | clone | {rate:.1} | {pss} KiB | {rss} KiB | {load:.1?} |");
     }
 }

@@ -22,8 +22,8 @@ use crate::vstate::memory::GuestMemory;
 const HDR: u64 = 0x10_0000;
 const DATA: u64 = 0x20_0000;
 const STATUS: u64 = 0x40_0000;
-/// 64 KiB disk.
-const SECTORS: u64 = 128;
+/// 1 MiB disk: longer than one bounce buffer (256 KiB) of the copy-on-write path.
+const SECTORS: u64 = 2048;
 
 struct Rig {
     mem: GuestMemory,
@@ -145,4 +145,42 @@ fn test_saved_state_carries_the_memory_overlay() {
     let cow = state.copy_on_write.unwrap();
     assert_eq!(cow.blocks.len(), 1);
     assert_eq!(cow.blocks[0].0, 1);
+}
+
+#[test]
+fn test_request_longer_than_the_bounce_buffer_moves_every_byte() {
+    let mut r = rig();
+    // 600 KiB from sector 1: three pieces, none aligned to a 4 KiB block.
+    let len: u32 = 600 * 1024;
+    let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    r.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+
+    let wrote = request(&mut r, kind::OUT, 1, &[Desc::r(DATA, len)]);
+    r.mem
+        .write_slice(&vec![0u8; len as usize], GuestAddress(DATA))
+        .unwrap();
+    let (read, got) = read_sectors(&mut r, 1, len / 512);
+
+    assert_eq!((wrote, read), (status::OK, status::OK));
+    assert!(got == data);
+    assert!(std::fs::read(r.base.as_path()).unwrap() == pattern());
+}
+
+#[test]
+fn test_roll_back_changes_returns_to_the_saved_overlay() {
+    let mut r = rig();
+    r.mem.write_slice(&[0x42; 512], GuestAddress(DATA)).unwrap();
+    request(&mut r, kind::OUT, 9, &[Desc::r(DATA, 512)]);
+    let saved = r.block.save().copy_on_write.unwrap();
+    r.mem.write_slice(&[0x99; 512], GuestAddress(DATA)).unwrap();
+    request(&mut r, kind::OUT, 9, &[Desc::r(DATA, 512)]);
+    request(&mut r, kind::OUT, 100, &[Desc::r(DATA, 512)]);
+
+    let rolled = r.block.roll_back_changes(&saved).unwrap();
+
+    let (_, nine) = read_sectors(&mut r, 9, 1);
+    let (_, hundred) = read_sectors(&mut r, 100, 1);
+    assert!(rolled);
+    assert_eq!(nine, vec![0x42; 512]);
+    assert!(hundred == pattern()[100 * 512..101 * 512]);
 }

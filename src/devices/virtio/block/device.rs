@@ -144,6 +144,23 @@ impl Block {
         }
     }
 
+    /// Puts a copy-on-write drive back as `saved` describes it: every change
+    /// dropped, then a memory overlay's saved blocks written again (a file
+    /// overlay's state names its file and carries no blocks, so it ends as the
+    /// base). For an in-place rollback to the snapshot `saved` came from; `Ok(false)`
+    /// for an ordinary drive. Call it with the VM paused, as `discard_changes`.
+    pub fn roll_back_changes(&mut self, saved: &CowState) -> Result<bool, CowError> {
+        match self.cow.as_mut() {
+            Some(cow) => {
+                let cow = cow.get_mut();
+                cow.discard_changes()?;
+                cow.restore_blocks(&saved.blocks)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// A copy-on-write drive's saved state.
     pub(super) fn save_copy_on_write(&self) -> Option<CowState> {
         self.cow.as_ref().map(|c| c.borrow().save())

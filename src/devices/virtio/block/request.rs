@@ -366,6 +366,11 @@ pub fn transfer_merged(
     transfer_all(disk.file, host_iovecs(mem, segments)?, offset, write)
 }
 
+/// Largest bounce buffer of a copy-on-write transfer. A request may be as long as
+/// the disk (its buffers may even repeat one guest page), so the transfer moves in
+/// pieces: a guest never makes spry allocate more than this.
+const COW_CHUNK: usize = 256 * 1024;
+
 /// A copy-on-write transfer goes through a bounce buffer: the layer splits it
 /// per 4 KiB block between base and overlay, which no single `preadv` can do.
 /// `check_range` bounded `offset` and the length by the disk's size before this.
@@ -376,16 +381,25 @@ fn transfer_cow(
     segments: &[Segment],
     write: bool,
 ) -> Result<(), RequestError> {
-    let mut buf = vec![0u8; total_len(segments)];
-    if write {
-        read_prefix(mem, segments, &mut buf)?;
-        cow.borrow_mut()
-            .write_at(&buf, offset)
-            .map_err(RequestError::Cow)
-    } else {
-        cow.borrow()
-            .read_at(&mut buf, offset)
-            .map_err(RequestError::Cow)?;
-        Ok(write_at(mem, segments, 0, &buf)?)
+    let total = total_len(segments);
+    let mut buf = vec![0u8; total.min(COW_CHUNK)];
+    let mut done = 0usize;
+    while done < total {
+        let n = (total - done).min(COW_CHUNK);
+        let piece = sub_segments(segments, done, n)?;
+        let at = offset + done as u64;
+        if write {
+            read_prefix(mem, &piece, &mut buf[..n])?;
+            cow.borrow_mut()
+                .write_at(&buf[..n], at)
+                .map_err(RequestError::Cow)?;
+        } else {
+            cow.borrow()
+                .read_at(&mut buf[..n], at)
+                .map_err(RequestError::Cow)?;
+            write_at(mem, &piece, 0, &buf[..n])?;
+        }
+        done += n;
     }
+    Ok(())
 }
