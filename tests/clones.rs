@@ -370,6 +370,19 @@ fn pss_rss_kib(pid: u32) -> (u64, u64) {
     (field("Pss:"), field("Rss:"))
 }
 
+/// Has every VM of `fleet` read (`b'!'`) or written (`b'#'`) its working set, and
+/// waits until each did.
+fn use_working_set(fleet: &mut [SpryApi], how: u8) {
+    for spry in fleet.iter_mut() {
+        spry.type_keys(&[how]);
+    }
+    for spry in fleet.iter() {
+        spry.wait_for_line(ROUND_TIMEOUT, |l| {
+            l.starts_with("probe: blkclone read") || l.starts_with("probe: blkclone wrote")
+        });
+    }
+}
+
 /// Launch rate and idle memory of a fleet of VMs: (launches per second, mean Pss
 /// KiB, mean Rss KiB).
 fn fleet_figures(fleet: &[SpryApi], elapsed: Duration) -> (f64, u64, u64) {
@@ -446,7 +459,9 @@ fn clone_fleet(
 /// snapshot against fleets of cold boots of the same probe VM. Run with
 /// `cargo test --release --test clones -- --ignored --nocapture measure`;
 /// `SPRY_CLONE_FLEETS=10,50` (the default) picks the fleet sizes and
-/// `SPRY_CLONE_TOUCH_MIB=32` (the default) the working set every VM writes at boot.
+/// `SPRY_CLONE_TOUCH_MIB=32` (the default) the working set every VM writes at boot,
+/// and `SPRY_CLONE_USE=none|read|write` (default none) what every VM does with
+/// its working set once launched, before it idles and is measured.
 #[test]
 #[ignore = "a measurement, not a check: prints figures"]
 fn measure_clones_against_cold_boots() {
@@ -459,18 +474,32 @@ fn measure_clones_against_cold_boots() {
         .unwrap_or_else(|_| "32".into())
         .parse()
         .unwrap();
+    let usage = std::env::var("SPRY_CLONE_USE").unwrap_or_else(|_| "none".into());
+    let how = match usage.as_str() {
+        "read" => Some(b'!'),
+        "write" => Some(b'#'),
+        _ => None,
+    };
     let scratch = Scratch::new();
     let base = base_image(&scratch);
     let (state, mem) = golden_snapshot_touching(&scratch, &base, touch_mib);
-    println!("working set {touch_mib} MiB per VM, 128 MiB of guest RAM");
+    println!(
+        "working set {touch_mib} MiB per VM, used after launch: {usage}; 128 MiB of guest RAM"
+    );
     println!("| VMs | kind | launches/s | Pss per idle VM | Rss per idle VM | median load |");
     println!("| --- | --- | --- | --- | --- | --- |");
     for n in sizes {
-        let (fleet, elapsed) = cold_fleet(&scratch, &base, n, touch_mib);
+        let (mut fleet, elapsed) = cold_fleet(&scratch, &base, n, touch_mib);
+        if let Some(how) = how {
+            use_working_set(&mut fleet, how);
+        }
         let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
         drop(fleet);
         println!("| {n} | cold boot | {rate:.1} | {pss} KiB | {rss} KiB | - |");
-        let (fleet, elapsed, load) = clone_fleet(&scratch, (&state, &mem), &base, n);
+        let (mut fleet, elapsed, load) = clone_fleet(&scratch, (&state, &mem), &base, n);
+        if let Some(how) = how {
+            use_working_set(&mut fleet, how);
+        }
         let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
         drop(fleet);
         println!("| {n} | clone | {rate:.1} | {pss} KiB | {rss} KiB | {load:.1?} |");

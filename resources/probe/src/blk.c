@@ -436,11 +436,14 @@ void blkbench_mode(void)
  * read them and tell whose data they hold ("base": the sector pattern,
  * "mine": the pattern shifted by T, as this clone writes it, "other":
  * anything else), write the shifted pattern, read it back. 'q' ends the mode.
- * probe.touch_mib=N writes one word in each page of N MiB before idling.
+ * probe.touch_mib=N writes one word in each page of N MiB before idling; '!'
+ * then reads one word of each of those pages, '#' writes one.
  * Tagged pattern: sector s holds what the plain pattern puts in sector s + T.
  */
 static struct blk clone_blk;
 static int clone_ready;
+static u8 *clone_ws;            /* the probe.touch_mib working set */
+static u64 clone_ws_bytes;
 
 void blkclone_mode(void)
 {
@@ -471,6 +474,8 @@ void blkclone_mode(void)
 	}
 	for (u64 off = 0; off < touch; off += 4096)
 		*(volatile u64 *)(ws + off) = off | 1;
+	clone_ws = ws;
+	clone_ws_bytes = touch;
 	clone_ready = 1;
 	OK_NOW(c, "capacity %lu, %lu MiB touched", clone_blk.capacity, cfg.touch_mib);
 }
@@ -537,6 +542,22 @@ void blkclone_run(void)
 			if (c == 'q') {
 				pr_always("probe: blkclone bye\n");
 				return;
+			}
+			if (c == '!' || c == '#') {
+				/* '!' reads one word of every working-set page, '#' writes one:
+				 * after a restore, how a clone uses memory it shares with its
+				 * snapshot (a read maps the shared page, a write copies it) */
+				u64 sum = 0;
+				for (u64 off = 0; off < clone_ws_bytes; off += 4096) {
+					volatile u64 *w = (volatile u64 *)(clone_ws + off);
+					if (c == '#')
+						*w = off | 3;
+					sum += *w;
+				}
+				pr_always("probe: blkclone %s %lu MiB: ok %lx\n", c == '!' ? "read" : "wrote",
+					  clone_ws_bytes >> 20, sum);
+				pr_flush();
+				continue;
 			}
 			if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
 				clone_round(c);
