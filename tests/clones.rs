@@ -505,3 +505,82 @@ fn measure_clones_against_cold_boots() {
         println!("| {n} | clone | {rate:.1} | {pss} KiB | {rss} KiB | {load:.1?} |");
     }
 }
+
+/// The probe's malformed requests (`probe.mode=hostile`: buffers in the MMIO gap
+/// and past guest memory, loops, huge lengths, bad indices...) against two
+/// copy-on-write drives over one base, a memory and a file overlay: each gets its
+/// error, both drives keep serving, and the base is never written.
+#[test]
+fn test_hostile_guest_on_copy_on_write_drives_never_writes_the_base() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let before = checksum(&base);
+    let mut config: Value = serde_json::from_str(&common::config(
+        &common::probe_vmlinux(),
+        &probe_args("probe.mode=hostile"),
+        None,
+        1,
+        128,
+    ))
+    .unwrap();
+    config["drives"] = json!([
+        {"drive_id": "bad", "path_on_host": base, "is_root_device": true,
+         "copy_on_write": {"overlay_type": "Memory"}},
+        {"drive_id": "good", "path_on_host": base, "is_root_device": false,
+         "copy_on_write": {"overlay_type": "File", "overlay_path": scratch.path("good.cow")}},
+    ]);
+
+    let out = common::Spry::with_config(&scratch, &config.to_string()).run();
+
+    out.assert_probe_all_ok();
+    for case in [
+        "hostile blk0 huge length",
+        "hostile blk0 data at 64 GiB",
+        "hostile blk1 write+read",
+        "hostile blk0 reinit write+read",
+    ] {
+        let line = out.probe_lines().into_iter().find(|l| l.contains(case));
+        assert!(
+            line.is_some_and(|l| l.contains(": ok")),
+            "'{case}' missing or failed\n{out}"
+        );
+    }
+    assert_eq!(checksum(&base), before, "the base image was written");
+}
+
+/// Without `copy_on_write`, an override is an ordinary drive on the named file:
+/// the clone's writes land there, and the snapshot's own drive is untouched.
+#[test]
+fn test_override_without_copy_on_write_writes_the_named_file() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let before = checksum(&base);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let own = scratch.path("own.img");
+    std::fs::copy(&base, &own).unwrap();
+    let mut clone = SpryApi::start(&scratch.path("clone.sock"), &[]);
+    let overrides = json!([{"drive_id": "rootfs", "path_on_host": own}]);
+
+    let load = clone.call(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, &overrides),
+    );
+    let answer = round(&mut clone, b'p', 0);
+    let config = clone.call("GET", "/vm/config", "").json();
+
+    assert_eq!(load.status, 204, "{load:?}");
+    assert_eq!(answer, ok_line(b'p', "base"));
+    assert_eq!(config["drives"][0]["path_on_host"], json!(own));
+    assert!(
+        config["drives"][0].get("copy_on_write").is_none(),
+        "{config}"
+    );
+    let written = std::fs::read(&own).unwrap();
+    let at = usize::try_from(FIRST * 512).unwrap();
+    assert_eq!(
+        written[at..at + 512],
+        sector_pattern(FIRST + u64::from(b'p'))
+    );
+    assert_eq!(checksum(&base), before);
+}
