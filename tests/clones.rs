@@ -584,3 +584,28 @@ fn test_override_without_copy_on_write_writes_the_named_file() {
     );
     assert_eq!(checksum(&base), before);
 }
+
+/// Two clones cannot share one overlay file: the second load is refused (the
+/// first holds the file's lock) and that process stays fresh.
+#[test]
+fn test_second_clone_on_the_same_overlay_file_is_refused() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let overrides = clone_override(&scratch, &base, 1);
+    let first = SpryApi::start(&scratch.path("first.sock"), &[]);
+    let second = SpryApi::start(&scratch.path("second.sock"), &[]);
+    let body = load_body(&state, &mem, &overrides);
+
+    let loaded = first.call("PUT", "/snapshot/load", &body);
+    let refused = second.call("PUT", "/snapshot/load", &body);
+    let info = second.call("GET", "/", "").json();
+
+    assert_eq!(loaded.status, 204, "{loaded:?}");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.fault().contains("is in use by another drive"),
+        "{refused:?}"
+    );
+    assert_eq!(info["state"], "Not started");
+}

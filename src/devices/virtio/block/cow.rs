@@ -79,6 +79,10 @@ pub enum CowError {
         /// What does not match.
         why: String,
     },
+    /// Another open overlay (in this or another process) holds the file's lock:
+    /// two VMs writing one overlay would corrupt each other's disk.
+    #[error("overlay file {0} is in use by another drive (it is locked)")]
+    OverlayInUse(PathBuf),
     /// The overlay file is the base image itself: writes would land in the base.
     #[error("overlay file {0} is the base image itself")]
     OverlayIsBase(PathBuf),
@@ -192,6 +196,13 @@ impl CowDisk {
         if same_file(&base, &file) {
             return Err(CowError::OverlayIsBase(path.to_owned()));
         }
+        lock_exclusive(&file).map_err(|source| match source.kind() {
+            std::io::ErrorKind::WouldBlock => CowError::OverlayInUse(path.to_owned()),
+            _ => CowError::OverlayOpen {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
         let meta = blocks_of(size) * BLOCK_SIZE;
         let mut disk = CowDisk {
             base,
@@ -592,6 +603,20 @@ impl CowDisk {
             *w = u64::from_le_bytes(word);
         }
         Ok(())
+    }
+}
+
+/// Takes `file`'s exclusive advisory lock without waiting; it lasts as long as
+/// the open file (every clone of its descriptor included).
+fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) takes an open descriptor (`file` keeps it open for the
+    // call) and flags; it touches no memory of ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

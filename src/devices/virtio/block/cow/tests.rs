@@ -184,6 +184,7 @@ fn test_discard_changes_reads_the_base_again_for_both_overlays() {
         assert_eq!(disk.written_blocks(), 0);
     }
     // A reopened file overlay has forgotten the discarded write too.
+    drop(disks);
     let again = file_disk(&base, overlay.as_path());
     assert_eq!(again.written_blocks(), 0);
 }
@@ -273,4 +274,32 @@ fn test_overlay_file_that_is_the_base_is_refused_and_the_base_unchanged() {
 
     assert!(matches!(err, CowError::OverlayIsBase(_)), "{err}");
     assert_eq!(checksum(base.as_path()), before);
+}
+
+#[test]
+fn test_overlay_file_open_in_another_drive_is_refused() {
+    let mut rng = Rng(101);
+    let (base, _) = base_image(&mut rng);
+    let overlay = TempFile::new().unwrap();
+    let first = file_disk(&base, overlay.as_path());
+
+    let second = CowDisk::with_file(
+        open_base(base.as_path()).unwrap(),
+        base.as_path().to_owned(),
+        SIZE,
+        overlay.as_path(),
+    );
+
+    assert!(
+        matches!(second, Err(CowError::OverlayInUse(_))),
+        "{second:?}"
+    );
+    drop(first);
+    assert!(CowDisk::with_file(
+        open_base(base.as_path()).unwrap(),
+        base.as_path().to_owned(),
+        SIZE,
+        overlay.as_path(),
+    )
+    .is_ok());
 }
