@@ -609,3 +609,27 @@ fn test_second_clone_on_the_same_overlay_file_is_refused() {
     );
     assert_eq!(info["state"], "Not started");
 }
+
+/// `PATCH /drives` cannot swap a copy-on-write drive's base: its overlay holds
+/// changes to that base only.
+#[test]
+fn test_patch_of_a_copy_on_write_drive_is_refused() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = golden_snapshot(&scratch, &base);
+    let clone = SpryApi::start(&scratch.path("clone.sock"), &[]);
+    let body = load_body(&state, &mem, &clone_override(&scratch, &base, 0));
+    let loaded = clone.call("PUT", "/snapshot/load", &body);
+    let patch = json!({"drive_id": "rootfs", "path_on_host": base});
+
+    let answer = clone.call("PATCH", "/drives/rootfs", &patch.to_string());
+
+    assert_eq!(loaded.status, 204, "{loaded:?}");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer
+            .fault()
+            .starts_with("drives[0].path_on_host: drive \"rootfs\" is copy-on-write"),
+        "{answer:?}"
+    );
+}

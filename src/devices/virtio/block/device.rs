@@ -182,7 +182,8 @@ impl Block {
     }
 
     /// Points the drive at another file (the guest sees a config change).
-    /// A copy-on-write drive becomes an ordinary one on `file`.
+    /// A copy-on-write drive becomes an ordinary one on `file` (the API refuses
+    /// this for copy-on-write drives, whose overlay only makes sense over its base).
     pub fn replace_backing(&mut self, path: PathBuf, file: File, capacity: u64) {
         self.cow = None;
         self.config.path = path;
