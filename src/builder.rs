@@ -675,8 +675,8 @@ fn attach_block_devices(
 
 /// The saved drives, each on its saved backing file (which must still have the
 /// saved size) or the one `params.drive_overrides` names, at the slot each had.
-/// A saved copy-on-write drive comes back over its base with its overlay: a
-/// memory overlay's blocks from the snapshot, a file overlay reopened.
+/// A saved copy-on-write drive comes back over its base with its overlay reset to
+/// the blocks the snapshot froze.
 fn restore_block_devices(
     env: &mut DeviceEnv<'_>,
     saved: &[BlockSnapshot],
@@ -737,10 +737,12 @@ fn open_saved_drive(
         state.read_only,
         saved_cow.map(|c| &c.copy_on_write),
     )?;
+    // The overlay goes back to what the snapshot froze: a file overlay may hold
+    // later writes the snapshot's guest memory knows nothing of.
     let layer = match (layer, saved_cow) {
         (Some(mut layer), Some(saved)) => {
             layer
-                .restore_blocks(&saved.blocks)
+                .thaw(saved.frozen_overlay.as_deref())
                 .map_err(|source| ResourcesError::Cow { index, source })?;
             Some(layer)
         }

@@ -327,8 +327,9 @@ fn test_override_to_a_missing_file_is_refused_before_any_vcpu_runs() {
     assert_eq!(answer, ok_line(b'z', "base"));
 }
 
-/// A clone's own snapshot brings its changes back: a memory overlay's blocks from
-/// the state file, a file overlay's from the overlay file it names.
+/// A clone's own snapshot brings its disk back as it was at the snapshot: the
+/// overlay (memory or file) is frozen beside the state file, and a load resets
+/// the overlay to it, so what the clone wrote after the snapshot is gone.
 #[test]
 fn test_snapshot_of_a_clone_restores_its_changes_for_both_overlays() {
     let scratch = Scratch::new();
@@ -346,6 +347,11 @@ fn test_snapshot_of_a_clone_restores_its_changes_for_both_overlays() {
             scratch.path(&format!("c{i}.mem")),
         );
         snapshot(&clone, &s2, &m2);
+        // Written after the snapshot: the file overlay holds it, the snapshot not.
+        let resumed = clone.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+        assert_eq!(resumed.status, 204, "{resumed:?}");
+        let later = round(&mut clone, b'x', 0);
+        assert_eq!(later, ok_line(b'x', "other"));
         clone.terminate();
 
         let mut again = SpryApi::start(&scratch.path(&format!("again{i}.sock")), &[]);

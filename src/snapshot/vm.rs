@@ -16,6 +16,7 @@ use super::memory::{MemoryFileError, MemoryState};
 use crate::config::{CopyOnWrite, VmConfig};
 use crate::devices::legacy::i8042::I8042State;
 use crate::devices::legacy::serial::SerialState;
+use crate::devices::virtio::block::cow::CowError;
 use crate::devices::virtio::block::BlockState;
 use crate::devices::virtio::net::NetState;
 use crate::devices::virtio::persist::TransportState;
@@ -49,6 +50,15 @@ pub enum SnapshotError {
     /// The VM's in-kernel state could not be saved.
     #[error(transparent)]
     VmState(#[from] VmStateError),
+    /// A copy-on-write drive's overlay could not be frozen beside the state file.
+    #[error("drive {drive_id:?}: cannot freeze its copy-on-write overlay")]
+    Overlay {
+        /// The drive.
+        drive_id: String,
+        /// Why.
+        #[source]
+        source: CowError,
+    },
     /// The memory file could not be written.
     #[error(transparent)]
     Memory(#[from] MemoryFileError),

@@ -15,6 +15,12 @@
 //! header (magic, block size, disk size); at `meta + BLOCK_SIZE` the bitmap as
 //! little-endian `u64` words. A block's data is written before its bit, so a crash
 //! loses at most the write in progress.
+//!
+//! A snapshot freezes the overlay (either kind) into a file of that same format
+//! beside the state file, holding the blocks written so far; a load (or an
+//! in-place rollback) drops the overlay's changes and takes the frozen blocks, so
+//! the disk comes back exactly as the snapshot's guest memory knows it, whatever
+//! was written after.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -96,14 +102,9 @@ pub enum CowError {
         /// Disk size.
         size: u64,
     },
-    /// Saved overlay contents that do not fit this disk.
-    #[error("saved overlay block {index}: {why}")]
-    SavedBlock {
-        /// Block index.
-        index: u64,
-        /// What is wrong.
-        why: String,
-    },
+    /// A memory overlay lost a block its bitmap says it holds (a bug of ours).
+    #[error("overlay block {0} is marked written but missing from memory")]
+    MissingBlock(u64),
 }
 
 /// What a snapshot keeps of a copy-on-write disk.
@@ -112,10 +113,10 @@ pub enum CowError {
 pub struct CowState {
     /// The overlay kind and file.
     pub copy_on_write: CopyOnWrite,
-    /// A memory overlay's written blocks, by index, each as hex (the state file is
-    /// JSON); a file overlay holds its own and saves none here.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blocks: Vec<(u64, String)>,
+    /// The blocks written when the snapshot was taken, frozen in a file of the
+    /// overlay format beside the state file; absent when none were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen_overlay: Option<PathBuf>,
 }
 
 enum Overlay {
@@ -360,52 +361,138 @@ impl CowDisk {
         }
     }
 
-    /// What a snapshot keeps: the overlay kind, and a memory overlay's blocks.
-    pub fn save(&self) -> CowState {
-        match &self.overlay {
-            Overlay::Memory(blocks) => {
-                let mut saved: Vec<(u64, String)> =
-                    blocks.iter().map(|(i, data)| (*i, to_hex(data))).collect();
-                saved.sort_unstable_by_key(|(i, _)| *i);
-                CowState {
-                    copy_on_write: CopyOnWrite {
-                        overlay_type: OverlayType::Memory,
-                        overlay_path: None,
-                    },
-                    blocks: saved,
-                }
-            }
-            Overlay::File { path, .. } => CowState {
-                copy_on_write: CopyOnWrite {
-                    overlay_type: OverlayType::File,
-                    overlay_path: Some(path.clone()),
-                },
-                blocks: Vec::new(),
+    /// What a snapshot keeps: the overlay kind and the frozen overlay file
+    /// ([`CowDisk::freeze`]'s answer).
+    pub fn save(&self, frozen_overlay: Option<PathBuf>) -> CowState {
+        let copy_on_write = match &self.overlay {
+            Overlay::Memory(_) => CopyOnWrite {
+                overlay_type: OverlayType::Memory,
+                overlay_path: None,
             },
+            Overlay::File { path, .. } => CopyOnWrite {
+                overlay_type: OverlayType::File,
+                overlay_path: Some(path.clone()),
+            },
+        };
+        CowState {
+            copy_on_write,
+            frozen_overlay,
         }
     }
 
-    /// Puts a memory overlay's saved blocks back (the restore of [`CowDisk::save`]).
-    pub fn restore_blocks(&mut self, saved: &[(u64, String)]) -> Result<(), CowError> {
-        for (index, hex) in saved {
-            let bad = |why: String| CowError::SavedBlock { index: *index, why };
-            if *index >= blocks_of(self.size) {
-                return Err(bad(format!(
-                    "past the disk's {} blocks",
-                    blocks_of(self.size)
-                )));
+    /// Writes the blocks written so far, with header and bitmap, to a new file at
+    /// `path` (through `path.partial`, synced and renamed, so a failure leaves no
+    /// file that passes for a frozen overlay). `None`, and no file, when no block
+    /// was written (an older file at `path` is removed).
+    pub fn freeze(&self, path: &Path) -> Result<Option<PathBuf>, CowError> {
+        if self.written_blocks() == 0 {
+            // Best effort: a stale file is ignored anyway, as the state names none.
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let io = |what: &'static str, offset: u64| {
+            let partial = partial.clone();
+            move |source| CowError::OverlayIo {
+                path: partial,
+                what,
+                offset,
+                source,
             }
-            let data = from_hex(hex).ok_or_else(|| bad("is not hex".into()))?;
-            if data.len() != self.block_len(*index) {
-                return Err(bad(format!(
-                    "holds {} bytes, want {}",
-                    data.len(),
-                    self.block_len(*index)
-                )));
+        };
+        let file = File::create(&partial).map_err(|source| CowError::OverlayOpen {
+            path: partial.clone(),
+            source,
+        })?;
+        let written = (|| {
+            let bitmap_at = blocks_of(self.size) * BLOCK_SIZE + BLOCK_SIZE;
+            let total = bitmap_at + self.written.len() as u64 * 8;
+            file.set_len(total).map_err(io("truncate", total))?;
+            let mut block = vec![0u8; usize::try_from(BLOCK_SIZE).unwrap_or(4096)];
+            for index in (0..blocks_of(self.size)).filter(|b| self.is_written(*b)) {
+                let data = &mut block[..self.block_len(index)];
+                let at = index * BLOCK_SIZE;
+                self.read_overlay(data, at)?;
+                file.write_all_at(data, at).map_err(io("write", at))?;
             }
+            let header_at = bitmap_at - BLOCK_SIZE;
+            file.write_all_at(&self.header(), header_at)
+                .map_err(io("write", header_at))?;
+            let bitmap: Vec<u8> = self.written.iter().flat_map(|w| w.to_le_bytes()).collect();
+            file.write_all_at(&bitmap, bitmap_at)
+                .map_err(io("write", bitmap_at))?;
+            file.sync_all().map_err(io("sync", 0))?;
+            std::fs::rename(&partial, path).map_err(io("rename", 0))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        written.map(|()| Some(path.to_owned()))
+    }
+
+    /// Drops every change, then takes the blocks of the frozen overlay at
+    /// `frozen` (or none): the disk becomes the one [`CowDisk::freeze`] saw.
+    pub fn thaw(&mut self, frozen: Option<&Path>) -> Result<(), CowError> {
+        // Read the frozen file whole first: a refused one leaves the disk as it was.
+        let blocks = match frozen {
+            Some(path) => self.read_frozen(path)?,
+            None => Vec::new(),
+        };
+        self.discard_changes()?;
+        for (index, data) in blocks {
             self.write_at(&data, index * BLOCK_SIZE)?;
         }
         Ok(())
+    }
+
+    /// The written blocks of the frozen overlay at `path`, checked against this
+    /// disk's size.
+    fn read_frozen(&self, path: &Path) -> Result<Vec<(u64, Vec<u8>)>, CowError> {
+        let file = File::open(path).map_err(|source| CowError::OverlayOpen {
+            path: path.to_owned(),
+            source,
+        })?;
+        let io = |what: &'static str, offset: u64| {
+            move |source| CowError::OverlayIo {
+                path: path.to_owned(),
+                what,
+                offset,
+                source,
+            }
+        };
+        let bitmap_at = blocks_of(self.size) * BLOCK_SIZE + BLOCK_SIZE;
+        let mut header = [0u8; HEADER_LEN];
+        let header_at = bitmap_at - BLOCK_SIZE;
+        file.read_exact_at(&mut header, header_at)
+            .map_err(io("read", header_at))?;
+        if header != self.header() {
+            return Err(CowError::OverlayFormat {
+                path: path.to_owned(),
+                why: format!(
+                    "has no spry overlay header for a {}-byte disk at {header_at:#x}",
+                    self.size
+                ),
+            });
+        }
+        let mut bitmap = vec![0u8; self.written.len() * 8];
+        file.read_exact_at(&mut bitmap, bitmap_at)
+            .map_err(io("read", bitmap_at))?;
+        let mut blocks = Vec::new();
+        for index in 0..blocks_of(self.size) {
+            let byte = usize::try_from(index / 8).unwrap_or(usize::MAX);
+            if bitmap
+                .get(byte)
+                .is_some_and(|b| b & (1 << (index % 8)) != 0)
+            {
+                let mut data = vec![0u8; self.block_len(index)];
+                let at = index * BLOCK_SIZE;
+                file.read_exact_at(&mut data, at).map_err(io("read", at))?;
+                blocks.push((index, data));
+            }
+        }
+        Ok(blocks)
     }
 
     fn read_base(&self, buf: &mut [u8], offset: u64) -> Result<(), CowError> {
@@ -428,10 +515,7 @@ impl CowDisk {
                     let at = offset + done as u64;
                     let block = at / BLOCK_SIZE;
                     let in_block = usize::try_from(at - block * BLOCK_SIZE).unwrap_or(0);
-                    let data = blocks.get(&block).ok_or(CowError::SavedBlock {
-                        index: block,
-                        why: "marked written but missing from memory".into(),
-                    })?;
+                    let data = blocks.get(&block).ok_or(CowError::MissingBlock(block))?;
                     let n = (data.len() - in_block).min(buf.len() - done);
                     buf[done..done + n].copy_from_slice(&data[in_block..in_block + n]);
                     done += n;
@@ -627,32 +711,6 @@ fn same_file(a: &File, b: &File) -> bool {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
-}
-
-fn to_hex(data: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(data.len() * 2);
-    for b in data {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    let digit = |c: u8| {
-        char::from(c)
-            .to_digit(16)
-            .and_then(|d| u8::try_from(d).ok())
-    };
-    let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
-        return None;
-    }
-    bytes
-        .chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 #[cfg(test)]

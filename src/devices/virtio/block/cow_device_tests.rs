@@ -135,16 +135,19 @@ fn test_discard_changes_drops_what_the_guest_wrote() {
 }
 
 #[test]
-fn test_saved_state_carries_the_memory_overlay() {
+fn test_snapshot_state_freezes_the_overlay_beside_the_state_file() {
     let mut r = rig();
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let snapshot = dir.as_path().join("vm.snap");
     r.mem.write_slice(&[0x42; 512], GuestAddress(DATA)).unwrap();
     request(&mut r, kind::OUT, 9, &[Desc::r(DATA, 512)]);
 
-    let state = r.block.save();
+    let state = r.block.save_for_snapshot(&snapshot).unwrap();
 
     let cow = state.copy_on_write.unwrap();
-    assert_eq!(cow.blocks.len(), 1);
-    assert_eq!(cow.blocks[0].0, 1);
+    let frozen = dir.as_path().join("vm.snap.rootfs.cow");
+    assert_eq!(cow.frozen_overlay, Some(frozen.clone()));
+    assert!(frozen.exists());
 }
 
 #[test]
@@ -169,9 +172,11 @@ fn test_request_longer_than_the_bounce_buffer_moves_every_byte() {
 #[test]
 fn test_roll_back_changes_returns_to_the_saved_overlay() {
     let mut r = rig();
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
     r.mem.write_slice(&[0x42; 512], GuestAddress(DATA)).unwrap();
     request(&mut r, kind::OUT, 9, &[Desc::r(DATA, 512)]);
-    let saved = r.block.save().copy_on_write.unwrap();
+    let saved = r.block.save_for_snapshot(&dir.as_path().join("vm.snap"));
+    let saved = saved.unwrap().copy_on_write.unwrap();
     r.mem.write_slice(&[0x99; 512], GuestAddress(DATA)).unwrap();
     request(&mut r, kind::OUT, 9, &[Desc::r(DATA, 512)]);
     request(&mut r, kind::OUT, 100, &[Desc::r(DATA, 512)]);

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue};
@@ -145,25 +145,34 @@ impl Block {
     }
 
     /// Puts a copy-on-write drive back as `saved` describes it: every change
-    /// dropped, then a memory overlay's saved blocks written again (a file
-    /// overlay's state names its file and carries no blocks, so it ends as the
-    /// base). For an in-place rollback to the snapshot `saved` came from; `Ok(false)`
-    /// for an ordinary drive. Call it with the VM paused, as `discard_changes`.
+    /// dropped, then the blocks of its frozen overlay (if the snapshot had any)
+    /// taken again. For an in-place rollback to the snapshot `saved` came from;
+    /// `Ok(false)` for an ordinary drive. Call it with the VM paused, as
+    /// `discard_changes`.
     pub fn roll_back_changes(&mut self, saved: &CowState) -> Result<bool, CowError> {
         match self.cow.as_mut() {
             Some(cow) => {
-                let cow = cow.get_mut();
-                cow.discard_changes()?;
-                cow.restore_blocks(&saved.blocks)?;
+                cow.get_mut().thaw(saved.frozen_overlay.as_deref())?;
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    /// A copy-on-write drive's saved state.
+    /// A copy-on-write drive's saved state, its overlay not frozen.
     pub(super) fn save_copy_on_write(&self) -> Option<CowState> {
-        self.cow.as_ref().map(|c| c.borrow().save())
+        self.cow.as_ref().map(|c| c.borrow().save(None))
+    }
+
+    /// Freezes a copy-on-write drive's overlay into `path` (see
+    /// [`CowDisk::freeze`]) and returns its saved state.
+    pub(super) fn freeze_copy_on_write(&self, path: &Path) -> Result<Option<CowState>, CowError> {
+        let Some(cow) = &self.cow else {
+            return Ok(None);
+        };
+        let cow = cow.borrow();
+        let frozen = cow.freeze(path)?;
+        Ok(Some(cow.save(frozen)))
     }
 
     /// The eventfd KVM signals on QueueNotify for queue 0.

@@ -6,12 +6,12 @@
 //! (see [`crate::devices::virtio::persist`]).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::cow::CowState;
+use super::cow::{CowError, CowState};
 use super::device::{Block, BlockConfig};
 use crate::config::CacheType;
 use crate::devices::virtio::Interrupt;
@@ -60,7 +60,21 @@ pub struct BlockState {
 }
 
 impl Block {
-    /// The device's state, to save.
+    /// The device's state for a snapshot whose state file is `snapshot_path`: a
+    /// copy-on-write drive's overlay is frozen beside it, in
+    /// `<snapshot_path>.<drive_id>.cow`.
+    pub fn save_for_snapshot(&self, snapshot_path: &Path) -> Result<BlockState, CowError> {
+        let mut frozen = snapshot_path.as_os_str().to_owned();
+        frozen.push(format!(".{}.cow", self.config.id));
+        let copy_on_write = self.freeze_copy_on_write(Path::new(&frozen))?;
+        Ok(BlockState {
+            copy_on_write,
+            ..self.save()
+        })
+    }
+
+    /// The device's state, to save (a copy-on-write drive's overlay not frozen:
+    /// see [`Block::save_for_snapshot`]).
     pub fn save(&self) -> BlockState {
         BlockState {
             id: self.config.id.clone(),

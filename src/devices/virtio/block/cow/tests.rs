@@ -226,36 +226,83 @@ fn test_overlay_of_another_disk_size_is_refused() {
 }
 
 #[test]
-fn test_saved_memory_overlay_restores_the_same_disk() {
+fn test_frozen_overlay_thaws_into_the_same_disk_for_both_kinds() {
     let mut rng = Rng(71);
     let (base, content) = base_image(&mut rng);
-    let mut disk = memory_disk(&base);
-    let mut model = content.clone();
-    run_against_model(&mut disk, &mut model, &content, 71);
-    let json = serde_json::to_string(&disk.save()).unwrap();
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let overlay = dir.as_path().join("live.cow");
+    let sources = [memory_disk(&base), file_disk(&base, &overlay)];
+    for (i, mut disk) in sources.into_iter().enumerate() {
+        let mut model = content.clone();
+        run_against_model(&mut disk, &mut model, &content, 71 + i as u64);
+        let frozen = dir.as_path().join(format!("frozen{i}.cow"));
+        let saved = disk.save(disk.freeze(&frozen).unwrap());
+        drop(disk);
 
-    let state: CowState = serde_json::from_str(&json).unwrap();
-    let mut back = memory_disk(&base);
-    back.restore_blocks(&state.blocks).unwrap();
+        let json = serde_json::to_string(&saved).unwrap();
+        let saved: CowState = serde_json::from_str(&json).unwrap();
+        let mut back = memory_disk(&base);
+        back.thaw(saved.frozen_overlay.as_deref()).unwrap();
 
-    let mut whole = vec![0u8; model.len()];
-    back.read_at(&mut whole, 0).unwrap();
-    assert!(whole == model);
-    assert_eq!(back.written_blocks(), disk.written_blocks());
+        let mut whole = vec![0u8; model.len()];
+        back.read_at(&mut whole, 0).unwrap();
+        assert!(whole == model, "overlay kind {i}");
+        assert!(!dir
+            .as_path()
+            .join(format!("frozen{i}.cow.partial"))
+            .exists());
+    }
 }
 
 #[test]
-fn test_saved_block_that_is_not_hex_is_refused() {
-    let mut rng = Rng(81);
+fn test_thaw_drops_the_writes_made_after_the_freeze() {
+    let mut rng = Rng(72);
+    let (base, content) = base_image(&mut rng);
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let mut disk = file_disk(&base, &dir.as_path().join("live.cow"));
+    disk.write_at(&[1; 100], 5000).unwrap();
+    let frozen = disk.freeze(&dir.as_path().join("frozen.cow")).unwrap();
+    disk.write_at(&[2; 9000], 20).unwrap();
+
+    disk.thaw(frozen.as_deref()).unwrap();
+
+    let mut model = content.clone();
+    model[5000..5100].fill(1);
+    let mut whole = vec![0u8; model.len()];
+    disk.read_at(&mut whole, 0).unwrap();
+    assert!(whole == model);
+    // Only block 1 (bytes 4096..8192) was written before the freeze.
+    assert_eq!(disk.written_blocks(), 1);
+}
+
+#[test]
+fn test_freeze_without_changes_writes_no_file() {
+    let mut rng = Rng(73);
     let (base, _) = base_image(&mut rng);
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+    let disk = memory_disk(&base);
+    let path = dir.as_path().join("frozen.cow");
+
+    let frozen = disk.freeze(&path).unwrap();
+
+    assert_eq!(frozen, None);
+    assert!(!path.exists());
+}
+
+#[test]
+fn test_frozen_overlay_of_another_disk_is_refused_and_changes_stay() {
+    let mut rng = Rng(74);
+    let (base, _) = base_image(&mut rng);
+    let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
     let mut disk = memory_disk(&base);
+    disk.write_at(&[9; 10], 0).unwrap();
+    let foreign = dir.as_path().join("foreign.cow");
+    std::fs::write(&foreign, vec![0u8; 200_000]).unwrap();
 
-    let err = disk.restore_blocks(&[(0, "zz".repeat(4096))]).unwrap_err();
+    let err = disk.thaw(Some(&foreign)).unwrap_err();
 
-    assert!(
-        matches!(err, CowError::SavedBlock { index: 0, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, CowError::OverlayFormat { .. }), "{err}");
+    assert_eq!(disk.written_blocks(), 1);
 }
 
 #[test]
