@@ -1,7 +1,9 @@
 //! The boot sequence, top to bottom: from validated resources to running vCPUs.
 
+use std::fs::File;
 use std::io::Write;
 use std::num::NonZeroU8;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -21,13 +23,15 @@ use crate::arch::x86_64::layout::{
     MAX_VIRTIO_DEVICES, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
 };
 use crate::arch::x86_64::{mptable, regs};
+use crate::config::VmConfig;
 use crate::devices::bus::{BusError, DeviceBuses};
 use crate::devices::legacy::boot_timer::BootTimer;
 use crate::devices::legacy::i8042::{I8042Error, I8042State, I8042, I8042_LEN, I8042_PORT};
 use crate::devices::legacy::serial::{
     SerialDevice, SerialInput, SerialState, SerialStateError, COM1_LEN, COM1_PORT,
 };
-use crate::devices::virtio::block::{Block, BlockStateError};
+use crate::devices::virtio::block::cow::CowDisk;
+use crate::devices::virtio::block::{Block, BlockState, BlockStateError};
 use crate::devices::virtio::mmio::{self, MmioTransport};
 use crate::devices::virtio::net::tap::Tap;
 use crate::devices::virtio::net::{Net, NetDeviceConfig, NetStateError};
@@ -203,6 +207,18 @@ pub enum BuildError {
     /// The saved i8042 is refused.
     #[error(transparent)]
     I8042State(#[from] I8042Error),
+    /// `drive_overrides` names a drive the snapshot does not have.
+    #[error("drive_overrides: the snapshot has no drive {0:?}")]
+    UnknownDriveOverride(String),
+    /// An overriding drive cannot be opened.
+    #[error("drive_overrides: drive {drive_id:?}")]
+    DriveOverride {
+        /// The drive.
+        drive_id: String,
+        /// Why.
+        #[source]
+        source: ResourcesError,
+    },
     /// `network_overrides` names an interface the snapshot does not have.
     #[error("network_overrides: the snapshot has no network interface {0:?}")]
     UnknownOverride(String),
@@ -374,6 +390,13 @@ pub fn restore_and_start(
     {
         return Err(BuildError::UnknownOverride(unknown.iface_id.clone()));
     }
+    if let Some(unknown) = params
+        .drive_overrides
+        .iter()
+        .find(|o| !snap.blocks.iter().any(|b| b.device.id == o.drive_id))
+    {
+        return Err(BuildError::UnknownDriveOverride(unknown.drive_id.clone()));
+    }
     let track_dirty_pages = params.tracks_dirty_pages();
     let guest_memory = memory_file::restore(mem_path, &snap.memory)?;
     let mapped_us = started.elapsed().as_micros();
@@ -412,7 +435,7 @@ pub fn restore_and_start(
         next_slot: 0,
         announced: Vec::new(),
     };
-    let (blocks, block_transports) = restore_block_devices(&mut env, &snap.blocks)?;
+    let (blocks, block_transports) = restore_block_devices(&mut env, &snap.blocks, params)?;
     let (nets, net_transports) = restore_net_devices(&mut env, &snap.nets, params)?;
     // Attached last, as at boot, so it gets its old MMIO slot and IRQ back.
     let vsock = snap
@@ -459,6 +482,7 @@ pub fn restore_and_start(
     }
     let mut config = snap.config;
     config.machine_config.track_dirty_pages = track_dirty_pages;
+    apply_drive_overrides(&mut config, params);
     let sources = SnapshotSources {
         serial: legacy.serial,
         vcpu_support: support,
@@ -625,8 +649,11 @@ fn attach_block_devices(
         }
         let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
         let name = format!("virtio-blk {}", drive.block.id);
-        let block = Block::new(drive.block, interrupt.clone())
+        let mut block = Block::new(drive.block, interrupt.clone())
             .map_err(|e| BuildError::EventFd("a block queue", e))?;
+        if let Some(cow) = drive.cow {
+            block.set_copy_on_write(cow);
+        }
         let queue_evt = block
             .queue_event()
             .try_clone()
@@ -647,18 +674,24 @@ fn attach_block_devices(
 }
 
 /// The saved drives, each on its saved backing file (which must still have the
-/// saved size), at the slot each had.
+/// saved size) or the one `params.drive_overrides` names, at the slot each had.
+/// A saved copy-on-write drive comes back over its base with its overlay reset to
+/// the blocks the snapshot froze.
 fn restore_block_devices(
     env: &mut DeviceEnv<'_>,
     saved: &[BlockSnapshot],
+    params: &SnapshotLoadParams,
 ) -> Result<Attached<Block>, BuildError> {
     let mut blocks = Vec::with_capacity(saved.len());
     let mut transports = Vec::with_capacity(saved.len());
     for (index, saved) in saved.iter().enumerate() {
         let state = &saved.device;
-        let (file, capacity) = resources::open_backing_file(index, &state.path, state.read_only)?;
+        let (path, file, capacity, cow) = open_saved_drive(index, state, params)?;
         let (interrupt, irq_evt) = device_interrupt("a block device's interrupt")?;
-        let block = Block::restore(state, state.path.clone(), file, capacity, interrupt.clone())?;
+        let mut block = Block::restore(state, path, file, capacity, interrupt.clone())?;
+        if let Some(cow) = cow {
+            block.set_copy_on_write(cow);
+        }
         let queue_evt = block
             .queue_event()
             .try_clone()
@@ -678,6 +711,55 @@ fn restore_block_devices(
         blocks.push(block);
     }
     Ok((blocks, transports))
+}
+
+/// Opens saved drive `index`: as its override says, else as it was saved.
+fn open_saved_drive(
+    index: usize,
+    state: &BlockState,
+    params: &SnapshotLoadParams,
+) -> Result<(PathBuf, File, u64, Option<CowDisk>), BuildError> {
+    if let Some(o) = params.drive_override(&state.id) {
+        let cow = o.copy_on_write.as_ref();
+        let (file, capacity, layer) =
+            resources::open_drive(index, &o.path_on_host, state.read_only, cow).map_err(
+                |source| BuildError::DriveOverride {
+                    drive_id: state.id.clone(),
+                    source,
+                },
+            )?;
+        return Ok((o.path_on_host.clone(), file, capacity, layer));
+    }
+    let saved_cow = state.copy_on_write.as_ref();
+    let (file, capacity, layer) = resources::open_drive(
+        index,
+        &state.path,
+        state.read_only,
+        saved_cow.map(|c| &c.copy_on_write),
+    )?;
+    // The overlay goes back to what the snapshot froze: a file overlay may hold
+    // later writes the snapshot's guest memory knows nothing of.
+    let layer = match (layer, saved_cow) {
+        (Some(mut layer), Some(saved)) => {
+            layer
+                .thaw(saved.frozen_overlay.as_deref())
+                .map_err(|source| ResourcesError::Cow { index, source })?;
+            Some(layer)
+        }
+        (layer, _) => layer,
+    };
+    Ok((state.path.clone(), file, capacity, layer))
+}
+
+/// The config a restored VM reports (`GET /vm/config`) and saves again: the
+/// saved one, with each overridden drive's new backing.
+fn apply_drive_overrides(config: &mut VmConfig, params: &SnapshotLoadParams) {
+    for drive in &mut config.drives {
+        if let Some(o) = params.drive_override(&drive.drive_id) {
+            drive.path_on_host = Some(o.path_on_host.clone());
+            drive.copy_on_write = o.copy_on_write.clone();
+        }
+    }
 }
 
 /// The saved network interfaces, each on its saved tap or the one `params`

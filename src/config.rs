@@ -191,6 +191,33 @@ pub struct DriveConfig {
     /// vhost-user socket; not supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// spry's extension: open `path_on_host` read-only as the base image and keep
+    /// the guest's writes in an overlay of this drive's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_on_write: Option<CopyOnWrite>,
+}
+
+/// Where a copy-on-write disk keeps its changes (spry's `copy_on_write` object on a
+/// drive): `{"overlay_type": "Memory"}` or
+/// `{"overlay_type": "File", "overlay_path": "/path"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyOnWrite {
+    /// `Memory` or `File`.
+    pub overlay_type: OverlayType,
+    /// The overlay file, for `File`: created sparse if missing or empty, reused
+    /// (with its changes) if it is an overlay of a disk of the same size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_path: Option<PathBuf>,
+}
+
+/// The overlay kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverlayType {
+    /// Changes live in spry's memory and go with the process (or into a snapshot).
+    Memory,
+    /// Changes live in a sparse file of their own.
+    File,
 }
 
 /// One entry of `network-interfaces`.

@@ -11,8 +11,10 @@ use linux_loader::cmdline::Cmdline;
 
 use crate::arch::x86_64::layout::MAX_VIRTIO_DEVICES;
 use crate::config::{
-    BootSourceConfig, DriveConfig, MachineConfig, NetConfig, VmConfig, VsockConfig,
+    BootSourceConfig, CopyOnWrite, DriveConfig, MachineConfig, NetConfig, OverlayType, VmConfig,
+    VsockConfig,
 };
+use crate::devices::virtio::block::cow::{CowDisk, CowError};
 use crate::devices::virtio::block::BlockConfig;
 use crate::devices::virtio::net::tap;
 use crate::host;
@@ -149,6 +151,29 @@ pub enum ResourcesError {
         /// What was asked.
         value: String,
     },
+    /// A copy-on-write drive that is also read-only.
+    #[error(
+        "drives[{0}].copy_on_write: the drive is read-only, so it has no writes to keep; \
+         drop is_read_only or copy_on_write"
+    )]
+    CowReadOnly(usize),
+    /// An overlay path missing for a `File` overlay, or given for a `Memory` one.
+    #[error("drives[{index}].copy_on_write.overlay_path: {why}")]
+    CowOverlayPath {
+        /// Position in `drives`.
+        index: usize,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// The copy-on-write layer cannot be set up (overlay file unusable).
+    #[error("drives[{index}].copy_on_write")]
+    Cow {
+        /// Position in `drives`.
+        index: usize,
+        /// Why.
+        #[source]
+        source: CowError,
+    },
     /// `partuuid` on a drive that is not the root.
     #[error("drives[{0}].partuuid: only the root device boots from a partition UUID")]
     PartuuidNotRoot(usize),
@@ -220,6 +245,8 @@ pub struct Drive {
     pub is_root: bool,
     /// Boot from this partition instead of the whole disk.
     pub partuuid: Option<String>,
+    /// The copy-on-write layer over `block.file`, for `copy_on_write` drives.
+    pub cow: Option<CowDisk>,
 }
 
 /// A validated network interface.
@@ -315,8 +342,10 @@ pub fn drives_from_config(configs: &[DriveConfig]) -> Result<Vec<Drive>, Resourc
             .path_on_host
             .clone()
             .ok_or(ResourcesError::DriveWithoutPath(index))?;
-        let (file, capacity) = open_backing_file(index, &path, c.is_read_only)?;
+        let (file, capacity, cow) =
+            open_drive(index, &path, c.is_read_only, c.copy_on_write.as_ref())?;
         drives.push(Drive {
+            cow,
             block: BlockConfig {
                 id: c.drive_id.clone(),
                 path,
@@ -359,6 +388,54 @@ pub fn open_backing_file(
         });
     }
     Ok((file, size / 512))
+}
+
+/// Opens drive `drives[index]`: an ordinary one as [`open_backing_file`] does; a
+/// copy-on-write one (`cow`) with its base image read-only and its overlay
+/// created or reopened. Returns the file the device keeps (the base, for a
+/// copy-on-write drive), its size in sectors and the copy-on-write layer.
+pub fn open_drive(
+    index: usize,
+    path: &std::path::Path,
+    read_only: bool,
+    cow: Option<&CopyOnWrite>,
+) -> Result<(File, u64, Option<CowDisk>), ResourcesError> {
+    let Some(cow) = cow else {
+        let (file, capacity) = open_backing_file(index, path, read_only)?;
+        return Ok((file, capacity, None));
+    };
+    if read_only {
+        return Err(ResourcesError::CowReadOnly(index));
+    }
+    let (file, capacity) = open_backing_file(index, path, true)?;
+    let base = file
+        .try_clone()
+        .map_err(|source| ResourcesError::DriveOpen {
+            index,
+            path: path.to_owned(),
+            source,
+        })?;
+    let size = capacity * 512;
+    let layer = match (cow.overlay_type, &cow.overlay_path) {
+        (OverlayType::Memory, None) => CowDisk::in_memory(base, path.to_owned(), size),
+        (OverlayType::File, Some(overlay)) => {
+            CowDisk::with_file(base, path.to_owned(), size, overlay)
+                .map_err(|source| ResourcesError::Cow { index, source })?
+        }
+        (OverlayType::Memory, Some(_)) => {
+            return Err(ResourcesError::CowOverlayPath {
+                index,
+                why: "a Memory overlay has no file; drop overlay_path or use overlay_type File",
+            })
+        }
+        (OverlayType::File, None) => {
+            return Err(ResourcesError::CowOverlayPath {
+                index,
+                why: "missing: a File overlay needs the path of its (new or empty) overlay file",
+            })
+        }
+    };
+    Ok((file, capacity, Some(layer)))
 }
 
 /// Validates `network-interfaces`: ids, existing taps used once, MACs and MTUs.
@@ -827,6 +904,64 @@ mod tests {
         let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
         f.as_file().write_all(&vec![0u8; size]).unwrap();
         f
+    }
+
+    fn cow_drive(path: &std::path::Path, cow: CopyOnWrite) -> DriveConfig {
+        DriveConfig {
+            copy_on_write: Some(cow),
+            ..drive("rootfs", path, true)
+        }
+    }
+
+    #[test]
+    fn test_copy_on_write_drive_opens_its_base_read_only() {
+        let base = disk(8192);
+        let memory = CopyOnWrite {
+            overlay_type: OverlayType::Memory,
+            overlay_path: None,
+        };
+
+        let drives = drives_from_config(&[cow_drive(base.as_path(), memory)]).unwrap();
+
+        let cow = drives[0].cow.as_ref().unwrap();
+        assert_eq!((cow.size(), drives[0].block.capacity), (8192, 16));
+        assert!(!drives[0].block.read_only);
+        let mut file = &drives[0].block.file;
+        assert!(file.write(&[1]).is_err(), "the base is open for writing");
+    }
+
+    #[test]
+    fn test_copy_on_write_on_a_read_only_drive_is_refused() {
+        let base = disk(4096);
+        let mut config = cow_drive(
+            base.as_path(),
+            CopyOnWrite {
+                overlay_type: OverlayType::Memory,
+                overlay_path: None,
+            },
+        );
+        config.is_read_only = true;
+
+        let err = drives_from_config(&[config]).unwrap_err();
+
+        assert!(matches!(err, ResourcesError::CowReadOnly(0)), "{err}");
+    }
+
+    #[test]
+    fn test_file_overlay_without_a_path_is_refused() {
+        let base = disk(4096);
+        let file = CopyOnWrite {
+            overlay_type: OverlayType::File,
+            overlay_path: None,
+        };
+
+        let err = drives_from_config(&[cow_drive(base.as_path(), file)]).unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "drives[0].copy_on_write.overlay_path: missing: a File overlay needs the path of \
+             its (new or empty) overlay file"
+        );
     }
 
     #[test]

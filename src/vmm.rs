@@ -1,6 +1,7 @@
 //! A running VM: the event loop that serves its devices, pause and resume, and an
 //! orderly stop.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -323,7 +324,7 @@ impl Vmm {
             vcpus,
             serial: lock(&self.snapshot.serial).save(),
             i8042: lock(&self.i8042).save(),
-            blocks: self.save_blocks(),
+            blocks: self.save_blocks(&params.snapshot_path)?,
             nets: self.save_nets(),
             vsock: self.save_vsock(),
         };
@@ -389,8 +390,9 @@ impl Vmm {
             .collect()
     }
 
-    // One lock at a time: a transport's save locks its device.
-    fn save_blocks(&self) -> Vec<BlockSnapshot> {
+    // One lock at a time: a transport's save locks its device. A copy-on-write
+    // drive's overlay is frozen beside the state file.
+    fn save_blocks(&self, snapshot_path: &Path) -> Result<Vec<BlockSnapshot>, SnapshotError> {
         let pairs = self
             .devices
             .blocks
@@ -398,11 +400,17 @@ impl Vmm {
             .zip(&self.devices.block_transports);
         pairs
             .map(|(device, transport)| {
-                let device = lock(device).save();
-                BlockSnapshot {
-                    device,
+                let device = lock(device);
+                let saved = device.save_for_snapshot(snapshot_path);
+                let saved = saved.map_err(|source| SnapshotError::Overlay {
+                    drive_id: device.id().to_owned(),
+                    source,
+                });
+                drop(device);
+                Ok(BlockSnapshot {
+                    device: saved?,
                     transport: lock(transport).save(),
-                }
+                })
             })
             .collect()
     }

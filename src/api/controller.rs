@@ -58,6 +58,13 @@ pub enum ControllerError {
     /// `PATCH /drives/{id}` for a drive the VM does not have.
     #[error("drives: there is no drive {0:?}")]
     UnknownDrive(String),
+    /// `PATCH /drives/{id}` with a new file for a copy-on-write drive, whose
+    /// overlay holds changes to its base only.
+    #[error(
+        "drives[{0}].path_on_host: drive {1:?} is copy-on-write; its overlay holds changes to \
+         its base, so PATCH cannot swap the base (restore with drive_overrides instead)"
+    )]
+    CopyOnWriteBase(usize, String),
     /// A rate limiter in `PATCH /drives/{id}`.
     #[error("drives[{0}].rate_limiter: a rate limiter is not supported by spry")]
     RateLimiter(usize),
@@ -394,6 +401,12 @@ impl RuntimeController {
                 }
                 if let Some(path) = update.path_on_host {
                     let drive = &mut self.config.drives[index];
+                    if drive.copy_on_write.is_some() {
+                        return Err(ControllerError::CopyOnWriteBase(
+                            index,
+                            drive.drive_id.clone(),
+                        ));
+                    }
                     replace_backing(vmm, drive, index, path)?;
                 }
             }

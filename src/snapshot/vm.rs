@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::format::SnapshotFormatError;
 use super::memory::{MemoryFileError, MemoryState};
-use crate::config::VmConfig;
+use crate::config::{CopyOnWrite, VmConfig};
 use crate::devices::legacy::i8042::I8042State;
 use crate::devices::legacy::serial::SerialState;
+use crate::devices::virtio::block::cow::CowError;
 use crate::devices::virtio::block::BlockState;
 use crate::devices::virtio::net::NetState;
 use crate::devices::virtio::persist::TransportState;
@@ -49,6 +50,15 @@ pub enum SnapshotError {
     /// The VM's in-kernel state could not be saved.
     #[error(transparent)]
     VmState(#[from] VmStateError),
+    /// A copy-on-write drive's overlay could not be frozen beside the state file.
+    #[error("drive {drive_id:?}: cannot freeze its copy-on-write overlay")]
+    Overlay {
+        /// The drive.
+        drive_id: String,
+        /// Why.
+        #[source]
+        source: CowError,
+    },
     /// The memory file could not be written.
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
@@ -164,6 +174,25 @@ pub struct NetworkOverride {
     pub host_dev_name: String,
 }
 
+/// Another backing for a saved drive (spry's extension of `PUT /snapshot/load`, in
+/// the manner of `network_overrides`): each clone of one snapshot gets a disk of
+/// its own, or a copy-on-write view of a shared one. The drive keeps its saved
+/// id, read-only flag and cache type; the file must have the saved size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveOverride {
+    /// Which drive of the snapshot.
+    pub drive_id: String,
+    /// The backing file instead of the saved one (the base image, with
+    /// `copy_on_write`).
+    pub path_on_host: PathBuf,
+    /// Open `path_on_host` read-only as a base and keep this clone's writes in an
+    /// overlay of its own (as on a drive); absent, the drive is an ordinary one on
+    /// `path_on_host`, whatever the saved drive was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_on_write: Option<CopyOnWrite>,
+}
+
 /// `PUT /snapshot/load`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +217,9 @@ pub struct SnapshotLoadParams {
     /// Taps to use instead of the saved ones.
     #[serde(default)]
     pub network_overrides: Vec<NetworkOverride>,
+    /// spry's extension: backing files to use instead of the saved drives' ones.
+    #[serde(default)]
+    pub drive_overrides: Vec<DriveOverride>,
     /// Advance the guest's KVM clock by the real time that passed since the
     /// snapshot (otherwise the guest sees no time pass while it was saved).
     #[serde(default)]
@@ -229,6 +261,11 @@ impl SnapshotLoadParams {
             .iter()
             .find(|o| o.iface_id == iface_id)
             .map_or(saved, |o| o.host_dev_name.as_str())
+    }
+
+    /// The override of drive `drive_id`, if any.
+    pub fn drive_override(&self, drive_id: &str) -> Option<&DriveOverride> {
+        self.drive_overrides.iter().find(|o| o.drive_id == drive_id)
     }
 }
 
@@ -285,6 +322,32 @@ mod tests {
 
         assert_eq!(p.tap_for("eth0", "tap0"), "tap7");
         assert_eq!(p.tap_for("eth1", "tap1"), "tap1");
+    }
+
+    #[test]
+    fn test_drive_override_parses_with_a_copy_on_write_overlay() {
+        let p = load(
+            r#"{"snapshot_path": "s", "mem_file_path": "m",
+                "drive_overrides": [{"drive_id": "rootfs", "path_on_host": "/base.ext4",
+                  "copy_on_write": {"overlay_type": "File", "overlay_path": "/c1.cow"}}]}"#,
+        );
+
+        let o = p.drive_override("rootfs").unwrap();
+        assert_eq!(o.path_on_host, PathBuf::from("/base.ext4"));
+        let cow = o.copy_on_write.as_ref().unwrap();
+        assert_eq!(cow.overlay_path, Some(PathBuf::from("/c1.cow")));
+        assert!(p.drive_override("data").is_none());
+    }
+
+    #[test]
+    fn test_drive_override_with_an_unknown_field_is_refused() {
+        let err = serde_json::from_str::<SnapshotLoadParams>(
+            r#"{"snapshot_path": "s", "mem_file_path": "m",
+                "drive_overrides": [{"drive_id": "rootfs", "path": "/x"}]}"#,
+        )
+        .unwrap_err();
+
+        assert!(err.to_string().contains("unknown field `path`"), "{err}");
     }
 
     #[test]

@@ -427,3 +427,143 @@ void blkbench_mode(void)
 	pr("probe: blkbench took ~%lu ms (LAPIC ticks)\n", ms);
 	vdev_reset(d);
 }
+
+/* ---- probe.mode=blkclone ----------------------------------------------------------- */
+/*
+ * For clones of one snapshot sharing a disk: blk0 is opened during the checks,
+ * then the probe idles (sti;hlt on the virtio tick) until a byte arrives on
+ * COM1. A letter or digit T starts a round on sectors probe.blk_sectors:
+ * read them and tell whose data they hold ("base": the sector pattern,
+ * "mine": the pattern shifted by T, as this clone writes it, "other":
+ * anything else), write the shifted pattern, read it back. 'q' ends the mode.
+ * probe.touch_mib=N writes one word in each page of N MiB before idling; '!'
+ * then reads one word of each of those pages, '#' writes one.
+ * Tagged pattern: sector s holds what the plain pattern puts in sector s + T.
+ */
+static struct blk clone_blk;
+static int clone_ready;
+static u8 *clone_ws;            /* the probe.touch_mib working set */
+static u64 clone_ws_bytes;
+
+void blkclone_mode(void)
+{
+	virtio_setup();
+	int c = check_register("blkclone: init");
+	struct vdev *d = virtio_find(VIRTIO_ID_BLOCK, 0);
+	if (!d) {
+		FAIL_NOW(c, "no virtio-blk device on the command line");
+		return;
+	}
+	if (!blk_open(&clone_blk, d, 16, 0, c)) {
+		check_print(c);
+		return;
+	}
+	if (clone_blk.ro || cfg.blk_first >= clone_blk.capacity ||
+	    cfg.blk_count > clone_blk.capacity - cfg.blk_first || !blk_buffer()) {
+		FAIL_NOW(c, "blk0 is read-only, or sectors %lu..+%lu beyond its %lu sectors", cfg.blk_first,
+			 cfg.blk_count, clone_blk.capacity);
+		return;
+	}
+	/* A working set, as a booted sandbox has one (kernel, page cache): one write
+	 * per page makes each page the VM's own. */
+	u64 touch = cfg.touch_mib << 20;
+	u8 *ws = touch && touch < dma_avail() ? dma_alloc(touch, 4096) : NULL;
+	if (touch && !ws) {
+		FAIL_NOW(c, "probe.touch_mib=%lu: only %lu bytes free", cfg.touch_mib, dma_avail());
+		return;
+	}
+	for (u64 off = 0; off < touch; off += 4096)
+		*(volatile u64 *)(ws + off) = off | 1;
+	clone_ws = ws;
+	clone_ws_bytes = touch;
+	clone_ready = 1;
+	OK_NOW(c, "capacity %lu, %lu MiB touched", clone_blk.capacity, cfg.touch_mib);
+}
+
+/* Reads the round's sectors; returns "base", "mine" or "other", or NULL on a failed read. */
+static const char *clone_whose(u64 tag, u32 *st)
+{
+	u8 *buf = blk_buffer();
+	const u64 per = BLK_BUF_BYTES / 512;
+	int base = 1, mine = 1;
+	for (u64 s = cfg.blk_first, left = cfg.blk_count; left;) {
+		u64 n = left < per ? left : per, bs, bb, got;
+		fill_q(buf, 0xccccccccccccccccull, n * 64);
+		*st = blk_req(&clone_blk, VIRTIO_BLK_T_IN, s, buf, (u32)(n * 512), 0, NULL);
+		if (*st != VIRTIO_BLK_S_OK)
+			return NULL;
+		base &= pattern_check(buf, s, n, &bs, &bb, &got);
+		mine &= pattern_check(buf, s + tag, n, &bs, &bb, &got);
+		s += n;
+		left -= n;
+	}
+	return base ? "base" : mine ? "mine" : "other";
+}
+
+static void clone_round(u8 tag)
+{
+	u8 *buf = blk_buffer();
+	const u64 per = BLK_BUF_BYTES / 512;
+	u32 st = 0;
+	const char *before = clone_whose(tag, &st);
+	if (!before) {
+		pr_always("probe: blkclone %c: FAIL first read: %s\n", tag, blk_status_name(st));
+		return;
+	}
+	for (u64 s = cfg.blk_first, left = cfg.blk_count; left;) {
+		u64 n = left < per ? left : per;
+		pattern_fill(buf, s + tag, n);
+		st = blk_req(&clone_blk, VIRTIO_BLK_T_OUT, s, buf, (u32)(n * 512), 0, NULL);
+		if (st != VIRTIO_BLK_S_OK) {
+			pr_always("probe: blkclone %c: FAIL write of sectors %lu..+%lu: %s\n", tag, s, n,
+				  blk_status_name(st));
+			return;
+		}
+		s += n;
+		left -= n;
+	}
+	const char *after = clone_whose(tag, &st);
+	if (!after || after[0] != 'm')
+		pr_always("probe: blkclone %c: FAIL read back: %s\n", tag, after ? after : blk_status_name(st));
+	else
+		pr_always("probe: blkclone %c: before %s, write+read %lu sectors: ok\n", tag, before, cfg.blk_count);
+}
+
+void blkclone_run(void)
+{
+	if (!clone_ready)
+		return;
+	pr_always("probe: blkclone ready\n");
+	pr_flush();
+	for (;;) {
+		cli();
+		while (serial_rx_ready()) {
+			u8 c = serial_rx();
+			if (c == 'q') {
+				pr_always("probe: blkclone bye\n");
+				return;
+			}
+			if (c == '!' || c == '#') {
+				/* '!' reads one word of every working-set page, '#' writes one:
+				 * after a restore, how a clone uses memory it shares with its
+				 * snapshot (a read maps the shared page, a write copies it) */
+				u64 sum = 0;
+				for (u64 off = 0; off < clone_ws_bytes; off += 4096) {
+					volatile u64 *w = (volatile u64 *)(clone_ws + off);
+					if (c == '#')
+						*w = off | 3;
+					sum += *w;
+				}
+				pr_always("probe: blkclone %s %lu MiB: ok %lx\n", c == '!' ? "read" : "wrote",
+					  clone_ws_bytes >> 20, sum);
+				pr_flush();
+				continue;
+			}
+			if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
+				clone_round(c);
+				pr_flush();
+			}
+		}
+		sti_hlt();      /* the virtio tick (TICK_MS) wakes the poll */
+	}
+}

@@ -127,6 +127,7 @@ const struct probe_mode probe_modes[] = {
 	{ "blkbench", blkbench_mode, NULL },
 	{ "netbench", netbench_mode, NULL },
 	{ "vsock", vsock_mode, NULL },
+	{ "blkclone", blkclone_mode, blkclone_run },
 };
 const u32 probe_num_modes = ARRAY_SIZE(probe_modes);
 

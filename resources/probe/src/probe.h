@@ -105,6 +105,7 @@ struct probe_config {
 	u64 vsock_listen, vsock_connect, vsock_refused, vsock_hostile, vsock_bytes, vsock_timeout_ms;
 	u64 virtio_timeout_ms;
 	u64 count_ms;
+	u64 touch_mib;           /* blkclone: MiB of RAM written before idling (a working set) */
 	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx, bench_irq;
 };
 extern struct probe_config cfg;
@@ -222,6 +223,8 @@ extern const u32 probe_num_modes;
 void console_run(void);
 void count_run(void);
 void blk_mode(void);
+void blkclone_mode(void);
+void blkclone_run(void);
 void blkbench_mode(void);
 void net_mode(void);
 void netbench_mode(void);

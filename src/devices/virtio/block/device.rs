@@ -1,13 +1,15 @@
 //! The virtio-blk device model: feature bits, config space, and serving the request
 //! queue from the event loop.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::cow::{CowDisk, CowError, CowState};
 use super::request::{self, Completion, Disk, Request, RequestError};
 use crate::config::CacheType;
 use crate::devices::virtio::iovec::{total_len, write_at, ChainBuffers, Segment, MAX_SEGMENTS};
@@ -61,6 +63,11 @@ pub struct Block {
     interrupt: Arc<Interrupt>,
     active: Option<Active>,
     errors: GuestErrorLog,
+    /// Copy-on-write drives: the layer every read and write goes through
+    /// (`config.file` is then the base, open read-only). A `RefCell` because
+    /// requests borrow the disk shared while a write needs it mutable; only the
+    /// event loop thread, holding the device's lock, ever touches it.
+    cow: Option<RefCell<CowDisk>>,
     /// Traffic counters.
     pub counters: BlockCounters,
 }
@@ -109,8 +116,63 @@ impl Block {
             interrupt,
             active: None,
             errors: GuestErrorLog::default(),
+            cow: None,
             counters: BlockCounters::default(),
         })
+    }
+
+    /// Makes this drive copy-on-write over `cow` (whose base is `config.file`'s
+    /// image): from now on the guest's writes land in `cow`'s overlay only.
+    pub fn set_copy_on_write(&mut self, cow: CowDisk) {
+        self.cow = Some(RefCell::new(cow));
+    }
+
+    /// Whether the drive is copy-on-write.
+    pub fn is_copy_on_write(&self) -> bool {
+        self.cow.is_some()
+    }
+
+    /// Drops every change the guest made to a copy-on-write drive, so it reads as
+    /// its base image again (for an in-place rollback to a snapshot taken before
+    /// any change). `Ok(false)` for an ordinary drive, which has no changes kept
+    /// apart to drop. The caller pauses the VM first: the guest must not have a
+    /// request in flight, and its page cache must be rolled back with it.
+    pub fn discard_changes(&mut self) -> Result<bool, CowError> {
+        match self.cow.as_mut() {
+            Some(cow) => cow.get_mut().discard_changes().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Puts a copy-on-write drive back as `saved` describes it: every change
+    /// dropped, then the blocks of its frozen overlay (if the snapshot had any)
+    /// taken again. For an in-place rollback to the snapshot `saved` came from;
+    /// `Ok(false)` for an ordinary drive. Call it with the VM paused, as
+    /// `discard_changes`.
+    pub fn roll_back_changes(&mut self, saved: &CowState) -> Result<bool, CowError> {
+        match self.cow.as_mut() {
+            Some(cow) => {
+                cow.get_mut().thaw(saved.frozen_overlay.as_deref())?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// A copy-on-write drive's saved state, its overlay not frozen.
+    pub(super) fn save_copy_on_write(&self) -> Option<CowState> {
+        self.cow.as_ref().map(|c| c.borrow().save(None))
+    }
+
+    /// Freezes a copy-on-write drive's overlay into `path` (see
+    /// [`CowDisk::freeze`]) and returns its saved state.
+    pub(super) fn freeze_copy_on_write(&self, path: &Path) -> Result<Option<CowState>, CowError> {
+        let Some(cow) = &self.cow else {
+            return Ok(None);
+        };
+        let cow = cow.borrow();
+        let frozen = cow.freeze(path)?;
+        Ok(Some(cow.save(frozen)))
     }
 
     /// The eventfd KVM signals on QueueNotify for queue 0.
@@ -129,7 +191,10 @@ impl Block {
     }
 
     /// Points the drive at another file (the guest sees a config change).
+    /// A copy-on-write drive becomes an ordinary one on `file` (the API refuses
+    /// this for copy-on-write drives, whose overlay only makes sense over its base).
     pub fn replace_backing(&mut self, path: PathBuf, file: File, capacity: u64) {
+        self.cow = None;
         self.config.path = path;
         self.config.file = file;
         self.config.capacity = capacity;
@@ -159,6 +224,7 @@ impl Block {
             read_only: self.config.read_only,
             cache: self.config.cache,
             id: self.config.id.as_bytes(),
+            cow: self.cow.as_ref(),
         };
         let errors = &self.errors;
         let name = &self.name;
@@ -439,6 +505,14 @@ impl Drop for Block {
     fn drop(&mut self) {
         // Guest data is in the file already (every write completes synchronously); on
         // Writeback drives also make it durable before spry goes.
+        if let Some(cow) = &self.cow {
+            if self.config.cache == CacheType::Writeback {
+                if let Err(e) = cow.borrow().flush() {
+                    log::error!("{}: {e}", self.name);
+                }
+            }
+            return;
+        }
         if self.config.cache == CacheType::Writeback && !self.config.read_only {
             if let Err(e) = self.config.file.sync_data() {
                 log::error!(

@@ -6,11 +6,12 @@
 //! (see [`crate::devices::virtio::persist`]).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cow::{CowError, CowState};
 use super::device::{Block, BlockConfig};
 use crate::config::CacheType;
 use crate::devices::virtio::Interrupt;
@@ -52,10 +53,28 @@ pub struct BlockState {
     pub read_only: bool,
     /// Flush semantics (VIRTIO_BLK_F_FLUSH was offered for Writeback).
     pub cache: CacheType,
+    /// A copy-on-write drive (then `path` is the base image): its overlay, and a
+    /// memory overlay's blocks. Absent in snapshots of ordinary drives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_on_write: Option<CowState>,
 }
 
 impl Block {
-    /// The device's state, to save.
+    /// The device's state for a snapshot whose state file is `snapshot_path`: a
+    /// copy-on-write drive's overlay is frozen beside it, in
+    /// `<snapshot_path>.<drive_id>.cow`.
+    pub fn save_for_snapshot(&self, snapshot_path: &Path) -> Result<BlockState, CowError> {
+        let mut frozen = snapshot_path.as_os_str().to_owned();
+        frozen.push(format!(".{}.cow", self.config.id));
+        let copy_on_write = self.freeze_copy_on_write(Path::new(&frozen))?;
+        Ok(BlockState {
+            copy_on_write,
+            ..self.save()
+        })
+    }
+
+    /// The device's state, to save (a copy-on-write drive's overlay not frozen:
+    /// see [`Block::save_for_snapshot`]).
     pub fn save(&self) -> BlockState {
         BlockState {
             id: self.config.id.clone(),
@@ -63,6 +82,7 @@ impl Block {
             capacity: self.config.capacity,
             read_only: self.config.read_only,
             cache: self.config.cache,
+            copy_on_write: self.save_copy_on_write(),
         }
     }
 
@@ -149,6 +169,7 @@ mod tests {
             capacity: SECTORS,
             read_only: false,
             cache: CacheType::Unsafe,
+            copy_on_write: None,
         }
     }
 

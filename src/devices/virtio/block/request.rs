@@ -1,12 +1,14 @@
 //! One virtio-blk request: parsed from a descriptor chain's buffers and executed
 //! straight between the backing file and guest memory (`preadv`/`pwritev`).
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use super::cow::{CowDisk, CowError};
 use crate::config::CacheType;
 use crate::devices::virtio::iovec::{
-    host_iovecs, read_prefix, sub_segments, total_len, ChainBuffers, ChainError, Segment,
+    host_iovecs, read_prefix, sub_segments, total_len, write_at, ChainBuffers, ChainError, Segment,
 };
 use crate::vstate::memory::GuestMemory;
 
@@ -78,12 +80,18 @@ pub enum RequestError {
     /// A device-readable data buffer where the device must write.
     #[error("read request with device-readable data buffers")]
     ReadableData,
+    /// The copy-on-write layer failed (base image or overlay I/O).
+    #[error("copy-on-write disk")]
+    Cow(#[source] CowError),
 }
 
 impl RequestError {
     /// Whether this is the guest's fault (malformed request) rather than the host's.
     pub fn is_guest_error(&self) -> bool {
-        !matches!(self, RequestError::Io(_) | RequestError::Short { .. })
+        !matches!(
+            self,
+            RequestError::Io(_) | RequestError::Short { .. } | RequestError::Cow(_)
+        )
     }
 }
 
@@ -100,6 +108,9 @@ pub struct Disk<'a> {
     pub cache: CacheType,
     /// GET_ID answer (the drive id).
     pub id: &'a [u8],
+    /// Copy-on-write drives: reads and writes go through this layer instead of
+    /// `file` (which is then the base image, open read-only).
+    pub cow: Option<&'a RefCell<CowDisk>>,
 }
 
 /// Payload a request moved, for counters.
@@ -321,7 +332,10 @@ impl Request {
             }
             Op::Flush => {
                 if disk.cache == CacheType::Writeback {
-                    disk.file.sync_data().map_err(RequestError::Io)?;
+                    match disk.cow {
+                        Some(cow) => cow.borrow().flush().map_err(RequestError::Cow)?,
+                        None => disk.file.sync_data().map_err(RequestError::Io)?,
+                    }
                 }
             }
             Op::GetId => {
@@ -329,7 +343,7 @@ impl Request {
                 let n = disk.id.len().min(ID_LEN);
                 id[..n].copy_from_slice(&disk.id[..n]);
                 let room = self.status_at.min(ID_LEN);
-                crate::devices::virtio::iovec::write_at(mem, &buffers.writable, 0, &id[..room])?;
+                write_at(mem, &buffers.writable, 0, &id[..room])?;
             }
             Op::Unsupported => {}
         }
@@ -346,5 +360,46 @@ pub fn transfer_merged(
     segments: &[Segment],
     write: bool,
 ) -> Result<(), RequestError> {
+    if let Some(cow) = disk.cow {
+        return transfer_cow(mem, cow, offset, segments, write);
+    }
     transfer_all(disk.file, host_iovecs(mem, segments)?, offset, write)
+}
+
+/// Largest bounce buffer of a copy-on-write transfer. A request may be as long as
+/// the disk (its buffers may even repeat one guest page), so the transfer moves in
+/// pieces: a guest never makes spry allocate more than this.
+const COW_CHUNK: usize = 256 * 1024;
+
+/// A copy-on-write transfer goes through a bounce buffer: the layer splits it
+/// per 4 KiB block between base and overlay, which no single `preadv` can do.
+/// `check_range` bounded `offset` and the length by the disk's size before this.
+fn transfer_cow(
+    mem: &GuestMemory,
+    cow: &RefCell<CowDisk>,
+    offset: u64,
+    segments: &[Segment],
+    write: bool,
+) -> Result<(), RequestError> {
+    let total = total_len(segments);
+    let mut buf = vec![0u8; total.min(COW_CHUNK)];
+    let mut done = 0usize;
+    while done < total {
+        let n = (total - done).min(COW_CHUNK);
+        let piece = sub_segments(segments, done, n)?;
+        let at = offset + done as u64;
+        if write {
+            read_prefix(mem, &piece, &mut buf[..n])?;
+            cow.borrow_mut()
+                .write_at(&buf[..n], at)
+                .map_err(RequestError::Cow)?;
+        } else {
+            cow.borrow()
+                .read_at(&mut buf[..n], at)
+                .map_err(RequestError::Cow)?;
+            write_at(mem, &piece, 0, &buf[..n])?;
+        }
+        done += n;
+    }
+    Ok(())
 }
