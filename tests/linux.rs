@@ -660,6 +660,13 @@ mod linux_guest {
     /// getting-started order, and started.
     fn boot_over_api(scratch: &Scratch, vm: &Vm) -> SpryApi {
         let spry = SpryApi::start(&scratch.path("api.sock"), &["--log-level", "info"]);
+        start_over_api(&spry, vm);
+        spry
+    }
+
+    /// Configures `vm` on `spry`'s API in Firecracker's getting-started order, and
+    /// starts it.
+    fn start_over_api(spry: &SpryApi, vm: &Vm) {
         let mut calls = vec![
             ("/boot-source".to_owned(), vm.boot_source().to_string()),
             ("/machine-config".to_owned(), vm.machine().to_string()),
@@ -675,11 +682,14 @@ mod linux_guest {
             "/actions".into(),
             r#"{"action_type": "InstanceStart"}"#.into(),
         ));
+        for d in &vm.nets {
+            let id = d["iface_id"].as_str().unwrap_or_default();
+            calls.insert(2, (format!("/network-interfaces/{id}"), d.to_string()));
+        }
         for (path, body) in calls {
             let (status, answer) = curl(&spry.socket, "PUT", &path, &body);
             assert_eq!(status, 204, "PUT {path}: {answer}\n{}", spry.stderr());
         }
-        spry
     }
 
     fn console(spry: &SpryApi) -> String {
@@ -804,6 +814,209 @@ mod linux_guest {
             let out = spry_agent(&restored.socket, &["exec", "--", "echo", "after"], b"");
             assert_eq!(out.stdout, b"after\n", "{out:?}\n{}", restored.stderr());
             assert_clean_kernel_log(&console(&restored));
+        });
+    }
+
+    /// Types `command` on a guest shell's console and waits for the line it prints
+    /// with `marker`: the shell prints `<marker>:<n>` where `n` is computed in the
+    /// guest, so the console's echo of the typed line never matches.
+    fn shell_run(spry: &mut SpryApi, command: &str, marker: &str) -> String {
+        let line = format!("{command}; echo {marker}:$((6*7))\n");
+        spry.type_keys(line.as_bytes());
+        let done = format!("{marker}:42");
+        spry.wait_for_line(BOOT_TIMEOUT, |l| l.trim_end() == done);
+        console(spry)
+    }
+
+    #[test]
+    fn test_snapshot_of_an_idle_shell_restores_its_files_and_network_on_an_overridden_tap() {
+        let test =
+            "test_snapshot_of_an_idle_shell_restores_its_files_and_network_on_an_overridden_tap";
+        require_linux!(
+            "test_snapshot_of_an_idle_shell_restores_its_files_and_network_on_an_overridden_tap"
+        );
+        retry_emulator_faults(ATTEMPTS, || {
+            let ns = match common::NetNs::new("snapnet") {
+                Ok(ns) => ns,
+                Err(reason) => {
+                    skip(test, &reason);
+                    return;
+                }
+            };
+            // Two taps with one MAC: the restored guest's ARP entry for the host
+            // stays right on the tap it is moved to (as a clone platform does).
+            for tap in ["sprysnap0", "sprysnap1"] {
+                ns.add_tap(tap);
+                ns.ip(&["link", "set", tap, "address", "02:00:00:78:00:01"]);
+            }
+            ns.ip(&["addr", "add", "169.254.78.1/24", "dev", "sprysnap0"]);
+            let scratch = Scratch::new();
+            let rootfs = writable_rootfs(&scratch);
+            let vm = Vm::bare(
+                "vmlinux",
+                "ip=169.254.78.2::169.254.78.1:255.255.255.0::eth0:off spry.mode=shell",
+            )
+            .drive("rootfs", &rootfs, true, false)
+            .tap("sprysnap0");
+            let api = scratch.path("api.sock");
+            let mut spry = in_netns(&ns.name, || SpryApi::start(&api, &["--log-level", "info"]));
+            start_over_api(&spry, &vm);
+            spry.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
+            let before = shell_run(
+                &mut spry,
+                "echo written before the snapshot > /root/note; sync; \
+                 ping -c 1 -W 10 169.254.78.1 >/dev/null && echo ping-before-$((1+1))",
+                "before",
+            );
+            assert!(before.contains("ping-before-2"), "{before}");
+            let (status, answer) = curl(&spry.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+            assert_eq!(status, 204, "{answer}");
+            let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+            let (status, answer) =
+                curl(&spry.socket, "PUT", "/snapshot/create", &create.to_string());
+            assert_eq!(status, 204, "{answer}\n{}", spry.stderr());
+            assert_eq!(
+                spry.terminate(),
+                Some(128 + libc::SIGTERM),
+                "{}",
+                spry.stderr()
+            );
+
+            // The host's address moves to the other tap, as does the guest.
+            ns.ip(&["addr", "del", "169.254.78.1/24", "dev", "sprysnap0"]);
+            ns.ip(&["addr", "add", "169.254.78.1/24", "dev", "sprysnap1"]);
+            let api = scratch.path("restored.sock");
+            let mut restored =
+                in_netns(&ns.name, || SpryApi::start(&api, &["--log-level", "info"]));
+            let load = serde_json::json!({
+                "snapshot_path": state,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "sprysnap1"}],
+                "resume_vm": true,
+            });
+            let (status, answer) =
+                curl(&restored.socket, "PUT", "/snapshot/load", &load.to_string());
+            assert_eq!(status, 204, "{answer}\n{}", restored.stderr());
+            let after = shell_run(
+                &mut restored,
+                "cat /root/note; ping -c 1 -W 10 169.254.78.1 >/dev/null && \
+                 echo ping-after-$((1+1))",
+                "after",
+            );
+            assert!(after.contains("\nwritten before the snapshot"), "{after}");
+            assert!(after.contains("ping-after-2"), "{after}");
+            // And the host reaches the guest on its new tap.
+            let pinged = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "ping", "-c", "1", "-W", "10"])
+                .arg("169.254.78.2")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(pinged, "the host cannot ping the restored guest\n{after}");
+            assert_clean_kernel_log(&after);
+        });
+    }
+
+    #[test]
+    fn test_eight_clones_of_one_linux_snapshot_each_write_their_own_copy_on_write_drive() {
+        require_linux!(
+            "test_eight_clones_of_one_linux_snapshot_each_write_their_own_copy_on_write_drive"
+        );
+        retry_emulator_faults(ATTEMPTS, || {
+            let scratch = Scratch::new();
+            let mut image = b"base-data".to_vec();
+            image.resize(4 << 20, 0);
+            let base = scratch.write("base.img", &image);
+            let base_sum = sha256(&base);
+            // Reads the drive's first sector around the guest's page cache (the
+            // root is the initramfs, so the drive is the first virtio disk).
+            let read = "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 9";
+            let vm = Vm::initramfs("vmlinux", "spry.mode=shell").drive("data", &base, false, false);
+            let mut golden = boot_over_api(&scratch, &vm);
+            golden.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
+            let seen = shell_run(&mut golden, &format!("echo R0-$({read})"), "golden");
+            assert!(seen.contains("\nR0-base-data"), "{seen}");
+            let (status, answer) = curl(&golden.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+            assert_eq!(status, 204, "{answer}");
+            let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
+            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+            let (status, answer) = curl(
+                &golden.socket,
+                "PUT",
+                "/snapshot/create",
+                &create.to_string(),
+            );
+            assert_eq!(status, 204, "{answer}\n{}", golden.stderr());
+            assert_eq!(
+                golden.terminate(),
+                Some(128 + libc::SIGTERM),
+                "{}",
+                golden.stderr()
+            );
+
+            // Eight at once, each on its own socket, half with their changes in
+            // memory and half in an overlay file of their own.
+            let mut clones: Vec<SpryApi> = (0..8)
+                .map(|i| {
+                    let clone = SpryApi::start(&scratch.path(&format!("clone{i}.sock")), &[]);
+                    let overlay = if i % 2 == 0 {
+                        serde_json::json!({"overlay_type": "Memory"})
+                    } else {
+                        serde_json::json!({
+                            "overlay_type": "File",
+                            "overlay_path": scratch.path(&format!("clone{i}.cow")),
+                        })
+                    };
+                    let load = serde_json::json!({
+                        "snapshot_path": state,
+                        "mem_backend": {"backend_type": "File", "backend_path": mem},
+                        "drive_overrides": [{
+                            "drive_id": "data", "path_on_host": base, "copy_on_write": overlay,
+                        }],
+                        "resume_vm": true,
+                    });
+                    let (status, answer) =
+                        curl(&clone.socket, "PUT", "/snapshot/load", &load.to_string());
+                    assert_eq!(status, 204, "clone {i}: {answer}\n{}", clone.stderr());
+                    clone
+                })
+                .collect();
+            // One after another: each finds the base though the earlier ones wrote,
+            // then writes its own name and reads it back.
+            for (i, clone) in clones.iter_mut().enumerate() {
+                let out = shell_run(
+                    clone,
+                    &format!(
+                        "echo R1-$({read}); printf clone-%03d {i} | \
+                         dd of=/dev/vda bs=512 count=1 conv=sync oflag=direct 2>/dev/null; \
+                         echo R2-$({read})"
+                    ),
+                    &format!("first{i}"),
+                );
+                assert!(out.contains("\nR1-base-data"), "clone {i}\n{out}");
+                assert!(
+                    out.contains(&format!("\nR2-clone-{i:03}")),
+                    "clone {i}\n{out}"
+                );
+            }
+            // Then each still sees its own, none another's.
+            for (i, clone) in clones.iter_mut().enumerate() {
+                let out = shell_run(clone, &format!("echo R3-$({read})"), &format!("again{i}"));
+                assert!(
+                    out.contains(&format!("\nR3-clone-{i:03}")),
+                    "clone {i}\n{out}"
+                );
+                assert_clean_kernel_log(&out);
+            }
+            for mut clone in clones {
+                assert_eq!(
+                    clone.terminate(),
+                    Some(128 + libc::SIGTERM),
+                    "{}",
+                    clone.stderr()
+                );
+            }
+            assert_eq!(sha256(&base), base_sum, "a clone wrote the shared base");
         });
     }
 

@@ -65,36 +65,32 @@ pub fn check_name(name: &str) -> Result<(), TapError> {
 
 /// Checks that `name` is an existing tap device, without creating one (opening a
 /// missing name through /dev/net/tun would create it).
+///
+/// The kernel is asked by name in spry's own network namespace. sysfs may show
+/// another one (a spry that joined a namespace with `setns`, as `nsenter` or a
+/// container runtime does, still sees the sysfs mounted for the one it came from)
+/// or none at all (inside spry-jailer's jail), so its `tun_flags` are read only
+/// when its entry has the same index; otherwise whether it is a tap is left to
+/// `TUNSETIFF`, which refuses any other kind of device.
 pub fn check_exists(name: &str) -> Result<(), TapError> {
     check_name(name)?;
-    let class = std::path::Path::new("/sys/class/net");
-    if !class.exists() {
-        return check_exists_without_sysfs(name);
+    let missing = || TapError::Missing(name.to_owned());
+    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
+    // SAFETY: if_nametoindex reads the NUL-terminated name, which outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(missing());
     }
-    let sys = class.join(name);
-    if !sys.exists() {
-        return Err(TapError::Missing(name.to_owned()));
+    let sys = std::path::Path::new("/sys/class/net").join(name);
+    let sys_index = std::fs::read_to_string(sys.join("ifindex")).unwrap_or_default();
+    if sys_index.trim() != index.to_string() {
+        return Ok(());
     }
     let flags = std::fs::read_to_string(sys.join("tun_flags"))
         .map_err(|_| TapError::NotTap(name.to_owned()))?;
     let flags = i64::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap_or(0);
     if flags & i64::from(libc::IFF_TAP) == 0 {
         return Err(TapError::NotTap(name.to_owned()));
-    }
-    Ok(())
-}
-
-/// Where sysfs is out of view (inside spry-jailer's jail) the kernel is asked by
-/// name in spry's network namespace instead. Whether it is a tap is then left to
-/// `TUNSETIFF`, which refuses any other kind of device; and a missing name cannot be
-/// created by accident, since creating a tap needs `CAP_NET_ADMIN`, which a jailed
-/// spry does not have.
-fn check_exists_without_sysfs(name: &str) -> Result<(), TapError> {
-    let missing = || TapError::Missing(name.to_owned());
-    let c_name = std::ffi::CString::new(name).map_err(|_| missing())?;
-    // SAFETY: if_nametoindex reads the NUL-terminated name, which outlives the call.
-    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
-        return Err(missing());
     }
     Ok(())
 }
@@ -134,6 +130,10 @@ impl Tap {
         // SAFETY: TUNSETIFF reads an `ifreq`, which `IfReq` lays out (name, flags,
         // padding to 40 bytes); `req` outlives the call.
         let ret = unsafe { libc::ioctl(tap.file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+        if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // The name exists (checked above) but is not a tap.
+            return Err(TapError::NotTap(name.to_owned()));
+        }
         tap.check("TUNSETIFF", ret)?;
         let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).unwrap_or(12);
         // SAFETY: TUNSETVNETHDRSZ reads one c_int from the pointer.
@@ -202,6 +202,42 @@ mod tests {
     #[test]
     fn test_loopback_is_not_a_tap() {
         assert!(matches!(check_exists("lo"), Err(TapError::NotTap(_))));
+    }
+
+    /// A tap made in another network namespace, looked for by a thread that joined
+    /// it with `setns`: sysfs still shows this namespace, the kernel the other.
+    #[test]
+    fn test_tap_of_a_joined_namespace_is_found_though_sysfs_shows_another() {
+        use std::process::Command;
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            return;
+        }
+        let ns = format!("spry-taptest-{}", std::process::id());
+        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        if !ip(&["netns", "add", &ns]) {
+            return;
+        }
+        let made = ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "sprynstap0", "mode", "tap"])
+            && ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "sprynstun0", "mode", "tun"]);
+        let found = std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(format!("/var/run/netns/{ns}")).expect("open the netns");
+                // SAFETY: setns on this scoped thread only, with a valid netns fd.
+                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(ret, 0, "setns");
+                let tap = check_exists("sprynstap0").map(|()| Tap::open("sprynstap0").map(|_| ()));
+                let tun = Tap::open("sprynstun0").map(|_| ());
+                (tap, tun)
+            })
+            .join()
+            .expect("netns thread")
+        });
+        ip(&["netns", "del", &ns]);
+        assert!(made, "could not make the devices");
+        let (tap, tun) = found;
+        assert!(matches!(tap, Ok(Ok(()))), "{tap:?}");
+        assert!(matches!(tun, Err(TapError::NotTap(_))), "{tun:?}");
     }
 
     #[test]
