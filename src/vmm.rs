@@ -20,6 +20,7 @@ use crate::metrics::VcpuExitCounters;
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format;
 use crate::snapshot::memory::{self, DirtyPages, MemoryState};
+use crate::snapshot::uffd::UffdBackend;
 use crate::snapshot::vm::{
     BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
     VsockSnapshot,
@@ -147,6 +148,20 @@ pub struct SnapshotSources {
     /// Memory a Diff can be layered on exists: a Full snapshot this process took
     /// (the last memory write succeeded) or the memory file it was loaded from.
     pub diff_base: bool,
+    /// Where guest memory came from.
+    pub origin: MemoryOrigin,
+}
+
+/// Where guest memory came from, which decides how a snapshot reads it.
+#[derive(Debug)]
+pub enum MemoryOrigin {
+    /// Fresh anonymous memory of a boot: pages never touched are zero.
+    Booted,
+    /// A private mapping of a snapshot's memory file.
+    File,
+    /// Anonymous memory a page-fault handler fills (a `Uffd` load): pages not
+    /// present yet are not zero, they are still with the handler.
+    Uffd(UffdBackend),
 }
 
 /// A built VM with running vCPUs.
@@ -353,8 +368,12 @@ impl Vmm {
         path: &std::path::Path,
         state: &VmSnapshot,
     ) -> Result<memory::WriteStats, SnapshotError> {
+        let full = |mem| match self.snapshot.origin {
+            MemoryOrigin::Uffd(_) => memory::write_full_reading_every_page(mem, path),
+            MemoryOrigin::Booted | MemoryOrigin::File => memory::write_full(mem, path),
+        };
         if !self.snapshot.track_dirty_pages {
-            return Ok(memory::write_full(&self.guest_memory, path)?);
+            return Ok(full(&self.guest_memory)?);
         }
         // Taking the log also restarts it: the next Diff holds what changes from
         // here on.
@@ -362,7 +381,7 @@ impl Vmm {
         add_device_writes(&mut dirty, &self.guest_memory, state);
         Ok(match kind {
             SnapshotType::Diff => memory::write_diff(&self.guest_memory, &dirty, path)?,
-            SnapshotType::Full => memory::write_full(&self.guest_memory, path)?,
+            SnapshotType::Full => full(&self.guest_memory)?,
         })
     }
 
@@ -435,13 +454,24 @@ impl Vmm {
         self.vcpus.iter().map(VcpuHandle::exit_counters)
     }
 
-    /// Finishes and joins every vCPU thread.
+    /// Finishes and joins every vCPU thread. A vCPU that does not finish in time is
+    /// abandoned to the process exit: one waiting on a page of `Uffd` memory whose
+    /// handler died never returns to spry (on PVM, KVM retries the fault in the kernel
+    /// for as long as the thread lives), and waiting for it would hang spry.
     pub fn stop(&mut self) {
         for vcpu in &self.vcpus {
             vcpu.send(VcpuEvent::Finish);
         }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
         for vcpu in &mut self.vcpus {
-            vcpu.join();
+            if !vcpu.join_until(deadline) {
+                log::error!(
+                    "vCPU {} did not stop within {VCPU_ANSWER_TIMEOUT:?} (waiting on guest \
+                     memory nobody serves?); it ends with the process",
+                    vcpu.index()
+                );
+                vcpu.abandon();
+            }
         }
     }
 

@@ -3,4 +3,5 @@
 pub mod device_writes;
 pub mod format;
 pub mod memory;
+pub mod uffd;
 pub mod vm;

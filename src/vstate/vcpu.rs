@@ -6,10 +6,10 @@
 //! in the [`ExitEvent`] and returns.
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_cpuid_entry2, CpuId, KVM_INTERNAL_ERROR_EMULATION,
@@ -597,6 +597,34 @@ impl VcpuHandle {
     pub fn finish(&mut self) {
         self.send(VcpuEvent::Finish);
         self.join();
+    }
+
+    /// Waits until `deadline` for the thread, once it was asked to finish; false if
+    /// it is still running then.
+    pub fn join_until(&mut self, deadline: Instant) -> bool {
+        if self.thread.is_none() {
+            return true;
+        }
+        // The thread owns the responses' only sender: the channel disconnects when it
+        // ends (a futex wait, which every seccomp filter allows, unlike a sleep).
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(left) {
+                // A late answer to an earlier request.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+        self.join();
+        true
+    }
+
+    /// Gives up on a thread that does not finish (one waiting in the kernel on guest
+    /// memory nobody serves, where a kick cannot reach): it is detached and ends with
+    /// the process, and dropping this handle no longer waits for it.
+    pub fn abandon(&mut self) {
+        self.thread = None;
     }
 
     /// Waits for the thread, once it was asked to finish.
