@@ -42,6 +42,7 @@ use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format::{self, SnapshotFormatError};
 use crate::snapshot::memory::{self as memory_file, MemoryFileError};
+use crate::snapshot::rollback::Restored;
 use crate::snapshot::uffd::{self, UffdError};
 use crate::snapshot::vm::{
     BlockSnapshot, LoadParamsError, MemorySource, NetSnapshot, SnapshotLoadParams, VmSnapshot,
@@ -331,6 +332,7 @@ pub fn build_and_start(
         track_dirty_pages: res.machine.track_dirty_pages,
         diff_base: false,
         origin: MemoryOrigin::Booted,
+        restored: None,
     };
     let mut vmm = Vmm::new(
         vm,
@@ -480,14 +482,19 @@ pub fn restore_and_start(
         vcpu.restore_state(state, &support)?;
         vcpus.push(vcpu);
     }
-    let mut config = snap.config;
+    let mut config = snap.config.clone();
     config.machine_config.track_dirty_pages = track_dirty_pages;
+    let restored = Restored {
+        snapshot: snap,
+        clock,
+    };
     let sources = SnapshotSources {
         serial: legacy.serial,
         vcpu_support: support,
         track_dirty_pages,
         diff_base: true,
         origin,
+        restored: Some(Arc::new(restored)),
     };
     let mut vmm = Vmm::new(
         vm,

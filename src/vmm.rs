@@ -20,6 +20,7 @@ use crate::metrics::VcpuExitCounters;
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format;
 use crate::snapshot::memory::{self, DirtyPages, MemoryState};
+use crate::snapshot::rollback::{self, Restored, RollbackError};
 use crate::snapshot::uffd::UffdBackend;
 use crate::snapshot::vm::{
     BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
@@ -42,6 +43,12 @@ pub enum VmmError {
     /// epoll failed.
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A rollback failed part way, so the VM must not run again.
+    #[error(
+        "a rollback failed part way: the VM's state is inconsistent and it cannot run again; \
+         stop it"
+    )]
+    Inconsistent,
     /// A vCPU did not acknowledge a pause or resume in time.
     #[error("vCPU {vcpu} did not {what} within {timeout:?}")]
     VcpuNoAnswer {
@@ -119,6 +126,19 @@ fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapsh
     }
 }
 
+/// The hook where drives discard the writes made since the snapshot, on a
+/// rollback. Drives have no copy-on-write layer yet (the clones branch adds them),
+/// so there is nothing to discard: writes to a drive survive a rollback.
+fn rollback_drives(saved: &[BlockSnapshot]) {
+    if !saved.is_empty() {
+        log::debug!(
+            "rollback: {} drive(s) keep the writes made since the snapshot (no \
+             copy-on-write layer to drop yet)",
+            saved.len()
+        );
+    }
+}
+
 /// The vsock device and its transport.
 pub type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
 
@@ -150,6 +170,8 @@ pub struct SnapshotSources {
     pub diff_base: bool,
     /// Where guest memory came from.
     pub origin: MemoryOrigin,
+    /// The snapshot this VM was loaded from, for rollbacks; `None` for a boot.
+    pub restored: Option<Arc<Restored>>,
 }
 
 /// Where guest memory came from, which decides how a snapshot reads it.
@@ -175,6 +197,8 @@ pub struct Vmm {
     // The VM fd must outlive the vCPU threads.
     vm: Vm,
     paused: bool,
+    /// A rollback failed part way: the VM stays paused for good.
+    inconsistent: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
@@ -211,6 +235,7 @@ impl Vmm {
             vcpus: Vec::new(),
             vm,
             paused: false,
+            inconsistent: false,
             event_loop,
             exit,
             i8042,
@@ -277,6 +302,9 @@ impl Vmm {
 
     /// Lets every vCPU run guest code again.
     pub fn resume(&mut self) -> Result<(), VmmError> {
+        if self.inconsistent {
+            return Err(VmmError::Inconsistent);
+        }
         self.tell_vcpus(VcpuEvent::Resume, VcpuResponse::Resumed, "resume")?;
         self.paused = false;
         Ok(())
@@ -447,6 +475,126 @@ impl Vmm {
             device,
             transport: lock(transport).save(),
         })
+    }
+
+    /// Puts the VM back in the state of the snapshot it was loaded from, in place
+    /// (see [`crate::snapshot::rollback`]): pauses it, drops the memory it dirtied
+    /// since, loads the VM's, every vCPU's and every device's saved state, and
+    /// resumes it if it was running. Runs on the event-loop thread between two turns,
+    /// so no device is half way through a request. A failure part way leaves the VM
+    /// paused for good ([`VmmError::Inconsistent`]).
+    pub fn rollback(&mut self) -> Result<(), RollbackError> {
+        let Some(restored) = self.snapshot.restored.clone() else {
+            return Err(RollbackError::NoSnapshot);
+        };
+        if self.inconsistent {
+            return Err(RollbackError::Inconsistent);
+        }
+        let started = Instant::now();
+        let was_running = !self.paused;
+        if was_running {
+            self.pause()
+                .map_err(|e| RollbackError::Pause(crate::error_line(&e)))?;
+        }
+        if let Err(e) = self.rollback_paused(&restored) {
+            self.inconsistent = true;
+            return Err(e);
+        }
+        if was_running {
+            self.resume()
+                .map_err(|e| RollbackError::Resume(crate::error_line(&e)))?;
+        }
+        log::info!(
+            "rolled back to the snapshot in {} us",
+            started.elapsed().as_micros()
+        );
+        Ok(())
+    }
+
+    fn rollback_paused(&mut self, restored: &Restored) -> Result<(), RollbackError> {
+        let snap = &restored.snapshot;
+        let devices = &self.devices;
+        rollback::same_count("vCPUs", snap.vcpus.len(), self.vcpus.len())?;
+        rollback::same_count("drives", snap.blocks.len(), devices.block_transports.len())?;
+        rollback::same_count("interfaces", snap.nets.len(), devices.net_transports.len())?;
+        let vsocks = usize::from(devices.vsock.is_some());
+        rollback::same_count("vsock devices", usize::from(snap.vsock.is_some()), vsocks)?;
+        // Memory first: devices read their rings from it as they come back.
+        rollback::discard_memory_changes(&self.guest_memory)?;
+        if self.snapshot.track_dirty_pages {
+            // The memory is the snapshot's again: a Diff from here holds only what
+            // changes from now on. The pages taken here are dropped.
+            DirtyPages::take(self.vm.fd(), &self.guest_memory).map_err(RollbackError::DirtyLog)?;
+            device_writes().take();
+        }
+        self.snapshot.diff_base = true;
+        snap.vm
+            .restore(self.vm.fd(), restored.clock)
+            .map_err(RollbackError::VmState)?;
+        self.restore_vcpus(&snap.vcpus)?;
+        lock(&self.snapshot.serial)
+            .restore_in_place(&snap.serial)
+            .map_err(RollbackError::Serial)?;
+        lock(&self.i8042)
+            .restore_in_place(&snap.i8042)
+            .map_err(RollbackError::I8042)?;
+        self.rollback_devices(snap)
+    }
+
+    /// Every virtio transport (and its device) back to its saved state; vsock also
+    /// tells the guest its connections are gone, as after a load.
+    fn rollback_devices(&self, snap: &VmSnapshot) -> Result<(), RollbackError> {
+        let devices = &self.devices;
+        let virtio = |name: String| move |source| RollbackError::Virtio { name, source };
+        for (transport, saved) in devices.block_transports.iter().zip(&snap.blocks) {
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(saved.device.id.clone()))?;
+        }
+        // TODO(clones): drives discard their changes on rollback. Once drives can be
+        // copy-on-write layers (the clones branch), each drive's layer must be
+        // dropped here, so the guest reads its disks as at the snapshot; until then
+        // writes to a drive after the snapshot survive a rollback.
+        rollback_drives(&snap.blocks);
+        for (transport, saved) in devices.net_transports.iter().zip(&snap.nets) {
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(saved.device.id.clone()))?;
+        }
+        if let (Some((device, transport)), Some(saved)) = (&devices.vsock, &snap.vsock) {
+            lock(device).reset_transport_on_activation();
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(String::from("vsock")))?;
+        }
+        Ok(())
+    }
+
+    /// Each paused vCPU loads its saved state, on its own thread.
+    fn restore_vcpus(&self, states: &[VcpuState]) -> Result<(), RollbackError> {
+        let support = &self.snapshot.vcpu_support;
+        for (vcpu, state) in self.vcpus.iter().zip(states) {
+            vcpu.send(VcpuEvent::RestoreState(
+                Arc::new(state.clone()),
+                support.clone(),
+            ));
+        }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
+        for vcpu in &self.vcpus {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match vcpu.response(left) {
+                    Some(VcpuResponse::Restored(done)) => {
+                        done.map_err(RollbackError::Vcpu)?;
+                        break;
+                    }
+                    // A late answer to an earlier request that timed out.
+                    Some(_) => {}
+                    None => return Err(RollbackError::VcpuNoAnswer(vcpu.index())),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Each vCPU's exit counters.

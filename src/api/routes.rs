@@ -12,6 +12,7 @@ use super::action::{
 };
 use crate::config::{DriveConfig, NetConfig, VsockConfig};
 use crate::resources::valid_id;
+use crate::snapshot::vm::SnapshotRollbackParams;
 
 /// Largest request body accepted, as Firecracker's default
 /// `--http-api-max-payload-size`.
@@ -192,7 +193,16 @@ pub static ROUTES: &[Route] = &[
         path: "/snapshot/load",
         decode: put_snapshot_load,
     },
+    // spry's own: not one of Firecracker's routes.
+    Route {
+        method: Method::PUT,
+        path: "/snapshot/rollback",
+        decode: put_snapshot_rollback,
+    },
 ];
+
+/// Routes whose body may be empty (it has no field that must be given).
+const EMPTY_BODY_ALLOWED: &[&str] = &["/snapshot/rollback"];
 
 /// Decodes one request into the action it asks for.
 pub fn parse(method: &Method, path: &str, body: &[u8]) -> Result<VmmAction, RequestError> {
@@ -204,7 +214,7 @@ pub fn parse(method: &Method, path: &str, body: &[u8]) -> Result<VmmAction, Requ
             if !body.is_empty() {
                 return Err(RequestError::GetWithBody);
             }
-        } else if body.is_empty() {
+        } else if body.is_empty() && !EMPTY_BODY_ALLOWED.contains(&route.path) {
             return Err(RequestError::EmptyBody(method.to_string()));
         }
         return (route.decode)(param, body);
@@ -357,6 +367,13 @@ fn put_snapshot_create(_: Option<&str>, body: &[u8]) -> Result<VmmAction, Reques
 
 fn put_snapshot_load(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
     preboot(PrebootAction::LoadSnapshot(json(body)?))
+}
+
+fn put_snapshot_rollback(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
+    if !body.is_empty() {
+        let _: SnapshotRollbackParams = json(body)?;
+    }
+    runtime(RuntimeAction::RollbackSnapshot)
 }
 
 #[cfg(test)]

@@ -195,6 +195,11 @@ pub struct SnapshotLoadParams {
     pub clock_realtime: bool,
 }
 
+/// `PUT /snapshot/rollback` (spry's own route): no field yet; `{}` or no body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRollbackParams {}
+
 /// Why a load request is refused before anything is read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LoadParamsError {

@@ -105,6 +105,7 @@ struct probe_config {
 	u64 vsock_listen, vsock_connect, vsock_refused, vsock_hostile, vsock_bytes, vsock_timeout_ms;
 	u64 virtio_timeout_ms;
 	u64 count_ms;
+	u64 dirty_mib;          /* probe.dirty_mib=N: count mode writes N MiB per count */
 	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx, bench_irq;
 };
 extern struct probe_config cfg;
