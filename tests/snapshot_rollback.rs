@@ -392,3 +392,65 @@ fn bench_rollback_time_by_mib_dirtied() {
         );
     }
 }
+
+#[test]
+fn test_block_io_in_flight_at_a_rollback_completes_every_request() {
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let disk = scratch.write("data.img", &vec![0u8; 1 << 20]);
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    let drive = serde_json::json!({
+        "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true
+    });
+    first.call("PUT", "/drives/data", &drive.to_string());
+    // 85 reads of 4 KiB in flight at any time, completions awaited by interrupt.
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args("probe.mode=blkbench probe.bench_reqs=20000 probe.bench_irq=1"),
+    });
+    first.call("PUT", "/boot-source", &boot_source.to_string());
+    first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    first.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("probe: blkbench start"));
+    std::thread::sleep(Duration::from_millis(200));
+    first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+    let create = first.call("PUT", "/snapshot/create", &body.to_string());
+    assert_eq!(create.status, 204, "{create:?}");
+    first.terminate();
+    let spry = loaded(&scratch, &state, &mem);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let first_rollback = spry.call("PUT", "/snapshot/rollback", "{}");
+    std::thread::sleep(Duration::from_millis(300));
+    let second_rollback = spry.call("PUT", "/snapshot/rollback", "");
+    let done = spry.wait_for_line(Duration::from_secs(60), |l| {
+        l.starts_with("probe: blkbench done") || l.contains("FAIL")
+    });
+    let summary = spry.wait_for_line(Duration::from_secs(10), |l| {
+        l.starts_with("probe: all ") || l.contains("FAIL")
+    });
+
+    assert_eq!(
+        first_rollback.status,
+        204,
+        "{first_rollback:?}\n{}",
+        spry.stderr()
+    );
+    assert_eq!(second_rollback.status, 204, "{second_rollback:?}");
+    assert!(
+        done.starts_with("probe: blkbench done 20000 requests"),
+        "{done}"
+    );
+    assert!(
+        summary.ends_with(" checks ok"),
+        "{summary}\n{:?}",
+        spry.lines()
+    );
+    // Once: the rollbacks put the guest back before it finished.
+    let dones = spry
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("probe: blkbench done"))
+        .count();
+    assert_eq!(dones, 1, "{:?}", spry.lines());
+}
