@@ -262,3 +262,81 @@ fn data_pages(path: &Path) -> usize {
         .filter(|p| p.iter().any(|&b| b != 0))
         .count()
 }
+
+/// Runs `spry --api-sock socket` without CAP_SYS_PTRACE (capsh) and with
+/// /dev/userfaultfd replaced by /dev/null in a mount namespace of its own (unshare):
+/// a host that refuses it a userfaultfd for kernel faults. `None` where that cannot
+/// be arranged (not root, no capsh or unshare).
+fn spry_without_userfaultfd(socket: &Path) -> Option<Child> {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if !root || !have("capsh") || !have("unshare") {
+        return None;
+    }
+    let inner = format!(
+        "exec {} --api-sock {}",
+        env!("CARGO_BIN_EXE_spry"),
+        socket.display()
+    );
+    let script = format!(
+        "mount --bind /dev/null /dev/userfaultfd 2>/dev/null || true; \
+         exec capsh --drop=cap_sys_ptrace -- -c '{inner}'"
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spry never served its API"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(child)
+}
+
+#[test]
+fn test_host_refusing_userfaultfd_gives_one_clear_error() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    let socket = scratch.path("uffd.sock");
+    let _handler = Handler::start(&socket, &mem, &[]);
+    let api = scratch.path("second.sock");
+    let Some(mut spry) = spry_without_userfaultfd(&api) else {
+        common::skip(
+            "test_host_refusing_userfaultfd_gives_one_clear_error",
+            "needs root, capsh and unshare to take userfaultfd away from spry",
+        );
+        return;
+    };
+
+    let load = api_support::call(
+        &api,
+        "PUT",
+        "/snapshot/load",
+        &uffd_load_body(&state, &socket),
+    );
+    let _ = spry.kill();
+    let _ = spry.wait();
+
+    assert_eq!(load.status, 400);
+    assert_eq!(
+        load.fault(),
+        "snapshot/load with a Uffd backend: this host refuses spry a userfaultfd that handles \
+         kernel faults: allow it with `sysctl vm.unprivileged_userfaultfd=1`, run spry with \
+         CAP_SYS_PTRACE, or give it read-write access to /dev/userfaultfd: Operation not \
+         permitted (os error 1)"
+    );
+}
