@@ -416,6 +416,23 @@ mod tests {
     }
 
     #[test]
+    fn test_rollback_takes_an_empty_body_or_an_empty_object() {
+        let empty = parse(&Method::PUT, "/snapshot/rollback", b"");
+        let object = parse(&Method::PUT, "/snapshot/rollback", b"{}");
+
+        let expected = Ok(VmmAction::Runtime(RuntimeAction::RollbackSnapshot));
+        assert_eq!(empty, expected);
+        assert_eq!(object, expected);
+    }
+
+    #[test]
+    fn test_rollback_with_a_field_is_refused() {
+        let message = err(Method::PUT, "/snapshot/rollback", r#"{"snapshot_path": "s"}"#);
+
+        assert!(message.contains("unknown field `snapshot_path`"), "{message}");
+    }
+
+    #[test]
     fn test_unknown_path_names_method_and_path() {
         let message = err(Method::GET, "/nope", "");
 
