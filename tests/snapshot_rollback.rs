@@ -385,7 +385,8 @@ fn bench_rollback_time_by_mib_dirtied() {
             .stderr()
             .lines()
             .filter(|l| l.contains("rolled back"))
-            .map(|l| l.rsplit("in ").next().unwrap_or_default().to_owned())
+            .filter_map(|l| l.split("rolled back to the snapshot in ").nth(1))
+            .map(str::to_owned)
             .collect();
         eprintln!(
             "{dirty_mib} MiB dirtied: PUT /snapshot/rollback answered in {times:?}; spry: {logs:?}"
