@@ -31,20 +31,23 @@ fn counts_from(spry: &SpryApi, from: usize) -> Vec<(u64, u64)> {
     spry.lines()
         .iter()
         .skip(from)
-        .filter_map(|l| l.strip_prefix("probe: count "))
-        .filter_map(|rest| {
-            let mut words = rest.split(" found ");
-            let n: u64 = words.next()?.trim().parse().ok()?;
-            let found = words.next().map_or(Some(n), |v| v.trim().parse().ok())?;
-            Some((n, found))
-        })
+        .filter_map(|l| count_in(l))
         .collect()
 }
 
+/// `(n, found)` of a `probe: count n [found v]` line. The line may start with what
+/// the guest printed of it before a rollback took it back to before the print.
+fn count_in(line: &str) -> Option<(u64, u64)> {
+    let (_, rest) = line.rsplit_once("probe: count ")?;
+    let mut words = rest.split(" found ");
+    let n: u64 = words.next()?.trim().parse().ok()?;
+    let found = words.next().map_or(Some(n), |v| v.trim().parse().ok())?;
+    Some((n, found))
+}
+
 /// Boots the counting probe (every 20 ms) with `mem_mib` MiB, dirtying `dirty_mib`
-/// MiB per count, pauses it after count 3 and snapshots it; returns the files and
-/// the last count printed.
-fn snapshotted_probe(scratch: &Scratch, mem_mib: u64, dirty_mib: u64) -> (PathBuf, PathBuf, u64) {
+/// MiB per count, pauses it after count 3 and snapshots it; returns the files.
+fn snapshotted_probe(scratch: &Scratch, mem_mib: u64, dirty_mib: u64) -> (PathBuf, PathBuf) {
     let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
     let mut first = spry_without_vm(scratch, "first.sock");
     let boot_source = serde_json::json!({
@@ -73,13 +76,18 @@ fn snapshotted_probe(scratch: &Scratch, mem_mib: u64, dirty_mib: u64) -> (PathBu
     let pause = first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
     let create = first.call("PUT", "/snapshot/create", &body.to_string());
-    // A line the guest wrote just before the pause may still be on its way.
-    std::thread::sleep(Duration::from_millis(100));
-    let last = counts(&first).last().unwrap().0;
     assert_eq!(pause.status, 204);
     assert_eq!(create.status, 204, "{create:?}\n{}", first.stderr());
     first.terminate();
-    (state, mem, last)
+    (state, mem)
+}
+
+/// The last count before the snapshot: one less than the first count a VM loaded
+/// from it prints (the snapshotted process's own last line may still have been on
+/// its way when it was stopped).
+fn last_before_snapshot(spry: &SpryApi) -> u64 {
+    spry.wait_for_line(Duration::from_secs(20), |l| l.starts_with("probe: count "));
+    counts(spry)[0].0 - 1
 }
 
 /// A new spry running the snapshot from its memory file.
@@ -114,10 +122,9 @@ fn roll_back_after(spry: &SpryApi, last: u64, ahead: u64) {
 /// The console line where the probe's current run starts: the last `count
 /// last + 1`.
 fn current_run(spry: &SpryApi, last: u64) -> usize {
-    let first = format!("probe: count {}", last + 1);
     spry.lines()
         .iter()
-        .rposition(|l| l == &first || l.starts_with(&format!("{first} ")))
+        .rposition(|l| count_in(l).map(|(n, _)| n) == Some(last + 1))
         .unwrap_or(0)
 }
 
@@ -138,8 +145,9 @@ fn wait_count_from(spry: &SpryApi, from: usize, n: u64, timeout: Duration) {
 #[test]
 fn test_rolled_back_probe_counts_from_the_snapshot_again_several_times() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 0);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 0);
     let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
 
     roll_back_after(&spry, last, 3);
     roll_back_after(&spry, last, 3);
@@ -155,8 +163,9 @@ fn test_rolled_back_probe_counts_from_the_snapshot_again_several_times() {
 #[test]
 fn test_memory_dirtied_after_the_snapshot_reads_back_as_at_the_snapshot() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 4);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 4);
     let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
 
     roll_back_after(&spry, last, 3);
     roll_back_after(&spry, last, 2);
@@ -178,8 +187,9 @@ fn test_memory_dirtied_after_the_snapshot_reads_back_as_at_the_snapshot() {
 #[test]
 fn test_rollback_with_an_empty_body_is_accepted() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 0);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 0);
     let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
     let past = format!("probe: count {}", last + 2);
     spry.wait_for_line(Duration::from_secs(20), |l| l == past);
 
@@ -197,8 +207,9 @@ fn test_rollback_with_an_empty_body_is_accepted() {
 #[test]
 fn test_paused_vm_stays_paused_after_a_rollback() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 0);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 0);
     let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
     let past = format!("probe: count {}", last + 3);
     spry.wait_for_line(Duration::from_secs(20), |l| l == past);
     let pause = spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
@@ -287,8 +298,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn test_a_hundred_rollbacks_leak_no_fds_threads_or_memory() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 4);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 4);
     let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
     let pid = spry.child.id();
     roll_back_after(&spry, last, 2);
     // Each API call's connection must be closed by spry before counting.
@@ -338,7 +350,7 @@ fn uffd_handler(socket: &Path, mem: &Path) -> Child {
 #[test]
 fn test_uffd_loaded_vm_rolls_back_with_pages_served_again() {
     let scratch = Scratch::new();
-    let (state, mem, last) = snapshotted_probe(&scratch, 128, 4);
+    let (state, mem) = snapshotted_probe(&scratch, 128, 4);
     let socket = scratch.path("uffd.sock");
     let mut handler = uffd_handler(&socket, &mem);
     let spry = spry_without_vm(&scratch, "second.sock");
@@ -349,6 +361,7 @@ fn test_uffd_loaded_vm_rolls_back_with_pages_served_again() {
     });
     let load = spry.call("PUT", "/snapshot/load", &body.to_string());
     assert_eq!(load.status, 204, "{load:?}\n{}", spry.stderr());
+    let last = last_before_snapshot(&spry);
 
     roll_back_after(&spry, last, 3);
     roll_back_after(&spry, last, 2);
@@ -367,8 +380,9 @@ fn test_uffd_loaded_vm_rolls_back_with_pages_served_again() {
 fn bench_rollback_time_by_mib_dirtied() {
     for dirty_mib in [1u64, 10, 100] {
         let scratch = Scratch::new();
-        let (state, mem, last) = snapshotted_probe(&scratch, 256, dirty_mib);
+        let (state, mem) = snapshotted_probe(&scratch, 256, dirty_mib);
         let spry = loaded(&scratch, &state, &mem);
+        let last = last_before_snapshot(&spry);
         let mut times = Vec::new();
         let mut from = 0;
         for _ in 0..5 {
@@ -404,10 +418,11 @@ fn test_block_io_in_flight_at_a_rollback_completes_every_request() {
         "drive_id": "data", "path_on_host": disk, "is_root_device": false, "is_read_only": true
     });
     first.call("PUT", "/drives/data", &drive.to_string());
-    // 85 reads of 4 KiB in flight at any time, completions awaited by interrupt.
+    // 85 reads of 4 KiB in flight at any time, completions awaited by interrupt;
+    // about 2.5 s of requests, so both rollbacks below come in the middle.
     let boot_source = serde_json::json!({
         "kernel_image_path": common::probe_vmlinux(),
-        "boot_args": probe_args("probe.mode=blkbench probe.bench_reqs=20000 probe.bench_irq=1"),
+        "boot_args": probe_args("probe.mode=blkbench probe.bench_reqs=100000 probe.bench_irq=1"),
     });
     first.call("PUT", "/boot-source", &boot_source.to_string());
     first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
@@ -439,7 +454,7 @@ fn test_block_io_in_flight_at_a_rollback_completes_every_request() {
     );
     assert_eq!(second_rollback.status, 204, "{second_rollback:?}");
     assert!(
-        done.starts_with("probe: blkbench done 20000 requests"),
+        done.starts_with("probe: blkbench done 100000 requests"),
         "{done}"
     );
     assert!(
