@@ -340,3 +340,112 @@ fn test_host_refusing_userfaultfd_gives_one_clear_error() {
          permitted (os error 1)"
     );
 }
+
+/// Firecracker v1.16.1, the peer of the benchmarks, if this machine has it.
+fn firecracker() -> Option<PathBuf> {
+    let path = common::repo().join("../shared/peers/firecracker");
+    path.exists().then_some(path)
+}
+
+/// `firecracker --api-sock socket`, its console collected by SpryApi's means.
+fn firecracker_api(binary: &Path, socket: &Path) -> Child {
+    let child = Command::new(binary)
+        .arg("--api-sock")
+        .arg(socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn firecracker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "firecracker never served its API"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+/// The other side of the protocol: Firecracker's own snapshot, loaded by Firecracker
+/// with a Uffd backend, is served by spry-uffd-handler, and its probe counts on.
+#[test]
+fn test_spry_uffd_handler_serves_firecracker() {
+    let Some(fc) = firecracker() else {
+        common::skip(
+            "test_spry_uffd_handler_serves_firecracker",
+            "no Firecracker at ../shared/peers/firecracker",
+        );
+        return;
+    };
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("fc.snap"), scratch.path("fc.mem"));
+    let first_sock = scratch.path("fc1.sock");
+    let mut first = firecracker_api(&fc, &first_sock);
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args(
+            "probe.expect_cpus=1 probe.expect_mem_mib=128 probe.mode=count probe.count_ms=20"
+        ),
+    });
+    let snapshot = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+    let calls = [
+        ("PUT", "/boot-source", boot_source.to_string()),
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#.to_owned(),
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_owned(),
+        ),
+    ];
+    for (method, path, body) in calls {
+        let answer = api_support::call(&first_sock, method, path, &body);
+        assert_eq!(answer.status, 204, "{method} {path}: {answer:?}");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let pause = api_support::call(&first_sock, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let create = api_support::call(
+        &first_sock,
+        "PUT",
+        "/snapshot/create",
+        &snapshot.to_string(),
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    let socket = scratch.path("uffd.sock");
+    let handler = Handler::start(&socket, &mem, &[]);
+    let second_sock = scratch.path("fc2.sock");
+    let mut second = firecracker_api(&fc, &second_sock);
+    let stdout = second.stdout.take().expect("stdout");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let load = api_support::call(
+        &second_sock,
+        "PUT",
+        "/snapshot/load",
+        &uffd_load_body(&state, &socket),
+    );
+    let counted = std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|l| l.starts_with("probe: count "));
+    let _ = second.kill();
+    let _ = second.wait();
+    let served = handler.next_line(Duration::from_secs(10));
+
+    assert_eq!(pause.status, 204, "{pause:?}");
+    assert_eq!(create.status, 204, "{create:?}");
+    assert_eq!(load.status, 204, "{load:?}");
+    assert!(
+        counted.is_some(),
+        "Firecracker's guest did not count after the load"
+    );
+    assert!(served.starts_with("served "), "{served}");
+}
