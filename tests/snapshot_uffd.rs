@@ -62,8 +62,9 @@ fn snapshotted_probe(scratch: &Scratch) -> (PathBuf, PathBuf, u64) {
     let pause = first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
     let create = first.call("PUT", "/snapshot/create", &body.to_string());
-    // A line the guest wrote just before the pause may still be on its way.
-    std::thread::sleep(Duration::from_millis(100));
+    // A line the guest wrote just before the pause may still be on its way (a busy
+    // host delays it).
+    std::thread::sleep(Duration::from_millis(300));
     let last = *counts(&first).last().unwrap();
     assert_eq!(pause.status, 204);
     assert_eq!(create.status, 204, "{create:?}\n{}", first.stderr());
@@ -229,7 +230,7 @@ fn test_full_snapshot_of_a_uffd_vm_holds_the_pages_the_guest_never_touched() {
     let pause = second.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let body = serde_json::json!({"snapshot_path": state2, "mem_file_path": mem2});
     let create = second.call("PUT", "/snapshot/create", &body.to_string());
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     let last = *counts(&second).last().unwrap();
     second.terminate();
     let third = spry_without_vm(&scratch, "third.sock");
@@ -448,4 +449,56 @@ fn test_spry_uffd_handler_serves_firecracker() {
         "Firecracker's guest did not count after the load"
     );
     assert!(served.starts_with("served "), "{served}");
+}
+
+#[test]
+fn test_diff_of_a_uffd_vm_with_dirty_tracking_layers_on_the_handler_s_file() {
+    let scratch = Scratch::new();
+    let (state, mem, _) = snapshotted_probe(&scratch);
+    let socket = scratch.path("uffd.sock");
+    let _handler = Handler::start(&socket, &mem, &[]);
+    let mut second = spry_without_vm(&scratch, "second.sock");
+    let body = serde_json::json!({
+        "snapshot_path": state,
+        "mem_backend": {"backend_type": "Uffd", "backend_path": socket},
+        "track_dirty_pages": true,
+        "resume_vm": true,
+    });
+    let load = second.call("PUT", "/snapshot/load", &body.to_string());
+    assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
+    let first_count = second.wait_for_line(BOOT_TIMEOUT, |l| l.starts_with("probe: count "));
+    let start: u64 = first_count["probe: count ".len()..].parse().unwrap();
+    let later = format!("probe: count {}", start + 4);
+    second.wait_for_line(Duration::from_secs(10), |l| l == later);
+    let (diff_state, diff_mem) = (scratch.path("diff.snap"), scratch.path("diff.mem"));
+
+    let pause = second.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
+    let diff_body = serde_json::json!({
+        "snapshot_path": diff_state, "mem_file_path": diff_mem, "snapshot_type": "Diff"
+    });
+    let diff = second.call("PUT", "/snapshot/create", &diff_body.to_string());
+    std::thread::sleep(Duration::from_millis(300));
+    let last = *counts(&second).last().unwrap();
+    second.terminate();
+    // The handler's file is the Diff's base: layered on it, it holds the memory at
+    // the Diff's time.
+    spry::snapshot::memory::apply_diff(&mem, &diff_mem).unwrap();
+    let third = spry_without_vm(&scratch, "third.sock");
+    let file_load = serde_json::json!({
+        "snapshot_path": diff_state, "mem_file_path": mem, "resume_vm": true
+    });
+    let load3 = third.call("PUT", "/snapshot/load", &file_load.to_string());
+    let next = format!("probe: count {}", last + 2);
+    third.wait_for_line(Duration::from_secs(10), |l| l == next);
+
+    assert_eq!(pause.status, 204);
+    assert_eq!(diff.status, 204, "{diff:?}");
+    assert_eq!(load3.status, 204, "{load3:?}\n{}", third.stderr());
+    assert_eq!(counts(&third)[0], last + 1);
+    // A Diff holds only what changed: far less than the 128 MiB of guest RAM.
+    assert!(
+        data_pages(&diff_mem) < 1024,
+        "{} pages",
+        data_pages(&diff_mem)
+    );
 }
