@@ -82,8 +82,8 @@ pub enum UffdError {
         #[source]
         source: io::Error,
     },
-    /// The handler closed the connection right after connecting or receiving.
-    #[error("the page-fault handler on {0} closed the connection before serving any page")]
+    /// The handler closed the connection without reading the message.
+    #[error("the page-fault handler on {0} closed the connection without taking the userfaultfd")]
     HandlerClosed(PathBuf),
 }
 
@@ -231,18 +231,12 @@ fn send(stream: &UnixStream, json: &[u8], uffd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the peer has closed its end already (the handler exited or dropped the
-/// connection on receiving).
+/// Whether the peer closed its end with the message still unread (the kernel then
+/// marks this end ECONNRESET, and the descriptor in flight is gone). A handler that
+/// read the message and closed the socket keeps serving with the descriptor: that
+/// is not an error.
 fn hung_up(stream: &UnixStream) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    }];
-    // SAFETY: `fds` is one valid pollfd for the length given; a zero timeout never
-    // blocks.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-    n > 0 && fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    matches!(stream.take_error(), Ok(Some(e)) if e.raw_os_error() == Some(libc::ECONNRESET))
 }
 
 /// A pidfd of the process at the other end of `stream`, if the kernel tells.
@@ -329,6 +323,33 @@ mod tests {
                 "page_size_kib": 4096,
             })
         );
+    }
+
+    fn some_fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    #[test]
+    fn test_peer_closing_with_the_message_unread_is_a_hang_up() {
+        let (spry_end, handler_end) = UnixStream::pair().unwrap();
+        send(&spry_end, b"[]", &some_fd()).unwrap();
+
+        drop(handler_end);
+
+        assert!(hung_up(&spry_end));
+    }
+
+    #[test]
+    fn test_peer_closing_after_reading_the_message_is_not_a_hang_up() {
+        let (spry_end, handler_end) = UnixStream::pair().unwrap();
+        send(&spry_end, b"[]", &some_fd()).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, fd) = handler_end.recv_with_fd(&mut buf).unwrap();
+
+        drop(handler_end);
+
+        assert_eq!((n, fd.is_some()), (2, true));
+        assert!(!hung_up(&spry_end));
     }
 
     #[test]
