@@ -427,9 +427,16 @@ mod tests {
 
     #[test]
     fn test_rollback_with_a_field_is_refused() {
-        let message = err(Method::PUT, "/snapshot/rollback", r#"{"snapshot_path": "s"}"#);
+        let message = err(
+            Method::PUT,
+            "/snapshot/rollback",
+            r#"{"snapshot_path": "s"}"#,
+        );
 
-        assert!(message.contains("unknown field `snapshot_path`"), "{message}");
+        assert!(
+            message.contains("unknown field `snapshot_path`"),
+            "{message}"
+        );
     }
 
     #[test]
