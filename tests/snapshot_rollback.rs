@@ -372,9 +372,9 @@ fn test_uffd_loaded_vm_rolls_back_with_pages_served_again() {
     let _ = handler.wait();
 }
 
-/// Rollback time against MiB dirtied since the snapshot (1, 10, 100): prints one
-/// line per size. `cargo test --release --test snapshot_rollback -- --ignored
-/// --nocapture bench`.
+/// Rollback time against MiB dirtied since the snapshot (1, 10, 100), for a `File`
+/// and a `Uffd` load: prints one line per size. `cargo test --release --test
+/// snapshot_rollback -- --ignored --nocapture bench`.
 #[test]
 #[ignore = "a measurement, not a check"]
 fn bench_rollback_time_by_mib_dirtied() {
@@ -382,30 +382,48 @@ fn bench_rollback_time_by_mib_dirtied() {
         let scratch = Scratch::new();
         let (state, mem) = snapshotted_probe(&scratch, 256, dirty_mib);
         let spry = loaded(&scratch, &state, &mem);
-        let last = last_before_snapshot(&spry);
-        let mut times = Vec::new();
-        let mut from = 0;
-        for _ in 0..5 {
-            // Count last + 2 has written all of its pages since the load or the
-            // previous rollback.
-            wait_count_from(&spry, from, last + 2, Duration::from_secs(120));
-            from = spry.lines().len();
-            let started = Instant::now();
-            let answer = spry.call("PUT", "/snapshot/rollback", "{}");
-            times.push(started.elapsed());
-            assert_eq!(answer.status, 204, "{answer:?}");
-        }
-        let logs: Vec<String> = spry
-            .stderr()
-            .lines()
-            .filter(|l| l.contains("rolled back"))
-            .filter_map(|l| l.split("rolled back to the snapshot in ").nth(1))
-            .map(str::to_owned)
-            .collect();
-        eprintln!(
-            "{dirty_mib} MiB dirtied: PUT /snapshot/rollback answered in {times:?}; spry: {logs:?}"
-        );
+        bench_rollbacks(&spry, &format!("File, {dirty_mib} MiB dirtied"));
+        drop(spry);
+        let socket = scratch.path("uffd.sock");
+        let mut handler = uffd_handler(&socket, &mem);
+        let spry = spry_without_vm(&scratch, "uffd-api.sock");
+        let body = serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "Uffd", "backend_path": socket},
+            "resume_vm": true,
+        });
+        let load = spry.call("PUT", "/snapshot/load", &body.to_string());
+        assert_eq!(load.status, 204, "{load:?}");
+        bench_rollbacks(&spry, &format!("Uffd, {dirty_mib} MiB dirtied"));
+        let _ = handler.kill();
+        let _ = handler.wait();
     }
+}
+
+/// Five rollbacks of `spry`'s counting probe, each once it wrote all its pages
+/// again; prints the client's and spry's times.
+fn bench_rollbacks(spry: &SpryApi, what: &str) {
+    let last = last_before_snapshot(spry);
+    let mut times = Vec::new();
+    let mut from = 0;
+    for _ in 0..5 {
+        // Count last + 2 has written all of its pages since the load or the
+        // previous rollback.
+        wait_count_from(spry, from, last + 2, Duration::from_secs(120));
+        from = spry.lines().len();
+        let started = Instant::now();
+        let answer = spry.call("PUT", "/snapshot/rollback", "{}");
+        times.push(started.elapsed());
+        assert_eq!(answer.status, 204, "{answer:?}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let logs: Vec<String> = spry
+        .stderr()
+        .lines()
+        .filter_map(|l| l.split("rolled back to the snapshot in ").nth(1))
+        .map(str::to_owned)
+        .collect();
+    eprintln!("{what}: PUT /snapshot/rollback answered in {times:?}; spry: {logs:?}");
 }
 
 #[test]
