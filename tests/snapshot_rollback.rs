@@ -488,3 +488,46 @@ fn test_block_io_in_flight_at_a_rollback_completes_every_request() {
         .count();
     assert_eq!(dones, 1, "{:?}", spry.lines());
 }
+
+#[test]
+fn test_vm_with_a_vsock_device_rolls_back_and_keeps_its_socket() {
+    let scratch = Scratch::new();
+    let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
+    let uds = scratch.path("v.sock");
+    let mut first = spry_without_vm(&scratch, "first.sock");
+    let vsock = serde_json::json!({"guest_cid": 7, "uds_path": uds});
+    assert_eq!(first.call("PUT", "/vsock", &vsock.to_string()).status, 204);
+    let boot_source = serde_json::json!({
+        "kernel_image_path": common::probe_vmlinux(),
+        "boot_args": probe_args("probe.expect_cpus=1 probe.mode=count probe.count_ms=20"),
+    });
+    assert_eq!(
+        first
+            .call("PUT", "/boot-source", &boot_source.to_string())
+            .status,
+        204
+    );
+    let start = first.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    assert_eq!(start.status, 204, "{start:?}");
+    first.wait_for_line(BOOT_TIMEOUT, |l| l == "probe: count 1");
+    assert_eq!(
+        first.call("PATCH", "/vm", r#"{"state": "Paused"}"#).status,
+        204
+    );
+    let body = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+    let create = first.call("PUT", "/snapshot/create", &body.to_string());
+    assert_eq!(create.status, 204, "{create:?}");
+    first.terminate();
+    let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
+
+    roll_back_after(&spry, last, 3);
+    roll_back_after(&spry, last, 2);
+
+    assert!(
+        std::os::unix::net::UnixStream::connect(&uds).is_ok(),
+        "the vsock socket does not accept after the rollbacks"
+    );
+    let config = spry.call("GET", "/vm/config", "").json();
+    assert_eq!(config["vsock"]["guest_cid"], 7, "{config}");
+}
