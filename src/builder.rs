@@ -46,10 +46,13 @@ use crate::seccomp::{SeccompFilters, ThreadKind};
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format::{self, SnapshotFormatError};
 use crate::snapshot::memory::{self as memory_file, MemoryFileError};
+use crate::snapshot::rollback::Restored;
+use crate::snapshot::uffd::{self, UffdError};
 use crate::snapshot::vm::{
-    BlockSnapshot, LoadParamsError, NetSnapshot, SnapshotLoadParams, VmSnapshot, VsockSnapshot,
+    BlockSnapshot, LoadParamsError, MemorySource, NetSnapshot, SnapshotLoadParams, VmSnapshot,
+    VsockSnapshot,
 };
-use crate::vmm::{ExitSubscriber, SnapshotSources, VirtioDevices, Vmm, VsockHandles};
+use crate::vmm::{ExitSubscriber, MemoryOrigin, SnapshotSources, VirtioDevices, Vmm, VsockHandles};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
@@ -172,6 +175,9 @@ pub enum BuildError {
     /// The snapshot's memory file is refused.
     #[error(transparent)]
     SnapshotMemory(#[from] MemoryFileError),
+    /// The `Uffd` memory backend could not be set up.
+    #[error("snapshot/load with a Uffd backend")]
+    SnapshotUffd(#[from] UffdError),
     /// The snapshot holds no vCPU, or more than spry or this host allows.
     #[error("snapshot holds {found} vCPUs; spry on this host takes 1 to {max}")]
     SnapshotVcpus {
@@ -341,6 +347,8 @@ pub fn build_and_start(
         vcpu_support: Arc::new(VcpuStateSupport::probe(&kvm.kvm)?),
         track_dirty_pages: res.machine.track_dirty_pages,
         diff_base: false,
+        origin: MemoryOrigin::Booted,
+        restored: None,
     };
     let mut vmm = Vmm::new(
         vm,
@@ -372,7 +380,7 @@ pub fn restore_and_start(
     seccomp: &SeccompFilters,
 ) -> Result<Vmm, BuildError> {
     let started = Instant::now();
-    let mem_path = params.memory_file()?;
+    let source = params.memory_source()?;
     let snap: VmSnapshot = format::read_file(&params.snapshot_path)?;
     let read_us = started.elapsed().as_micros();
     let kvm = KvmContext::new()?;
@@ -398,7 +406,19 @@ pub fn restore_and_start(
         return Err(BuildError::UnknownDriveOverride(unknown.drive_id.clone()));
     }
     let track_dirty_pages = params.tracks_dirty_pages();
-    let guest_memory = memory_file::restore(mem_path, &snap.memory)?;
+    // Past this point a Uffd handler has guest memory: every later refusal closes
+    // the connection, which tells it this load is over.
+    let (guest_memory, mut origin) = match source {
+        MemorySource::File(path) => (
+            memory_file::restore(path, &snap.memory)?,
+            MemoryOrigin::File,
+        ),
+        MemorySource::Uffd(socket) => {
+            snap.memory.check()?;
+            let (mem, backend) = uffd::restore(socket, &snap.memory)?;
+            (mem, MemoryOrigin::Uffd(backend))
+        }
+    };
     let mapped_us = started.elapsed().as_micros();
     let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, track_dirty_pages)?;
@@ -425,6 +445,11 @@ pub fn restore_and_start(
         event_loop.add_subscriber(Arc::new(Mutex::new(input)));
     }
     event_loop.add_subscriber(Arc::new(Mutex::new(ExitSubscriber::new(exit.clone()))));
+    if let MemoryOrigin::Uffd(backend) = &mut origin {
+        if let Some(watch) = backend.watcher(exit.clone()) {
+            event_loop.add_subscriber(Arc::new(Mutex::new(watch)));
+        }
+    }
 
     let mut env = DeviceEnv {
         vm: &vm,
@@ -480,14 +505,20 @@ pub fn restore_and_start(
         vcpu.restore_state(state, &support)?;
         vcpus.push(vcpu);
     }
-    let mut config = snap.config;
+    let mut config = snap.config.clone();
     config.machine_config.track_dirty_pages = track_dirty_pages;
     apply_drive_overrides(&mut config, params);
+    let restored = Restored {
+        snapshot: snap,
+        clock,
+    };
     let sources = SnapshotSources {
         serial: legacy.serial,
         vcpu_support: support,
         track_dirty_pages,
         diff_base: true,
+        origin,
+        restored: Some(Arc::new(restored)),
     };
     let mut vmm = Vmm::new(
         vm,

@@ -42,6 +42,12 @@ pub enum ExitReason {
         /// What failed.
         detail: String,
     },
+    /// The page-fault handler of `Uffd` guest memory ended: the pages it had not
+    /// served yet can never be read.
+    PageFaultHandlerGone {
+        /// The handler's socket (`backend_path`).
+        socket: String,
+    },
     /// A signal asked spry to stop.
     Signal(i32),
     /// The VMM was asked to stop (API).
@@ -63,7 +69,8 @@ impl ExitReason {
             ExitReason::TripleFault { .. } => 3,
             ExitReason::EmulationFailure { .. }
             | ExitReason::UnemulatedInstruction { .. }
-            | ExitReason::VcpuError { .. } => 4,
+            | ExitReason::VcpuError { .. }
+            | ExitReason::PageFaultHandlerGone { .. } => 4,
             ExitReason::Signal(n) => u8::try_from(128 + n).unwrap_or(u8::MAX),
         }
     }
@@ -95,6 +102,11 @@ impl std::fmt::Display for ExitReason {
                 Ok(())
             }
             ExitReason::VcpuError { vcpu, detail } => write!(f, "vCPU {vcpu} failed: {detail}"),
+            ExitReason::PageFaultHandlerGone { socket } => write!(
+                f,
+                "the page-fault handler on {socket} ended: guest memory it had not served \
+                 cannot be read, so the VM was stopped"
+            ),
             ExitReason::Signal(n) => write!(f, "stopped by signal {n}"),
             ExitReason::Stopped => write!(f, "stopped on request"),
         }

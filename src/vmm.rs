@@ -21,6 +21,8 @@ use crate::metrics::VcpuExitCounters;
 use crate::snapshot::device_writes::device_writes;
 use crate::snapshot::format;
 use crate::snapshot::memory::{self, DirtyPages, MemoryState};
+use crate::snapshot::rollback::{self, Restored, RollbackError};
+use crate::snapshot::uffd::UffdBackend;
 use crate::snapshot::vm::{
     BlockSnapshot, NetSnapshot, SnapshotCreateParams, SnapshotError, SnapshotType, VmSnapshot,
     VsockSnapshot,
@@ -42,6 +44,12 @@ pub enum VmmError {
     /// epoll failed.
     #[error("event loop failed: {0:?}")]
     EventLoop(event_manager::Error),
+    /// A rollback failed part way, so the VM must not run again.
+    #[error(
+        "a rollback failed part way: the VM's state is inconsistent and it cannot run again; \
+         stop it"
+    )]
+    Inconsistent,
     /// A vCPU did not acknowledge a pause or resume in time.
     #[error("vCPU {vcpu} did not {what} within {timeout:?}")]
     VcpuNoAnswer {
@@ -119,6 +127,35 @@ fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapsh
     }
 }
 
+/// Each drive back to what it held at the load: a copy-on-write drive the snapshot
+/// saved as one takes its frozen overlay again; one made copy-on-write by a
+/// `drive_overrides` entry (saved as an ordinary drive) drops every change, as its
+/// overlay started at the load. Ordinary drives have no changes kept apart: their
+/// writes survive a rollback.
+fn rollback_drives(
+    blocks: &[Arc<Mutex<Block>>],
+    saved: &[BlockSnapshot],
+) -> Result<(), RollbackError> {
+    for (block, saved) in blocks.iter().zip(saved) {
+        let mut block = lock(block);
+        let dropped = match &saved.device.copy_on_write {
+            Some(state) => block.roll_back_changes(state),
+            None => block.discard_changes(),
+        };
+        let dropped = dropped.map_err(|source| RollbackError::Drive {
+            id: saved.device.id.clone(),
+            source,
+        })?;
+        if !dropped {
+            log::debug!(
+                "rollback: drive {:?} is not copy-on-write; its writes since the snapshot stay",
+                saved.device.id
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The vsock device and its transport.
 pub type VsockHandles = (Arc<Mutex<Vsock>>, Arc<Mutex<MmioTransport>>);
 
@@ -148,6 +185,22 @@ pub struct SnapshotSources {
     /// Memory a Diff can be layered on exists: a Full snapshot this process took
     /// (the last memory write succeeded) or the memory file it was loaded from.
     pub diff_base: bool,
+    /// Where guest memory came from.
+    pub origin: MemoryOrigin,
+    /// The snapshot this VM was loaded from, for rollbacks; `None` for a boot.
+    pub restored: Option<Arc<Restored>>,
+}
+
+/// Where guest memory came from, which decides how a snapshot reads it.
+#[derive(Debug)]
+pub enum MemoryOrigin {
+    /// Fresh anonymous memory of a boot: pages never touched are zero.
+    Booted,
+    /// A private mapping of a snapshot's memory file.
+    File,
+    /// Anonymous memory a page-fault handler fills (a `Uffd` load): pages not
+    /// present yet are not zero, they are still with the handler.
+    Uffd(UffdBackend),
 }
 
 /// A built VM with running vCPUs.
@@ -161,6 +214,8 @@ pub struct Vmm {
     // The VM fd must outlive the vCPU threads.
     vm: Vm,
     paused: bool,
+    /// A rollback failed part way: the VM stays paused for good.
+    inconsistent: bool,
     event_loop: EventLoop,
     exit: Arc<ExitEvent>,
     i8042: Arc<Mutex<I8042>>,
@@ -197,6 +252,7 @@ impl Vmm {
             vcpus: Vec::new(),
             vm,
             paused: false,
+            inconsistent: false,
             event_loop,
             exit,
             i8042,
@@ -263,6 +319,9 @@ impl Vmm {
 
     /// Lets every vCPU run guest code again.
     pub fn resume(&mut self) -> Result<(), VmmError> {
+        if self.inconsistent {
+            return Err(VmmError::Inconsistent);
+        }
         self.tell_vcpus(VcpuEvent::Resume, VcpuResponse::Resumed, "resume")?;
         self.paused = false;
         Ok(())
@@ -354,8 +413,12 @@ impl Vmm {
         path: &std::path::Path,
         state: &VmSnapshot,
     ) -> Result<memory::WriteStats, SnapshotError> {
+        let full = |mem| match self.snapshot.origin {
+            MemoryOrigin::Uffd(_) => memory::write_full_reading_every_page(mem, path),
+            MemoryOrigin::Booted | MemoryOrigin::File => memory::write_full(mem, path),
+        };
         if !self.snapshot.track_dirty_pages {
-            return Ok(memory::write_full(&self.guest_memory, path)?);
+            return Ok(full(&self.guest_memory)?);
         }
         // Taking the log also restarts it: the next Diff holds what changes from
         // here on.
@@ -363,7 +426,7 @@ impl Vmm {
         add_device_writes(&mut dirty, &self.guest_memory, state);
         Ok(match kind {
             SnapshotType::Diff => memory::write_diff(&self.guest_memory, &dirty, path)?,
-            SnapshotType::Full => memory::write_full(&self.guest_memory, path)?,
+            SnapshotType::Full => full(&self.guest_memory)?,
         })
     }
 
@@ -438,18 +501,155 @@ impl Vmm {
         })
     }
 
+    /// Puts the VM back in the state of the snapshot it was loaded from, in place
+    /// (see [`crate::snapshot::rollback`]): pauses it, drops the memory it dirtied
+    /// since, loads the VM's, every vCPU's and every device's saved state, and
+    /// resumes it if it was running. Runs on the event-loop thread between two turns,
+    /// so no device is half way through a request. A failure part way leaves the VM
+    /// paused for good ([`VmmError::Inconsistent`]).
+    pub fn rollback(&mut self) -> Result<(), RollbackError> {
+        let Some(restored) = self.snapshot.restored.clone() else {
+            return Err(RollbackError::NoSnapshot);
+        };
+        if self.inconsistent {
+            return Err(RollbackError::Inconsistent);
+        }
+        let started = Instant::now();
+        let was_running = !self.paused;
+        if was_running {
+            self.pause()
+                .map_err(|e| RollbackError::Pause(crate::error_line(&e)))?;
+        }
+        let paused_us = started.elapsed().as_micros();
+        let memory_us = match self.rollback_paused(&restored) {
+            Ok(took) => took.as_micros(),
+            Err(e) => {
+                self.inconsistent = true;
+                return Err(e);
+            }
+        };
+        let loaded_us = started.elapsed().as_micros();
+        if was_running {
+            self.resume()
+                .map_err(|e| RollbackError::Resume(crate::error_line(&e)))?;
+        }
+        log::info!(
+            "rolled back to the snapshot in {} us: paused by {paused_us}, dirtied memory \
+             dropped in {memory_us}, state loaded by {loaded_us}",
+            started.elapsed().as_micros()
+        );
+        Ok(())
+    }
+
+    /// The rollback of a paused VM; returns how long dropping the memory took.
+    fn rollback_paused(&mut self, restored: &Restored) -> Result<Duration, RollbackError> {
+        let snap = &restored.snapshot;
+        let devices = &self.devices;
+        rollback::same_count("vCPUs", snap.vcpus.len(), self.vcpus.len())?;
+        rollback::same_count("drives", snap.blocks.len(), devices.block_transports.len())?;
+        rollback::same_count("interfaces", snap.nets.len(), devices.net_transports.len())?;
+        let vsocks = usize::from(devices.vsock.is_some());
+        rollback::same_count("vsock devices", usize::from(snap.vsock.is_some()), vsocks)?;
+        // Memory first: devices read their rings from it as they come back.
+        let dropping = Instant::now();
+        rollback::discard_memory_changes(&self.guest_memory)?;
+        let dropped = dropping.elapsed();
+        if self.snapshot.track_dirty_pages {
+            // The memory is the snapshot's again: a Diff from here holds only what
+            // changes from now on. The pages taken here are dropped.
+            DirtyPages::take(self.vm.fd(), &self.guest_memory).map_err(RollbackError::DirtyLog)?;
+            device_writes().take();
+        }
+        self.snapshot.diff_base = true;
+        snap.vm
+            .restore(self.vm.fd(), restored.clock)
+            .map_err(RollbackError::VmState)?;
+        self.restore_vcpus(&snap.vcpus)?;
+        lock(&self.snapshot.serial)
+            .restore_in_place(&snap.serial)
+            .map_err(RollbackError::Serial)?;
+        lock(&self.i8042)
+            .restore_in_place(&snap.i8042)
+            .map_err(RollbackError::I8042)?;
+        self.rollback_devices(snap)?;
+        Ok(dropped)
+    }
+
+    /// Every virtio transport (and its device) back to its saved state; vsock also
+    /// tells the guest its connections are gone, as after a load.
+    fn rollback_devices(&self, snap: &VmSnapshot) -> Result<(), RollbackError> {
+        let devices = &self.devices;
+        let virtio = |name: String| move |source| RollbackError::Virtio { name, source };
+        for (transport, saved) in devices.block_transports.iter().zip(&snap.blocks) {
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(saved.device.id.clone()))?;
+        }
+        rollback_drives(&devices.blocks, &snap.blocks)?;
+        for (transport, saved) in devices.net_transports.iter().zip(&snap.nets) {
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(saved.device.id.clone()))?;
+        }
+        if let (Some((device, transport)), Some(saved)) = (&devices.vsock, &snap.vsock) {
+            lock(device).reset_transport_on_activation();
+            lock(transport)
+                .restore_in_place(&saved.transport)
+                .map_err(virtio(String::from("vsock")))?;
+        }
+        Ok(())
+    }
+
+    /// Each paused vCPU loads its saved state, on its own thread.
+    fn restore_vcpus(&self, states: &[VcpuState]) -> Result<(), RollbackError> {
+        let support = &self.snapshot.vcpu_support;
+        for (vcpu, state) in self.vcpus.iter().zip(states) {
+            vcpu.send(VcpuEvent::RestoreState(
+                Arc::new(state.clone()),
+                support.clone(),
+            ));
+        }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
+        for vcpu in &self.vcpus {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match vcpu.response(left) {
+                    Some(VcpuResponse::Restored(done)) => {
+                        done.map_err(RollbackError::Vcpu)?;
+                        break;
+                    }
+                    // A late answer to an earlier request that timed out.
+                    Some(_) => {}
+                    None => return Err(RollbackError::VcpuNoAnswer(vcpu.index())),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Each vCPU's exit counters.
     pub fn vcpu_exit_counters(&self) -> impl Iterator<Item = &VcpuExitCounters> {
         self.vcpus.iter().map(VcpuHandle::exit_counters)
     }
 
-    /// Finishes and joins every vCPU thread.
+    /// Finishes and joins every vCPU thread. A vCPU that does not finish in time is
+    /// abandoned to the process exit: one waiting on a page of `Uffd` memory whose
+    /// handler died never returns to spry (on PVM, KVM retries the fault in the kernel
+    /// for as long as the thread lives), and waiting for it would hang spry.
     pub fn stop(&mut self) {
         for vcpu in &self.vcpus {
             vcpu.send(VcpuEvent::Finish);
         }
+        let deadline = Instant::now() + VCPU_ANSWER_TIMEOUT;
         for vcpu in &mut self.vcpus {
-            vcpu.join();
+            if !vcpu.join_until(deadline) {
+                log::error!(
+                    "vCPU {} did not stop within {VCPU_ANSWER_TIMEOUT:?} (waiting on guest \
+                     memory nobody serves?); it ends with the process",
+                    vcpu.index()
+                );
+                vcpu.abandon();
+            }
         }
     }
 

@@ -639,3 +639,47 @@ fn test_patch_of_a_copy_on_write_drive_is_refused() {
         "{answer:?}"
     );
 }
+
+/// A rolled-back clone's copy-on-write drive reads as at the snapshot again, both
+/// for a drive the snapshot saved as copy-on-write and for one an override made
+/// copy-on-write over a snapshot's ordinary drive; the base is never written.
+#[test]
+fn test_rollback_of_a_clone_drops_its_drive_writes() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let before = checksum(&base);
+    let (cow_state, cow_mem) = golden_snapshot(&scratch, &base);
+    // A golden VM whose drive is an ordinary one, on a copy of the base.
+    let plain = scratch.path("plain.img");
+    std::fs::copy(&base, &plain).unwrap();
+    let (plain_state, plain_mem) = (scratch.path("plain.snap"), scratch.path("plain.mem"));
+    let mut golden = SpryApi::start(&scratch.path("plain-golden.sock"), &[]);
+    let drive = json!({"drive_id": "rootfs", "path_on_host": plain, "is_root_device": false});
+    boot_blkclone(&golden, &drive, 0);
+    snapshot(&golden, &plain_state, &plain_mem);
+    golden.terminate();
+
+    for (i, (state, mem)) in [(&cow_state, &cow_mem), (&plain_state, &plain_mem)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut clone = SpryApi::start(&scratch.path(&format!("rb{i}.sock")), &[]);
+        let body = load_body(state, mem, &clone_override(&scratch, &base, i));
+        let load = clone.call("PUT", "/snapshot/load", &body);
+        assert_eq!(load.status, 204, "{load:?}\n{}", clone.stderr());
+        let first = round(&mut clone, tag(i), 0);
+        let rollback = clone.call("PUT", "/snapshot/rollback", "{}");
+        assert_eq!(rollback.status, 204, "{rollback:?}\n{}", clone.stderr());
+        let again = round(&mut clone, tag(i), 1);
+        clone.terminate();
+        assert_eq!(first, ok_line(tag(i), "base"), "clone {i}");
+        // Its own write is gone: the drive reads as the base again.
+        assert_eq!(again, ok_line(tag(i), "base"), "clone {i}");
+    }
+    assert_eq!(checksum(&base), before, "the base image was written");
+    assert_eq!(
+        checksum(&plain),
+        before,
+        "the plain golden's drive was written"
+    );
+}

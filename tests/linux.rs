@@ -931,7 +931,11 @@ mod linux_guest {
             // Reads the drive's first sector around the guest's page cache (the
             // root is the initramfs, so the drive is the first virtio disk).
             let read = "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 9";
-            let vm = Vm::initramfs("vmlinux", "spry.mode=shell").drive("data", &base, false, false);
+            // One vCPU each: 8 clones of 2 would keep 16 vCPU threads switching on
+            // L1's 2 emulated CPUs, where QEMU's nested SVM now and then kills L1.
+            let vm = Vm::initramfs("vmlinux", "spry.mode=shell")
+                .vcpus(1, false)
+                .drive("data", &base, false, false);
             let mut golden = boot_over_api(&scratch, &vm);
             golden.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
             let seen = shell_run(&mut golden, &format!("echo R0-$({read})"), "golden");

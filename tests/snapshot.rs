@@ -506,6 +506,9 @@ fn test_repeated_snapshots_leak_no_file_descriptors() {
     spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
     let first = spry.call("PUT", "/snapshot/create", &create_body(&state, &mem));
+    // The API thread closes the connection of that call a moment after the answer:
+    // count once it has.
+    std::thread::sleep(Duration::from_millis(200));
     let before = open_fds(spry.child.id());
 
     let statuses: Vec<u16> = (0..10)

@@ -67,6 +67,8 @@ pub enum RuntimeAction {
     Resume,
     /// `PUT /snapshot/create`.
     CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/rollback` (spry's own).
+    RollbackSnapshot,
 }
 
 /// Reads, valid in every state.

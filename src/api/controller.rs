@@ -22,6 +22,7 @@ use crate::logger::{self, LoggerError};
 use crate::metrics::{FlushTimer, MetricsError, MetricsSink, Snapshot};
 use crate::resources::{self, Boot, Machine, ResourcesError, VmResources};
 use crate::seccomp::SeccompFilters;
+use crate::snapshot::rollback::RollbackError;
 use crate::snapshot::vm::SnapshotError;
 use crate::snapshot::vm::SnapshotLoadParams;
 use crate::sync::lock;
@@ -84,6 +85,9 @@ pub enum ControllerError {
     /// `PUT /snapshot/create` failed; the VM stays paused.
     #[error("cannot create the snapshot")]
     Snapshot(#[source] SnapshotError),
+    /// `PUT /snapshot/rollback` failed.
+    #[error("cannot roll back to the snapshot")]
+    Rollback(#[source] RollbackError),
 }
 
 /// The answer to a [`Query`], in whichever phase.
@@ -419,6 +423,9 @@ impl RuntimeController {
             RuntimeAction::CreateSnapshot(params) => vmm
                 .create_snapshot(&params)
                 .map_err(ControllerError::Snapshot)?,
+            RuntimeAction::RollbackSnapshot => {
+                vmm.rollback().map_err(ControllerError::Rollback)?;
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use super::action::{
 };
 use crate::config::{DriveConfig, NetConfig, VsockConfig};
 use crate::resources::valid_id;
+use crate::snapshot::vm::SnapshotRollbackParams;
 
 /// Largest request body accepted, as Firecracker's default
 /// `--http-api-max-payload-size`.
@@ -192,7 +193,16 @@ pub static ROUTES: &[Route] = &[
         path: "/snapshot/load",
         decode: put_snapshot_load,
     },
+    // spry's own: not one of Firecracker's routes.
+    Route {
+        method: Method::PUT,
+        path: "/snapshot/rollback",
+        decode: put_snapshot_rollback,
+    },
 ];
+
+/// Routes whose body may be empty (it has no field that must be given).
+const EMPTY_BODY_ALLOWED: &[&str] = &["/snapshot/rollback"];
 
 /// Decodes one request into the action it asks for.
 pub fn parse(method: &Method, path: &str, body: &[u8]) -> Result<VmmAction, RequestError> {
@@ -204,7 +214,7 @@ pub fn parse(method: &Method, path: &str, body: &[u8]) -> Result<VmmAction, Requ
             if !body.is_empty() {
                 return Err(RequestError::GetWithBody);
             }
-        } else if body.is_empty() {
+        } else if body.is_empty() && !EMPTY_BODY_ALLOWED.contains(&route.path) {
             return Err(RequestError::EmptyBody(method.to_string()));
         }
         return (route.decode)(param, body);
@@ -359,6 +369,13 @@ fn put_snapshot_load(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestE
     preboot(PrebootAction::LoadSnapshot(json(body)?))
 }
 
+fn put_snapshot_rollback(_: Option<&str>, body: &[u8]) -> Result<VmmAction, RequestError> {
+    if !body.is_empty() {
+        let _: SnapshotRollbackParams = json(body)?;
+    }
+    runtime(RuntimeAction::RollbackSnapshot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +412,30 @@ mod tests {
             Ok(VmmAction::Preboot(PrebootAction::PutMachineConfig(
                 expected
             )))
+        );
+    }
+
+    #[test]
+    fn test_rollback_takes_an_empty_body_or_an_empty_object() {
+        let empty = parse(&Method::PUT, "/snapshot/rollback", b"");
+        let object = parse(&Method::PUT, "/snapshot/rollback", b"{}");
+
+        let expected = Ok(VmmAction::Runtime(RuntimeAction::RollbackSnapshot));
+        assert_eq!(empty, expected);
+        assert_eq!(object, expected);
+    }
+
+    #[test]
+    fn test_rollback_with_a_field_is_refused() {
+        let message = err(
+            Method::PUT,
+            "/snapshot/rollback",
+            r#"{"snapshot_path": "s"}"#,
+        );
+
+        assert!(
+            message.contains("unknown field `snapshot_path`"),
+            "{message}"
         );
     }
 

@@ -169,7 +169,7 @@ impl MemoryState {
 
     /// Refuses any layout but the one spry builds for this much RAM (which also
     /// keeps every offset and size page-aligned and the MMIO gap free).
-    fn check(&self) -> Result<(), MemoryFileError> {
+    pub fn check(&self) -> Result<(), MemoryFileError> {
         let size = self.size();
         let expected = MemoryState {
             regions: memory::ram_ranges(size)
@@ -282,10 +282,28 @@ pub struct WriteStats {
 /// Pages of anonymous memory the host never populated are zero without being read:
 /// a guest that touched little of its RAM is saved in the time its pages take.
 pub fn write_full(mem: &GuestMemory, path: &Path) -> Result<WriteStats, MemoryFileError> {
+    write_full_with(mem, path, true)
+}
+
+/// As [`write_full`], but reads every page, present or not: for anonymous memory
+/// whose missing pages are not zero but still with a userfaultfd handler (a `Uffd`
+/// load), where reading a page has the handler serve it.
+pub fn write_full_reading_every_page(
+    mem: &GuestMemory,
+    path: &Path,
+) -> Result<WriteStats, MemoryFileError> {
+    write_full_with(mem, path, false)
+}
+
+fn write_full_with(
+    mem: &GuestMemory,
+    path: &Path,
+    missing_is_zero: bool,
+) -> Result<WriteStats, MemoryFileError> {
     write_atomically(mem, path, |mem, file, stats| {
         for (region, state) in mem.iter().zip(MemoryState::of(mem).regions) {
             let pages = region.len() / PAGE_SIZE;
-            let populated = if region.file_offset().is_none() {
+            let populated = if missing_is_zero && region.file_offset().is_none() {
                 mem.get_host_address(region.start_addr())
                     .ok()
                     .and_then(|host| populated_pages(host as u64, pages))

@@ -3,4 +3,6 @@
 pub mod device_writes;
 pub mod format;
 pub mod memory;
+pub mod rollback;
+pub mod uffd;
 pub mod vm;

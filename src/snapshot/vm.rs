@@ -149,7 +149,7 @@ pub struct SnapshotCreateParams {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemBackend {
-    /// `File` (spry serves no `Uffd` yet).
+    /// `File` or `Uffd`.
     pub backend_type: MemBackendType,
     /// The memory file (or the page-fault handler's socket, for `Uffd`).
     pub backend_path: PathBuf,
@@ -160,7 +160,8 @@ pub struct MemBackend {
 pub enum MemBackendType {
     /// Map the memory file copy-on-write.
     File,
-    /// Hand page faults to a userfaultfd handler (not served by spry yet).
+    /// Anonymous memory whose page faults a handler process serves through a
+    /// userfaultfd (see [`super::uffd`]).
     Uffd,
 }
 
@@ -226,26 +227,37 @@ pub struct SnapshotLoadParams {
     pub clock_realtime: bool,
 }
 
+/// `PUT /snapshot/rollback` (spry's own route): no field yet; `{}` or no body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRollbackParams {}
+
 /// Why a load request is refused before anything is read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LoadParamsError {
     /// Neither or both of `mem_backend` and `mem_file_path`.
     #[error("snapshot/load: give exactly one of mem_backend and mem_file_path")]
     MemorySource,
-    /// A `Uffd` backend.
-    #[error("snapshot/load: mem_backend.backend_type Uffd is not supported by spry yet; use File")]
-    Uffd,
+}
+
+/// Where a load takes guest memory from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySource<'a> {
+    /// Map this memory file copy-on-write.
+    File(&'a PathBuf),
+    /// Hand this page-fault handler socket the memory's userfaultfd.
+    Uffd(&'a PathBuf),
 }
 
 impl SnapshotLoadParams {
-    /// The memory file to map.
-    pub fn memory_file(&self) -> Result<&PathBuf, LoadParamsError> {
+    /// Where guest memory comes from.
+    pub fn memory_source(&self) -> Result<MemorySource<'_>, LoadParamsError> {
         match (&self.mem_backend, &self.mem_file_path) {
-            (Some(backend), None) => match backend.backend_type {
-                MemBackendType::File => Ok(&backend.backend_path),
-                MemBackendType::Uffd => Err(LoadParamsError::Uffd),
-            },
-            (None, Some(path)) => Ok(path),
+            (Some(backend), None) => Ok(match backend.backend_type {
+                MemBackendType::File => MemorySource::File(&backend.backend_path),
+                MemBackendType::Uffd => MemorySource::Uffd(&backend.backend_path),
+            }),
+            (None, Some(path)) => Ok(MemorySource::File(path)),
             _ => Err(LoadParamsError::MemorySource),
         }
     }
@@ -283,7 +295,10 @@ mod tests {
             r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
         );
 
-        assert_eq!(p.memory_file(), Ok(&PathBuf::from("m")));
+        assert_eq!(
+            p.memory_source(),
+            Ok(MemorySource::File(&PathBuf::from("m")))
+        );
         assert!(!p.resume_vm);
     }
 
@@ -291,7 +306,10 @@ mod tests {
     fn test_old_mem_file_path_is_accepted() {
         let p = load(r#"{"snapshot_path": "s", "mem_file_path": "m", "resume_vm": true}"#);
 
-        assert_eq!(p.memory_file(), Ok(&PathBuf::from("m")));
+        assert_eq!(
+            p.memory_source(),
+            Ok(MemorySource::File(&PathBuf::from("m")))
+        );
     }
 
     #[test]
@@ -301,16 +319,19 @@ mod tests {
                 "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
         );
 
-        assert_eq!(p.memory_file(), Err(LoadParamsError::MemorySource));
+        assert_eq!(p.memory_source(), Err(LoadParamsError::MemorySource));
     }
 
     #[test]
-    fn test_uffd_is_refused_by_name() {
+    fn test_uffd_backend_names_the_handler_socket() {
         let p = load(
             r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "u"}}"#,
         );
 
-        assert_eq!(p.memory_file(), Err(LoadParamsError::Uffd));
+        assert_eq!(
+            p.memory_source(),
+            Ok(MemorySource::Uffd(&PathBuf::from("u")))
+        );
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! in the [`ExitEvent`] and returns.
 
 use std::cell::Cell;
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_cpuid_entry2, CpuId, KVM_INTERNAL_ERROR_EMULATION,
@@ -79,7 +79,7 @@ pub enum VcpuError {
 }
 
 /// What the VMM asks of a vCPU thread.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum VcpuEvent {
     /// Stop running guest code until `Resume`.
     Pause,
@@ -90,6 +90,8 @@ pub enum VcpuEvent {
     /// Save the vCPU's whole state (paused vCPUs only): KVM wants a vCPU's ioctls
     /// from the thread that runs it.
     SaveState(Arc<VcpuStateSupport>),
+    /// Load a saved state (paused vCPUs only; a rollback), on the same terms.
+    RestoreState(Arc<SavedVcpu>, Arc<VcpuStateSupport>),
 }
 
 /// What a vCPU thread answers to `Pause`, `Resume` and `SaveState`.
@@ -101,6 +103,8 @@ pub enum VcpuResponse {
     Resumed,
     /// The vCPU's state, or why it could not be saved.
     Saved(Box<Result<SavedVcpu, String>>),
+    /// The saved state is loaded, or why it could not be.
+    Restored(Result<(), String>),
 }
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
@@ -308,6 +312,10 @@ impl Vcpu {
                     let refused = Err(format!("vCPU {} is running, not paused", self.index));
                     let _ = responses.send(VcpuResponse::Saved(Box::new(refused)));
                 }
+                Ok(VcpuEvent::RestoreState(..)) => {
+                    let refused = Err(format!("vCPU {} is running, not paused", self.index));
+                    let _ = responses.send(VcpuResponse::Restored(refused));
+                }
                 Ok(VcpuEvent::Finish) | Err(TryRecvError::Disconnected) => {
                     return Some(VcpuState::Exited)
                 }
@@ -372,6 +380,12 @@ impl Vcpu {
                     let saved = SavedVcpu::save(&self.fd, &support)
                         .map_err(|e| format!("vCPU {}: {}", self.index, crate::error_line(&e)));
                     let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
+                }
+                Ok(VcpuEvent::RestoreState(state, support)) => {
+                    let restored = state
+                        .restore(&self.fd, &support)
+                        .map_err(|e| format!("vCPU {}: {}", self.index, crate::error_line(&e)));
+                    let _ = responses.send(VcpuResponse::Restored(restored));
                 }
                 Ok(VcpuEvent::Finish) | Err(_) => return VcpuState::Exited,
             }
@@ -597,6 +611,34 @@ impl VcpuHandle {
     pub fn finish(&mut self) {
         self.send(VcpuEvent::Finish);
         self.join();
+    }
+
+    /// Waits until `deadline` for the thread, once it was asked to finish; false if
+    /// it is still running then.
+    pub fn join_until(&mut self, deadline: Instant) -> bool {
+        if self.thread.is_none() {
+            return true;
+        }
+        // The thread owns the responses' only sender: the channel disconnects when it
+        // ends (a futex wait, which every seccomp filter allows, unlike a sleep).
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.responses.recv_timeout(left) {
+                // A late answer to an earlier request.
+                Ok(_) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
+        self.join();
+        true
+    }
+
+    /// Gives up on a thread that does not finish (one waiting in the kernel on guest
+    /// memory nobody serves, where a kick cannot reach): it is detached and ends with
+    /// the process, and dropping this handle no longer waits for it.
+    pub fn abandon(&mut self) {
+        self.thread = None;
     }
 
     /// Waits for the thread, once it was asked to finish.

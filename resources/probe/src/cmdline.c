@@ -13,7 +13,8 @@
  *   probe.marks=1               write stage numbers to MMIO 0xC0000008
  *   virtio, count and bench modes: probe.blk_sectors=F:C, probe.net_tx=N,
  *   probe.net_rx=N, probe.net_timeout_ms=N, probe.virtio_timeout_ms=N,
- *   probe.count_ms=N, probe.touch_mib=N, probe.bench_reqs=N, probe.bench_size=N,
+ *   probe.count_ms=N, probe.touch_mib=N, probe.dirty_mib=N, probe.bench_reqs=N,
+ *   probe.bench_size=N,
  *   probe.bench_op=read|write, probe.bench_depth=N, probe.bench_frames=N,
  *   probe.bench_rx=N, probe.bench_irq=0|1, probe.vsock_listen=P,
  *   probe.vsock_connect=P, probe.vsock_refused=P, probe.vsock_hostile=1,
@@ -94,6 +95,7 @@ static const struct option options[] = {
 	{ "virtio_timeout_ms", 17, &cfg.virtio_timeout_ms, NULL },
 	{ "count_ms", 8, &cfg.count_ms, NULL },
 	{ "touch_mib", 9, &cfg.touch_mib, NULL },
+	{ "dirty_mib", 9, &cfg.dirty_mib, NULL },
 	{ "bench_reqs", 10, &cfg.bench_reqs, NULL },
 	{ "bench_size", 10, &cfg.bench_size, NULL },
 	{ "bench_depth", 11, &cfg.bench_depth, NULL },

@@ -76,6 +76,24 @@ static void uart_ack(struct irq_frame *f)
 	lapic_eoi();
 }
 
+/* probe.dirty_mib: guest RAM from 32 MiB up (above the image at 16 MiB), one u64
+ * per 4 KiB page, so a count dirties N MiB at the cost of N * 256 writes. */
+#define DIRTY_BASE (32ull << 20)
+
+/* Reads the pages' value (all pages should hold the same), writes `next` to each;
+ * returns the value found, or ~0 if the pages disagree. */
+static u64 dirty_pages(u64 next)
+{
+	volatile u64 *p = (volatile u64 *)DIRTY_BASE;
+	u64 pages = cfg.dirty_mib * 256, found = p[0];
+	for (u64 i = 0; i < pages; i++) {
+		if (p[i * 512] != found)
+			found = ~0ull;
+		p[i * 512] = next;
+	}
+	return found;
+}
+
 void count_run(void)
 {
 	u64 period = cfg.count_ms ? cfg.count_ms : 10;
@@ -92,6 +110,11 @@ void count_run(void)
 		ioapic_route(facts.uart_pin, VEC_UART, facts.lapic_id);
 	outb(COM1 + 4, 0x0b);   /* MCR: DTR RTS OUT2 */
 	outb(COM1 + 1, 0x01);   /* IER: RX data */
+	if (cfg.dirty_mib && (!mapped(DIRTY_BASE, cfg.dirty_mib << 20, "dirty pages") ||
+			      (cfg.has_expect_mem_mib && 32 + cfg.dirty_mib > cfg.expect_mem_mib))) {
+		pr_always("probe: count: FAIL %lu MiB from 32 MiB is not all RAM\n", cfg.dirty_mib);
+		return;
+	}
 	lapic_timer_periodic(VEC_TIMER, period * 1000000ull);
 	u64 n = 0, seen = 0;
 	for (;;) {
@@ -110,7 +133,15 @@ void count_run(void)
 		}
 		if (count_ticks != seen) {
 			seen = count_ticks;
-			pr_always("probe: count %lu\n", n++);
+			if (cfg.dirty_mib) {
+				/* Count n finds n (written by count n - 1 as n; 0 at first):
+				 * any other value is memory out of step with the vCPU. */
+				u64 found = dirty_pages(n + 1);
+				pr_always("probe: count %lu found %lu\n", n, found);
+				n++;
+			} else {
+				pr_always("probe: count %lu\n", n++);
+			}
 		}
 		sti_hlt();
 	}

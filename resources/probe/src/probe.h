@@ -106,6 +106,7 @@ struct probe_config {
 	u64 virtio_timeout_ms;
 	u64 count_ms;
 	u64 touch_mib;           /* blkclone: MiB of RAM written before idling (a working set) */
+	u64 dirty_mib;          /* probe.dirty_mib=N: count mode writes N MiB per count */
 	u64 bench_reqs, bench_size, bench_depth, bench_frames, bench_rx, bench_irq;
 };
 extern struct probe_config cfg;

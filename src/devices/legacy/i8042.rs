@@ -128,6 +128,14 @@ impl I8042 {
         exit: Arc<ExitEvent>,
         kbd_interrupt: EventFd,
     ) -> Result<I8042, I8042Error> {
+        let mut dev = I8042::new(exit, kbd_interrupt);
+        dev.restore_in_place(state)?;
+        Ok(dev)
+    }
+
+    /// Puts this controller back in the saved `state` (a rollback), as
+    /// [`I8042::restore`] builds one.
+    pub fn restore_in_place(&mut self, state: &I8042State) -> Result<(), I8042Error> {
         if state.buf.len() > BUF_SIZE {
             return Err(I8042Error::StateBuffer(state.buf.len()));
         }
@@ -136,16 +144,16 @@ impl I8042 {
                 return Err(I8042Error::StateCommand(cmd));
             }
         }
-        let mut dev = I8042::new(exit, kbd_interrupt);
-        dev.status = state.status;
-        dev.control = state.control;
-        dev.outp = state.outp;
-        dev.pending_cmd = state.pending_cmd;
-        dev.buf.extend(&state.buf);
-        if !dev.buf.is_empty() {
-            dev.interrupt()?;
+        self.status = state.status;
+        self.control = state.control;
+        self.outp = state.outp;
+        self.pending_cmd = state.pending_cmd;
+        self.buf.clear();
+        self.buf.extend(&state.buf);
+        if !self.buf.is_empty() {
+            self.interrupt()?;
         }
-        Ok(dev)
+        Ok(())
     }
 
     fn push(&mut self, byte: u8) -> Result<(), I8042Error> {

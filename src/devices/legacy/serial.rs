@@ -100,7 +100,7 @@ impl From<&SerialState> for vm_superio::SerialState {
 
 /// Raises an interrupt by writing to an eventfd registered as a KVM irqfd.
 #[derive(Debug)]
-pub struct EventFdTrigger(pub EventFd);
+pub struct EventFdTrigger(pub Arc<EventFd>);
 
 impl Trigger for EventFdTrigger {
     type E = io::Error;
@@ -112,7 +112,7 @@ impl Trigger for EventFdTrigger {
 /// Tells the input side when the guest has drained the receive FIFO, so stdin
 /// reading (paused while the FIFO was full) can resume.
 #[derive(Debug)]
-pub struct InputDrained(EventFd);
+pub struct InputDrained(Arc<EventFd>);
 
 impl SerialEvents for InputDrained {
     fn buffer_read(&self) {}
@@ -148,8 +148,8 @@ impl SerialDevice {
     ) -> io::Result<(SerialDevice, EventFd)> {
         let drained = EventFd::new(EFD_NONBLOCK)?;
         let uart = Serial::with_events(
-            EventFdTrigger(interrupt),
-            InputDrained(drained.try_clone()?),
+            EventFdTrigger(Arc::new(interrupt)),
+            InputDrained(Arc::new(drained.try_clone()?)),
             out,
         );
         Ok((
@@ -178,10 +178,12 @@ impl SerialDevice {
             return Err(SerialStateError::InputTooLong(state.in_buffer.len()));
         }
         let drained = EventFd::new(EFD_NONBLOCK).map_err(SerialStateError::EventFd)?;
-        let events = InputDrained(drained.try_clone().map_err(SerialStateError::EventFd)?);
+        let events = InputDrained(Arc::new(
+            drained.try_clone().map_err(SerialStateError::EventFd)?,
+        ));
         let uart = Serial::from_state(
             &vm_superio::SerialState::from(state),
-            EventFdTrigger(interrupt),
+            EventFdTrigger(Arc::new(interrupt)),
             events,
             out,
         )
@@ -198,6 +200,37 @@ impl SerialDevice {
             },
             drained,
         ))
+    }
+
+    /// Puts this UART back in the saved `state` (a rollback), keeping its interrupt,
+    /// its drained event and its output; raises the interrupts the state has
+    /// pending, as [`SerialDevice::restore`]. Needs no system call but the
+    /// interrupt's write, so it runs under the VMM thread's seccomp filter.
+    pub fn restore_in_place(&mut self, state: &SerialState) -> Result<(), SerialStateError> {
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(SerialStateError::InputTooLong(state.in_buffer.len()));
+        }
+        let interrupt = self.uart.interrupt_evt().0.clone();
+        let drained = self.uart.events().0.clone();
+        // A stand-in holds the UART's place while its output moves to the new one.
+        let stand_in: Box<dyn Write + Send> = Box::new(io::sink());
+        let stand_in = Serial::with_events(
+            EventFdTrigger(interrupt.clone()),
+            InputDrained(drained.clone()),
+            stand_in,
+        );
+        let out = std::mem::replace(&mut self.uart, stand_in).into_writer();
+        self.uart = Serial::from_state(
+            &vm_superio::SerialState::from(state),
+            EventFdTrigger(interrupt),
+            InputDrained(drained),
+            out,
+        )
+        .map_err(|e| match e {
+            SerialError::Trigger(e) | SerialError::IOError(e) => SerialStateError::Interrupt(e),
+            SerialError::FullFifo => SerialStateError::InputTooLong(state.in_buffer.len()),
+        })?;
+        Ok(())
     }
 
     /// Room left in the receive FIFO.

@@ -182,6 +182,24 @@ impl MmioTransport {
         state: &TransportState,
     ) -> Result<MmioTransport, VirtioStateError> {
         let mut t = MmioTransport::new(name, device, interrupt, mem);
+        t.load_state(state)?;
+        Ok(t)
+    }
+
+    /// Puts this transport and its device back in the saved `state` (a rollback):
+    /// the device is reset as if the driver had written 0 to the status register
+    /// (it drops its queues and whatever it held for the guest), then the state is
+    /// checked and loaded as [`MmioTransport::restore`] does. On an error the device
+    /// is left reset; the driver sees it as needing a reset.
+    pub fn restore_in_place(&mut self, state: &TransportState) -> Result<(), VirtioStateError> {
+        self.reset();
+        self.load_state(state)
+    }
+
+    /// Checks `state` against the device and guest memory and loads it into this
+    /// transport, which is fresh or reset.
+    fn load_state(&mut self, state: &TransportState) -> Result<(), VirtioStateError> {
+        let t = self;
         if state.device_type != t.device_type {
             return Err(VirtioStateError::DeviceType {
                 saved: state.device_type,
@@ -233,7 +251,7 @@ impl MmioTransport {
         t.status = state.status;
         t.activated = state.activated;
         t.interrupt.restore(&state.interrupt);
-        Ok(t)
+        Ok(())
     }
 
     fn device(&self) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {

@@ -214,12 +214,36 @@ mod tests {
             return;
         }
         let ns = format!("spry-taptest-{}", std::process::id());
-        let ip = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         if !ip(&["netns", "add", &ns]) {
             return;
         }
-        let made = ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "sprynstap0", "mode", "tap"])
-            && ip(&["netns", "exec", &ns, "ip", "tuntap", "add", "sprynstun0", "mode", "tun"]);
+        let made = ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "tuntap",
+            "add",
+            "sprynstap0",
+            "mode",
+            "tap",
+        ]) && ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "tuntap",
+            "add",
+            "sprynstun0",
+            "mode",
+            "tun",
+        ]);
         let found = std::thread::scope(|s| {
             s.spawn(|| {
                 let file = File::open(format!("/var/run/netns/{ns}")).expect("open the netns");

@@ -106,8 +106,14 @@ impl Vsock {
         interrupt: Arc<Interrupt>,
     ) -> std::io::Result<Vsock> {
         let mut vsock = Vsock::new(state.guest_cid, muxer, interrupt)?;
-        vsock.reset_pending = true;
+        vsock.reset_transport_on_activation();
         Ok(vsock)
+    }
+
+    /// Makes the next activation (the transport's restore, or its in-place restore
+    /// on a rollback) send the guest TRANSPORT_RESET: its connections are gone.
+    pub fn reset_transport_on_activation(&mut self) {
+        self.reset_pending = true;
     }
 
     /// Posts TRANSPORT_RESET in the driver's next event buffer. Without one (a
