@@ -99,6 +99,12 @@ enum Bench {
         /// Idle boots whose memory is read.
         #[arg(long, default_value_t = 5)]
         memory_runs: usize,
+        /// How spry is run, comma-separated, boots alternated between them: default
+        /// (seccomp on, as users run it), no-seccomp, jailed (under spry-jailer, root
+        /// only). Default: all three as root with spry-jailer next to spry, else the
+        /// first two.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        variants: Option<Vec<boot::Variant>>,
     },
     /// Requests/s, MiB/s and VMM CPU per request through virtio-blk.
     Block(DeviceCli),
@@ -420,8 +426,15 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             runs,
             warmup,
             memory_runs,
+            variants,
         } => {
-            let report = boot::run(&env, runs, warmup, memory_runs)?;
+            let settings = boot::Settings {
+                runs,
+                warmup,
+                memory_runs,
+                variants,
+            };
+            let report = boot::run(&env, &settings)?;
             println!("{}", report.render());
         }
         Bench::Block(args) => {
@@ -541,6 +554,28 @@ mod tests {
             panic!("not boot");
         };
         assert_eq!(runs, 7);
+    }
+
+    #[test]
+    fn test_boot_variants_are_named_values() {
+        let Bench::Boot { variants, .. } = bench(&["boot", "--variants", "no-seccomp,jailed"])
+        else {
+            panic!("not boot");
+        };
+        assert_eq!(
+            variants,
+            Some(vec![boot::Variant::NoSeccomp, boot::Variant::Jailed])
+        );
+        let line = ["spry-bench", "boot", "--variants", "unjailed"];
+        assert!(Cli::try_parse_args(line).is_err());
+    }
+
+    #[test]
+    fn test_boot_without_variants_leaves_the_choice_to_the_host() {
+        let Bench::Boot { variants, .. } = bench(&["boot"]) else {
+            panic!("not boot");
+        };
+        assert_eq!(variants, None);
     }
 
     #[test]
