@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::clock::ms_between;
 use crate::guest::Guest;
 use crate::progress::Progress;
-use crate::report::table::{markdown_table, num, summary_cells};
+use crate::report::table::{markdown_table, num, signed, summary_cells};
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
 use crate::systems::jailed::{jailer_next_to, JailedSpry};
@@ -272,16 +272,6 @@ fn verdict(added: f64) -> &'static str {
         "met"
     } else {
         "MISSED"
-    }
-}
-
-/// A difference of medians with its sign ("+0.42", "-0.03").
-fn signed(value: f64) -> String {
-    let text = num(value);
-    if value >= 0.0 {
-        format!("+{text}")
-    } else {
-        text
     }
 }
 

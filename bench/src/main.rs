@@ -156,7 +156,8 @@ struct DeviceCli {
     /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
     #[arg(long, value_enum, default_value = "auto")]
     guest: devices::GuestChoice,
-    /// Systems to run, comma-separated.
+    /// Systems to run, comma-separated: spry, spry-no-seccomp (spry --no-seccomp, to
+    /// see what its filters cost per request), qemu.
     #[arg(long, value_delimiter = ',', default_value = "spry,qemu")]
     systems: Vec<String>,
     /// QEMU's accelerator: kvm, or tcg to check the harness where KVM cannot run
