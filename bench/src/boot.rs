@@ -14,7 +14,7 @@ use crate::guest::Guest;
 use crate::progress::Progress;
 use crate::report::table::{markdown_table, num, signed, summary_cells};
 use crate::setup::{Env, SetupError};
-use crate::stats::{summarize, Summary};
+use crate::stats::{percentile, summarize, Summary};
 use crate::systems::jailed::{jailer_next_to, JailedSpry};
 use crate::systems::vm::{VmSystem, Vmm};
 use crate::systems::{check_exit, run_to_exit, Sandbox, SystemError, Workload};
@@ -239,6 +239,14 @@ pub struct BootReport {
     pub spry_bytes: Option<u64>,
 }
 
+/// The middle of a distribution and its 10th and 90th percentiles.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spread {
+    p10: f64,
+    median: f64,
+    p90: f64,
+}
+
 /// The most the jail and seccomp each may add to start (issue 11), ms.
 pub const START_AIM_MS: f64 = 0.3;
 
@@ -288,6 +296,24 @@ impl BootReport {
     /// `of` − `against` in medians of `metric`, where both ran.
     fn added(&self, of: Variant, against: Variant, metric: Metric) -> Option<f64> {
         Some(self.median(of, metric)? - self.median(against, metric)?)
+    }
+
+    /// `of` − `against` of `metric` round by round: the boots of one round are
+    /// neighbours in time, so a host whose load changes over the run moves both.
+    fn paired(&self, of: Variant, against: Variant, metric: Metric) -> Option<Spread> {
+        let a = &self.variant(of)?.samples;
+        let b = &self.variant(against)?.samples;
+        let mut differences: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(x, y)| Some(metric(x)? - metric(y)?))
+            .collect();
+        differences.sort_by(f64::total_cmp);
+        Some(Spread {
+            p10: percentile(&differences, 10.0)?,
+            median: percentile(&differences, 50.0)?,
+            p90: percentile(&differences, 90.0)?,
+        })
     }
 
     /// The tables: each variant's (with the aims checked), then what seccomp and the
@@ -366,6 +392,14 @@ impl BootReport {
                     signed(added),
                     verdict(added)
                 ));
+                if let Some(p) = self.paired(of, NoSeccomp, start) {
+                    out.push_str(&format!(
+                        " (per-round differences: median {}, 10th-90th percentile {} to {} ms)",
+                        signed(p.median),
+                        signed(p.p10),
+                        signed(p.p90)
+                    ));
+                }
             }
         }
         out.push('\n');
@@ -741,6 +775,24 @@ mod tests {
         assert!(row_c.contains("+0.45"), "{row_c}");
         assert!(row_c.contains("seccomp MISSED, jail MISSED"), "{row_c}");
         assert!(text.contains("copying spry's binary (3.00 MiB)"), "{text}");
+    }
+
+    #[test]
+    fn test_paired_differences_are_taken_round_by_round() {
+        let mut r = report(&[(Variant::Default, 0.0, 0.0), (Variant::NoSeccomp, 0.0, 0.0)]);
+        // The host slows down over the run: round 2 is 10 ms slower for both, seccomp
+        // adds 0.2 and 0.4 ms.
+        r.variants[0].samples = vec![sample(4.2, 3.0), sample(14.4, 13.0)];
+        r.variants[1].samples = vec![sample(4.0, 2.8), sample(14.0, 12.7)];
+        let start: Metric = COMPARED[0].2;
+
+        let p = r
+            .paired(Variant::Default, Variant::NoSeccomp, start)
+            .unwrap();
+
+        assert!((p.median - 0.3).abs() < 1e-9, "{p:?}");
+        assert!((p.p10 - 0.22).abs() < 1e-9, "{p:?}");
+        assert!((p.p90 - 0.38).abs() < 1e-9, "{p:?}");
     }
 
     #[test]
