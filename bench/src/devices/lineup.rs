@@ -40,6 +40,16 @@ pub(crate) fn is_spry(name: &str) -> bool {
     name == SPRY || name == SPRY_NO_SECCOMP
 }
 
+/// Where `name`'s rows go in the tables: spry's first, then spry --no-seccomp's,
+/// then the peers' (in the order they ran).
+pub(crate) fn table_order(name: &str) -> u8 {
+    match name {
+        SPRY => 0,
+        SPRY_NO_SECCOMP => 1,
+        _ => 2,
+    }
+}
+
 /// What the guest is given besides its root disk (the Linux guest's).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Devices<'a> {
@@ -352,6 +362,13 @@ mod tests {
         assert_eq!(cmds[1].last().map(String::as_str), Some("--no-seccomp"));
         assert!(systems.iter().all(|s| is_spry(&s.name)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_rows_of_spry_without_seccomp_follow_sprys() {
+        let mut names = ["QEMU", "spry --no-seccomp", "QEMU vhost", "spry"];
+        names.sort_by_key(|n| table_order(n));
+        assert_eq!(names, ["spry", "spry --no-seccomp", "QEMU", "QEMU vhost"]);
     }
 
     #[test]
