@@ -278,6 +278,12 @@ pub fn add_path(path: &Path) {
     registry().paths.insert(path.to_owned());
 }
 
+/// Removes a scratch file or directory registered with [`add_path`] and forgets it.
+pub fn remove_path(path: &Path) {
+    remove(path);
+    registry().paths.remove(path);
+}
+
 fn remove(path: &Path) {
     if path.is_dir() {
         let _ = std::fs::remove_dir_all(path);

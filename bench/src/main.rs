@@ -101,6 +101,12 @@ enum Bench {
         /// Idle boots whose memory is read.
         #[arg(long, default_value_t = 5)]
         memory_runs: usize,
+        /// How spry is run, comma-separated, boots alternated between them: default
+        /// (seccomp on, as users run it), no-seccomp, jailed (under spry-jailer, root
+        /// only). Default: all three as root with spry-jailer next to spry, else the
+        /// first two.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        variants: Option<Vec<boot::Variant>>,
     },
     /// Requests/s, MiB/s and VMM CPU per request through virtio-blk.
     Block(DeviceCli),
@@ -158,7 +164,8 @@ struct DeviceCli {
     /// The guest: the probe on PVM hosts and Linux elsewhere (auto), or forced.
     #[arg(long, value_enum, default_value = "auto")]
     guest: devices::GuestChoice,
-    /// Systems to run, comma-separated.
+    /// Systems to run, comma-separated: spry, spry-no-seccomp (spry --no-seccomp, to
+    /// see what its filters cost per request), qemu.
     #[arg(long, value_delimiter = ',', default_value = "spry,qemu")]
     systems: Vec<String>,
     /// QEMU's accelerator: kvm, or tcg to check the harness where KVM cannot run
@@ -466,8 +473,15 @@ fn run(cli: Cli) -> Result<(), BenchError> {
             runs,
             warmup,
             memory_runs,
+            variants,
         } => {
-            let report = boot::run(&env, runs, warmup, memory_runs)?;
+            let settings = boot::Settings {
+                runs,
+                warmup,
+                memory_runs,
+                variants,
+            };
+            let report = boot::run(&env, &settings)?;
             println!("{}", report.render());
         }
         Bench::Block(args) => {
@@ -590,6 +604,28 @@ mod tests {
             panic!("not boot");
         };
         assert_eq!(runs, 7);
+    }
+
+    #[test]
+    fn test_boot_variants_are_named_values() {
+        let Bench::Boot { variants, .. } = bench(&["boot", "--variants", "no-seccomp,jailed"])
+        else {
+            panic!("not boot");
+        };
+        assert_eq!(
+            variants,
+            Some(vec![boot::Variant::NoSeccomp, boot::Variant::Jailed])
+        );
+        let line = ["spry-bench", "boot", "--variants", "unjailed"];
+        assert!(Cli::try_parse_args(line).is_err());
+    }
+
+    #[test]
+    fn test_boot_without_variants_leaves_the_choice_to_the_host() {
+        let Bench::Boot { variants, .. } = bench(&["boot"]) else {
+            panic!("not boot");
+        };
+        assert_eq!(variants, None);
     }
 
     #[test]

@@ -445,3 +445,70 @@ fn test_net_bench_sends_and_receives_and_removes_its_tap() {
         "tap left behind"
     );
 }
+
+/// Whether this test runs as root (the jailer needs it).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn test_boot_compares_spry_with_and_without_seccomp_and_jailed_and_leaves_no_jail() {
+    let test = "test_boot_compares_spry_with_and_without_seccomp_and_jailed_and_leaves_no_jail";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reason) = cannot_run() {
+        skip(test, &reason);
+        return;
+    }
+    let jailed = running_as_root() && spry_bin().with_file_name("spry-jailer").is_file();
+    if !jailed {
+        skip(
+            &format!("{test} (jailed part)"),
+            "needs root and spry-jailer next to spry",
+        );
+    }
+    let variants = if jailed {
+        "default,no-seccomp,jailed"
+    } else {
+        "default,no-seccomp"
+    };
+    let child = Command::new(bench_bin())
+        .args(["boot", "--runs", "2", "--warmup", "1", "--memory-runs", "1"])
+        .args(["--variants", variants])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spry-bench");
+    let marker = format!("spry-bench-{}", child.id());
+    let jail_ids = format!("bench-{}-", child.id());
+    let out = child.wait_with_output().expect("wait spry-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("spry --no-seccomp\n"), "{stdout}");
+    assert!(
+        stdout.contains("seccomp adds ") && stdout.contains("aim < 0.3 ms"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.contains("the jail (with seccomp) adds "),
+        jailed,
+        "{stdout}"
+    );
+    assert_eq!(processes_with(&jail_ids), Vec::<String>::new());
+    assert!(
+        !std::env::temp_dir().join(&marker).exists(),
+        "scratch directory (and its jails) left behind"
+    );
+}

@@ -37,6 +37,38 @@ const DOCUMENTED: &[&[&str]] = &[
     // README.md "Measured", tools/devtool help, tools/bench, bench/README.md.
     &["boot"],
     &["boot", "--runs", "20"],
+    // README.md "Security", bench/README.md, tools/bench (issue 11).
+    &["boot", "--runs", "30"],
+    &["boot", "--variants", "default,no-seccomp,jailed"],
+    &[
+        "block",
+        "--systems",
+        "spry,spry-no-seccomp,qemu",
+        "--sizes",
+        "4K",
+    ],
+    &[
+        "block",
+        "--systems",
+        "spry,spry-no-seccomp,qemu",
+        "--sizes",
+        "4K",
+        "--runs",
+        "7",
+        "--reqs",
+        "5000",
+    ],
+    &[
+        "net",
+        "--systems",
+        "spry,spry-no-seccomp,qemu",
+        "--sizes",
+        "64",
+        "--runs",
+        "7",
+        "--reqs",
+        "5000",
+    ],
     // README.md "Measured" (`bench block` and `bench net`), tools/devtool help.
     &["block"],
     &["net"],

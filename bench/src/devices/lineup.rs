@@ -29,6 +29,27 @@ pub(crate) fn tap_name() -> String {
     format!("sbt{}", std::process::id() % 100_000)
 }
 
+/// spry's name in tables.
+pub(crate) const SPRY: &str = "spry";
+/// spry run with `--no-seccomp` (`--systems spry-no-seccomp`), in tables.
+pub(crate) const SPRY_NO_SECCOMP: &str = "spry --no-seccomp";
+
+/// Whether the system named `name` in tables is spry (with its filters or without);
+/// its main thread, the event loop, is named "spry" either way.
+pub(crate) fn is_spry(name: &str) -> bool {
+    name == SPRY || name == SPRY_NO_SECCOMP
+}
+
+/// Where `name`'s rows go in the tables: spry's first, then spry --no-seccomp's,
+/// then the peers' (in the order they ran).
+pub(crate) fn table_order(name: &str) -> u8 {
+    match name {
+        SPRY => 0,
+        SPRY_NO_SECCOMP => 1,
+        _ => 2,
+    }
+}
+
 /// What the guest is given besides its root disk (the Linux guest's).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Devices<'a> {
@@ -88,8 +109,14 @@ pub(crate) fn qemu_devices(devices: Devices<'_>, net: NetBackend) -> Vec<String>
 /// Which VMM boots the guest.
 #[derive(Debug)]
 pub(crate) enum Engine {
-    /// spry (its binary).
-    Spry(PathBuf),
+    /// spry (its binary), with its seccomp filters on (the default) or
+    /// `--no-seccomp`.
+    Spry {
+        /// The binary.
+        binary: PathBuf,
+        /// Whether its filters are on.
+        seccomp: bool,
+    },
     /// QEMU with its network backend.
     Qemu {
         /// QEMU booting the guest.
@@ -119,14 +146,18 @@ impl System {
         devices: Devices<'_>,
     ) -> Result<Command, DeviceError> {
         match &self.engine {
-            Engine::Spry(binary) => {
+            Engine::Spry { binary, seccomp } => {
                 write_json(config, &spry_config(guest, boot_args, devices)).map_err(|source| {
                     DeviceError::Run {
                         what: "writing the spry config".into(),
                         source,
                     }
                 })?;
-                Ok(vmm_command(Vmm::Spry, binary, config))
+                let mut cmd = vmm_command(Vmm::Spry, binary, config);
+                if !seccomp {
+                    cmd.arg("--no-seccomp");
+                }
+                Ok(cmd)
             }
             Engine::Qemu { qemu, net } => {
                 Ok(qemu.command_with(boot_args, &qemu_devices(devices, *net)))
@@ -149,11 +180,21 @@ pub(crate) fn lineup(
 ) -> Result<Lineup, DeviceError> {
     let mut systems = Vec::new();
     let mut peers = Vec::new();
-    if args.wants("spry") {
-        systems.push(System {
-            name: "spry".into(),
-            engine: Engine::Spry(spry.to_owned()),
-        });
+    // spry as users run it, and (`spry-no-seccomp`) without its filters, so that one
+    // run shows what seccomp costs per request.
+    for (wanted, name, seccomp) in [
+        ("spry", SPRY, true),
+        ("spry-no-seccomp", SPRY_NO_SECCOMP, false),
+    ] {
+        if args.wants(wanted) {
+            systems.push(System {
+                name: name.into(),
+                engine: Engine::Spry {
+                    binary: spry.to_owned(),
+                    seccomp,
+                },
+            });
+        }
     }
     if args.wants("qemu") {
         let qemu = |binary: &PathBuf| {
@@ -280,6 +321,54 @@ mod tests {
         );
         assert!(args.contains(&"tap,id=n0,ifname=sbt9,script=no,downscript=no,vhost=off".into()));
         assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");
+    }
+
+    #[test]
+    fn test_spry_without_seccomp_gets_the_switch_and_its_own_name() {
+        let guest = Guest::probe(Path::new("/b"), 128, String::new());
+        let dir = std::env::temp_dir().join(format!("bench-lineup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = DeviceArgs {
+            sizes: vec![4096],
+            requests: 1,
+            runs: 1,
+            ops: vec![crate::devices::Op::Read],
+            guest: crate::devices::GuestChoice::Probe,
+            systems: vec!["spry".into(), "spry-no-seccomp".into()],
+            qemu_accel: "kvm".into(),
+            qemu: None,
+            qemu_vhost: false,
+        };
+
+        let (systems, _) = lineup(&args, Path::new("/x/spry"), &guest, false).unwrap();
+        let cmds: Vec<Vec<String>> = systems
+            .iter()
+            .map(|s| {
+                let config = dir.join(format!("{}.json", s.name.len()));
+                args_of(
+                    &s.command(&guest, &config, "quiet", Devices::default())
+                        .unwrap(),
+                )
+            })
+            .collect();
+
+        let names: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["spry", "spry --no-seccomp"]);
+        assert!(
+            !cmds[0].contains(&"--no-seccomp".to_owned()),
+            "{:?}",
+            cmds[0]
+        );
+        assert_eq!(cmds[1].last().map(String::as_str), Some("--no-seccomp"));
+        assert!(systems.iter().all(|s| is_spry(&s.name)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn test_rows_of_spry_without_seccomp_follow_sprys() {
+        let mut names = ["QEMU", "spry --no-seccomp", "QEMU vhost", "spry"];
+        names.sort_by_key(|n| table_order(n));
+        assert_eq!(names, ["spry", "spry --no-seccomp", "QEMU", "QEMU vhost"]);
     }
 
     #[test]

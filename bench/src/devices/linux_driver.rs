@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::child::Measured;
 use crate::clock::ms_between;
-use crate::devices::lineup::{lineup, tap_name, total_steps, Devices, System};
+use crate::devices::lineup::{lineup, table_order, tap_name, total_steps, Devices, System};
 use crate::devices::netns::{guest_ip_arg, NetNs, HOST_IP, PORT};
 use crate::devices::{
     alternate, make_disk, size_label, Case, CaseResult, Device, DeviceArgs, DeviceError,
@@ -206,7 +206,7 @@ pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport,
         }
     }
     progress.done();
-    cases.sort_by_key(|c| c.system != "spry");
+    cases.sort_by_key(|c| table_order(&c.system));
     Ok(DeviceReport {
         device: Device::Block,
         guest,
@@ -275,7 +275,7 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
         }
     }
     progress.done();
-    cases.sort_by_key(|c| c.system != "spry");
+    cases.sort_by_key(|c| table_order(&c.system));
     Ok(DeviceReport {
         device: Device::Net,
         guest,

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::guest::{Guest, GuestKind};
 use crate::progress::Progress;
 use crate::rawsock::RawSocketError;
-use crate::report::table::{markdown_table, num};
+use crate::report::table::{markdown_table, num, signed};
 use crate::setup::{Env, SetupError};
 use crate::stats::summarize;
 use crate::systems::SystemError;
@@ -85,7 +85,10 @@ pub enum DeviceError {
         source: std::io::Error,
     },
     /// Nothing to run.
-    #[error("no system to run: --systems named none of spry, qemu that can run here ({0})")]
+    #[error(
+        "no system to run: --systems named none of spry, spry-no-seccomp, qemu that can run \
+         here ({0})"
+    )]
     NoSystem(String),
     /// An operation of the other device.
     #[error("--ops {op}: not an operation of `{device}` (block: read, write; net: tx, rx)")]
@@ -338,7 +341,7 @@ impl DeviceReport {
             .cases
             .iter()
             .map(|c| {
-                let event_loop = (c.system == "spry")
+                let event_loop = lineup::is_spry(&c.system)
                     .then(|| c.thread_us_per_request("spry"))
                     .flatten();
                 vec![
@@ -399,6 +402,26 @@ impl DeviceReport {
                 &ratios,
             ));
         }
+        let seccomp = self.seccomp_rows();
+        if !seccomp.is_empty() {
+            out.push_str(
+                "\nWhat seccomp adds per request (spry against spry --no-seccomp, same run; \
+                 differences of medians, µs):\n\n",
+            );
+            out.push_str(&markdown_table(
+                &[
+                    "op",
+                    "size",
+                    "req/s ratio",
+                    "VMM CPU µs/req",
+                    "--no-seccomp",
+                    "seccomp adds",
+                    "non-vCPU adds",
+                    "event loop adds",
+                ],
+                &seccomp,
+            ));
+        }
         out.push_str(match self.guest.kind {
             GuestKind::Probe => {
                 "\nTimed by the probe itself with kvmclock (KVM's paravirtual clock, which KVM and \
@@ -446,6 +469,40 @@ impl DeviceReport {
             out.push_str(&format!("\nnot compared: {peer}: {reason}\n"));
         }
         out
+    }
+
+    /// Per case run by both spry and spry --no-seccomp: req/s of one over the other,
+    /// CPU per request of both and what the filters add (all threads, non-vCPU
+    /// threads, the event loop).
+    fn seccomp_rows(&self) -> Vec<Vec<String>> {
+        let dash = || "–".to_owned();
+        let diff = |on: Option<f64>, off: Option<f64>| on.zip(off).map(|(a, b)| signed(a - b));
+        self.cases
+            .iter()
+            .filter(|c| c.system == lineup::SPRY)
+            .filter_map(|on| {
+                let off = self.cases.iter().find(|c| {
+                    c.system == lineup::SPRY_NO_SECCOMP
+                        && c.case.op == on.case.op
+                        && c.case.size == on.case.size
+                })?;
+                let event_loop = |c: &CaseResult| c.thread_us_per_request("spry");
+                Some(vec![
+                    on.case.op.to_owned(),
+                    size_label(on.case.size),
+                    ratio(on.requests_per_s(), off.requests_per_s()).unwrap_or_else(dash),
+                    on.cpu_us_per_request().map_or_else(dash, num),
+                    off.cpu_us_per_request().map_or_else(dash, num),
+                    diff(on.cpu_us_per_request(), off.cpu_us_per_request()).unwrap_or_else(dash),
+                    diff(
+                        on.io_threads_us_per_request(),
+                        off.io_threads_us_per_request(),
+                    )
+                    .unwrap_or_else(dash),
+                    diff(event_loop(on), event_loop(off)).unwrap_or_else(dash),
+                ])
+            })
+            .collect()
     }
 
     /// spry over each peer, per case: req/s, MiB/s, CPU per request, non-vCPU CPU
@@ -634,6 +691,50 @@ mod tests {
         assert_eq!(result.cpu_us_per_request(), Some(20.0));
         // (7 ms - 2 ms) over 1000 requests.
         assert_eq!(result.thread_us_per_request("spry"), Some(5.0));
+    }
+
+    fn case_on(system: &str, cpu_us: u64, loop_ns: u64) -> CaseResult {
+        CaseResult {
+            system: system.into(),
+            subtract_baseline_time: false,
+            case: Case {
+                op: "read",
+                size: 4096,
+                requests: 1000,
+            },
+            runs: vec![run(100.0, cpu_us, loop_ns)],
+            baseline: vec![run(1.0, 10_000, 2_000_000)],
+        }
+    }
+
+    #[test]
+    fn test_report_shows_what_seccomp_adds_per_request() {
+        let report = DeviceReport {
+            device: Device::Block,
+            guest: Guest::probe(Path::new("/b"), 128, String::new()),
+            // 30 µs and 5 µs of event loop per request with filters, 28 and 4.5 without.
+            cases: vec![
+                case_on(lineup::SPRY, 40_000, 7_000_000),
+                case_on(lineup::SPRY_NO_SECCOMP, 38_000, 6_500_000),
+            ],
+            peers: Vec::new(),
+            skipped: Vec::new(),
+        };
+
+        let text = report.render();
+
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("| read ") && l.contains("+2.00"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(row.contains("| 1.00x "), "{row}");
+        assert!(row.contains("+0.50"), "{row}");
+        // spry --no-seccomp's own row has the event loop column too.
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("| spry --no-seccomp ") && l.contains("4.50")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::time::Duration;
 use crate::child::Measured;
 use crate::cleanup;
 use crate::clock::ms_between;
-use crate::devices::lineup::{lineup, tap_name, total_steps, Devices, Engine, System, GUEST_MAC};
+use crate::devices::lineup::{
+    lineup, table_order, tap_name, total_steps, Devices, Engine, System, GUEST_MAC,
+};
 use crate::devices::qemu_args::NetBackend;
 use crate::devices::{
     alternate, make_disk, size_label, Case, Device, DeviceArgs, DeviceError, DeviceReport, Op, Run,
@@ -244,7 +246,7 @@ pub fn block(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport,
         }
     }
     progress.done();
-    cases.sort_by_key(|c| c.system != "spry");
+    cases.sort_by_key(|c| table_order(&c.system));
     Ok(DeviceReport {
         device: Device::Block,
         peers,
@@ -386,7 +388,7 @@ pub fn net(env: &Env, args: &DeviceArgs, guest: Guest) -> Result<DeviceReport, D
         }
     }
     progress.done();
-    cases.sort_by_key(|c| c.system != "spry");
+    cases.sort_by_key(|c| table_order(&c.system));
     Ok(DeviceReport {
         device: Device::Net,
         guest,

@@ -64,6 +64,16 @@ pub fn num(value: f64) -> String {
     }
 }
 
+/// A difference with its sign, as [`num`] ("+0.42", "-0.03").
+pub fn signed(value: f64) -> String {
+    let text = num(value);
+    if value >= 0.0 {
+        format!("+{text}")
+    } else {
+        text
+    }
+}
+
 /// median, p90, min, max cells of `summary` (or "–" four times).
 pub fn summary_cells(summary: Option<&Summary>) -> Vec<String> {
     match summary {
@@ -75,6 +85,13 @@ pub fn summary_cells(summary: Option<&Summary>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_signed_shows_the_sign_of_a_difference() {
+        assert_eq!(signed(0.123), "+0.12");
+        assert_eq!(signed(-12.34), "-12.3");
+        assert_eq!(signed(0.0), "+0.00");
+    }
 
     #[test]
     fn test_table_pads_columns_and_right_aligns_numbers() {

@@ -2,6 +2,7 @@
 //! signal "running", exit or idle) and to say what it is.
 
 pub mod elf_note;
+pub mod jailed;
 pub mod probe_check;
 pub mod qemu;
 pub mod runc;
@@ -88,6 +89,8 @@ pub struct Instance {
     pub main_us: Option<u64>,
     /// runc only: the container id.
     pub container: Option<String>,
+    /// Jailed spry only: its jail directory (`<base>/spry/<id>`), removed when done.
+    pub jail: Option<PathBuf>,
 }
 
 /// A file a system needs on disk to start the workload.

@@ -269,6 +269,7 @@ impl Sandbox for Qemu {
             vcpu_entry_us: None,
             main_us: None,
             container: None,
+            jail: None,
         })
     }
 

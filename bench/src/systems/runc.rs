@@ -205,6 +205,7 @@ impl Sandbox for Runc {
             vcpu_entry_us: None,
             main_us: None,
             container: Some(id),
+            jail: None,
         })
     }
 

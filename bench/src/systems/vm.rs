@@ -35,6 +35,10 @@ pub struct VmSystem {
     timeout: Duration,
     /// How the probe said it was entered in [`VmSystem::check`].
     entered: OnceLock<ProbeEntry>,
+    /// Arguments added to every command line (`--no-seccomp`).
+    extra_args: Vec<String>,
+    /// The name in tables, when not the VMM's own.
+    label: Option<String>,
 }
 
 /// The Firecracker-style config for `guest` with `boot_args`, plus `drives` and
@@ -132,6 +136,44 @@ pub fn wait_boot_timer(
     Ok((running_us, main_us))
 }
 
+/// Spawns `cmd`, a Firecracker-compatible VMM (or the jailer that becomes spry)
+/// booting `guest` for `workload`, and waits for its running signal (and, idle, for
+/// the guest's idle line).
+pub fn start_vmm(
+    cmd: Command,
+    guest: &Guest,
+    workload: Workload,
+    timeout: Duration,
+) -> Result<Instance, SystemError> {
+    let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
+    // Both have the boot timer at MMIO 0xc000_0000 (Firecracker 1.16 with
+    // `--boot-timer`) and log its write; spry stamps it with CLOCK_MONOTONIC,
+    // Firecracker's line is timed when it arrives.
+    let (running_us, main_us) = wait_boot_timer(&mut process, timeout)?;
+    let vcpu_entry_us = process.lines.iter().find_map(|l| parse_vcpu_entry(&l.text));
+    if workload != Workload::RunToExit {
+        guest.wait_idle(&mut process, timeout)?;
+    }
+    Ok(Instance {
+        process,
+        running_us,
+        vcpu_entry_us,
+        main_us,
+        container: None,
+        jail: None,
+    })
+}
+
+/// `cmd` as one line (program and arguments, space-separated).
+pub fn command_text(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    line
+}
+
 impl VmSystem {
     /// Writes the run-to-exit and idle configs for `guest` into `dir`.
     pub fn new(
@@ -175,7 +217,24 @@ impl VmSystem {
             check_config,
             timeout,
             entered: OnceLock::new(),
+            extra_args: Vec::new(),
+            label: None,
         })
+    }
+
+    /// The same VMM started with `args` added to its command line, named `label` in
+    /// tables (spry with `--no-seccomp`).
+    pub fn with_args(mut self, args: &[&str], label: &str) -> VmSystem {
+        self.extra_args = args.iter().map(|&a| a.to_owned()).collect();
+        self.label = Some(label.to_owned());
+        self
+    }
+
+    /// The command booting `config`, with the added arguments.
+    fn command(&self, config: &Path) -> Command {
+        let mut cmd = vmm_command(self.vmm, &self.binary, config);
+        cmd.args(&self.extra_args);
+        cmd
     }
 
     /// Boots the guest once before any measured run; `Err` says why this VMM
@@ -196,7 +255,7 @@ impl VmSystem {
                 .map(|_| ())
                 .map_err(|e| failed(e.to_string()));
         }
-        let cmd = vmm_command(self.vmm, &self.binary, &self.check_config);
+        let cmd = self.command(&self.check_config);
         let mut process = Measured::spawn(cmd, false).map_err(|e| failed(e.to_string()))?;
         let exit = process
             .wait_exit(self.timeout)
@@ -221,6 +280,9 @@ impl VmSystem {
 
 impl Sandbox for VmSystem {
     fn name(&self) -> &str {
+        if let Some(label) = &self.label {
+            return label;
+        }
         match self.vmm {
             Vmm::Spry => "spry",
             Vmm::Firecracker => "Firecracker",
@@ -244,33 +306,16 @@ impl Sandbox for VmSystem {
     }
 
     fn command_line(&self, workload: Workload) -> String {
-        let cmd = vmm_command(self.vmm, &self.binary, self.config(workload));
-        let mut line = cmd.get_program().to_string_lossy().into_owned();
-        for arg in cmd.get_args() {
-            line.push(' ');
-            line.push_str(&arg.to_string_lossy());
-        }
-        line
+        command_text(&self.command(self.config(workload)))
     }
 
     fn start(&self, workload: Workload, _tag: usize) -> Result<Instance, SystemError> {
-        let cmd = vmm_command(self.vmm, &self.binary, self.config(workload));
-        let mut process = Measured::spawn(cmd, workload != Workload::RunToExit)?;
-        // Both have the boot timer at MMIO 0xc000_0000 (Firecracker 1.16 with
-        // `--boot-timer`) and log its write; spry stamps it with CLOCK_MONOTONIC,
-        // Firecracker's line is timed when it arrives.
-        let (running_us, main_us) = wait_boot_timer(&mut process, self.timeout)?;
-        let vcpu_entry_us = process.lines.iter().find_map(|l| parse_vcpu_entry(&l.text));
-        if workload != Workload::RunToExit {
-            self.guest.wait_idle(&mut process, self.timeout)?;
-        }
-        Ok(Instance {
-            process,
-            running_us,
-            vcpu_entry_us,
-            main_us,
-            container: None,
-        })
+        start_vmm(
+            self.command(self.config(workload)),
+            &self.guest,
+            workload,
+            self.timeout,
+        )
     }
 
     fn console_line(&self) -> Option<&'static str> {
