@@ -1025,6 +1025,88 @@ mod linux_guest {
     }
 
     #[test]
+    fn test_rollback_after_heavy_writes_gives_back_the_snapshot_s_files_and_memory() {
+        require_linux!(
+            "test_rollback_after_heavy_writes_gives_back_the_snapshot_s_files_and_memory"
+        );
+        retry_emulator_faults(ATTEMPTS, || {
+            let scratch = Scratch::new();
+            let rootfs = writable_rootfs(&scratch);
+            let vm = Vm::bare("vmlinux", "spry.mode=shell")
+                .vcpus(1, false)
+                .drive("rootfs", &rootfs, true, false);
+            let mut golden = boot_over_api(&scratch, &vm);
+            golden.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
+            shell_run(
+                &mut golden,
+                "echo kept > /root/note; echo kept > /tmp/mem; sync",
+                "ready",
+            );
+            let (status, answer) = curl(&golden.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+            assert_eq!(status, 204, "{answer}");
+            let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
+            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+            let (status, answer) = curl(
+                &golden.socket,
+                "PUT",
+                "/snapshot/create",
+                &create.to_string(),
+            );
+            assert_eq!(status, 204, "{answer}\n{}", golden.stderr());
+            assert_eq!(
+                golden.terminate(),
+                Some(128 + libc::SIGTERM),
+                "{}",
+                golden.stderr()
+            );
+            let disk = sha256(&rootfs);
+
+            // A clone whose root drive is copy-on-write over the golden disk.
+            let mut clone = SpryApi::start(&scratch.path("clone.sock"), &["--log-level", "info"]);
+            let load = serde_json::json!({
+                "snapshot_path": state,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "drive_overrides": [{
+                    "drive_id": "rootfs", "path_on_host": rootfs,
+                    "copy_on_write": {"overlay_type": "Memory"},
+                }],
+                "resume_vm": true,
+            });
+            let (status, answer) = curl(&clone.socket, "PUT", "/snapshot/load", &load.to_string());
+            assert_eq!(status, 204, "{answer}\n{}", clone.stderr());
+            let heavy = shell_run(
+                &mut clone,
+                "dd if=/dev/urandom of=/root/big bs=1M count=8 2>/dev/null; \
+                 echo overwritten > /root/note; head -c 16777216 /dev/zero > /tmp/fill; \
+                 echo changed > /tmp/mem; sync; echo W-$(cat /root/note)-$([ -e /root/big ] && echo big)",
+                "heavy",
+            );
+            assert!(heavy.contains("\nW-overwritten-big"), "{heavy}");
+            let (status, answer) = curl(&clone.socket, "PUT", "/snapshot/rollback", "{}");
+            assert_eq!(status, 204, "{answer}\n{}", clone.stderr());
+            let after = shell_run(
+                &mut clone,
+                "echo A-$(cat /root/note)-$([ -e /root/big ] || echo nobig)-$(cat /tmp/mem)-\
+                 $([ -e /tmp/fill ] || echo nofill); \
+                 echo more > /root/after; sync; echo B-$(cat /root/after)",
+                "after",
+            );
+            // The disk as at the snapshot (the 8 MiB file and the overwrite gone),
+            // tmpfs too (memory), and the file system still takes writes.
+            assert!(after.contains("\nA-kept-nobig-kept-nofill"), "{after}");
+            assert!(after.contains("\nB-more"), "{after}");
+            assert_clean_kernel_log(&after);
+            assert_eq!(
+                clone.terminate(),
+                Some(128 + libc::SIGTERM),
+                "{}",
+                clone.stderr()
+            );
+            assert_eq!(sha256(&rootfs), disk, "the clone wrote its base disk");
+        });
+    }
+
+    #[test]
     fn test_send_ctrl_alt_del_shuts_the_guest_down_cleanly() {
         require_linux!("test_send_ctrl_alt_del_shuts_the_guest_down_cleanly");
         retry_emulator_faults(ATTEMPTS, || {
