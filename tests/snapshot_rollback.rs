@@ -332,6 +332,64 @@ fn test_a_hundred_rollbacks_leak_no_fds_threads_or_memory() {
     assert!(seen.iter().all(|&(n, found)| n == found), "{seen:?}");
 }
 
+/// The whole cycle a sandbox platform runs, 100 times in one process: pause, a
+/// Full snapshot (over the same files), resume, roll back. Counted: open file
+/// descriptors, threads, resident memory.
+#[test]
+fn test_a_hundred_snapshot_and_rollback_cycles_leak_no_fds_threads_or_memory() {
+    let scratch = Scratch::new();
+    let (state, mem) = snapshotted_probe(&scratch, 128, 4);
+    let spry = loaded(&scratch, &state, &mem);
+    let last = last_before_snapshot(&spry);
+    let pid = spry.child.id();
+    let (again_state, again_mem) = (scratch.path("again.snap"), scratch.path("again.mem"));
+    let create = serde_json::json!({"snapshot_path": again_state, "mem_file_path": again_mem});
+    let cycle = || {
+        for (method, path, body) in [
+            ("PATCH", "/vm", r#"{"state": "Paused"}"#.to_owned()),
+            ("PUT", "/snapshot/create", create.to_string()),
+            ("PATCH", "/vm", r#"{"state": "Resumed"}"#.to_owned()),
+            ("PUT", "/snapshot/rollback", "{}".to_owned()),
+        ] {
+            let answer = spry.call(method, path, &body);
+            assert_eq!(
+                answer.status,
+                204,
+                "{method} {path}: {answer:?}\n{}",
+                spry.stderr()
+            );
+        }
+    };
+    for _ in 0..5 {
+        cycle();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds, tasks, rss) = (open_fds(pid), threads(pid), rss_kib(pid));
+
+    for _ in 0..100 {
+        cycle();
+    }
+    roll_back_after(&spry, last, 2);
+    std::thread::sleep(Duration::from_millis(200));
+
+    eprintln!(
+        "fds {fds} -> {}, threads {tasks} -> {}, RSS {rss} -> {} KiB",
+        open_fds(pid),
+        threads(pid),
+        rss_kib(pid)
+    );
+    assert_eq!(open_fds(pid), fds);
+    assert_eq!(threads(pid), tasks);
+    // The guest dirties 4 MiB per count; allow that and a little allocator slack.
+    assert!(
+        rss_kib(pid) < rss + 6 * 1024,
+        "RSS {rss} -> {} KiB",
+        rss_kib(pid)
+    );
+    let seen = counts(&spry);
+    assert!(seen.iter().all(|&(n, found)| n == found), "{seen:?}");
+}
+
 /// `spry-uffd-handler` serving `mem` on `socket`, once it listens.
 fn uffd_handler(socket: &Path, mem: &Path) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spry-uffd-handler"))
