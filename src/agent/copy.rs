@@ -197,16 +197,7 @@ pub fn copy_out(uds: &Path, port: u32, from: &str, to: &Path) -> Result<(), Copy
     let (archive_in, mut archive_out) =
         UnixStream::pair().map_err(host_err("cannot make a pipe for", to))?;
     let unpack_into = staging.clone();
-    let unpacker = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut archive = tar::Archive::new(archive_in);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(false);
-        let result = archive.unpack(&unpack_into);
-        // Drain what is left so the guest's tar is never stuck writing.
-        let _ = std::io::copy(&mut archive.into_inner(), &mut std::io::sink());
-        result
-    });
+    let unpacker = std::thread::spawn(move || unpack_archive(archive_in, &unpack_into));
     let result = guest_tar(
         uds,
         port,
@@ -225,6 +216,20 @@ pub fn copy_out(uds: &Path, port: u32, from: &str, to: &Path) -> Result<(), Copy
     });
     let _ = std::fs::remove_dir_all(&staging);
     placed
+}
+
+/// Unpacks a tar stream that came from the guest into `into`, an empty directory,
+/// keeping modes and times. tar's own checks keep every entry inside `into`: no
+/// `..`, no absolute paths, no writes through the archive's own symlinks. What is
+/// left of the stream is drained, so the guest's tar is never stuck writing.
+pub fn unpack_archive(stream: impl std::io::Read, into: &Path) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(stream);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(false);
+    let result = archive.unpack(into);
+    let _ = std::io::copy(&mut archive.into_inner(), &mut std::io::sink());
+    result
 }
 
 /// A new empty directory inside `dir`, named for spry.
