@@ -24,7 +24,9 @@ fn spare_queue(base: u32) -> Queue {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((mem, tx)) = common::queue_from(data) else { return };
+    let Some((mem, tx)) = common::queue_from(data) else {
+        return;
+    };
     let path = std::env::temp_dir().join(format!("spry-fuzz-vsock-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
@@ -34,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
     let muxer = Muxer::new(3, path, listener);
     let mut vsock = Vsock::new(3, muxer, common::interrupt()).expect("vsock");
     if vsock
-        .activate(mem, vec![spare_queue(0x8000), tx, spare_queue(0xc000)], 1 << 32)
+        .activate(
+            mem,
+            vec![spare_queue(0x8000), tx, spare_queue(0xc000)],
+            1 << 32,
+        )
         .is_ok()
     {
         vsock.process_tx();
