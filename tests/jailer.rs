@@ -291,6 +291,110 @@ fn test_jailed_spry_boots_the_probe_from_a_config_inside_the_jail() {
     out.assert_probe_all_ok();
 }
 
+/// An XFS file system with reflinks in a loop-mounted image; unmounted on drop.
+struct XfsMount {
+    dir: PathBuf,
+}
+
+impl XfsMount {
+    /// Makes and mounts one under `scratch`, or says why it cannot.
+    fn new(scratch: &Scratch) -> Result<XfsMount, String> {
+        let image = scratch.path("xfs.img");
+        let dir = scratch.path("xfs");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(300 << 20).map_err(|e| e.to_string())?;
+        let run = |cmd: &mut Command| {
+            cmd.output()
+                .map_err(|e| format!("{cmd:?}: {e}"))
+                .and_then(|o| {
+                    o.status
+                        .success()
+                        .then_some(())
+                        .ok_or_else(|| format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr)))
+                })
+        };
+        run(Command::new("mkfs.xfs")
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&dir))?;
+        Ok(XfsMount { dir })
+    }
+
+    /// Free bytes on it.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: an all-zero statvfs is a valid value for statvfs to overwrite.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is NUL-terminated and `st` writable; both outlive the call.
+        assert_eq!(
+            unsafe { libc::statvfs(path.as_ptr(), &mut st) },
+            0,
+            "statvfs"
+        );
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for XfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// On a file system that shares extents, the jailer's copy of the binary is a
+/// reflink (`copy_file_range` makes one): a file of its own (no page shared with
+/// other jails) that takes no space and no time to make.
+#[test]
+fn test_exec_file_is_reflinked_where_the_file_system_can() {
+    let test = "test_exec_file_is_reflinked_where_the_file_system_can";
+    if !running_as_root(test) {
+        return;
+    }
+    let mut jail = Jail::new("reflink");
+    let xfs = match XfsMount::new(&jail.scratch) {
+        Ok(xfs) => xfs,
+        Err(why) => {
+            common::skip(test, &format!("no XFS with reflinks here: {why}"));
+            return;
+        }
+    };
+    let exec_file = xfs.dir.join("spry");
+    std::fs::copy(spry_bin(), &exec_file).expect("copy spry onto XFS");
+    let size = std::fs::metadata(&exec_file).expect("stat").len();
+    jail.base = xfs.dir.join("jails");
+    std::fs::create_dir(&jail.base).expect("create the chroot base");
+    jail.exec_file = exec_file.clone();
+    let jail = jail.with_probe("");
+    let before = xfs.free();
+
+    let out = jail.jailer(&[], &["--config-file", "/vm.json"]).run();
+
+    let used = before.saturating_sub(xfs.free());
+    let copy = jail.root().join("spry");
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        std::fs::read(&copy).expect("read the jail's copy"),
+        std::fs::read(&exec_file).expect("read the exec file")
+    );
+    let (src, dst) = (
+        std::fs::metadata(&exec_file).expect("stat"),
+        std::fs::metadata(&copy).expect("stat"),
+    );
+    assert_ne!(
+        src.ino(),
+        dst.ino(),
+        "the jail's binary is a link, not a file of its own"
+    );
+    assert!(
+        used < size / 4,
+        "the copy took {used} bytes of {size}: not a reflink"
+    );
+}
+
 #[test]
 fn test_jail_layout_and_device_nodes_belong_to_the_jailed_user() {
     if !running_as_root("test_jail_layout_and_device_nodes_belong_to_the_jailed_user") {
