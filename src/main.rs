@@ -60,6 +60,11 @@ enum AgentCommand {
         /// Kill the command after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         timeout: Option<f64>,
+        /// Run the command on a terminal in the guest (for interactive programs):
+        /// its output, both streams, comes on stdout; this terminal passes every
+        /// key through (Ctrl-C interrupts the command) and its size follows.
+        #[arg(short, long)]
+        tty: bool,
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true, value_name = "COMMAND")]
         command: Vec<std::ffi::OsString>,
@@ -112,6 +117,7 @@ fn agent_command(command: AgentCommand) -> ExitCode {
             env,
             workdir,
             timeout,
+            tty,
             command: argv,
         } => {
             let timeout = match timeout.map(std::time::Duration::try_from_secs_f64) {
@@ -123,7 +129,7 @@ fn agent_command(command: AgentCommand) -> ExitCode {
                 None => None,
             };
             let port = target.port;
-            let request = command::request(argv, env, workdir);
+            let request = command::request(argv, env, workdir, tty);
             let Some(target) = target.target() else {
                 eprintln!("spry exec: pass --api-sock PATH or --vsock-uds PATH");
                 return ExitCode::from(FAILED);

@@ -367,3 +367,71 @@ fn test_exec_without_an_agent_says_what_is_missing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is the guest's spry-agent running?"), "{err}");
 }
+
+/// `spry exec -t`: the command runs on a terminal in the guest, of 80x24 when
+/// spry's stdin is not a terminal, with both its streams on spry's stdout.
+#[test]
+fn test_exec_with_a_terminal_runs_the_command_on_one() {
+    let guest = Guest::start();
+    let out = common::output_with_stdin(
+        guest.spry("exec").args([
+            "-t",
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; stty size; echo to-stderr >&2",
+        ]),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("on-a-terminal"), "{text:?}");
+    assert!(text.contains("24 80"), "{text:?}");
+    assert!(text.contains("to-stderr"), "{text:?}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+/// Typed input reaches a shell reading its terminal, and its exit status is
+/// spry's.
+#[test]
+fn test_shell_on_a_terminal_reads_what_is_typed() {
+    let guest = Guest::start();
+    let out = common::output_with_stdin(
+        guest.spry("exec").args(["-t", "--", "sh"]),
+        b"echo typed-$((40+2)); exit 3\n",
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(stdout(&out).contains("typed-42"), "{out:?}");
+}
+
+/// Ctrl-C typed on the terminal is the guest terminal's interrupt: the command
+/// in its foreground gets SIGINT.
+#[test]
+fn test_ctrl_c_on_a_terminal_interrupts_the_command() {
+    let guest = Guest::start();
+    let mut child = guest
+        .spry("exec")
+        .args(["-t", "--", "sh", "-c", "echo ready; exec sleep 30"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spry exec");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("read") > 0,
+            "no ready line"
+        );
+    }
+    // The shell printed it, then exec'd sleep: a moment for the exec.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&[0x03]).expect("type Ctrl-C");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -330,11 +330,8 @@ impl XfsMount {
         // SAFETY: an all-zero statvfs is a valid value for statvfs to overwrite.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: `path` is NUL-terminated and `st` writable; both outlive the call.
-        assert_eq!(
-            unsafe { libc::statvfs(path.as_ptr(), &mut st) },
-            0,
-            "statvfs"
-        );
+        let ret = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        assert_eq!(ret, 0, "statvfs");
         st.f_bavail * st.f_frsize
     }
 }

@@ -1222,6 +1222,26 @@ mod linux_guest {
                 }
             });
 
+            // On a terminal in the guest (devpts): both streams on stdout, 80x24.
+            let out = spry_agent(
+                &api,
+                &[
+                    "exec",
+                    "-t",
+                    "--",
+                    "sh",
+                    "-c",
+                    "[ -t 0 ] && echo on-a-terminal; stty size; echo err >&2",
+                ],
+                b"",
+            );
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            let shown = text(&out.stdout);
+            assert!(
+                shown.contains("on-a-terminal") && shown.contains("24 80") && shown.contains("err"),
+                "{shown:?}"
+            );
+
             // A command that never exits is killed at --timeout.
             let out = spry_agent(&api, &["exec", "--timeout", "2", "--", "sleep", "600"], b"");
             assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");

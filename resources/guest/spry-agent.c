@@ -5,9 +5,12 @@
  *
  * Listens on a vsock stream port (default 52; the host reaches it through the
  * vsock device's Unix socket with "CONNECT 52") and serves one command per
- * connection in a child process of its own, speaking protocol version 1 of
- * docs/agent-protocol.md: the host sends HELLO and EXEC, then STDIN data and
- * SIGNALs; the agent answers HELLO, then STDOUT and STDERR data, then EXIT.
+ * connection in a child process of its own, speaking protocol version 2 of
+ * docs/agent-protocol.md (and version 1): the host sends HELLO, optionally
+ * TERMINAL, and EXEC, then STDIN data, SIGNALs and WINSIZE changes; the agent
+ * answers HELLO, then STDOUT and STDERR data, then EXIT. With TERMINAL the
+ * command runs on a new pseudo-terminal: its output, both streams, comes as
+ * STDOUT.
  * --unix serves the same protocol on a Unix socket, so the host side can be
  * tested against this very program without a VM.
  *
@@ -25,13 +28,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
+#define OLDEST_VERSION 1
 #define MAX_FRAME (1u << 20)   /* EXEC may carry a long argv and env */
 #define CHUNK 65536            /* STDOUT/STDERR frames carry at most this */
 #define STDIN_BUFFER (1u << 18) /* stop reading the host when this is queued */
@@ -40,6 +45,7 @@
 
 enum {
 	HELLO = 'H', EXEC = 'E', STDIN = 'I', SIGNAL = 'S',       /* host -> agent */
+	TERMINAL = 'T', WINSIZE = 'W',                            /* host -> agent, v2 */
 	STDOUT = 'O', STDERR = 'R', EXIT = 'X', FAILED = 'F',     /* agent -> host */
 };
 
@@ -194,6 +200,32 @@ static int forward_output(int sock, int *fd, uint8_t kind)
 	return send_frame(sock, kind, buf, (uint32_t)n);
 }
 
+/*
+ * A new pseudo-terminal of `size` for the command: its side (the slave) as the
+ * command's stdin, stdout and stderr (in[0] = out[1] = err[1]), the master as
+ * where its input goes (in[1], a descriptor of its own) and its output comes
+ * from (out[0]); no stderr stream (err[0] = -1). Keeps the master in *master for
+ * WINSIZE. -1 with errno on failure.
+ */
+static int open_terminal(int *master, struct winsize *size, int in[2], int out[2], int err[2])
+{
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC), s;
+	if (m < 0)
+		return -1;
+	if (grantpt(m) || unlockpt(m) || (s = open(ptsname(m), O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+		close(m);
+		return -1;
+	}
+	if (size->ws_row && size->ws_col)
+		ioctl(m, TIOCSWINSZ, size);
+	in[0] = out[1] = err[1] = s;
+	in[1] = fcntl(m, F_DUPFD_CLOEXEC, 0);
+	out[0] = m;
+	err[0] = -1;
+	*master = m;
+	return in[1] < 0 ? -1 : 0;
+}
+
 /* One connection: HELLO, EXEC, then relay until the command ended. */
 static void serve(int sock)
 {
@@ -202,6 +234,8 @@ static void serve(int sock)
 	uint32_t len;
 	struct command cmd;
 	int in[2], out[2], err[2], status;
+	int tty = 0, master = -1;
+	struct winsize size = { 0 };
 	pid_t pid;
 	char *queued = NULL; /* stdin bytes received but not yet taken by the command */
 	size_t queued_len = 0, queued_off = 0;
@@ -212,18 +246,35 @@ static void serve(int sock)
 		return;
 	if (send_frame(sock, HELLO, hello, sizeof(hello)) < 0)
 		return;
-	if ((uint8_t)payload[0] != PROTOCOL_VERSION || payload[1] != 0) {
-		fail(sock, "the host speaks protocol %s; this agent speaks 1", "another");
+	if ((uint8_t)payload[0] < OLDEST_VERSION || (uint8_t)payload[0] > PROTOCOL_VERSION ||
+	    payload[1] != 0) {
+		fail(sock, "the host speaks protocol %s; this agent speaks 1 and 2", "another");
 		return;
 	}
 	free(payload);
-	if (recv_frame(sock, &kind, &payload, &len) < 0 || kind != EXEC)
-		return;
+	/* TERMINAL (rows, cols: u16 LE each) may come before EXEC. */
+	for (;;) {
+		if (recv_frame(sock, &kind, &payload, &len) < 0)
+			return;
+		if (kind == EXEC)
+			break;
+		if (kind == TERMINAL && len == 4) {
+			tty = 1;
+			size.ws_row = (unsigned short)((uint8_t)payload[0] | (uint8_t)payload[1] << 8);
+			size.ws_col = (unsigned short)((uint8_t)payload[2] | (uint8_t)payload[3] << 8);
+		}
+		free(payload); /* anything else before EXEC is skipped */
+	}
 	if (parse_exec(payload, len, &cmd) < 0) {
 		fail(sock, "malformed EXEC request%s", "");
 		return;
 	}
-	if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
+	if (tty) {
+		if (open_terminal(&master, &size, in, out, err) < 0) {
+			fail(sock, "cannot open a terminal: %s", strerror(errno));
+			return;
+		}
+	} else if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
 		fail(sock, "pipe: %s", strerror(errno));
 		return;
 	}
@@ -235,6 +286,10 @@ static void serve(int sock)
 	if (pid == 0) {
 		/* Its own session and process group, so a SIGNAL reaches its children too. */
 		setsid();
+		/* The terminal becomes the session's controlling terminal: job control,
+		 * and ^C typed on it interrupts the command. */
+		if (tty)
+			ioctl(in[0], TIOCSCTTY, 0);
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		dup2(err[1], 2);
@@ -250,11 +305,14 @@ static void serve(int sock)
 		_exit(errno == ENOENT ? 127 : 126);
 	}
 	close(in[0]);
-	close(out[1]);
-	close(err[1]);
+	if (out[1] != in[0])
+		close(out[1]);
+	if (err[1] != in[0] && err[1] != out[1])
+		close(err[1]);
 	set_nonblock(in[1]);
 	set_nonblock(out[0]);
-	set_nonblock(err[0]);
+	if (err[0] >= 0)
+		set_nonblock(err[0]);
 	queued = malloc(STDIN_BUFFER);
 	if (!queued)
 		stdin_eof = 1;
@@ -302,6 +360,11 @@ static void serve(int sock)
 			} else if (kind == SIGNAL && len == 4) {
 				kill(-pid, (int)le32(payload));
 				free(payload);
+			} else if (kind == WINSIZE && len == 4 && master >= 0 && out[0] == master) {
+				size.ws_row = (unsigned short)((uint8_t)payload[0] | (uint8_t)payload[1] << 8);
+				size.ws_col = (unsigned short)((uint8_t)payload[2] | (uint8_t)payload[3] << 8);
+				ioctl(master, TIOCSWINSZ, &size); /* the kernel sends SIGWINCH */
+				free(payload);
 			} else {
 				free(payload); /* unknown frames are ignored: later versions add some */
 			}
@@ -322,6 +385,9 @@ static void serve(int sock)
 				}
 			}
 			if (stdin_eof && queued_off == queued_len) {
+				/* A terminal cannot be half closed: its end of input is ^D. */
+				if (tty)
+					(void)!write(in[1], "\x04", 1);
 				close(in[1]);
 				in[1] = -1;
 			}
@@ -329,6 +395,11 @@ static void serve(int sock)
 	}
 	if (!exited)
 		waitpid(pid, &status, 0);
+	if (in[1] >= 0)
+		close(in[1]);
+	/* The master is out[0]: closed already once the command's output ended. */
+	if (master >= 0 && out[0] == master)
+		close(master);
 	if (host_open) {
 		uint8_t exit_frame[8] = { 0 };
 		uint32_t code = WIFEXITED(status) ? (uint32_t)WEXITSTATUS(status) : 0;

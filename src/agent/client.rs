@@ -47,6 +47,12 @@ pub enum ClientError {
     /// The connection ended before the command did.
     #[error("the agent closed the connection before the command ended")]
     Closed,
+    /// A terminal was asked of an agent that has none.
+    #[error(
+        "the guest's agent speaks protocol {0}, which has no terminal (-t); rebuild the \
+         guest image for a newer spry-agent"
+    )]
+    NoTerminal(u16),
     /// Writing the command's output on this side failed.
     #[error("writing the command's output: {0}")]
     Output(std::io::Error),
@@ -103,6 +109,13 @@ impl Signaller {
         protocol::write_frame(&mut *w, Kind::Signal, &signal.to_le_bytes())
     }
 
+    /// Tells the command's terminal its new size (the guest's kernel sends it
+    /// SIGWINCH).
+    pub fn resize(&self, rows: u16, cols: u16) -> std::io::Result<()> {
+        let mut w = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        protocol::write_frame(&mut *w, Kind::Winsize, &protocol::window_size(rows, cols))
+    }
+
     /// Gives up on the agent: the session's wait ends with [`ClientError::Closed`]
     /// and the agent, seeing the connection go, kills the command's process group.
     pub fn abandon(&self) {
@@ -131,7 +144,14 @@ impl Session {
                 String::from_utf8_lossy(&hello.payload).into_owned(),
             ));
         }
-        protocol::check_hello(&hello)?;
+        let version = protocol::check_hello(&hello)?;
+        if let Some((rows, cols)) = request.terminal {
+            if version < protocol::TERMINAL_VERSION {
+                return Err(ClientError::NoTerminal(version));
+            }
+            let size = protocol::window_size(rows, cols);
+            protocol::write_frame(&mut writer, Kind::Terminal, &size).map_err(ProtocolError::Io)?;
+        }
         protocol::write_frame(&mut writer, Kind::Exec, &exec).map_err(ProtocolError::Io)?;
         Ok(Session {
             reader,

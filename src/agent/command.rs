@@ -115,7 +115,7 @@ pub fn exec(
 ) -> Result<u8, CommandError> {
     // Blocked before any thread starts, so that only the forwarding thread's
     // sigwait ever takes them.
-    let forwarded = forwarded_signals();
+    let forwarded = forwarded_signals(request.terminal.is_some());
     // SAFETY: pthread_sigmask with a fully initialised set and no old set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &forwarded, std::ptr::null_mut()) };
     let uds = vsock_socket(target)?;
@@ -132,6 +132,11 @@ pub fn exec(
             signaller.abandon();
         });
     }
+    // On a guest terminal, this one passes every key through (Ctrl-C becomes the
+    // guest terminal's interrupt) until spry returns.
+    let _raw = request
+        .terminal
+        .and_then(|_| crate::terminal::RawTerminal::enter(libc::STDIN_FILENO));
     // The reader thread is left behind when the command ends first: a terminal
     // that never sends EOF must not keep spry waiting.
     session.feed_stdin(std::io::stdin());
@@ -139,13 +144,19 @@ pub fn exec(
     Ok(ended.exit_code())
 }
 
-fn forwarded_signals() -> libc::sigset_t {
+/// The signals passed on to the command; with a terminal also SIGWINCH, which
+/// becomes a WINSIZE for the guest terminal.
+fn forwarded_signals(terminal: bool) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let resize = terminal.then_some(libc::SIGWINCH);
     // SAFETY: `set` is a valid sigset_t owned by this frame.
     unsafe {
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+            .into_iter()
+            .chain(resize)
+        {
             libc::sigaddset(&mut set, signal);
         }
     }
@@ -159,7 +170,12 @@ fn forward_signals(set: &libc::sigset_t, signaller: &Signaller) {
         if unsafe { libc::sigwait(set, &mut signal) } != 0 {
             return;
         }
-        if signaller.send(signal).is_err() {
+        let sent = match (signal, window_size(libc::STDIN_FILENO)) {
+            (libc::SIGWINCH, Some((rows, cols))) => signaller.resize(rows, cols),
+            (libc::SIGWINCH, None) => Ok(()),
+            _ => signaller.send(signal),
+        };
+        if sent.is_err() {
             return;
         }
     }
@@ -171,15 +187,27 @@ pub fn cp(target: &Target, port: u32, src: &str, dst: &str) -> Result<(), Comman
     Ok(copy::copy(&uds, port, src, dst)?)
 }
 
-/// A command line as an EXEC request.
+/// A command line as an EXEC request; with `terminal`, on a guest terminal of
+/// this terminal's size (80x24 when stdin is not one).
 pub fn request(
     command: Vec<OsString>,
     env: Vec<OsString>,
     workdir: Option<OsString>,
+    terminal: bool,
 ) -> ExecRequest {
     ExecRequest {
         argv: command,
         env,
         cwd: workdir.unwrap_or_default(),
+        terminal: terminal.then(|| window_size(libc::STDIN_FILENO).unwrap_or((24, 80))),
     }
+}
+
+/// The size (rows, columns) of the terminal on `fd`, if it is one.
+fn window_size(fd: libc::c_int) -> Option<(u16, u16)> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it or fails.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize to the pointer, which outlives the call.
+    let ret = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) };
+    (ret == 0 && size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
 }

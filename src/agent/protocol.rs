@@ -1,12 +1,17 @@
-//! Protocol version 1 between spry and its guest agent (docs/agent-protocol.md):
-//! frames of a kind byte, a little-endian u32 length and a payload.
+//! Protocol version 2 between spry and its guest agent (docs/agent-protocol.md):
+//! frames of a kind byte, a little-endian u32 length and a payload. Version 2
+//! adds a terminal (TERMINAL, WINSIZE) to version 1, which both sides still speak.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
 /// The protocol version this side speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The oldest version this side still speaks (an agent in an older guest image).
+pub const OLDEST_VERSION: u16 = 1;
+/// The first version with a terminal.
+pub const TERMINAL_VERSION: u16 = 2;
 /// The vsock port the guest's agent listens on.
 pub const DEFAULT_PORT: u32 = 52;
 /// The largest STDIN, STDOUT or STDERR payload a side sends.
@@ -34,6 +39,11 @@ pub enum Kind {
     Exit = b'X',
     /// Agent to host, last: why the command could not run (UTF-8 text).
     Failed = b'F',
+    /// Host to agent, before EXEC (version 2): run the command on a new terminal
+    /// of this size (rows, columns: u16 LE each).
+    Terminal = b'T',
+    /// Host to agent (version 2): the terminal's new size (rows, columns).
+    Winsize = b'W',
 }
 
 /// Errors of the agent protocol.
@@ -57,7 +67,7 @@ pub enum ProtocolError {
         len: usize,
     },
     /// The agent speaks another protocol version.
-    #[error("the agent speaks protocol version {0}; spry speaks {VERSION}")]
+    #[error("the agent speaks protocol version {0}; spry speaks {OLDEST_VERSION} to {VERSION}")]
     Version(u16),
     /// An argument, environment entry or directory holds a NUL byte.
     #[error("{0:?} holds a NUL byte, which cannot reach the guest")]
@@ -119,11 +129,11 @@ pub fn hello() -> [u8; 2] {
     VERSION.to_le_bytes()
 }
 
-/// Checks the agent's HELLO.
-pub fn check_hello(frame: &Frame) -> Result<(), ProtocolError> {
+/// Checks the agent's HELLO and returns the version it speaks.
+pub fn check_hello(frame: &Frame) -> Result<u16, ProtocolError> {
     match (frame.kind, frame.payload.as_slice()) {
         (k, [lo, hi, ..]) if k == Kind::Hello as u8 => match u16::from_le_bytes([*lo, *hi]) {
-            VERSION => Ok(()),
+            v @ OLDEST_VERSION..=VERSION => Ok(v),
             other => Err(ProtocolError::Version(other)),
         },
         (k, p) if k == Kind::Hello as u8 => Err(ProtocolError::BadPayload {
@@ -143,6 +153,14 @@ pub struct ExecRequest {
     pub env: Vec<OsString>,
     /// The working directory; empty: `/`.
     pub cwd: OsString,
+    /// Run it on a new terminal of this size (rows, columns) instead of pipes.
+    pub terminal: Option<(u16, u16)>,
+}
+
+/// A TERMINAL or WINSIZE payload.
+pub fn window_size(rows: u16, cols: u16) -> [u8; 4] {
+    let (r, c) = (rows.to_le_bytes(), cols.to_le_bytes());
+    [r[0], r[1], c[0], c[1]]
 }
 
 impl ExecRequest {
@@ -242,6 +260,7 @@ mod tests {
             argv: vec!["ls".into(), "-l".into()],
             env: vec!["A=1".into()],
             cwd: "/tmp".into(),
+            terminal: None,
         };
         let mut want = vec![2, 0, 0, 0, 1, 0, 0, 0];
         want.extend_from_slice(b"ls\0-l\0A=1\0/tmp\0");
@@ -276,11 +295,17 @@ mod tests {
             kind: b'H',
             payload,
         };
-        assert!(check_hello(&frame(hello().to_vec())).is_ok());
+        assert_eq!(check_hello(&frame(hello().to_vec())).ok(), Some(VERSION));
+        assert_eq!(check_hello(&frame(vec![1, 0])).ok(), Some(1));
         assert!(matches!(
-            check_hello(&frame(vec![2, 0])),
-            Err(ProtocolError::Version(2))
+            check_hello(&frame(vec![3, 0])),
+            Err(ProtocolError::Version(3))
         ));
+        assert!(matches!(
+            check_hello(&frame(vec![0, 0])),
+            Err(ProtocolError::Version(0))
+        ));
+        assert_eq!(window_size(24, 0x150), [24, 0, 0x50, 1]);
         assert!(check_hello(&frame(vec![1])).is_err());
         assert!(check_hello(&Frame {
             kind: b'O',
