@@ -817,6 +817,25 @@ mod linux_guest {
         });
     }
 
+    /// Pauses `spry`'s VM, takes a Full snapshot into `<name>.snap` and `<name>.mem`
+    /// in `scratch`, and stops spry: (state file, memory file).
+    fn snapshot_and_stop(spry: &mut SpryApi, scratch: &Scratch, name: &str) -> (PathBuf, PathBuf) {
+        let (status, answer) = curl(&spry.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+        assert_eq!(status, 204, "{answer}");
+        let state = scratch.path(&format!("{name}.snap"));
+        let mem = scratch.path(&format!("{name}.mem"));
+        let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+        let (status, answer) = curl(&spry.socket, "PUT", "/snapshot/create", &create.to_string());
+        assert_eq!(status, 204, "{answer}\n{}", spry.stderr());
+        assert_eq!(
+            spry.terminate(),
+            Some(128 + libc::SIGTERM),
+            "{}",
+            spry.stderr()
+        );
+        (state, mem)
+    }
+
     /// Types `command` on a guest shell's console and waits for the line it prints
     /// with `marker`: the shell prints `<marker>:<n>` where `n` is computed in the
     /// guest, so the console's echo of the typed line never matches.
@@ -869,19 +888,7 @@ mod linux_guest {
                 "before",
             );
             assert!(before.contains("ping-before-2"), "{before}");
-            let (status, answer) = curl(&spry.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
-            assert_eq!(status, 204, "{answer}");
-            let (state, mem) = (scratch.path("vm.snap"), scratch.path("vm.mem"));
-            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
-            let (status, answer) =
-                curl(&spry.socket, "PUT", "/snapshot/create", &create.to_string());
-            assert_eq!(status, 204, "{answer}\n{}", spry.stderr());
-            assert_eq!(
-                spry.terminate(),
-                Some(128 + libc::SIGTERM),
-                "{}",
-                spry.stderr()
-            );
+            let (state, mem) = snapshot_and_stop(&mut spry, &scratch, "vm");
 
             // The host's address moves to the other tap, as does the guest.
             ns.ip(&["addr", "del", "169.254.78.1/24", "dev", "sprysnap0"]);
@@ -940,23 +947,7 @@ mod linux_guest {
             golden.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
             let seen = shell_run(&mut golden, &format!("echo R0-$({read})"), "golden");
             assert!(seen.contains("\nR0-base-data"), "{seen}");
-            let (status, answer) = curl(&golden.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
-            assert_eq!(status, 204, "{answer}");
-            let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
-            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
-            let (status, answer) = curl(
-                &golden.socket,
-                "PUT",
-                "/snapshot/create",
-                &create.to_string(),
-            );
-            assert_eq!(status, 204, "{answer}\n{}", golden.stderr());
-            assert_eq!(
-                golden.terminate(),
-                Some(128 + libc::SIGTERM),
-                "{}",
-                golden.stderr()
-            );
+            let (state, mem) = snapshot_and_stop(&mut golden, &scratch, "golden");
 
             // Eight at once, each on its own socket, half with their changes in
             // memory and half in an overlay file of their own.
@@ -1042,23 +1033,7 @@ mod linux_guest {
                 "echo kept > /root/note; echo kept > /tmp/mem; sync",
                 "ready",
             );
-            let (status, answer) = curl(&golden.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
-            assert_eq!(status, 204, "{answer}");
-            let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
-            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
-            let (status, answer) = curl(
-                &golden.socket,
-                "PUT",
-                "/snapshot/create",
-                &create.to_string(),
-            );
-            assert_eq!(status, 204, "{answer}\n{}", golden.stderr());
-            assert_eq!(
-                golden.terminate(),
-                Some(128 + libc::SIGTERM),
-                "{}",
-                golden.stderr()
-            );
+            let (state, mem) = snapshot_and_stop(&mut golden, &scratch, "golden");
             let disk = sha256(&rootfs);
 
             // A clone whose root drive is copy-on-write over the golden disk.

@@ -295,6 +295,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// Once spry has closed the API's connections: the same open fds and threads as
+/// `before` (fds, threads, RSS), and RSS grown by no more than the probe's dirtying
+/// (4 MiB per count) and a little allocator slack.
+fn assert_nothing_leaked(pid: u32, before: (usize, usize, u64)) {
+    let (fds, tasks, rss) = before;
+    std::thread::sleep(Duration::from_millis(200));
+    let after = (open_fds(pid), threads(pid), rss_kib(pid));
+    eprintln!(
+        "fds {fds} -> {}, threads {tasks} -> {}, RSS {rss} -> {} KiB",
+        after.0, after.1, after.2
+    );
+    assert_eq!((after.0, after.1), (fds, tasks));
+    assert!(after.2 < rss + 6 * 1024, "RSS {rss} -> {} KiB", after.2);
+}
+
 #[test]
 fn test_a_hundred_rollbacks_leak_no_fds_threads_or_memory() {
     let scratch = Scratch::new();
@@ -312,22 +327,7 @@ fn test_a_hundred_rollbacks_leak_no_fds_threads_or_memory() {
         assert_eq!(answer.status, 204, "{answer:?}\n{}", spry.stderr());
     }
     roll_back_after(&spry, last, 2);
-    std::thread::sleep(Duration::from_millis(200));
-
-    eprintln!(
-        "fds {fds} -> {}, threads {tasks} -> {}, RSS {rss} -> {} KiB",
-        open_fds(pid),
-        threads(pid),
-        rss_kib(pid)
-    );
-    assert_eq!(open_fds(pid), fds);
-    assert_eq!(threads(pid), tasks);
-    // The guest dirties 4 MiB per count; allow that and a little allocator slack.
-    assert!(
-        rss_kib(pid) < rss + 6 * 1024,
-        "RSS {rss} -> {} KiB",
-        rss_kib(pid)
-    );
+    assert_nothing_leaked(pid, (fds, tasks, rss));
     let seen = counts(&spry);
     assert!(seen.iter().all(|&(n, found)| n == found), "{seen:?}");
 }
@@ -370,22 +370,7 @@ fn test_a_hundred_snapshot_and_rollback_cycles_leak_no_fds_threads_or_memory() {
         cycle();
     }
     roll_back_after(&spry, last, 2);
-    std::thread::sleep(Duration::from_millis(200));
-
-    eprintln!(
-        "fds {fds} -> {}, threads {tasks} -> {}, RSS {rss} -> {} KiB",
-        open_fds(pid),
-        threads(pid),
-        rss_kib(pid)
-    );
-    assert_eq!(open_fds(pid), fds);
-    assert_eq!(threads(pid), tasks);
-    // The guest dirties 4 MiB per count; allow that and a little allocator slack.
-    assert!(
-        rss_kib(pid) < rss + 6 * 1024,
-        "RSS {rss} -> {} KiB",
-        rss_kib(pid)
-    );
+    assert_nothing_leaked(pid, (fds, tasks, rss));
     let seen = counts(&spry);
     assert!(seen.iter().all(|&(n, found)| n == found), "{seen:?}");
 }

@@ -121,10 +121,10 @@ pub fn discard_memory_changes(mem: &GuestMemory) -> Result<(), RollbackError> {
             size_mib: region.len() >> 20,
             source,
         };
+        // MADV_DONTNEED only drops the private pages: the contents go back to the
+        // file's, or to missing for a userfaultfd.
         // SAFETY: `addr..addr + len` is one whole private mapping owned by `mem`, which
-        // stays mapped; MADV_DONTNEED only drops its private pages (the contents go
-        // back to the file's, or to missing for a userfaultfd), and the paused vCPUs
-        // and the event loop (this thread) hold no reference into them.
+        // stays mapped; the paused vCPUs and this thread hold no reference into it.
         let ret = unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) };
         if ret != 0 {
             return Err(err(io::Error::last_os_error()));
