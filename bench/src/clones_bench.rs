@@ -196,7 +196,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), ClonesBenchError> {
 /// Byte `i` of sector `s` as the probe writes it (resources/probe/README.md), so
 /// a round on a clone reads `base`.
 fn sector_pattern(s: usize) -> impl Iterator<Item = u8> {
-    (0..512usize).map(move |i| ((s * 31 + i * 7 + 0x5a) & 0xff) as u8)
+    (0..512usize).map(move |i| (s * 31 + i * 7 + 0x5a).to_le_bytes()[0])
 }
 
 /// The probe's command line for a VM with a `touch_mib` MiB working set.
@@ -405,7 +405,7 @@ fn clone_fleet(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(ClonesBenchError::Panicked)))
+            .map(|h| h.join().unwrap_or(Err(ClonesBenchError::Panicked)))
             .collect()
     });
     let mut last_ready = first_spawn;
@@ -702,7 +702,7 @@ mod tests {
     fn test_base_image_sectors_hold_the_probe_pattern() {
         let sector: Vec<u8> = sector_pattern(3).collect();
 
-        assert_eq!(sector[0], ((3 * 31 + 0x5a) & 0xff) as u8);
-        assert_eq!(sector[1], ((3 * 31 + 7 + 0x5a) & 0xff) as u8);
+        assert_eq!(sector[0], 0xb7); // (3 * 31 + 0x5a) & 0xff
+        assert_eq!(sector[1], 0xbe); // + 7
     }
 }
