@@ -83,19 +83,15 @@ fn boot_blkclone(spry: &SpryApi, drive: &Value, touch_mib: u64) {
 
 /// The golden VM: the probe on a copy-on-write view of `base` (its writes, none
 /// before the snapshot, would stay in memory), idle, paused and snapshotted.
+/// (`spry-bench clones` measures fleets of such clones against cold boots.)
 fn golden_snapshot(scratch: &Scratch, base: &Path) -> (PathBuf, PathBuf) {
-    golden_snapshot_touching(scratch, base, 0)
-}
-
-/// [`golden_snapshot`] of a probe that wrote `touch_mib` MiB of its RAM.
-fn golden_snapshot_touching(scratch: &Scratch, base: &Path, touch_mib: u64) -> (PathBuf, PathBuf) {
     let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
     let mut golden = SpryApi::start(&scratch.path("golden.sock"), &[]);
     let drive = json!({
         "drive_id": "rootfs", "path_on_host": base, "is_root_device": false,
         "copy_on_write": {"overlay_type": "Memory"}
     });
-    boot_blkclone(&golden, &drive, touch_mib);
+    boot_blkclone(&golden, &drive, 0);
     snapshot(&golden, &state, &mem);
     golden.terminate();
     (state, mem)
@@ -362,154 +358,6 @@ fn test_snapshot_of_a_clone_restores_its_changes_for_both_overlays() {
         assert_eq!(answer, ok_line(tag(i), "mine"), "overlay of clone {i}");
     }
     assert_eq!(checksum(&base), before);
-}
-
-/// `Pss` and `Rss` of process `pid` in KiB, from `/proc/PID/smaps_rollup`.
-fn pss_rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap()
-    };
-    (field("Pss:"), field("Rss:"))
-}
-
-/// Has every VM of `fleet` read (`b'!'`) or written (`b'#'`) its working set, and
-/// waits until each did.
-fn use_working_set(fleet: &mut [SpryApi], how: u8) {
-    for spry in fleet.iter_mut() {
-        spry.type_keys(&[how]);
-    }
-    for spry in fleet.iter() {
-        spry.wait_for_line(ROUND_TIMEOUT, |l| {
-            l.starts_with("probe: blkclone read") || l.starts_with("probe: blkclone wrote")
-        });
-    }
-}
-
-/// Launch rate and idle memory of a fleet of VMs: (launches per second, mean Pss
-/// KiB, mean Rss KiB).
-fn fleet_figures(fleet: &[SpryApi], elapsed: Duration) -> (f64, u64, u64) {
-    // Let every VM settle into its idle loop before measuring memory.
-    std::thread::sleep(Duration::from_secs(1));
-    let (pss, rss) = fleet
-        .iter()
-        .map(|s| pss_rss_kib(s.child.id()))
-        .fold((0, 0), |(p, r), (pp, rr)| (p + pp, r + rr));
-    let n = fleet.len() as u64;
-    (fleet.len() as f64 / elapsed.as_secs_f64(), pss / n, rss / n)
-}
-
-/// `n` cold boots of the blkclone probe (each on a memory overlay of `base`, the
-/// same devices as a clone), all started, then all waited for until idle.
-fn cold_fleet(
-    scratch: &Scratch,
-    base: &Path,
-    n: usize,
-    touch_mib: u64,
-) -> (Vec<SpryApi>, Duration) {
-    let started = std::time::Instant::now();
-    let fleet: Vec<SpryApi> = (0..n)
-        .map(|i| {
-            let spry = SpryApi::start(&scratch.path(&format!("cold{n}_{i}.sock")), &[]);
-            let drive = json!({
-                "drive_id": "rootfs", "path_on_host": base, "is_root_device": false,
-                "copy_on_write": {"overlay_type": "Memory"}
-            });
-            let boot_source = json!({
-                "kernel_image_path": common::probe_vmlinux(),
-                "boot_args": blkclone_args(touch_mib),
-            });
-            spry.call("PUT", "/drives/rootfs", &drive.to_string());
-            spry.call("PUT", "/boot-source", &boot_source.to_string());
-            let start = spry.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
-            assert_eq!(start.status, 204, "{start:?}");
-            spry
-        })
-        .collect();
-    for spry in &fleet {
-        spry.wait_for_line(Duration::from_secs(120), |l| l == "probe: blkclone ready");
-    }
-    (fleet, started.elapsed())
-}
-
-/// `n` clones of the snapshot, each loaded (and resumed) once its process is up;
-/// also the median time `PUT /snapshot/load` took to answer.
-fn clone_fleet(
-    scratch: &Scratch,
-    snap: (&Path, &Path),
-    base: &Path,
-    n: usize,
-) -> (Vec<SpryApi>, Duration, Duration) {
-    let started = std::time::Instant::now();
-    let mut loads = Vec::with_capacity(n);
-    let fleet: Vec<SpryApi> = (0..n)
-        .map(|i| {
-            let spry = SpryApi::start(&scratch.path(&format!("clone{n}_{i}.sock")), &[]);
-            let body = load_body(snap.0, snap.1, &clone_override(scratch, base, i));
-            let asked = std::time::Instant::now();
-            let load = spry.call("PUT", "/snapshot/load", &body);
-            loads.push(asked.elapsed());
-            assert_eq!(load.status, 204, "{load:?}");
-            spry
-        })
-        .collect();
-    let elapsed = started.elapsed();
-    loads.sort_unstable();
-    (fleet, elapsed, loads[n / 2])
-}
-
-/// Prints launches per second and Pss per idle VM for fleets of clones of one
-/// snapshot against fleets of cold boots of the same probe VM. Run with
-/// `cargo test --release --test clones -- --ignored --nocapture measure`;
-/// `SPRY_CLONE_FLEETS=10,50` (the default) picks the fleet sizes and
-/// `SPRY_CLONE_TOUCH_MIB=32` (the default) the working set every VM writes at boot,
-/// and `SPRY_CLONE_USE=none|read|write` (default none) what every VM does with
-/// its working set once launched, before it idles and is measured.
-#[test]
-#[ignore = "a measurement, not a check: prints figures"]
-fn measure_clones_against_cold_boots() {
-    let sizes: Vec<usize> = std::env::var("SPRY_CLONE_FLEETS")
-        .unwrap_or_else(|_| "10,50".into())
-        .split(',')
-        .map(|n| n.trim().parse().unwrap())
-        .collect();
-    let touch_mib: u64 = std::env::var("SPRY_CLONE_TOUCH_MIB")
-        .unwrap_or_else(|_| "32".into())
-        .parse()
-        .unwrap();
-    let usage = std::env::var("SPRY_CLONE_USE").unwrap_or_else(|_| "none".into());
-    let how = match usage.as_str() {
-        "read" => Some(b'!'),
-        "write" => Some(b'#'),
-        _ => None,
-    };
-    let scratch = Scratch::new();
-    let base = base_image(&scratch);
-    let (state, mem) = golden_snapshot_touching(&scratch, &base, touch_mib);
-    println!(
-        "working set {touch_mib} MiB per VM, used after launch: {usage}; 128 MiB of guest RAM"
-    );
-    println!("| VMs | kind | launches/s | Pss per idle VM | Rss per idle VM | median load |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for n in sizes {
-        let (mut fleet, elapsed) = cold_fleet(&scratch, &base, n, touch_mib);
-        if let Some(how) = how {
-            use_working_set(&mut fleet, how);
-        }
-        let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
-        drop(fleet);
-        println!("| {n} | cold boot | {rate:.1} | {pss} KiB | {rss} KiB | - |");
-        let (mut fleet, elapsed, load) = clone_fleet(&scratch, (&state, &mem), &base, n);
-        if let Some(how) = how {
-            use_working_set(&mut fleet, how);
-        }
-        let (rate, pss, rss) = fleet_figures(&fleet, elapsed);
-        drop(fleet);
-        println!("| {n} | clone | {rate:.1} | {pss} KiB | {rss} KiB | {load:.1?} |");
-    }
 }
 
 /// The probe's malformed requests (`probe.mode=hostile`: buffers in the MMIO gap

@@ -229,7 +229,7 @@ fn memory_sample(system: &dyn Sandbox) -> Result<MemorySample, SystemError> {
     })
 }
 
-fn density_point(system: &dyn Sandbox, k: usize) -> Result<DensityPoint, SystemError> {
+pub(crate) fn density_point(system: &dyn Sandbox, k: usize) -> Result<DensityPoint, SystemError> {
     let available_before = procfs::mem_available_kib()?;
     let first_spawn = monotonic_us();
     let started: Vec<Result<Instance, SystemError>> = std::thread::scope(|scope| {
@@ -370,7 +370,7 @@ fn firecracker(
     Ok(fc)
 }
 
-fn runc(env: &Env, dir: &std::path::Path) -> Result<Runc, String> {
+pub(crate) fn runc(env: &Env, dir: &std::path::Path) -> Result<Runc, String> {
     let Some(binary) = find_program("runc") else {
         return Err("runc is not installed (Debian package runc)".into());
     };

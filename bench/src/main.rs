@@ -9,6 +9,7 @@ mod boot;
 mod child;
 mod cleanup;
 mod clock;
+mod clones_bench;
 mod compare;
 mod devices;
 mod exits;
@@ -126,6 +127,10 @@ enum Bench {
     /// spry and Firecracker, with the counting probe. Writes snapshot.md and
     /// snapshot.json.
     Snapshot(SnapshotCli),
+    /// Clones of one snapshot against cold boots of the same VM and idle runc
+    /// containers, fleets of N at once: launches/s, Pss and Rss per idle instance,
+    /// clone/cold and clone/runc ratios. Writes clones.md and clones.json.
+    Clones(ClonesCli),
     /// The default: spry against a runc container, QEMU and Firecracker (start,
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
@@ -141,6 +146,7 @@ impl Bench {
             Bench::Exits(_) => "exits",
             Bench::Exec(_) => "exec",
             Bench::Snapshot(_) => "snapshot",
+            Bench::Clones(_) => "clones",
             Bench::Compare(_) => "compare",
         }
     }
@@ -304,6 +310,37 @@ struct SnapshotCli {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, PartialEq, clap::Args)]
+struct ClonesCli {
+    /// Fleet sizes, comma-separated: N cold boots, N clones and N containers each.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    fleets: Vec<usize>,
+    /// The RAM every VM writes at boot (`probe.touch_mib`), MiB of its 128.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=96))]
+    working_set_mib: u32,
+    /// What every VM does with its working set after launch, before it is measured.
+    #[arg(long = "use", value_enum, default_value = "none")]
+    usage: clones_bench::Use,
+    /// Leave the runc containers out.
+    #[arg(long)]
+    no_runc: bool,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+impl ClonesCli {
+    fn settings(&self) -> clones_bench::Settings {
+        clones_bench::Settings {
+            fleets: distinct(&self.fleets),
+            working_set_mib: self.working_set_mib,
+            usage: self.usage,
+            no_runc: self.no_runc,
+            out: self.out.clone(),
+        }
+    }
+}
+
 impl SnapshotCli {
     fn settings(&self) -> snapshot_bench::Settings {
         let firecracker = setup::find_firecracker(
@@ -456,6 +493,8 @@ enum BenchError {
     Exec(#[from] agent_exec::ExecBenchError),
     #[error(transparent)]
     Snapshot(#[from] snapshot_bench::SnapshotBenchError),
+    #[error(transparent)]
+    Clones(#[from] clones_bench::ClonesBenchError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -508,6 +547,9 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Bench::Snapshot(args) => {
             snapshot_bench::run(&env, &args.settings())?;
+        }
+        Bench::Clones(args) => {
+            clones_bench::run(&env, &args.settings())?;
         }
         Bench::Compare(args) => run_compare(&env, &args)?,
     }
@@ -639,6 +681,17 @@ mod tests {
     fn test_compare_options_on_both_sides_of_compare_are_refused() {
         let line = ["spry-bench", "--quick", "compare", "--runs", "5"];
         assert!(Cli::try_parse_args(line).is_err());
+    }
+
+    #[test]
+    fn test_clones_options() {
+        let Bench::Clones(args) = bench(&["clones", "--fleets", "5,5,20", "--use", "write"]) else {
+            panic!("not clones");
+        };
+        let settings = args.settings();
+        assert_eq!(settings.fleets, [5, 20]);
+        assert_eq!(settings.usage, clones_bench::Use::Write);
+        assert_eq!(settings.working_set_mib, 32);
     }
 
     #[test]

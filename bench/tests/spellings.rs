@@ -126,6 +126,18 @@ const DOCUMENTED: &[&[&str]] = &[
         "5",
     ],
     &["exits", "--kernel-log", "quiet"],
+    // tools/bench, bench/README.md, README.md "Clones", tools/devtool help.
+    &["clones"],
+    &[
+        "clones",
+        "--fleets",
+        "10,50,100",
+        "--working-set-mib",
+        "32",
+        "--use",
+        "read",
+        "--no-runc",
+    ],
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
