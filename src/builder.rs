@@ -508,6 +508,14 @@ pub fn restore_and_start(
     let mut config = snap.config.clone();
     config.machine_config.track_dirty_pages = track_dirty_pages;
     apply_drive_overrides(&mut config, params);
+    // An overridden drive started this load with its override's own overlay, not
+    // the snapshot's frozen one: a rollback takes it back to that start.
+    let mut snap = snap;
+    for block in &mut snap.blocks {
+        if params.drive_override(&block.device.id).is_some() {
+            block.device.copy_on_write = None;
+        }
+    }
     let restored = Restored {
         snapshot: snap,
         clock,

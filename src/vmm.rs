@@ -127,9 +127,9 @@ fn add_device_writes(dirty: &mut DirtyPages, mem: &GuestMemory, state: &VmSnapsh
     }
 }
 
-/// Each drive back to what it held at the load: a copy-on-write drive the snapshot
-/// saved as one takes its frozen overlay again; one made copy-on-write by a
-/// `drive_overrides` entry (saved as an ordinary drive) drops every change, as its
+/// Each drive back to what it held at the load: a copy-on-write drive loaded from
+/// the snapshot's frozen overlay takes it again; one a `drive_overrides` entry made
+/// copy-on-write (its saved state cleared at the load) drops every change, as its
 /// overlay started at the load. Ordinary drives have no changes kept apart: their
 /// writes survive a rollback.
 fn rollback_drives(

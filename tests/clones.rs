@@ -531,3 +531,42 @@ fn test_rollback_of_a_clone_drops_its_drive_writes() {
         "the plain golden's drive was written"
     );
 }
+
+/// A clone whose drive an override gave a fresh overlay goes back to that fresh
+/// overlay on a rollback, not to the blocks the golden VM had written (and its
+/// snapshot froze) before the snapshot.
+#[test]
+fn test_rollback_of_an_overridden_drive_does_not_bring_back_the_golden_writes() {
+    let scratch = Scratch::new();
+    let base = base_image(&scratch);
+    let (state, mem) = (scratch.path("golden.snap"), scratch.path("golden.mem"));
+    let mut golden = SpryApi::start(&scratch.path("golden.sock"), &[]);
+    let drive = json!({
+        "drive_id": "rootfs", "path_on_host": base, "is_root_device": false,
+        "copy_on_write": {"overlay_type": "Memory"}
+    });
+    boot_blkclone(&golden, &drive, 0);
+    // The golden VM writes its pattern before the snapshot freezes its overlay.
+    assert_eq!(round(&mut golden, b'z', 0), ok_line(b'z', "base"));
+    snapshot(&golden, &state, &mem);
+    golden.terminate();
+    assert!(
+        scratch.path("golden.snap.rootfs.cow").exists(),
+        "nothing was frozen"
+    );
+
+    let mut clone = SpryApi::start(&scratch.path("clone.sock"), &[]);
+    let load = clone.call(
+        "PUT",
+        "/snapshot/load",
+        &load_body(&state, &mem, &clone_override(&scratch, &base, 0)),
+    );
+    assert_eq!(load.status, 204, "{load:?}\n{}", clone.stderr());
+    let first = round(&mut clone, tag(0), 0);
+    let rollback = clone.call("PUT", "/snapshot/rollback", "{}");
+    assert_eq!(rollback.status, 204, "{rollback:?}\n{}", clone.stderr());
+    let again = round(&mut clone, tag(0), 1);
+    clone.terminate();
+    assert_eq!(first, ok_line(tag(0), "base"));
+    assert_eq!(again, ok_line(tag(0), "base"));
+}
