@@ -20,6 +20,7 @@ use crate::child::{ChildError, Measured};
 use crate::cleanup;
 use crate::exits::{where_to_measure, Where};
 use crate::nested;
+use crate::phase_output::{self, PhaseOutputError};
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
 use crate::systems::runc::{build_bundle, runc_path};
@@ -78,6 +79,9 @@ pub enum ExecBenchError {
         /// The tail of spry's output.
         console: String,
     },
+    /// The results could not be written.
+    #[error(transparent)]
+    Output(#[from] PhaseOutputError),
     /// A file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -170,14 +174,7 @@ pub fn run(env: &Env, settings: &Settings, args: Vec<OsString>) -> Result<(), Ex
                 .out
                 .clone()
                 .unwrap_or_else(|| env.build.join("bench"));
-            let text = render(&report);
-            println!("{text}");
-            let md = out.join("exec.md");
-            let json = out.join("exec.json");
-            write(&md, text.as_bytes())?;
-            let numbers = serde_json::to_vec_pretty(&report).unwrap_or_default();
-            write(&json, &numbers)?;
-            println!("report:  {}\nnumbers: {}", md.display(), json.display());
+            phase_output::write_phase(&out, "exec", &render(&report), &report)?;
             Ok(())
         }
     }

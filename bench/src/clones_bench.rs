@@ -17,6 +17,7 @@ use crate::api_client::{self, ApiClientError};
 use crate::child::{ChildError, Measured};
 use crate::clock::{monotonic_us, ms_between};
 use crate::compare::{density_point, DensityPoint};
+use crate::phase_output::{self, PhaseOutputError};
 use crate::procfs::{self, MemoryUse, ProcError};
 use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
@@ -72,6 +73,9 @@ pub enum ClonesBenchError {
     /// A thread loading a clone panicked.
     #[error("a clone's loader thread panicked")]
     Panicked,
+    /// The results could not be written.
+    #[error(transparent)]
+    Output(#[from] PhaseOutputError),
     /// A file could not be written.
     #[error("{path}: {source}")]
     File {
@@ -515,20 +519,7 @@ pub fn run(env: &Env, settings: &Settings) -> Result<Report, ClonesBenchError> {
         .out
         .clone()
         .unwrap_or_else(|| env.build.join("bench"));
-    std::fs::create_dir_all(&out).map_err(|source| ClonesBenchError::File {
-        path: out.clone(),
-        source,
-    })?;
-    let text = render(&report, env);
-    write(&out.join("clones.md"), text.as_bytes())?;
-    let numbers = serde_json::to_vec_pretty(&report).unwrap_or_default();
-    write(&out.join("clones.json"), &numbers)?;
-    println!("{text}");
-    println!(
-        "report:  {}\nnumbers: {}",
-        out.join("clones.md").display(),
-        out.join("clones.json").display()
-    );
+    phase_output::write_phase(&out, "clones", &render(&report, env), &report)?;
     Ok(report)
 }
 

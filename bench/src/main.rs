@@ -16,6 +16,7 @@ mod exits;
 mod guest;
 mod host;
 mod nested;
+mod phase_output;
 mod procfs;
 mod progress;
 mod rawsock;

@@ -16,6 +16,7 @@ use crate::api_client::{self, ApiClientError};
 use crate::child::{ChildError, Measured};
 use crate::clock::{monotonic_us, ms_between};
 use crate::guest::Guest;
+use crate::phase_output::{self, PhaseOutputError};
 use crate::progress::Progress;
 use crate::setup::{Env, SetupError};
 use crate::stats::{summarize, Summary};
@@ -52,6 +53,9 @@ pub enum SnapshotBenchError {
         /// Its body.
         body: String,
     },
+    /// The results could not be written.
+    #[error(transparent)]
+    Output(#[from] PhaseOutputError),
     /// A file could not be written or read.
     #[error("{path}: {source}")]
     File {
@@ -384,20 +388,7 @@ pub fn run(env: &Env, settings: &Settings) -> Result<Vec<Case>, SnapshotBenchErr
         .out
         .clone()
         .unwrap_or_else(|| env.build.join("bench"));
-    std::fs::create_dir_all(&out).map_err(|source| SnapshotBenchError::File {
-        path: out.clone(),
-        source,
-    })?;
-    let text = render(&cases, env);
-    write(&out.join("snapshot.md"), text.as_bytes())?;
-    let numbers = serde_json::to_vec_pretty(&cases).unwrap_or_default();
-    write(&out.join("snapshot.json"), &numbers)?;
-    println!("{text}");
-    println!(
-        "report:  {}\nnumbers: {}",
-        out.join("snapshot.md").display(),
-        out.join("snapshot.json").display()
-    );
+    phase_output::write_phase(&out, "snapshot", &render(&cases, env), &cases)?;
     Ok(cases)
 }
 
