@@ -1,0 +1,233 @@
+//! The container's root file system as a disk the guest can mount.
+//!
+//! containerd hands the shim its snapshot as mounts (an overlay of the image's
+//! layers, or a plain directory for the native snapshotter). A VM cannot see the
+//! host's mounts, so the shim mounts them once, copies the tree into a new ext4
+//! image with `mkfs.ext4 -d` (no loop device, no root-only kernel interface
+//! beyond the mount itself) and unmounts them again: the image is the
+//! container's own writable copy, deleted with the task. The cost grows with
+//! the size of the image's files, not with the VM; `tools/bench containerd`
+//! measures it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use containerd_shim::protos::types::mount::Mount;
+
+/// Errors building the root disk.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// A snapshot mount failed.
+    #[error("cannot mount the container's rootfs ({kind} {source_path}) on {target}: {why}")]
+    Mount {
+        /// The mount's type.
+        kind: String,
+        /// The mount's source.
+        source_path: String,
+        /// Where.
+        target: PathBuf,
+        /// containerd-shim's error.
+        why: String,
+    },
+    /// Walking the tree failed.
+    #[error("cannot read the container's rootfs at {path}: {source}")]
+    Walk {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Creating the image file failed.
+    #[error("cannot create the root disk {path}: {source}")]
+    Create {
+        /// The image.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// mkfs.ext4 could not be run or failed.
+    #[error("mkfs.ext4 -d {tree} {image} failed: {why}")]
+    Mkfs {
+        /// The tree copied.
+        tree: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// Its exit status and error output.
+        why: String,
+    },
+}
+
+/// How much a tree holds, for sizing its image.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TreeSize {
+    /// Bytes in file data, each file rounded up to 4 KiB blocks.
+    pub bytes: u64,
+    /// Files, directories and links.
+    pub inodes: u64,
+}
+
+const BLOCK: u64 = 4096;
+const MIB: u64 = 1 << 20;
+
+/// Walks `root` without following links.
+pub fn measure(root: &Path) -> Result<TreeSize, RootfsError> {
+    let mut size = TreeSize::default();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let walk = |source| RootfsError::Walk {
+            path: dir.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&dir).map_err(walk)? {
+            let entry = entry.map_err(walk)?;
+            let meta = entry.metadata().map_err(walk)?;
+            size.inodes += 1;
+            if meta.is_dir() {
+                size.bytes += BLOCK;
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                size.bytes += meta.len().div_ceil(BLOCK) * BLOCK;
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// The image size for a tree: its contents with room for ext4's metadata, plus
+/// `slack_mib` of free space, in whole MiB.
+pub fn image_bytes(tree: TreeSize, slack_mib: u64) -> u64 {
+    // ext4 spends about 256 bytes of inode table per inode (we ask mkfs for
+    // twice the tree's count, so the container can create files) and a few
+    // percent on bitmaps and group descriptors.
+    let inode_tables = tree.inodes.saturating_mul(2).saturating_mul(256);
+    let data = tree.bytes.saturating_add(tree.bytes / 16);
+    let total = data
+        .saturating_add(inode_tables)
+        .saturating_add(slack_mib.saturating_mul(MIB))
+        .max(16 * MIB);
+    total.div_ceil(MIB) * MIB
+}
+
+/// Mounts containerd's snapshot `mounts` on `target` (an existing directory).
+/// With no mounts the bundle's rootfs directory already holds the tree.
+pub fn mount_snapshot(mounts: &[Mount], target: &Path) -> Result<(), RootfsError> {
+    for m in mounts {
+        let kind = (!m.type_.is_empty()).then_some(m.type_.as_str());
+        let source = (!m.source.is_empty()).then_some(m.source.as_str());
+        containerd_shim::mount::mount_rootfs(kind, source, &m.options, target).map_err(|e| {
+            RootfsError::Mount {
+                kind: m.type_.clone(),
+                source_path: m.source.clone(),
+                target: target.into(),
+                why: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Unmounts what [`mount_snapshot`] mounted (lazily, so a stray open file in
+/// the tree cannot keep the task from being deleted).
+pub fn unmount_snapshot(target: &Path) {
+    let Ok(path) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // Mounts stack; each umount removes the top one, until none is left.
+    for _ in 0..16 {
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the call.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            break;
+        }
+    }
+}
+
+/// Copies `tree` into a new sparse ext4 image at `image`, owned as it is in the
+/// tree (mkfs.ext4 -d keeps modes, owners, links and device nodes).
+pub fn make_image(tree: &Path, image: &Path, slack_mib: u64) -> Result<u64, RootfsError> {
+    let size = measure(tree)?;
+    let bytes = image_bytes(size, slack_mib);
+    let create = |source| RootfsError::Create {
+        path: image.into(),
+        source,
+    };
+    let file = std::fs::File::create(image).map_err(create)?;
+    file.set_len(bytes).map_err(create)?;
+    drop(file);
+    let inodes = size.inodes.saturating_mul(2).max(4096);
+    let out = Command::new("mkfs.ext4")
+        // No journal: the image lives and dies with one VM, so crash
+        // consistency across boots buys nothing, and the journal costs MiBs
+        // of zeroes to write.
+        .args(["-q", "-F", "-O", "^has_journal", "-m", "0", "-E"])
+        .arg("lazy_itable_init=1,nodiscard")
+        .arg("-N")
+        .arg(inodes.to_string())
+        .arg("-d")
+        .arg(tree)
+        .arg(image)
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .output()
+        .map_err(|e| RootfsError::Mkfs {
+            tree: tree.into(),
+            image: image.into(),
+            why: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(RootfsError::Mkfs {
+            tree: tree.into(),
+            image: image.into(),
+            why: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_size_leaves_room_for_metadata_and_slack() {
+        let tree = TreeSize {
+            bytes: 10 * MIB,
+            inodes: 1000,
+        };
+        let bytes = image_bytes(tree, 64);
+        assert_eq!(bytes % MIB, 0);
+        assert!(bytes >= 74 * MIB + 500_000, "{bytes}");
+        assert!(bytes <= 80 * MIB, "{bytes}");
+        assert_eq!(image_bytes(TreeSize::default(), 0), 16 * MIB);
+    }
+
+    #[test]
+    fn a_tree_becomes_an_image_with_its_files() {
+        let dir = std::env::temp_dir().join(format!("spry-shim-rootfs-{}", std::process::id()));
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), b"box\n").unwrap();
+        std::os::unix::fs::symlink("hostname", tree.join("etc/link")).unwrap();
+        let size = measure(&tree).unwrap();
+        assert_eq!(size.inodes, 3);
+        let image = dir.join("root.ext4");
+        if Command::new("/usr/sbin/mkfs.ext4").arg("-V").output().is_err()
+            && Command::new("/sbin/mkfs.ext4").arg("-V").output().is_err()
+        {
+            eprintln!("mkfs.ext4 missing: skipping the image half");
+            return;
+        }
+        let bytes = make_image(&tree, &image, 1).unwrap();
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), bytes);
+        let cat = Command::new("debugfs")
+            .args(["-R", "cat /etc/hostname"])
+            .arg(&image)
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "box\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

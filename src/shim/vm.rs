@@ -1,0 +1,316 @@
+//! One container's microVM: a spry process booted from a generated
+//! Firecracker-format config, with the container's root disk, a vsock device
+//! for the guest agent and, when the container has a network namespace, a tap
+//! inside that namespace bridged to its interface.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spry::agent::{client, protocol};
+
+use super::network::GuestNetwork;
+use super::settings::Settings;
+
+/// Errors starting or reaching a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The config could not be written.
+    #[error("cannot write the VM config {path}: {source}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// spry could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The spry binary.
+        binary: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// spry ended before its guest was ready.
+    #[error("the VM ended ({status}) before its guest agent answered; its console ended with:\n{console}")]
+    Ended {
+        /// spry's exit status.
+        status: std::process::ExitStatus,
+        /// The console's last lines.
+        console: String,
+    },
+    /// The guest did not become ready in time.
+    #[error("the guest agent did not answer within {seconds} s; the console ended with:\n{console}")]
+    Timeout {
+        /// The limit.
+        seconds: u64,
+        /// The console's last lines.
+        console: String,
+    },
+}
+
+/// What a container's VM is made of.
+pub struct VmSpec<'a> {
+    /// The shim's settings.
+    pub settings: &'a Settings,
+    /// The directory for the VM's files (config, sockets, console log).
+    pub dir: &'a Path,
+    /// The container's root disk.
+    pub disk: &'a Path,
+    /// Mount the root read-only.
+    pub read_only: bool,
+    /// The guest's host name.
+    pub hostname: &'a str,
+    /// vCPUs and MiB for this container.
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    pub mem_mib: u32,
+    /// The network namespace to run spry in, and its interface for the guest.
+    pub network: Option<&'a GuestNetwork>,
+}
+
+/// A running VM.
+pub struct Vm {
+    child: Child,
+    vsock: PathBuf,
+    console: PathBuf,
+}
+
+impl Vm {
+    /// Writes the config and starts spry; does not wait for the guest.
+    pub fn spawn(spec: &VmSpec) -> Result<Vm, VmError> {
+        let vsock = spec.dir.join("vsock.sock");
+        let console = spec.dir.join("console.log");
+        let config = spec.dir.join("vm.json");
+        let write = |source| VmError::Config {
+            path: config.clone(),
+            source,
+        };
+        std::fs::write(&config, vm_config(spec, &vsock).to_string()).map_err(write)?;
+        let log = File::create(&console).map_err(write)?;
+        let log2 = log.try_clone().map_err(write)?;
+        let binary = spec.settings.spry_binary();
+        let mut cmd = Command::new(&binary);
+        cmd.arg("--config-file")
+            .arg(&config)
+            .arg("--log-level")
+            .arg(&spec.settings.log_level)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        if let Some(net) = spec.network {
+            let netns = File::open(&net.netns).map_err(|source| VmError::Spawn {
+                binary: binary.clone(),
+                source,
+            })?;
+            // SAFETY: the closure runs in the forked child before exec and only
+            // calls setns(2), which is async-signal-safe, on a descriptor the
+            // parent opened and keeps open until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use std::os::fd::AsRawFd;
+                    if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|source| VmError::Spawn { binary, source })?;
+        Ok(Vm {
+            child,
+            vsock,
+            console,
+        })
+    }
+
+    /// The spry process's pid on the host.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The vsock device's Unix socket, where the agent is reached.
+    pub fn vsock(&self) -> &Path {
+        &self.vsock
+    }
+
+    /// Waits until the guest agent answers on its port, or the VM ends, or
+    /// `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(VmError::Ended {
+                    status,
+                    console: self.console_tail(),
+                });
+            }
+            if let Ok(stream) = client::connect(&self.vsock, protocol::DEFAULT_PORT) {
+                drop::<UnixStream>(stream);
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(VmError::Timeout {
+                    seconds: timeout.as_secs(),
+                    console: self.console_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether spry is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the VM: SIGTERM (spry stops its vCPUs and exits), then SIGKILL
+    /// if it has not ended within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if !self.running() {
+            return;
+        }
+        let Ok(pid) = i32::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid, which cannot have been reused
+        // while the child is unreaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last lines spry and the guest printed, for error messages.
+    pub fn console_tail(&self) -> String {
+        tail(&self.console, 2048)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}
+
+/// The last `bytes` of a file, from a line start.
+fn tail(path: &Path, bytes: u64) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(bytes)));
+    let mut text = Vec::new();
+    let _ = f.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
+    let text = if len > bytes {
+        text.split_once('\n').map_or(&*text, |(_, rest)| rest)
+    } else {
+        &text
+    };
+    text.trim_end().to_string()
+}
+
+/// The VM's Firecracker-format config.
+fn vm_config(spec: &VmSpec, vsock: &Path) -> serde_json::Value {
+    let mut args = format!(
+        "console=ttyS0 reboot=k panic=1 quiet spry.mode=container spry.container_disk=/dev/vda spry.hostname={}",
+        spec.hostname
+    );
+    if let Some(net) = spec.network {
+        args.push_str(&net.boot_args());
+    }
+    if !spec.settings.extra_boot_args.is_empty() {
+        args.push(' ');
+        args.push_str(&spec.settings.extra_boot_args);
+    }
+    let mut config = serde_json::json!({
+        "boot-source": {
+            "kernel_image_path": spec.settings.kernel,
+            "initrd_path": spec.settings.initramfs,
+            "boot_args": args,
+        },
+        "drives": [{
+            "drive_id": "rootfs",
+            "path_on_host": spec.disk,
+            "is_root_device": false,
+            "is_read_only": spec.read_only,
+        }],
+        "machine-config": {
+            "vcpu_count": spec.vcpus,
+            "mem_size_mib": spec.mem_mib,
+        },
+        "vsock": {
+            "guest_cid": 3,
+            "uds_path": vsock,
+        },
+    });
+    if let Some(net) = spec.network {
+        config["network-interfaces"] = serde_json::json!([{
+            "iface_id": "eth0",
+            "host_dev_name": net.tap,
+            "guest_mac": net.mac,
+        }]);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_boots_the_container_mode_with_the_disk_and_vsock() {
+        let settings = Settings {
+            spry: None,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            disk_slack_mib: 1,
+            boot_timeout_s: 5,
+            extra_boot_args: "loglevel=4".into(),
+            log_level: "warn".into(),
+        };
+        let spec = VmSpec {
+            settings: &settings,
+            dir: Path::new("/d"),
+            disk: Path::new("/d/root.ext4"),
+            read_only: true,
+            hostname: "box",
+            vcpus: 2,
+            mem_mib: 512,
+            network: None,
+        };
+        let c = vm_config(&spec, Path::new("/d/vsock.sock"));
+        let args = c["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.contains("spry.mode=container"), "{args}");
+        assert!(args.contains("spry.hostname=box"), "{args}");
+        assert!(args.ends_with(" loglevel=4"), "{args}");
+        assert_eq!(c["drives"][0]["is_read_only"], true);
+        assert_eq!(c["machine-config"]["vcpu_count"], 2);
+        assert_eq!(c["vsock"]["uds_path"], "/d/vsock.sock");
+        assert!(c.get("network-interfaces").is_none());
+    }
+
+    #[test]
+    fn tail_starts_at_a_line() {
+        let path = std::env::temp_dir().join(format!("spry-shim-tail-{}", std::process::id()));
+        std::fs::write(&path, "aaaa\nbbbb\ncccc\n").unwrap();
+        assert_eq!(tail(&path, 7), "cccc");
+        assert_eq!(tail(&path, 100), "aaaa\nbbbb\ncccc");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
