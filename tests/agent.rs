@@ -13,6 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{spry_bin, Scratch};
+use spry::agent::client::{self, ClientError, Session};
+use spry::agent::protocol::{ContainerSpec, Ended, ExecRequest, Rlimit};
 
 /// The agent, built once per test binary into target/.
 fn agent_bin() -> PathBuf {
@@ -48,6 +50,8 @@ impl Guest {
         let agent = Command::new(agent_bin())
             .arg("--unix")
             .arg(&agent_sock)
+            // In the agent's environment only: a container's replaced one lacks it.
+            .env("AGENT_ONLY", "agent")
             .spawn()
             .expect("start the agent");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -434,4 +438,275 @@ fn test_ctrl_c_on_a_terminal_interrupts_the_command() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(128 + libc::SIGINT), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// What one command run through the library ended with.
+#[derive(Debug)]
+struct Run {
+    pid: Option<u32>,
+    ended: Ended,
+    stdout: String,
+    stderr: String,
+}
+
+impl Guest {
+    /// Runs `request` through [`Session`], saying `version` in the HELLO.
+    fn run(&self, request: &ExecRequest, version: u16) -> Result<Run, ClientError> {
+        let stream = client::connect(&self.uds, 52)?;
+        let session = Session::start_speaking(stream, request, version)?;
+        let pid = session.guest_pid();
+        session.close_stdin()?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let ended = session.wait(&mut out, &mut err)?;
+        Ok(Run {
+            pid,
+            ended,
+            stdout: String::from_utf8_lossy(&out).into_owned(),
+            stderr: String::from_utf8_lossy(&err).into_owned(),
+        })
+    }
+}
+
+/// A container root file system: a static busybox as /bin/busybox, /bin/sh and
+/// the few applets the tests run, a /proc directory, a file only it holds.
+fn container_root(scratch: &Scratch) -> PathBuf {
+    let root = scratch.path("rootfs");
+    std::fs::create_dir_all(root.join("bin")).expect("mkdir");
+    std::fs::create_dir(root.join("proc")).expect("mkdir");
+    std::fs::create_dir(root.join("work")).expect("mkdir");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox (busybox-static)");
+    for applet in ["sh", "id", "cat", "ls", "grep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    std::fs::write(root.join("only-in-root"), "inside\n").expect("write");
+    // Reachable by the unprivileged user the command becomes after chroot.
+    for dir in [&root, &root.join("bin"), &root.join("work")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    root
+}
+
+fn sh(script: &str, env: &[&str], container: ContainerSpec) -> ExecRequest {
+    ExecRequest {
+        argv: ["sh", "-c", script].map(Into::into).to_vec(),
+        env: env.iter().map(Into::into).collect(),
+        cwd: "/work".into(),
+        terminal: None,
+        container: Some(container),
+    }
+}
+
+/// uid and gid 1000, groups 1000 and 2000, open files at most 64, umask 027,
+/// the EXEC environment only.
+fn user_1000(root: &Path) -> ContainerSpec {
+    ContainerSpec {
+        root: root.into(),
+        uid: 1000,
+        gid: 1000,
+        additional_gids: vec![1000, 2000],
+        rlimits: vec![Rlimit {
+            resource: Rlimit::resource_by_name("RLIMIT_NOFILE").expect("known"),
+            soft: 64,
+            hard: 64,
+        }],
+        umask: Some(0o027),
+        replace_env: true,
+        no_new_privileges: true,
+        new_pid_namespace: false,
+    }
+}
+
+#[test]
+fn test_container_runs_chrooted_as_its_user_with_its_env_limits_and_umask() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let host_file = scratch.write("only-on-the-host", b"host\n");
+    let script = format!(
+        "cat /only-in-root; [ -e {} ] && echo host-file-visible; pwd; id -u; id -g; id -G; \
+         echo \"$PATH ${{ONLY-unset}} ${{AGENT_ONLY-unset}}\"; ulimit -n; umask; echo $$",
+        host_file.display()
+    );
+
+    let run = guest
+        .run(
+            &sh(&script, &["PATH=/bin", "ONLY=given"], user_1000(&root)),
+            3,
+        )
+        .expect("run in the container");
+
+    let pid = run.pid.expect("a version-3 agent reports the pid");
+    let want = format!("inside\n/work\n1000\n1000\n1000 2000\n/bin given unset\n64\n0027\n{pid}\n");
+    assert_eq!(run.stdout, want, "{run:?}");
+    assert_eq!(run.ended, Ended::Exited(0), "{run:?}");
+}
+
+#[test]
+fn test_container_without_env_replacement_adds_to_the_agent_s() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let spec = ContainerSpec {
+        replace_env: false,
+        ..user_1000(&root)
+    };
+
+    let run = guest
+        .run(
+            &sh("echo ${AGENT_ONLY-unset} $ONLY", &["ONLY=given"], spec),
+            3,
+        )
+        .expect("run in the container");
+
+    assert_eq!(run.stdout, "agent given\n", "{run:?}");
+}
+
+#[test]
+fn test_container_in_a_new_pid_namespace_is_pid_1_with_its_own_proc() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let spec = ContainerSpec {
+        new_pid_namespace: true,
+        ..user_1000(&root)
+    };
+
+    let run = guest
+        .run(
+            &sh(
+                "echo $$; cat /proc/1/comm; grep NoNewPrivs /proc/self/status",
+                &["PATH=/bin"],
+                spec,
+            ),
+            3,
+        )
+        .expect("run in the container");
+
+    let pid = run.pid.expect("a pid");
+    assert_ne!(pid, 1, "STARTED is the pid the agent sees");
+    assert_eq!(run.stdout, "1\nsh\nNoNewPrivs:\t1\n", "{run:?}");
+    assert_eq!(run.ended, Ended::Exited(0), "{run:?}");
+    // The /proc mount was the command's alone.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&root.display().to_string()), "{mounts}");
+}
+
+#[test]
+fn test_container_with_a_missing_root_fails_with_the_reason() {
+    let guest = Guest::start();
+    let spec = ContainerSpec {
+        root: "/nonexistent-container-root".into(),
+        ..ContainerSpec::default()
+    };
+
+    let failed = guest.run(&sh("true", &[], spec), 3);
+
+    let Err(ClientError::Failed(why)) = failed else {
+        panic!("not FAILED: {failed:?}");
+    };
+    assert_eq!(
+        why,
+        "chroot /nonexistent-container-root: No such file or directory"
+    );
+}
+
+#[test]
+fn test_container_with_a_missing_workdir_or_program_fails_as_exec_does() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let mut request = sh("true", &["PATH=/bin"], user_1000(&root));
+    request.cwd = "/no-such-dir".into();
+
+    let failed = guest.run(&request, 3);
+    request.cwd = "/".into();
+    request.argv = vec!["no-such-program".into()];
+    let missing = guest.run(&request, 3).expect("run in the container");
+
+    assert!(
+        matches!(&failed, Err(ClientError::Failed(why)) if why == "cd /no-such-dir: No such file or directory"),
+        "{failed:?}"
+    );
+    assert_eq!(missing.ended, Ended::Exited(127), "{missing:?}");
+    assert!(missing.stderr.contains("no-such-program"), "{missing:?}");
+}
+
+#[test]
+fn test_older_hosts_still_run_commands_without_a_pid() {
+    let guest = Guest::start();
+    let request = ExecRequest {
+        argv: ["sh", "-c", "echo $AGENT_ONLY"].map(Into::into).to_vec(),
+        ..ExecRequest::default()
+    };
+
+    let v2 = guest.run(&request, 2).expect("a version-2 host");
+    let v1 = guest.run(&request, 1).expect("a version-1 host");
+
+    assert_eq!((v2.pid, v2.stdout.as_str()), (None, "agent\n"));
+    assert_eq!((v1.pid, v1.stdout.as_str()), (None, "agent\n"));
+}
+
+#[test]
+fn test_started_reports_the_pid_of_a_plain_command() {
+    let guest = Guest::start();
+    let request = ExecRequest {
+        argv: ["sh", "-c", "echo $$"].map(Into::into).to_vec(),
+        ..ExecRequest::default()
+    };
+
+    let run = guest.run(&request, 3).expect("run");
+
+    assert_eq!(run.stdout, format!("{}\n", run.pid.expect("a pid")));
+}
+
+#[test]
+fn test_a_container_asked_of_a_version_2_session_is_refused() {
+    let guest = Guest::start();
+    let request = sh("true", &[], ContainerSpec::default());
+
+    let refused = guest.run(&request, 2);
+
+    assert!(
+        matches!(refused, Err(ClientError::NoContainer(2))),
+        "{refused:?}"
+    );
+}
+
+/// The guest init's container mounts (`container_mounts` in
+/// resources/guest/init), run by busybox's sh and mount in a mount namespace of
+/// their own on a fake root: each where its mount point is or can be made,
+/// never through the image's symlinks.
+#[test]
+fn test_guest_init_mounts_a_container_s_file_systems_where_it_can() {
+    let scratch = Scratch::new();
+    let root = scratch.path("container");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+    // An image's /sys pointing out of it must not be mounted on.
+    std::os::unix::fs::symlink("/", root.join("sys")).expect("symlink");
+    let bin = scratch.path("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    for applet in ["mount", "mkdir", "grep", "cut"] {
+        std::os::unix::fs::symlink("/bin/busybox", bin.join(applet)).expect("symlink");
+    }
+    let script = format!(
+        "mount --make-rprivate / && PATH={bin}:$PATH && SPRY_INIT_FUNCTIONS_ONLY=1 && \
+         . {init} && container_mounts {root} && grep ' {root}/' /proc/mounts | cut -d' ' -f2",
+        bin = bin.display(),
+        init = common::repo().join("resources/guest/init").display(),
+        root = root.display(),
+    );
+
+    let out = Command::new("unshare")
+        .args(["-m", "/bin/busybox", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+
+    let r = root.display();
+    assert_eq!(
+        stdout(&out),
+        format!("{r}/proc\n{r}/dev\n{r}/dev/pts\n{r}/dev/shm\n"),
+        "{out:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&r.to_string()), "{mounts}");
 }

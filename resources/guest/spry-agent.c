@@ -5,12 +5,15 @@
  *
  * Listens on a vsock stream port (default 52; the host reaches it through the
  * vsock device's Unix socket with "CONNECT 52") and serves one command per
- * connection in a child process of its own, speaking protocol version 2 of
- * docs/agent-protocol.md (and version 1): the host sends HELLO, optionally
- * TERMINAL, and EXEC, then STDIN data, SIGNALs and WINSIZE changes; the agent
- * answers HELLO, then STDOUT and STDERR data, then EXIT. With TERMINAL the
- * command runs on a new pseudo-terminal: its output, both streams, comes as
- * STDOUT.
+ * connection in a child process of its own, speaking protocol version 3 of
+ * docs/agent-protocol.md (and versions 1 and 2): the host sends HELLO,
+ * optionally TERMINAL and CONTAINER, and EXEC, then STDIN data, SIGNALs and
+ * WINSIZE changes; the agent answers HELLO, STARTED (the command's pid), then
+ * STDOUT and STDERR data, then EXIT. With TERMINAL the command runs on a new
+ * pseudo-terminal: its output, both streams, comes as STDOUT. With CONTAINER it
+ * runs chrooted into a container's root file system, as another user, with
+ * rlimits, a umask, only the environment EXEC gives and optionally in a new PID
+ * namespace.
  * --unix serves the same protocol on a Unix socket, so the host side can be
  * tested against this very program without a VM.
  *
@@ -24,19 +27,27 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
-#define PROTOCOL_VERSION 2
+#define PROTOCOL_VERSION 3
 #define OLDEST_VERSION 1
+#define CONTAINER_VERSION 3 /* CONTAINER and STARTED */
 #define MAX_FRAME (1u << 20)   /* EXEC may carry a long argv and env */
 #define CHUNK 65536            /* STDOUT/STDERR frames carry at most this */
 #define STDIN_BUFFER (1u << 18) /* stop reading the host when this is queued */
@@ -46,8 +57,17 @@
 enum {
 	HELLO = 'H', EXEC = 'E', STDIN = 'I', SIGNAL = 'S',       /* host -> agent */
 	TERMINAL = 'T', WINSIZE = 'W',                            /* host -> agent, v2 */
+	CONTAINER = 'C',                                          /* host -> agent, v3 */
 	STDOUT = 'O', STDERR = 'R', EXIT = 'X', FAILED = 'F',     /* agent -> host */
+	STARTED = 'P',                                            /* agent -> host, v3 */
 };
+
+/* CONTAINER's flags. */
+#define REPLACE_ENV 1u
+#define NO_NEW_PRIVS 2u
+#define NEW_PID_NS 4u
+#define KNOWN_FLAGS (REPLACE_ENV | NO_NEW_PRIVS | NEW_PID_NS)
+#define KEEP_UMASK 0xffffffffu
 
 static void die(const char *what)
 {
@@ -116,10 +136,15 @@ static int recv_frame(int sock, uint8_t *kind, char **payload, uint32_t *len)
 	return 0;
 }
 
-static void fail(int sock, const char *fmt, const char *arg)
+static void fail(int sock, const char *fmt, ...)
 {
 	char msg[512];
-	int n = snprintf(msg, sizeof(msg), fmt, arg);
+	va_list args;
+	int n;
+
+	va_start(args, fmt);
+	n = vsnprintf(msg, sizeof(msg), fmt, args);
+	va_end(args);
 	if (n < 0)
 		n = 0;
 	if ((size_t)n >= sizeof(msg))
@@ -176,6 +201,161 @@ static int parse_exec(char *p, uint32_t len, struct command *cmd)
 	if (!*cmd->cwd)
 		cmd->cwd = "/";
 	return 0;
+}
+
+static uint64_t le64(const char *p)
+{
+	return le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* The next `bytes` of [*p, end), advancing *p; NULL when fewer are left. */
+static const char *take(char **p, const char *end, size_t bytes)
+{
+	char *at = *p;
+	if ((size_t)(end - at) < bytes)
+		return NULL;
+	*p = at + bytes;
+	return at;
+}
+
+/*
+ * CONTAINER's payload, all LE: the root (NUL-terminated; empty: no chroot),
+ * uid u32, gid u32, ngroups u32 and as many gids (u32), nrlimits u32 and as many
+ * (resource u32, soft u64, hard u64), umask u32 (KEEP_UMASK: unchanged), flags
+ * u32. Bytes after flags are ignored: a later version may append fields (and
+ * would say so with a flag this one refuses). `root` points into the payload,
+ * which must outlive it; -1 when it is malformed.
+ */
+struct limit {
+	int resource;
+	struct rlimit value;
+};
+
+struct container {
+	const char *root;
+	uid_t uid;
+	gid_t gid;
+	size_t ngroups, nrlimits;
+	gid_t *groups;
+	struct limit *rlimits;
+	uint32_t umask, flags;
+};
+
+static int parse_container(char *p, uint32_t len, struct container *c)
+{
+	char *end = p + len, *nul = memchr(p, 0, len);
+	const char *w;
+	uint32_t n, i;
+
+	memset(c, 0, sizeof(*c));
+	if (!nul)
+		return -1;
+	c->root = p;
+	p = nul + 1;
+	if (!(w = take(&p, end, 12)))
+		return -1;
+	c->uid = le32(w);
+	c->gid = le32(w + 4);
+	n = le32(w + 8);
+	/* Counts are checked against what is left, so a lying count cannot make
+	 * the agent allocate more than the frame holds. */
+	if (n > (size_t)(end - p) / 4 || !(c->groups = calloc(n + 1, sizeof(gid_t))))
+		return -1;
+	for (i = 0; i < n; i++)
+		c->groups[i] = le32(take(&p, end, 4));
+	c->ngroups = n;
+	if (!(w = take(&p, end, 4)))
+		return -1;
+	n = le32(w);
+	if (n > (size_t)(end - p) / 20 || !(c->rlimits = calloc(n + 1, sizeof(struct limit))))
+		return -1;
+	for (i = 0; i < n; i++) {
+		w = take(&p, end, 20);
+		c->rlimits[i].resource = (int)le32(w);
+		c->rlimits[i].value.rlim_cur = le64(w + 4);
+		c->rlimits[i].value.rlim_max = le64(w + 12);
+	}
+	c->nrlimits = n;
+	if (!(w = take(&p, end, 8)))
+		return -1;
+	c->umask = le32(w);
+	c->flags = le32(w + 4);
+	return 0;
+}
+
+/*
+ * In the command's process, before exec: a step of entering the container
+ * failed. The reason goes to the agent through `report` (it becomes FAILED);
+ * errno is the failed call's.
+ */
+static void setup_failed(int report, const char *step, const char *arg)
+{
+	int saved = errno;
+	dprintf(report, "%s%s%s: %s", step, *arg ? " " : "", arg, strerror(saved));
+	_exit(126);
+}
+
+/*
+ * The command's own /proc, showing its new PID namespace, where the root has a
+ * /proc directory. In a mount namespace of its own (with propagation off), so
+ * the mount is the command's alone and goes away with it.
+ */
+static void mount_proc(const char *root, int report)
+{
+	char path[4096];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/proc", root);
+	if (stat(path, &st) < 0 || !S_ISDIR(st.st_mode))
+		return;
+	if (unshare(CLONE_NEWNS) < 0)
+		setup_failed(report, "new mount namespace", "");
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		setup_failed(report, "making mounts private", "");
+	if (mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		setup_failed(report, "mount proc on", path);
+}
+
+/*
+ * CONTAINER's steps in the command's process, in this order: rlimits, umask,
+ * (its /proc in a new PID namespace,) chroot and cd /, cd to the working
+ * directory, supplementary groups, gid, uid (last of the ids: after it the
+ * others can no longer be changed), no_new_privs. Limits and umask come first
+ * because they need no privileges; everything that needs them comes before
+ * setuid.
+ */
+static void enter_container(const struct container *c, const char *cwd, int report)
+{
+	char id[16];
+
+	for (size_t i = 0; i < c->nrlimits; i++) {
+		if (setrlimit((__rlimit_resource_t)c->rlimits[i].resource, &c->rlimits[i].value) < 0) {
+			snprintf(id, sizeof(id), "%d", c->rlimits[i].resource);
+			setup_failed(report, "setrlimit", id);
+		}
+	}
+	if (c->umask != KEEP_UMASK)
+		umask((mode_t)(c->umask & 0777));
+	if (c->flags & NEW_PID_NS)
+		mount_proc(c->root, report);
+	if (*c->root) {
+		if (chroot(c->root) < 0)
+			setup_failed(report, "chroot", c->root);
+		if (chdir("/") < 0)
+			setup_failed(report, "cd", "/");
+	}
+	if (chdir(cwd) < 0)
+		setup_failed(report, "cd", cwd);
+	if (setgroups(c->ngroups, c->groups) < 0)
+		setup_failed(report, "setgroups", "");
+	snprintf(id, sizeof(id), "%u", (unsigned)c->gid);
+	if (setgid(c->gid) < 0)
+		setup_failed(report, "setgid", id);
+	snprintf(id, sizeof(id), "%u", (unsigned)c->uid);
+	if (setuid(c->uid) < 0)
+		setup_failed(report, "setuid", id);
+	if ((c->flags & NO_NEW_PRIVS) && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		setup_failed(report, "no_new_privs", "");
 }
 
 static void set_nonblock(int fd)
@@ -241,23 +421,56 @@ static void serve(int sock)
 	size_t queued_len = 0, queued_off = 0;
 	int host_open = 1, stdin_eof = 0, exited = 0;
 	uint8_t hello[2] = { PROTOCOL_VERSION & 0xff, PROTOCOL_VERSION >> 8 };
+	unsigned version;
+	struct container box;
+	char *box_payload = NULL; /* box's strings point into it */
+	int report[2];
+	char why[512];
+	size_t why_len = 0;
 
 	if (recv_frame(sock, &kind, &payload, &len) < 0 || kind != HELLO || len < 2)
 		return;
 	if (send_frame(sock, HELLO, hello, sizeof(hello)) < 0)
 		return;
-	if ((uint8_t)payload[0] < OLDEST_VERSION || (uint8_t)payload[0] > PROTOCOL_VERSION ||
-	    payload[1] != 0) {
-		fail(sock, "the host speaks protocol %s; this agent speaks 1 and 2", "another");
+	/* Each side says the newest version it speaks; the session uses the older
+	 * of the two, so a newer host is served too (versions 1 and 2 of this agent
+	 * refused one). */
+	version = (uint8_t)payload[0] | (unsigned)(uint8_t)payload[1] << 8;
+	free(payload);
+	if (version < OLDEST_VERSION) {
+		fail(sock, "the host speaks protocol %u; this agent speaks %d to %d", version,
+		     OLDEST_VERSION, PROTOCOL_VERSION);
 		return;
 	}
-	free(payload);
-	/* TERMINAL (rows, cols: u16 LE each) may come before EXEC. */
+	if (version > PROTOCOL_VERSION)
+		version = PROTOCOL_VERSION;
+	/* TERMINAL (rows, cols: u16 LE each) and CONTAINER may come before EXEC. */
 	for (;;) {
 		if (recv_frame(sock, &kind, &payload, &len) < 0)
 			return;
 		if (kind == EXEC)
 			break;
+		if (kind == CONTAINER) {
+			/* Never skipped: running the command outside its container as
+			 * root is worse than not running it. */
+			free(box_payload);
+			box_payload = payload;
+			if (version < CONTAINER_VERSION) {
+				fail(sock, "CONTAINER needs protocol %d; this session speaks %u",
+				     CONTAINER_VERSION, version);
+				return;
+			}
+			if (parse_container(payload, len, &box) < 0) {
+				fail(sock, "malformed CONTAINER request");
+				return;
+			}
+			if (box.flags & ~KNOWN_FLAGS) {
+				fail(sock, "CONTAINER asks for flags %#x, which this agent does not know",
+				     box.flags & ~KNOWN_FLAGS);
+				return;
+			}
+			continue;
+		}
 		if (kind == TERMINAL && len == 4) {
 			tty = 1;
 			size.ws_row = (unsigned short)((uint8_t)payload[0] | (uint8_t)payload[1] << 8);
@@ -278,6 +491,20 @@ static void serve(int sock)
 		fail(sock, "pipe: %s", strerror(errno));
 		return;
 	}
+	/* Why the command could not start, from its process; closed unwritten by
+	 * its exec. */
+	if (pipe2(report, O_CLOEXEC)) {
+		fail(sock, "pipe: %s", strerror(errno));
+		return;
+	}
+	/* The next child of this (per-connection) process is pid 1 of a new PID
+	 * namespace; this process stays outside, so waitpid and kill(-pid) work as
+	 * for any child. Nothing else may fork in between. */
+	if (box_payload && (box.flags & NEW_PID_NS) && unshare(CLONE_NEWPID) < 0) {
+		fail(sock, "new PID namespace: %s%s", strerror(errno),
+		     errno == EINVAL ? " (the guest kernel needs CONFIG_PID_NS)" : "");
+		return;
+	}
 	pid = fork();
 	if (pid < 0) {
 		fail(sock, "fork: %s", strerror(errno));
@@ -294,7 +521,14 @@ static void serve(int sock)
 		dup2(out[1], 1);
 		dup2(err[1], 2);
 		signal(SIGPIPE, SIG_DFL);
-		if (chdir(cmd.cwd) < 0) {
+		if (box_payload) {
+			enter_container(&box, cmd.cwd, report[1]);
+			/* OCI: the process's env is all of its environment. execvp then
+			 * searches the command's PATH (glibc's execvpe would search the
+			 * agent's). */
+			if (box.flags & REPLACE_ENV)
+				clearenv();
+		} else if (chdir(cmd.cwd) < 0) {
 			dprintf(2, "spry-agent: cd %s: %s\n", cmd.cwd, strerror(errno));
 			_exit(126);
 		}
@@ -303,6 +537,30 @@ static void serve(int sock)
 		execvp(cmd.argv[0], cmd.argv);
 		dprintf(2, "spry-agent: %s: %s\n", cmd.argv[0], strerror(errno));
 		_exit(errno == ENOENT ? 127 : 126);
+	}
+	close(report[1]);
+	for (;;) {
+		ssize_t n = read(report[0], why + why_len, sizeof(why) - 1 - why_len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		why_len += (size_t)n;
+		if (why_len == sizeof(why) - 1)
+			break;
+	}
+	close(report[0]);
+	if (why_len) {
+		why[why_len] = 0;
+		waitpid(pid, &status, 0);
+		fail(sock, "%s", why);
+		return;
+	}
+	if (version >= CONTAINER_VERSION) {
+		uint8_t started[4] = { pid & 0xff, (pid >> 8) & 0xff, (pid >> 16) & 0xff,
+				       ((uint32_t)pid >> 24) & 0xff };
+		/* A host gone already is noticed in the loop below. */
+		send_frame(sock, STARTED, started, sizeof(started));
 	}
 	close(in[0]);
 	if (out[1] != in[0])

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::client::{self, ClientError, Session, Signaller};
+use super::client::{ClientError, Session, Signaller};
 use super::copy::{self, CopyError};
 use super::protocol::ExecRequest;
 
@@ -119,7 +119,7 @@ pub fn exec(
     // SAFETY: pthread_sigmask with a fully initialised set and no old set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &forwarded, std::ptr::null_mut()) };
     let uds = vsock_socket(target)?;
-    let session = Session::start(client::connect(&uds, port)?, request)?;
+    let session = Session::open(&uds, port, request)?;
     let signaller = session.signaller();
     std::thread::spawn(move || forward_signals(&forwarded, &signaller));
     if let Some(timeout) = timeout {
@@ -200,6 +200,7 @@ pub fn request(
         env,
         cwd: workdir.unwrap_or_default(),
         terminal: terminal.then(|| window_size(libc::STDIN_FILENO).unwrap_or((24, 80))),
+        container: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Component, Path, PathBuf};
 
-use super::client::{self, ClientError, Session};
+use super::client::{ClientError, Session};
 use super::protocol::{Ended, ExecRequest};
 
 /// Errors of copying to or from the guest.
@@ -114,7 +114,7 @@ fn guest_tar(
         argv: argv.iter().map(OsString::from).collect(),
         ..ExecRequest::default()
     };
-    let session = Session::start(client::connect(uds, port)?, &request)?;
+    let session = Session::open(uds, port, &request)?;
     let feeder = match input {
         Some(input) => Some(session.feed_stdin(input)),
         None => {
