@@ -69,6 +69,25 @@ enum {
 #define KNOWN_FLAGS (REPLACE_ENV | NO_NEW_PRIVS | NEW_PID_NS)
 #define KEEP_UMASK 0xffffffffu
 
+
+/*
+ * The command starts with every signal at its default and none blocked. The
+ * agent itself ignores SIGPIPE and SIGCHLD, and init starts it as a background
+ * job, which a shell without job control starts with SIGINT and SIGQUIT
+ * ignored; ignored dispositions survive exec, and a shell cannot even trap a
+ * signal that was ignored when it started, so without this ^C and a SIGNAL
+ * frame carrying SIGINT would never reach the command.
+ */
+static void reset_signals(void)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigset_t none;
+
+	for (int sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &dfl, NULL); /* fails, harmlessly, for SIGKILL and SIGSTOP */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
 static void die(const char *what)
 {
 	fprintf(stderr, "spry-agent: %s: %s\n", what, strerror(errno));
@@ -520,7 +539,7 @@ static void serve(int sock)
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		dup2(err[1], 2);
-		signal(SIGPIPE, SIG_DFL);
+		reset_signals();
 		if (box_payload) {
 			enter_container(&box, cmd.cwd, report[1]);
 			/* OCI: the process's env is all of its environment. execvp then

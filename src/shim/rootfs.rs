@@ -108,20 +108,88 @@ pub fn image_bytes(tree: TreeSize, slack_mib: u64) -> u64 {
     total.div_ceil(MIB) * MIB
 }
 
+/// Splits a mount's options into mount(2) flags and the file system's own
+/// data (`lowerdir=...` and the like), as mount(8) does.
+fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
+    let mut flags: libc::c_ulong = 0;
+    let mut data = Vec::new();
+    for option in options {
+        let (set, clear) = match option.as_str() {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "bind" => (libc::MS_BIND, 0),
+            "rbind" => (libc::MS_BIND | libc::MS_REC, 0),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "defaults" | "async" | "atime" => (0, 0),
+            other => {
+                data.push(other);
+                (0, 0)
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    (flags, data.join(","))
+}
+
+fn cstring(text: &str) -> std::ffi::CString {
+    // Paths and options come from containerd; one with a NUL byte cannot be
+    // mounted and becomes an empty string, which mount(2) then refuses.
+    std::ffi::CString::new(text).unwrap_or_default()
+}
+
 /// Mounts containerd's snapshot `mounts` on `target` (an existing directory).
 /// With no mounts the bundle's rootfs directory already holds the tree.
 pub fn mount_snapshot(mounts: &[Mount], target: &Path) -> Result<(), RootfsError> {
     for m in mounts {
-        let kind = (!m.type_.is_empty()).then_some(m.type_.as_str());
-        let source = (!m.source.is_empty()).then_some(m.source.as_str());
-        containerd_shim::mount::mount_rootfs(kind, source, &m.options, target).map_err(|e| {
-            RootfsError::Mount {
-                kind: m.type_.clone(),
-                source_path: m.source.clone(),
-                target: target.into(),
-                why: e.to_string(),
+        let (flags, data) = mount_flags(&m.options);
+        let fail = |why: String| RootfsError::Mount {
+            kind: m.type_.clone(),
+            source_path: m.source.clone(),
+            target: target.into(),
+            why,
+        };
+        let (source, kind, data) = (cstring(&m.source), cstring(&m.type_), cstring(&data));
+        let dest = cstring(&target.to_string_lossy());
+        // SAFETY: every pointer is a NUL-terminated string that outlives the
+        // call; mount(2) reads them and keeps none.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                dest.as_ptr(),
+                kind.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(fail(std::io::Error::last_os_error().to_string()));
+        }
+        // A read-only bind needs a second, remounting call (mount(8) does the
+        // same).
+        if flags & libc::MS_BIND != 0 && flags & libc::MS_RDONLY != 0 {
+            let remount = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+            // SAFETY: as above.
+            let rc = unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    dest.as_ptr(),
+                    std::ptr::null(),
+                    remount,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(fail(std::io::Error::last_os_error().to_string()));
             }
-        })?;
+        }
     }
     Ok(())
 }
@@ -189,6 +257,20 @@ pub fn make_image(tree: &Path, image: &Path, slack_mib: u64) -> Result<u64, Root
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            mount_flags(&opts(&["index=off", "lowerdir=/a:/b", "upperdir=/u", "workdir=/w"])),
+            (0, "index=off,lowerdir=/a:/b,upperdir=/u,workdir=/w".to_string())
+        );
+        assert_eq!(
+            mount_flags(&opts(&["rbind", "ro"])),
+            (libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY, String::new())
+        );
+        assert_eq!(mount_flags(&opts(&["ro", "rw"])).0, 0);
+    }
 
     #[test]
     fn image_size_leaves_room_for_metadata_and_slack() {

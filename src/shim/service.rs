@@ -32,6 +32,9 @@ use super::vm::{Vm, VmSpec};
 
 /// The directory in a bundle where the shim keeps a container's VM files.
 const VM_DIR: &str = "spry";
+/// The sandbox a Kubernetes pod's containers share: CRI groups them into one
+/// shim by it.
+const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// How long spry gets to stop on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -55,7 +58,12 @@ impl containerd_shim::Shim for SpryShim {
     }
 
     fn start_shim(&mut self, opts: containerd_shim::StartOpts) -> Result<String, Error> {
-        let grouping = opts.id.clone();
+        // A Kubernetes pod's containers share one shim, as CRI asks.
+        let grouping = std::env::current_dir()
+            .ok()
+            .and_then(|bundle| spec::load(&bundle.to_string_lossy()).ok())
+            .and_then(|oci| spec::annotation::<String>(&oci, SANDBOX_ANNOTATION))
+            .unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
     }
@@ -137,7 +145,10 @@ fn failed(what: String) -> containerd_shim::protos::ttrpc::Error {
 }
 
 fn other(what: String) -> containerd_shim::protos::ttrpc::Error {
-    Error::Other(what).into()
+    // An RPC status rather than the crate's `Error::Other`, whose text reaches
+    // containerd wrapped in Rust debug formatting.
+    use containerd_shim::protos::ttrpc;
+    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, what))
 }
 
 impl Container {

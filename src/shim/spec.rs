@@ -69,35 +69,12 @@ pub fn process_from_json(bytes: &[u8]) -> Result<Process, SpecError> {
     serde_json::from_slice(bytes).map_err(|e| SpecError::Process(e.to_string()))
 }
 
-fn rlimit_number(name: &str) -> Option<u32> {
-    let n = match name {
-        "RLIMIT_CPU" => libc::RLIMIT_CPU,
-        "RLIMIT_FSIZE" => libc::RLIMIT_FSIZE,
-        "RLIMIT_DATA" => libc::RLIMIT_DATA,
-        "RLIMIT_STACK" => libc::RLIMIT_STACK,
-        "RLIMIT_CORE" => libc::RLIMIT_CORE,
-        "RLIMIT_RSS" => libc::RLIMIT_RSS,
-        "RLIMIT_NPROC" => libc::RLIMIT_NPROC,
-        "RLIMIT_NOFILE" => libc::RLIMIT_NOFILE,
-        "RLIMIT_MEMLOCK" => libc::RLIMIT_MEMLOCK,
-        "RLIMIT_AS" => libc::RLIMIT_AS,
-        "RLIMIT_LOCKS" => libc::RLIMIT_LOCKS,
-        "RLIMIT_SIGPENDING" => libc::RLIMIT_SIGPENDING,
-        "RLIMIT_MSGQUEUE" => libc::RLIMIT_MSGQUEUE,
-        "RLIMIT_NICE" => libc::RLIMIT_NICE,
-        "RLIMIT_RTPRIO" => libc::RLIMIT_RTPRIO,
-        "RLIMIT_RTTIME" => libc::RLIMIT_RTTIME,
-        _ => return None,
-    };
-    Some(n)
-}
-
 fn rlimit(limit: &PosixRlimit) -> Result<Rlimit, SpecError> {
     let name = serde_json::to_value(limit.typ())
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let resource = rlimit_number(&name).ok_or(SpecError::Rlimit(name))?;
+    let resource = Rlimit::resource_by_name(&name).ok_or(SpecError::Rlimit(name))?;
     Ok(Rlimit {
         resource,
         soft: limit.soft(),

@@ -1,8 +1,10 @@
 //! `ctr task metrics` for a spry container: what its VM costs the host, read
-//! from the spry process's /proc entry and reported in containerd's cgroup v2
+//! from the spry process's /proc entry and reported in containerd's cgroup
 //! metrics format (the guest's own accounting stays inside the guest).
 
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::MessageField;
 
 /// Errors reading the VM's usage.
@@ -65,13 +67,21 @@ pub fn vm_metrics(pid: u32) -> Result<Metrics, StatsError> {
     let usec = |t: u64| t.saturating_mul(1_000_000) / ticks;
     Ok(Metrics {
         cpu: MessageField::some(CPUStat {
-            usage_usec: usec(utime + stime),
-            user_usec: usec(utime),
-            system_usec: usec(stime),
+            usage: MessageField::some(CPUUsage {
+                // Nanoseconds, as cgroup v1's cpuacct reports them.
+                total: usec(utime + stime) * 1000,
+                user: usec(utime) * 1000,
+                kernel: usec(stime) * 1000,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         memory: MessageField::some(MemoryStat {
-            usage: rss,
+            rss,
+            usage: MessageField::some(MemoryEntry {
+                usage: rss,
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         pids: MessageField::some(PidsStat {
@@ -98,7 +108,7 @@ mod tests {
     #[test]
     fn this_process_has_metrics() {
         let m = vm_metrics(std::process::id()).unwrap();
-        assert!(m.memory.usage > 0);
+        assert!(m.memory.usage.usage > 0);
         assert!(m.pids.current >= 1);
     }
 }
