@@ -144,9 +144,10 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
     };
     let links: Vec<Link> = serde_json::from_str(&in_netns(netns, "ip", ["-j", "addr", "show"])?)
         .map_err(|e| parse(e.to_string()))?;
-    let Some(link) = links.into_iter().find(|l| {
-        l.ifname != "lo" && l.ifname != TAP && l.link_type.as_deref() == Some("ether")
-    }) else {
+    let Some(link) = links
+        .into_iter()
+        .find(|l| l.ifname != "lo" && l.ifname != TAP && l.link_type.as_deref() == Some("ether"))
+    else {
         return Ok(None);
     };
     let mac = link
@@ -186,8 +187,8 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
             netns,
             "tc",
             [
-                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
-                "match", "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+                "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32", "match",
+                "u8", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
             ],
         )?;
     }
@@ -199,7 +200,11 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
 pub fn detach(net: &GuestNetwork) {
     let mut results = vec![
         in_netns(&net.netns, "ip", ["link", "del", TAP]),
-        in_netns(&net.netns, "tc", ["qdisc", "del", "dev", &net.interface, "ingress"]),
+        in_netns(
+            &net.netns,
+            "tc",
+            ["qdisc", "del", "dev", &net.interface, "ingress"],
+        ),
     ];
     if let Some(address) = &net.address {
         results.push(in_netns(

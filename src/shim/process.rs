@@ -192,10 +192,7 @@ impl Process {
     pub fn wait(&self) -> (u32, SystemTime) {
         let mut s = self.state();
         while s.status != Status::Stopped {
-            s = self
-                .changed
-                .wait(s)
-                .unwrap_or_else(PoisonError::into_inner);
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
         }
         (s.exit_status, s.exited_at.unwrap_or_else(SystemTime::now))
     }

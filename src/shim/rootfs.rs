@@ -262,12 +262,23 @@ mod tests {
     fn mount_options_split_into_flags_and_data() {
         let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            mount_flags(&opts(&["index=off", "lowerdir=/a:/b", "upperdir=/u", "workdir=/w"])),
-            (0, "index=off,lowerdir=/a:/b,upperdir=/u,workdir=/w".to_string())
+            mount_flags(&opts(&[
+                "index=off",
+                "lowerdir=/a:/b",
+                "upperdir=/u",
+                "workdir=/w"
+            ])),
+            (
+                0,
+                "index=off,lowerdir=/a:/b,upperdir=/u,workdir=/w".to_string()
+            )
         );
         assert_eq!(
             mount_flags(&opts(&["rbind", "ro"])),
-            (libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY, String::new())
+            (
+                libc::MS_BIND | libc::MS_REC | libc::MS_RDONLY,
+                String::new()
+            )
         );
         assert_eq!(mount_flags(&opts(&["ro", "rw"])).0, 0);
     }
@@ -295,7 +306,10 @@ mod tests {
         let size = measure(&tree).unwrap();
         assert_eq!(size.inodes, 3);
         let image = dir.join("root.ext4");
-        if Command::new("/usr/sbin/mkfs.ext4").arg("-V").output().is_err()
+        if Command::new("/usr/sbin/mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_err()
             && Command::new("/sbin/mkfs.ext4").arg("-V").output().is_err()
         {
             eprintln!("mkfs.ext4 missing: skipping the image half");

@@ -65,6 +65,10 @@ impl containerd_shim::Shim for SpryShim {
             .and_then(|oci| spec::annotation::<String>(&oci, SANDBOX_ANNOTATION))
             .unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // containerd, restarted, finds the running shim again through this
+        // file in the bundle (our working directory).
+        std::fs::write("address", &address)
+            .map_err(|e| Error::Other(format!("cannot write the shim's address file: {e}")))?;
         Ok(address)
     }
 
@@ -266,7 +270,8 @@ impl Inner {
         }
         let bundle = PathBuf::from(&req.bundle);
         let dir = bundle.join(VM_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let result = self.boot(req, &settings, &oci, &dir);
         match result {
             Ok((vm, network)) => {
@@ -335,13 +340,21 @@ impl Inner {
         let hostname = oci
             .hostname()
             .clone()
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+            .filter(|h| {
+                !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            })
             .unwrap_or_else(|| req.id.chars().take(12).collect());
         let vm_spec = VmSpec {
             settings,
             dir,
             disk: &disk,
-            read_only: oci.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+            read_only: oci
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
             hostname: &hostname,
             vcpus: spec::annotation(oci, "io.spry.vcpus").unwrap_or(settings.vcpus),
             mem_mib: spec::annotation(oci, "io.spry.mem_mib").unwrap_or(settings.mem_mib),
@@ -363,7 +376,11 @@ impl Inner {
 }
 
 impl containerd_shim::Task for TaskService {
-    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
         let inner = &self.0;
         if lock(&inner.containers).contains_key(&req.id) {
             return Err(failed(format!("container {} already exists", req.id)));
@@ -484,7 +501,11 @@ impl containerd_shim::Task for TaskService {
             Ok(()) => Ok(api::Empty::new()),
             Err(super::process::ProcessError::Finished) => Err(not_found(format!(
                 "process {} of container {} already finished",
-                if req.exec_id.is_empty() { "init" } else { &req.exec_id },
+                if req.exec_id.is_empty() {
+                    "init"
+                } else {
+                    &req.exec_id
+                },
                 req.id
             ))),
             Err(super::process::ProcessError::NotStarted) if req.exec_id.is_empty() => {
@@ -516,7 +537,11 @@ impl containerd_shim::Task for TaskService {
         if status == Status::Running {
             return Err(failed(format!(
                 "process {} of container {} is still running",
-                if req.exec_id.is_empty() { "init" } else { &req.exec_id },
+                if req.exec_id.is_empty() {
+                    "init"
+                } else {
+                    &req.exec_id
+                },
                 req.id
             )));
         }
@@ -555,16 +580,21 @@ impl containerd_shim::Task for TaskService {
         if c.init.status().0 != Status::Running {
             return Err(failed(format!("container {} is not running", req.id)));
         }
-        let any = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| other(format!("exec {} into {} has no process spec", req.exec_id, req.id)))?;
+        let any = req.spec.as_ref().ok_or_else(|| {
+            other(format!(
+                "exec {} into {} has no process spec",
+                req.exec_id, req.id
+            ))
+        })?;
         let process = spec::process_from_json(&any.value)
             .and_then(|p| spec::exec_request(&p))
             .map_err(|e| other(format!("exec {} into {}: {e}", req.exec_id, req.id)))?;
         let mut execs = lock(&c.execs);
         if execs.contains_key(&req.exec_id) {
-            return Err(failed(format!("exec {} already exists in {}", req.exec_id, req.id)));
+            return Err(failed(format!(
+                "exec {} already exists in {}",
+                req.exec_id, req.id
+            )));
         }
         let stdio = Stdio {
             stdin: req.stdin.clone(),

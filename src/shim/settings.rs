@@ -164,13 +164,19 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_the_reason() {
-        let err = Settings::parse(Path::new("t.json"), r#"{"kernel": "/k", "initramfs": "/i", "vcpu": 2}"#)
-            .unwrap_err()
-            .to_string();
+        let err = Settings::parse(
+            Path::new("t.json"),
+            r#"{"kernel": "/k", "initramfs": "/i", "vcpu": 2}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `vcpu`"), "{err}");
-        let err = Settings::parse(Path::new("t.json"), r#"{"kernel": "/k", "initramfs": "/i", "mem_mib": 8}"#)
-            .unwrap_err()
-            .to_string();
+        let err = Settings::parse(
+            Path::new("t.json"),
+            r#"{"kernel": "/k", "initramfs": "/i", "mem_mib": 8}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("mem_mib 8"), "{err}");
         let err = Settings::parse(Path::new("t.json"), r#"{"initramfs": "/i"}"#)
             .unwrap_err()

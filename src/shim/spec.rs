@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(c.umask, Some(18));
         assert!(c.replace_env && c.no_new_privileges && !c.new_pid_namespace);
         assert_eq!(c.root, GUEST_ROOT);
-        let nofile = u32::try_from(libc::RLIMIT_NOFILE).unwrap();
+        let nofile = libc::RLIMIT_NOFILE;
         assert_eq!(
             c.rlimits,
             [Rlimit {

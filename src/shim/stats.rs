@@ -50,10 +50,11 @@ fn parse_rss(text: &str) -> Option<u64> {
 
 /// The VM process's CPU time, resident memory and threads.
 pub fn vm_metrics(pid: u32) -> Result<Metrics, StatsError> {
-    let read = |file: &'static str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .map_err(|source| StatsError::Read { pid, file, source })
-    };
+    let read =
+        |file: &'static str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .map_err(|source| StatsError::Read { pid, file, source })
+        };
     let stat = read("stat")?;
     let (utime, stime, threads) = parse_stat(&stat).ok_or_else(|| StatsError::Parse {
         pid,

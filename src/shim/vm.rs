@@ -44,7 +44,9 @@ pub enum VmError {
         console: String,
     },
     /// The guest did not become ready in time.
-    #[error("the guest agent did not answer within {seconds} s; the console ended with:\n{console}")]
+    #[error(
+        "the guest agent did not answer within {seconds} s; the console ended with:\n{console}"
+    )]
     Timeout {
         /// The limit.
         seconds: u64,
