@@ -2,6 +2,7 @@
 //! reaches it as runtime `io.containerd.spry.v2`; each container it is given
 //! runs in a spry microVM of its own (docs/containerd.md).
 
+mod jail;
 mod network;
 mod process;
 mod rootfs;

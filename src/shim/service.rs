@@ -2,6 +2,7 @@
 //! processes a command the guest agent runs inside the container's root.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,12 +24,13 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{DeleteResponse, Error, ExitSignal, Flags, TtrpcContext, TtrpcResult};
 
+use super::jail;
 use super::network::{self, GuestNetwork};
 use super::process::{Exit, Process, Status, Stdio};
 use super::rootfs;
 use super::settings::Settings;
 use super::spec;
-use super::vm::{Vm, VmSpec};
+use super::vm::{Vm, VmSpec, DISK};
 
 /// The directory in a bundle where the shim keeps a container's VM files.
 const VM_DIR: &str = "spry";
@@ -169,8 +171,8 @@ impl Container {
     /// Stops the VM; every process still running in it ends with SIGKILL's
     /// status, as in a container whose pid namespace went away.
     fn stop_vm(&self) -> Vec<(String, Exit)> {
-        if let Some(mut vm) = lock(&self.vm).take() {
-            vm.stop(STOP_GRACE);
+        if let Some(vm) = lock(&self.vm).take() {
+            vm.destroy(STOP_GRACE);
         }
         let now = SystemTime::now();
         let mut ended = Vec::new();
@@ -207,15 +209,24 @@ impl Container {
 fn clean_leftovers(bundle: &Path) {
     let dir = bundle.join(VM_DIR);
     if let Ok(text) = std::fs::read_to_string(dir.join("spry.pid")) {
-        if let Ok(pid) = text.trim().parse::<i32>() {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            // Only the VM this bundle started: the pid may have been reused.
-            let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
-            if ours && pid > 0 {
-                // SAFETY: kill(2) on a pid whose command line names this
-                // bundle's VM config, so it is that VM.
+        let mut words = text.split_whitespace();
+        let pid = words.next().and_then(|w| w.parse::<u32>().ok());
+        let started = words.next().and_then(|w| w.parse::<u64>().ok());
+        if let (Some(pid), Some(started)) = (pid, started) {
+            // Only the VM this bundle started: its pid may have been reused
+            // since, but not with the same start time.
+            let ours = start_time(pid) == Some(started);
+            if let (true, Ok(pid)) = (ours, i32::try_from(pid)) {
+                // SAFETY: kill(2) on the pid of the VM this bundle started,
+                // checked by its start time.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+        }
+    }
+    if let Ok(root) = std::fs::read(dir.join("jail")) {
+        let root = PathBuf::from(std::ffi::OsString::from_vec(root));
+        if let Some(jail_dir) = root.parent() {
+            let _ = std::fs::remove_dir_all(jail_dir);
         }
     }
     if let Ok(text) = std::fs::read_to_string(dir.join("network.json")) {
@@ -225,6 +236,15 @@ fn clean_leftovers(bundle: &Path) {
     }
     rootfs::unmount_snapshot(&bundle.join("rootfs"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process's start time in clock ticks after boot (/proc/PID/stat field
+/// 22), which with its pid names it uniquely.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Field 3 (state) is the first after the name.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 impl Inner {
@@ -316,7 +336,23 @@ impl Inner {
         std::fs::create_dir_all(&tree)
             .map_err(|e| format!("cannot create {}: {e}", tree.display()))?;
         rootfs::mount_snapshot(&req.rootfs, &tree).map_err(|e| e.to_string())?;
-        let disk = dir.join("rootfs.ext4");
+        // A jailed VM's files live in its jail; the shim builds the jail's root
+        // before the jailer runs.
+        let jail_id = settings
+            .jailer
+            .as_ref()
+            .map(|_| jail::jail_id(&self.namespace, &req.id));
+        let files = match (&settings.jailer, &jail_id) {
+            (Some(js), Some(id)) => jail::jail_root(js, &settings.spry_binary(), id),
+            _ => dir.to_path_buf(),
+        };
+        std::fs::create_dir_all(&files)
+            .map_err(|e| format!("cannot create {}: {e}", files.display()))?;
+        if files != dir {
+            std::fs::write(dir.join("jail"), files.as_os_str().as_encoded_bytes())
+                .map_err(|e| format!("cannot record the jail: {e}"))?;
+        }
+        let disk = files.join(DISK);
         let made = rootfs::make_image(&tree, &disk, settings.disk_slack_mib);
         if !req.rootfs.is_empty() {
             rootfs::unmount_snapshot(&tree);
@@ -349,6 +385,8 @@ impl Inner {
         let vm_spec = VmSpec {
             settings,
             dir,
+            files: &files,
+            jail_id: jail_id.as_deref(),
             disk: &disk,
             read_only: oci
                 .root()
@@ -361,7 +399,8 @@ impl Inner {
             network: network.as_ref(),
         };
         let mut vm = Vm::spawn(&vm_spec).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("spry.pid"), vm.pid().to_string())
+        let record = format!("{} {}", vm.pid(), start_time(vm.pid()).unwrap_or(0));
+        std::fs::write(dir.join("spry.pid"), record)
             .map_err(|e| format!("cannot record the VM's pid: {e}"))?;
         vm.wait_ready(Duration::from_secs(settings.boot_timeout_s))
             .map_err(|e| e.to_string())?;

@@ -67,6 +67,10 @@ pub struct Settings {
     /// More kernel command line, appended to the shim's own.
     #[serde(default)]
     pub extra_boot_args: String,
+    /// Run each VM under spry-jailer with these settings (recommended on a
+    /// production node); absent: spry runs as the shim's child, with seccomp.
+    #[serde(default)]
+    pub jailer: Option<super::jail::JailSettings>,
     /// spry's log level (`--log-level`).
     #[serde(default = "default_log_level")]
     pub log_level: String,

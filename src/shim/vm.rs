@@ -13,8 +13,14 @@ use std::time::{Duration, Instant};
 
 use spry::agent::{client, protocol};
 
+use super::jail::{self, JailError, JailSettings};
 use super::network::GuestNetwork;
 use super::settings::Settings;
+
+/// The container's disk, in the VM's files.
+pub const DISK: &str = "rootfs.ext4";
+const KERNEL: &str = "vmlinux";
+const INITRAMFS: &str = "initramfs.cpio";
 
 /// Errors starting or reaching a VM.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +33,9 @@ pub enum VmError {
         /// Why.
         source: std::io::Error,
     },
+    /// The jail could not be prepared.
+    #[error(transparent)]
+    Jail(#[from] JailError),
     /// spry could not be started.
     #[error("cannot start {binary}: {source}")]
     Spawn {
@@ -59,9 +68,14 @@ pub enum VmError {
 pub struct VmSpec<'a> {
     /// The shim's settings.
     pub settings: &'a Settings,
-    /// The directory for the VM's files (config, sockets, console log).
+    /// The directory for the shim's records of the VM (console log).
     pub dir: &'a Path,
-    /// The container's root disk.
+    /// The directory spry's files go in (config, kernel, sockets): `dir`, or
+    /// the jail's root.
+    pub files: &'a Path,
+    /// The jail's id, when the VM is jailed.
+    pub jail_id: Option<&'a str>,
+    /// The container's root disk, in `files`.
     pub disk: &'a Path,
     /// Mount the root read-only.
     pub read_only: bool,
@@ -80,31 +94,66 @@ pub struct Vm {
     child: Child,
     vsock: PathBuf,
     console: PathBuf,
+    jail: Option<(JailSettings, PathBuf, String)>,
+}
+
+/// How spry names one of its files: inside a jail, from the jail's root.
+fn spry_path(spec: &VmSpec, name: &str) -> PathBuf {
+    match spec.jail_id {
+        Some(_) => Path::new("/").join(name),
+        None => spec.files.join(name),
+    }
 }
 
 impl Vm {
     /// Writes the config and starts spry; does not wait for the guest.
     pub fn spawn(spec: &VmSpec) -> Result<Vm, VmError> {
-        let vsock = spec.dir.join("vsock.sock");
+        let vsock = spec.files.join("vsock.sock");
         let console = spec.dir.join("console.log");
-        let config = spec.dir.join("vm.json");
+        let config = spec.files.join("vm.json");
         let write = |source| VmError::Config {
             path: config.clone(),
             source,
         };
-        std::fs::write(&config, vm_config(spec, &vsock).to_string()).map_err(write)?;
+        let binary = spec.settings.spry_binary();
+        let jail = match (spec.jail_id, &spec.settings.jailer) {
+            (Some(id), Some(settings)) => {
+                jail::place(&spec.settings.kernel, &spec.files.join(KERNEL))?;
+                jail::place(&spec.settings.initramfs, &spec.files.join(INITRAMFS))?;
+                jail::place_libraries(&binary, spec.files)?;
+                // The jailed user opens the disk read-write.
+                std::os::unix::fs::chown(spec.disk, Some(settings.uid), Some(settings.gid))
+                    .map_err(write)?;
+                Some((settings.clone(), spec.files.to_path_buf(), id.to_string()))
+            }
+            _ => None,
+        };
+        std::fs::write(&config, vm_config(spec).to_string()).map_err(write)?;
         let log = File::create(&console).map_err(write)?;
         let log2 = log.try_clone().map_err(write)?;
-        let binary = spec.settings.spry_binary();
-        let mut cmd = Command::new(&binary);
-        cmd.arg("--config-file")
-            .arg(&config)
-            .arg("--log-level")
-            .arg(&spec.settings.log_level)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        if let Some(net) = spec.network {
+        let config_arg = spry_path(spec, "vm.json");
+        let spry_args = [
+            "--config-file",
+            &*config_arg.to_string_lossy(),
+            "--log-level",
+            &spec.settings.log_level,
+        ];
+        let mut cmd = match &jail {
+            Some((settings, _, id)) => jail::command(
+                settings,
+                &binary,
+                id,
+                spec.network.map(|n| n.netns.as_path()),
+                &spry_args,
+            ),
+            None => {
+                let mut cmd = Command::new(&binary);
+                cmd.args(spry_args);
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+        if let (Some(net), None) = (spec.network, &jail) {
             let netns = File::open(&net.netns).map_err(|source| VmError::Spawn {
                 binary: binary.clone(),
                 source,
@@ -129,6 +178,7 @@ impl Vm {
             child,
             vsock,
             console,
+            jail,
         })
     }
 
@@ -195,6 +245,11 @@ impl Vm {
         let _ = self.child.wait();
     }
 
+    /// Stops the VM and removes its jail.
+    pub fn destroy(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
     /// The last lines spry and the guest printed, for error messages.
     pub fn console_tail(&self) -> String {
         tail(&self.console, 2048)
@@ -204,6 +259,9 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
+        if let Some((settings, root, id)) = self.jail.take() {
+            jail::remove(&settings, &root, &id);
+        }
     }
 }
 
@@ -226,7 +284,7 @@ fn tail(path: &Path, bytes: u64) -> String {
 }
 
 /// The VM's Firecracker-format config.
-fn vm_config(spec: &VmSpec, vsock: &Path) -> serde_json::Value {
+fn vm_config(spec: &VmSpec) -> serde_json::Value {
     let mut args = format!(
         "console=ttyS0 reboot=k panic=1 quiet spry.mode=container spry.container_disk=/dev/vda spry.hostname={}",
         spec.hostname
@@ -240,13 +298,19 @@ fn vm_config(spec: &VmSpec, vsock: &Path) -> serde_json::Value {
     }
     let mut config = serde_json::json!({
         "boot-source": {
-            "kernel_image_path": spec.settings.kernel,
-            "initrd_path": spec.settings.initramfs,
+            "kernel_image_path": match spec.jail_id {
+                Some(_) => spry_path(spec, KERNEL),
+                None => spec.settings.kernel.clone(),
+            },
+            "initrd_path": match spec.jail_id {
+                Some(_) => spry_path(spec, INITRAMFS),
+                None => spec.settings.initramfs.clone(),
+            },
             "boot_args": args,
         },
         "drives": [{
             "drive_id": "rootfs",
-            "path_on_host": spec.disk,
+            "path_on_host": spry_path(spec, DISK),
             "is_root_device": false,
             "is_read_only": spec.read_only,
         }],
@@ -256,7 +320,7 @@ fn vm_config(spec: &VmSpec, vsock: &Path) -> serde_json::Value {
         },
         "vsock": {
             "guest_cid": 3,
-            "uds_path": vsock,
+            "uds_path": spry_path(spec, "vsock.sock"),
         },
     });
     if let Some(net) = spec.network {
@@ -285,18 +349,21 @@ mod tests {
             boot_timeout_s: 5,
             extra_boot_args: "loglevel=4".into(),
             log_level: "warn".into(),
+            jailer: None,
         };
         let spec = VmSpec {
             settings: &settings,
             dir: Path::new("/d"),
-            disk: Path::new("/d/root.ext4"),
+            files: Path::new("/d"),
+            jail_id: None,
+            disk: Path::new("/d/rootfs.ext4"),
             read_only: true,
             hostname: "box",
             vcpus: 2,
             mem_mib: 512,
             network: None,
         };
-        let c = vm_config(&spec, Path::new("/d/vsock.sock"));
+        let c = vm_config(&spec);
         let args = c["boot-source"]["boot_args"].as_str().unwrap();
         assert!(args.contains("spry.mode=container"), "{args}");
         assert!(args.contains("spry.hostname=box"), "{args}");
@@ -305,6 +372,15 @@ mod tests {
         assert_eq!(c["machine-config"]["vcpu_count"], 2);
         assert_eq!(c["vsock"]["uds_path"], "/d/vsock.sock");
         assert!(c.get("network-interfaces").is_none());
+        assert_eq!(c["drives"][0]["path_on_host"], "/d/rootfs.ext4");
+        let jailed = VmSpec {
+            jail_id: Some("j"),
+            ..spec
+        };
+        let c = vm_config(&jailed);
+        assert_eq!(c["boot-source"]["kernel_image_path"], "/vmlinux");
+        assert_eq!(c["drives"][0]["path_on_host"], "/rootfs.ext4");
+        assert_eq!(c["vsock"]["uds_path"], "/vsock.sock");
     }
 
     #[test]
