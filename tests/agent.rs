@@ -475,7 +475,7 @@ fn container_root(scratch: &Scratch) -> PathBuf {
     std::fs::create_dir(root.join("proc")).expect("mkdir");
     std::fs::create_dir(root.join("work")).expect("mkdir");
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox (busybox-static)");
-    for applet in ["sh", "id", "cat", "ls", "grep"] {
+    for applet in ["sh", "id", "cat", "ls", "grep", "tr", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
     }
     std::fs::write(root.join("only-in-root"), "inside\n").expect("write");
@@ -513,6 +513,7 @@ fn user_1000(root: &Path) -> ContainerSpec {
         replace_env: true,
         no_new_privileges: true,
         new_pid_namespace: false,
+        join_pid: None,
     }
 }
 
@@ -589,6 +590,66 @@ fn test_container_in_a_new_pid_namespace_is_pid_1_with_its_own_proc() {
     // The /proc mount was the command's alone.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains(&root.display().to_string()), "{mounts}");
+}
+
+/// An exec into a running container (`ctr task exec`) joins its init's PID and
+/// mount namespaces: it sees the init as pid 1 and the container's own /proc.
+#[test]
+fn test_exec_joins_the_pid_and_mount_namespaces_of_the_container_s_init() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let init = sh(
+        "echo started; while :; do sleep 1; done",
+        &["PATH=/bin"],
+        ContainerSpec {
+            new_pid_namespace: true,
+            ..user_1000(&root)
+        },
+    );
+    let stream = client::connect(&guest.uds, 52).expect("connect");
+    let session = Session::start(stream, &init).expect("start the init");
+    let init_pid = session.guest_pid().expect("the init's pid");
+    let signaller = session.signaller();
+
+    let run = guest
+        .run(
+            &sh(
+                "echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo",
+                &["PATH=/bin"],
+                ContainerSpec {
+                    join_pid: Some(init_pid),
+                    ..user_1000(&root)
+                },
+            ),
+            3,
+        )
+        .expect("exec into the container");
+    signaller.send(libc::SIGKILL).expect("kill the init");
+    let ended = session.wait(&mut Vec::new(), &mut Vec::new()).expect("init ends");
+
+    let mut lines = run.stdout.lines();
+    let pid_inside: u32 = lines.next().and_then(|l| l.parse().ok()).expect("a pid");
+    assert!(pid_inside > 1, "{run:?}");
+    assert_eq!(lines.next(), Some("sh -c echo started; while :; do sleep 1; done "), "{run:?}");
+    assert_eq!(run.ended, Ended::Exited(0), "{run:?}");
+    assert_eq!(ended, Ended::Signalled(9));
+}
+
+#[test]
+fn test_exec_joining_a_gone_process_fails_with_the_reason() {
+    let guest = Guest::start();
+    let scratch = Scratch::new();
+    let root = container_root(&scratch);
+    let spec = ContainerSpec {
+        join_pid: Some(u32::MAX - 1),
+        ..user_1000(&root)
+    };
+
+    let err = guest.run(&sh("true", &["PATH=/bin"], spec), 3).unwrap_err();
+
+    let text = err.to_string();
+    assert!(text.contains("join the namespaces of pid 4294967294"), "{text}");
 }
 
 #[test]

@@ -258,6 +258,8 @@ struct container {
 	gid_t *groups;
 	struct limit *rlimits;
 	uint32_t umask, flags;
+	uint32_t join_pid;       /* 0, or a process whose PID and mount namespaces to join */
+	int join_pid_ns, join_mnt_ns; /* their descriptors, opened before the fork */
 };
 
 static int parse_container(char *p, uint32_t len, struct container *c)
@@ -299,7 +301,40 @@ static int parse_container(char *p, uint32_t len, struct container *c)
 		return -1;
 	c->umask = le32(w);
 	c->flags = le32(w + 4);
+	c->join_pid_ns = c->join_mnt_ns = -1;
+	/* join_pid came last; a payload without a whole one joins nothing. */
+	if ((w = take(&p, end, 4)))
+		c->join_pid = le32(w);
 	return 0;
+}
+
+/*
+ * An exec into a running container joins its init's PID and mount namespaces,
+ * as `runc exec` does: it sees the container's processes and its /proc. The
+ * descriptors are opened here, in the per-connection process, while the
+ * guest's /proc is still in view.
+ */
+static int open_join(struct container *c, char *why, size_t whylen)
+{
+	char path[64];
+
+	if (!c->join_pid)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/%u/ns/pid", (unsigned)c->join_pid);
+	if ((c->join_pid_ns = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		goto failed;
+	snprintf(path, sizeof(path), "/proc/%u/ns/mnt", (unsigned)c->join_pid);
+	if ((c->join_mnt_ns = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		goto failed;
+	/* The next child is born in the joined PID namespace. */
+	snprintf(path, sizeof(path), "/proc/%u/ns/pid", (unsigned)c->join_pid);
+	if (setns(c->join_pid_ns, CLONE_NEWPID) < 0)
+		goto failed;
+	return 0;
+failed:
+	snprintf(why, whylen, "join the namespaces of pid %u: %s: %s", (unsigned)c->join_pid,
+		 path, strerror(errno));
+	return -1;
 }
 
 /*
@@ -357,6 +392,10 @@ static void enter_container(const struct container *c, const char *cwd, int repo
 		umask((mode_t)(c->umask & 0777));
 	if (c->flags & NEW_PID_NS)
 		mount_proc(c->root, report);
+	/* setns to a mount namespace moves root and cwd to its root, from where
+	 * the chroot below finds the container again. */
+	if (c->join_mnt_ns >= 0 && setns(c->join_mnt_ns, CLONE_NEWNS) < 0)
+		setup_failed(report, "join the mount namespace of the container", "");
 	if (*c->root) {
 		if (chroot(c->root) < 0)
 			setup_failed(report, "chroot", c->root);
@@ -523,6 +562,14 @@ static void serve(int sock)
 		fail(sock, "new PID namespace: %s%s", strerror(errno),
 		     errno == EINVAL ? " (the guest kernel needs CONFIG_PID_NS)" : "");
 		return;
+	}
+	if (box_payload) {
+		char why[256];
+
+		if (open_join(&box, why, sizeof(why)) < 0) {
+			fail(sock, "%s", why);
+			return;
+		}
 	}
 	pid = fork();
 	if (pid < 0) {

@@ -206,6 +206,10 @@ pub struct ContainerSpec {
     /// mounted where the root has a /proc directory). The guest kernel needs
     /// CONFIG_PID_NS; an agent without it answers FAILED.
     pub new_pid_namespace: bool,
+    /// Join the PID and mount namespaces of this guest process (a container's
+    /// init, as [`Session::guest_pid`](super::client::Session::guest_pid)
+    /// reported it), as an exec into a running container does.
+    pub join_pid: Option<u32>,
 }
 
 /// One resource limit (`setrlimit(2)`); `u64::MAX` is unlimited.
@@ -300,15 +304,16 @@ impl ContainerSpec {
         .filter(|(on, _)| *on)
         .fold(0, |flags, (_, bit)| flags | bit);
         out.extend_from_slice(&flags.to_le_bytes());
+        out.extend_from_slice(&self.join_pid.unwrap_or(0).to_le_bytes());
         if out.len() > MAX_FRAME as usize {
             return Err(too_large(out.len()));
         }
         Ok(out)
     }
 
-    /// Reads a CONTAINER payload as the agent does: bytes after the flags are
-    /// ignored (a later version may append fields), flags it does not know are
-    /// refused.
+    /// Reads a CONTAINER payload as the agent does: the join pid after the
+    /// flags may be left out, bytes after a whole one are ignored (a later version may
+    /// append fields), flags it does not know are refused.
     pub fn decode(payload: &[u8]) -> Result<ContainerSpec, ProtocolError> {
         let bad = || ProtocolError::BadPayload {
             kind: Kind::Container,
@@ -354,6 +359,8 @@ impl ContainerSpec {
         if flags & !(REPLACE_ENV | NO_NEW_PRIVS | NEW_PID_NAMESPACE) != 0 {
             return Err(bad());
         }
+        // Absent (an older host) or shorter than a u32: no join.
+        let join_pid = u32_at().ok().filter(|&pid| pid != 0);
         Ok(ContainerSpec {
             root,
             uid,
@@ -364,6 +371,7 @@ impl ContainerSpec {
             replace_env: flags & REPLACE_ENV != 0,
             no_new_privileges: flags & NO_NEW_PRIVS != 0,
             new_pid_namespace: flags & NEW_PID_NAMESPACE != 0,
+            join_pid,
         })
     }
 }
@@ -550,6 +558,7 @@ mod tests {
             replace_env: true,
             no_new_privileges: false,
             new_pid_namespace: true,
+            join_pid: Some(42),
         }
     }
 
@@ -563,11 +572,16 @@ mod tests {
         want.extend_from_slice(&[0xff; 8]);
         // umask 0o027, then flags: replace_env (bit 0) | new PID namespace (bit 2).
         want.extend_from_slice(&[0o27, 0, 0, 0, 0b101, 0, 0, 0]);
+        // The process whose namespaces to join.
+        want.extend_from_slice(&42u32.to_le_bytes());
 
         let encoded = sample_container().encode().unwrap();
 
         assert_eq!(encoded, want);
         assert_eq!(ContainerSpec::decode(&encoded).unwrap(), sample_container());
+        // Without the join pid (as an agent reads an older host's payload).
+        let older = ContainerSpec::decode(&encoded[..encoded.len() - 4]).unwrap();
+        assert_eq!(older.join_pid, None);
     }
 
     #[test]
@@ -633,8 +647,9 @@ mod tests {
                 // Only the permission bits are a umask; u32::MAX means none.
                 proptest::option::of(0u32..=0o777),
                 any::<(bool, bool, bool)>(),
+                proptest::option::of(1u32..),
             )
-                .prop_map(|(root, (uid, gid), gids, rlimits, umask, flags)| {
+                .prop_map(|(root, (uid, gid), gids, rlimits, umask, flags, join_pid)| {
                     ContainerSpec {
                         root: OsString::from(std::ffi::OsStr::from_bytes(&root)),
                         uid,
@@ -645,6 +660,7 @@ mod tests {
                         replace_env: flags.0,
                         no_new_privileges: flags.1,
                         new_pid_namespace: flags.2,
+                        join_pid,
                     }
                 })
         }

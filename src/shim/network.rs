@@ -174,6 +174,16 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
         address,
         gateway,
     };
+    if let Err(e) = join(&net) {
+        // Leave the namespace as CNI made it.
+        detach(&net);
+        return Err(e);
+    }
+    Ok(Some(net))
+}
+
+fn join(net: &GuestNetwork) -> Result<(), NetworkError> {
+    let netns = net.netns.as_path();
     // The guest answers for the address now; the namespace's own stack must not
     // (it would answer ARP with the same MAC from two places).
     if let Some(address) = &net.address {
@@ -192,7 +202,7 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
             ],
         )?;
     }
-    Ok(Some(net))
+    Ok(())
 }
 
 /// Undoes [`attach`] as far as it got; errors are logged, not returned, since
@@ -212,6 +222,14 @@ pub fn detach(net: &GuestNetwork) {
             "ip",
             ["addr", "add", address, "dev", &net.interface],
         ));
+        // Removing the address took the routes through it along.
+        if let Some(gateway) = &net.gateway {
+            results.push(in_netns(
+                &net.netns,
+                "ip",
+                ["route", "add", "default", "via", gateway],
+            ));
+        }
     }
     for e in results.into_iter().filter_map(Result::err) {
         log::warn!("{e}");

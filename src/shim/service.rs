@@ -625,9 +625,13 @@ impl containerd_shim::Task for TaskService {
                 req.exec_id, req.id
             ))
         })?;
-        let process = spec::process_from_json(&any.value)
+        let mut process = spec::process_from_json(&any.value)
             .and_then(|p| spec::exec_request(&p))
             .map_err(|e| other(format!("exec {} into {}: {e}", req.exec_id, req.id)))?;
+        // Into the container's PID and mount namespaces, as runc exec does.
+        if let Some(container) = process.container.as_mut() {
+            container.join_pid = Some(c.init.guest_pid()).filter(|&pid| pid != 0);
+        }
         let mut execs = lock(&c.execs);
         if execs.contains_key(&req.exec_id) {
             return Err(failed(format!(

@@ -132,6 +132,7 @@ pub fn exec_request(process: &Process) -> Result<ExecRequest, SpecError> {
             replace_env: true,
             no_new_privileges: process.no_new_privileges().unwrap_or(false),
             new_pid_namespace: false,
+            join_pid: None,
         }),
     })
 }
