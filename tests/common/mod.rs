@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use spry::host::HostKvm;
 
+pub mod containerd;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
