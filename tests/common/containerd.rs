@@ -156,10 +156,11 @@ fn wait_within(child: &mut Child, timeout: Duration) -> (ExitStatus, bool) {
 }
 
 /// What `containerd-env start` printed: `key=value` lines.
-fn start_daemon(dir: &Path) -> Result<(String, String), String> {
+fn start_daemon(dir: &Path, env: &[(String, String)]) -> Result<(String, String), String> {
     let out = Command::new(tool("containerd-env"))
         .arg("start")
         .arg(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .map_err(|e| format!("cannot run tools/containerd/containerd-env: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -184,6 +185,8 @@ fn start_daemon(dir: &Path) -> Result<(String, String), String> {
 /// directory removed on drop.
 pub struct Containerd {
     dir: PathBuf,
+    /// Environment containerd (and so every shim it starts) gets on top of ours.
+    env: Vec<(String, String)>,
     snapshotter: String,
     namespace: String,
     /// Seconds the last start took (the daemon answering), for reports.
@@ -195,16 +198,24 @@ pub struct Containerd {
 impl Containerd {
     /// Starts a containerd in a new directory under `$TMPDIR` and imports [`IMAGE`].
     pub fn start() -> Result<Containerd, String> {
+        Containerd::start_with_env(Vec::new())
+    }
+
+    /// [`Containerd::start`], with `env` added to containerd's environment, which
+    /// its shims inherit (spry's shim reads `SPRY_SHIM_CONFIG`; containerd-env
+    /// puts `SPRY_SHIM_DIR` first in its `PATH`).
+    pub fn start_with_env(env: Vec<(String, String)>) -> Result<Containerd, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let archive = image_archive()?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short: containerd's sockets live in it and a socket path has 108 bytes.
         let dir = std::env::temp_dir().join(format!("spry-ctrd-{}-{n}", std::process::id()));
         let t = Instant::now();
-        let (snapshotter, namespace) = start_daemon(&dir)?;
+        let (snapshotter, namespace) = start_daemon(&dir, &env)?;
         let started_in = t.elapsed();
         let mut ctrd = Containerd {
             dir,
+            env,
             snapshotter,
             namespace,
             started_in,
@@ -391,7 +402,7 @@ impl Containerd {
             ));
         }
         let t = Instant::now();
-        let (snapshotter, namespace) = start_daemon(&self.dir)?;
+        let (snapshotter, namespace) = start_daemon(&self.dir, &self.env)?;
         self.started_in = t.elapsed();
         assert_eq!(
             (snapshotter.as_str(), namespace.as_str()),
