@@ -209,6 +209,59 @@ pub fn unmount_snapshot(target: &Path) {
     }
 }
 
+/// Copies each host `file` to its `destination` inside `tree`, without
+/// following any symbolic link in the tree (an image's `/etc/resolv.conf` may
+/// be a link, and the tree is the container's own writable layer: a link must
+/// never lead a write out of it). A destination behind a link, or with `..`,
+/// is skipped and returned.
+pub fn place_files(tree: &Path, files: &[(PathBuf, PathBuf)]) -> Vec<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut skipped = Vec::new();
+    'files: for (source, destination) in files {
+        let mut at = tree.to_path_buf();
+        let parts: Vec<_> = destination.components().collect();
+        for (i, part) in parts.iter().enumerate() {
+            let std::path::Component::Normal(name) = part else {
+                if matches!(part, std::path::Component::RootDir) {
+                    continue;
+                }
+                skipped.push(destination.clone());
+                continue 'files;
+            };
+            at.push(name);
+            let last = i + 1 == parts.len();
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    skipped.push(destination.clone());
+                    continue 'files;
+                }
+                Ok(_) => {}
+                Err(_) if !last => {
+                    if std::fs::create_dir(&at).is_err() {
+                        skipped.push(destination.clone());
+                        continue 'files;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let copied = std::fs::read(source).and_then(|bytes| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&at)?;
+            std::io::Write::write_all(&mut f, &bytes)
+        });
+        if copied.is_err() {
+            skipped.push(destination.clone());
+        }
+    }
+    skipped
+}
+
 /// Copies `tree` into a new sparse ext4 image at `image`, owned as it is in the
 /// tree (mkfs.ext4 -d keeps modes, owners, links and device nodes).
 pub fn make_image(tree: &Path, image: &Path, slack_mib: u64) -> Result<u64, RootfsError> {
@@ -281,6 +334,42 @@ mod tests {
             )
         );
         assert_eq!(mount_flags(&opts(&["ro", "rw"])).0, 0);
+    }
+
+    #[test]
+    fn file_mounts_are_copied_in_but_never_through_a_link() {
+        let dir = std::env::temp_dir().join(format!("spry-shim-files-{}", std::process::id()));
+        let tree = dir.join("tree");
+        let outside = dir.join("outside");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("run")).unwrap();
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "10.0.0.2 box\n").unwrap();
+        let files = [
+            (hosts.clone(), PathBuf::from("/etc/hosts")),
+            (hosts.clone(), PathBuf::from("/new/dir/file")),
+            (hosts.clone(), PathBuf::from("/run/escape")),
+            (hosts.clone(), PathBuf::from("/etc/../escape2")),
+        ];
+
+        let skipped = place_files(&tree, &files);
+
+        assert_eq!(
+            std::fs::read_to_string(tree.join("etc/hosts")).unwrap(),
+            "10.0.0.2 box\n"
+        );
+        assert!(tree.join("new/dir/file").is_file());
+        assert_eq!(
+            skipped,
+            [
+                PathBuf::from("/run/escape"),
+                PathBuf::from("/etc/../escape2")
+            ]
+        );
+        assert!(!outside.join("escape").exists());
+        assert!(!dir.join("escape2").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -336,6 +336,14 @@ impl Inner {
         std::fs::create_dir_all(&tree)
             .map_err(|e| format!("cannot create {}: {e}", tree.display()))?;
         rootfs::mount_snapshot(&req.rootfs, &tree).map_err(|e| e.to_string())?;
+        let (files, volumes) = spec::file_mounts(oci);
+        for path in rootfs::place_files(&tree, &files).iter().chain(&volumes) {
+            log::warn!(
+                "{}: mount {} is not in the VM (only single files are copied in)",
+                req.id,
+                path.display()
+            );
+        }
         // A jailed VM's files live in its jail; the shim builds the jail's root
         // before the jailer runs.
         let jail_id = settings

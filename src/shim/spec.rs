@@ -58,6 +58,34 @@ pub fn netns(spec: &Spec) -> Option<PathBuf> {
         .clone()
 }
 
+/// The spec's bind mounts of single files (CRI's /etc/hosts, /etc/resolv.conf,
+/// /etc/hostname, a termination log), as (host file, path in the container).
+/// A VM cannot share a host file, so these are copied into the root disk;
+/// directories (volumes) are not, and are returned in the second list.
+pub fn file_mounts(spec: &Spec) -> (Vec<(PathBuf, PathBuf)>, Vec<PathBuf>) {
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options()
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().as_ref() else {
+            continue;
+        };
+        if !bind {
+            continue;
+        }
+        match std::fs::metadata(source) {
+            Ok(meta) if meta.is_file() => files.push((source.clone(), m.destination().clone())),
+            _ => skipped.push(m.destination().clone()),
+        }
+    }
+    (files, skipped)
+}
+
 /// A per-container override from the spec's annotations, e.g.
 /// `io.spry.vcpus`.
 pub fn annotation<T: std::str::FromStr>(spec: &Spec, key: &str) -> Option<T> {
