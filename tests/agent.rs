@@ -626,12 +626,18 @@ fn test_exec_joins_the_pid_and_mount_namespaces_of_the_container_s_init() {
         )
         .expect("exec into the container");
     signaller.send(libc::SIGKILL).expect("kill the init");
-    let ended = session.wait(&mut Vec::new(), &mut Vec::new()).expect("init ends");
+    let ended = session
+        .wait(&mut Vec::new(), &mut Vec::new())
+        .expect("init ends");
 
     let mut lines = run.stdout.lines();
     let pid_inside: u32 = lines.next().and_then(|l| l.parse().ok()).expect("a pid");
     assert!(pid_inside > 1, "{run:?}");
-    assert_eq!(lines.next(), Some("sh -c echo started; while :; do sleep 1; done "), "{run:?}");
+    assert_eq!(
+        lines.next(),
+        Some("sh -c echo started; while :; do sleep 1; done "),
+        "{run:?}"
+    );
     assert_eq!(run.ended, Ended::Exited(0), "{run:?}");
     assert_eq!(ended, Ended::Signalled(9));
 }
@@ -649,7 +655,10 @@ fn test_exec_joining_a_gone_process_fails_with_the_reason() {
     let err = guest.run(&sh("true", &["PATH=/bin"], spec), 3).unwrap_err();
 
     let text = err.to_string();
-    assert!(text.contains("join the namespaces of pid 4294967294"), "{text}");
+    assert!(
+        text.contains("join the namespaces of pid 4294967294"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ mod cleanup;
 mod clock;
 mod clones_bench;
 mod compare;
+mod containerd_bench;
 mod devices;
 mod exits;
 mod guest;
@@ -132,6 +133,12 @@ enum Bench {
     /// containers, fleets of N at once: launches/s, Pss and Rss per idle instance,
     /// clone/cold and clone/runc ratios. Writes clones.md and clones.json.
     Clones(ClonesCli),
+    /// `ctr run` to first output and to exit, and K tasks at once, through one
+    /// private containerd with io.containerd.runc.v2 against io.containerd.spry.v2;
+    /// runs itself in the nested host where /dev/kvm is not hardware
+    /// virtualization (containerd and runc too). Writes containerd.md and
+    /// containerd.json.
+    Containerd(ContainerdCli),
     /// The default: spry against a runc container, QEMU and Firecracker (start,
     /// restart, memory, CPU, density, image size); writes report.md, results.json
     /// and SVG/PNG plots.
@@ -148,6 +155,7 @@ impl Bench {
             Bench::Exec(_) => "exec",
             Bench::Snapshot(_) => "snapshot",
             Bench::Clones(_) => "clones",
+            Bench::Containerd(_) => "containerd",
             Bench::Compare(_) => "compare",
         }
     }
@@ -289,6 +297,38 @@ struct ExecCli {
     /// (default <repo>/tools/nested/nested-host).
     #[arg(long, value_name = "PATH")]
     nested_host: Option<PathBuf>,
+}
+
+#[derive(Debug, PartialEq, clap::Args)]
+struct ContainerdCli {
+    /// Measured `ctr run` per runtime, after one warm-up.
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// How many tasks to start at once, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,50", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=200))]
+    at_once: Vec<usize>,
+    /// Guest memory per spry VM, MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(64..=4096))]
+    mem_mib: u32,
+    /// Output directory (default <repo>/build/bench).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Where /dev/kvm is not hardware virtualization: the nested host's launcher
+    /// (default <repo>/tools/nested/nested-host).
+    #[arg(long, value_name = "PATH")]
+    nested_host: Option<PathBuf>,
+}
+
+impl ContainerdCli {
+    fn settings(&self) -> containerd_bench::Settings {
+        containerd_bench::Settings {
+            runs: self.runs,
+            at_once: self.at_once.clone(),
+            mem_mib: self.mem_mib,
+            out: self.out.clone(),
+            nested_host: self.nested_host.clone(),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, clap::Args)]
@@ -496,6 +536,8 @@ enum BenchError {
     Snapshot(#[from] snapshot_bench::SnapshotBenchError),
     #[error(transparent)]
     Clones(#[from] clones_bench::ClonesBenchError),
+    #[error(transparent)]
+    Containerd(#[from] containerd_bench::ContainerdBenchError),
 }
 
 fn run(cli: Cli) -> Result<(), BenchError> {
@@ -551,6 +593,13 @@ fn run(cli: Cli) -> Result<(), BenchError> {
         }
         Bench::Clones(args) => {
             clones_bench::run(&env, &args.settings())?;
+        }
+        Bench::Containerd(args) => {
+            containerd_bench::run(
+                &env,
+                &args.settings(),
+                std::env::args_os().skip(1).collect(),
+            )?;
         }
         Bench::Compare(args) => run_compare(&env, &args)?,
     }
