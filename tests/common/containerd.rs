@@ -155,9 +155,14 @@ fn wait_within(child: &mut Child, timeout: Duration) -> (ExitStatus, bool) {
     }
 }
 
-/// What `containerd-env start` printed: `key=value` lines.
-fn start_daemon(dir: &Path) -> Result<(String, String), String> {
-    let out = Command::new(tool("containerd-env"))
+/// Starts the daemon on `dir` (`shim_dir` first in its PATH); returns the
+/// snapshotter and namespace `containerd-env start` printed (`key=value` lines).
+fn start_daemon(dir: &Path, shim_dir: Option<&Path>) -> Result<(String, String), String> {
+    let mut cmd = Command::new(tool("containerd-env"));
+    if let Some(shim_dir) = shim_dir {
+        cmd.env("SPRY_SHIM_DIR", shim_dir);
+    }
+    let out = cmd
         .arg("start")
         .arg(dir)
         .output()
@@ -184,6 +189,7 @@ fn start_daemon(dir: &Path) -> Result<(String, String), String> {
 /// directory removed on drop.
 pub struct Containerd {
     dir: PathBuf,
+    shim_dir: Option<PathBuf>,
     snapshotter: String,
     namespace: String,
     /// Seconds the last start took (the daemon answering), for reports.
@@ -195,16 +201,24 @@ pub struct Containerd {
 impl Containerd {
     /// Starts a containerd in a new directory under `$TMPDIR` and imports [`IMAGE`].
     pub fn start() -> Result<Containerd, String> {
+        Containerd::start_with_shims(None)
+    }
+
+    /// [`Containerd::start`] with `shim_dir` first in containerd's PATH, where it
+    /// looks for `containerd-shim-<name>-v2` (e.g. the directory of
+    /// `env!("CARGO_BIN_EXE_containerd-shim-spry-v2")`).
+    pub fn start_with_shims(shim_dir: Option<&Path>) -> Result<Containerd, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let archive = image_archive()?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Short: containerd's sockets live in it and a socket path has 108 bytes.
         let dir = std::env::temp_dir().join(format!("spry-ctrd-{}-{n}", std::process::id()));
         let t = Instant::now();
-        let (snapshotter, namespace) = start_daemon(&dir)?;
+        let (snapshotter, namespace) = start_daemon(&dir, shim_dir)?;
         let started_in = t.elapsed();
         let mut ctrd = Containerd {
             dir,
+            shim_dir: shim_dir.map(Path::to_path_buf),
             snapshotter,
             namespace,
             started_in,
@@ -227,11 +241,16 @@ impl Containerd {
     /// this host cannot run containerd (see [`containerd_unavailable`]). A
     /// containerd that is installed but fails to start is a test failure.
     pub fn start_or_skip(test: &str) -> Option<Containerd> {
+        Containerd::start_or_skip_with_shims(test, None)
+    }
+
+    /// [`Containerd::start_or_skip`] with [`Containerd::start_with_shims`].
+    pub fn start_or_skip_with_shims(test: &str, shim_dir: Option<&Path>) -> Option<Containerd> {
         if let Some(reason) = containerd_unavailable() {
             skip(test, &reason);
             return None;
         }
-        match Containerd::start() {
+        match Containerd::start_with_shims(shim_dir) {
             Ok(c) => Some(c),
             Err(e) => panic!("{e}"),
         }
@@ -391,7 +410,7 @@ impl Containerd {
             ));
         }
         let t = Instant::now();
-        let (snapshotter, namespace) = start_daemon(&self.dir)?;
+        let (snapshotter, namespace) = start_daemon(&self.dir, self.shim_dir.as_deref())?;
         self.started_in = t.elapsed();
         assert_eq!(
             (snapshotter.as_str(), namespace.as_str()),
