@@ -482,7 +482,11 @@ mod spry {
             explain(&out)
         );
         // spry's own line from the VM's console says why: the kernel.
-        assert!(err.contains("\nspry: ") && err.contains("kernel"), "{}", explain(&out));
+        assert!(
+            err.contains("\nspry: ") && err.contains("kernel"),
+            "{}",
+            explain(&out)
+        );
         assert_eq!(stdout(&ctrd.ctr(&["container", "ls", "-q"])), "");
         assert_eq!(stdout(&ctrd.ctr(&["task", "ls", "-q"])), "");
         assert_eq!(vms_of(ctrd), Vec::<String>::new());

@@ -649,8 +649,8 @@ mod tests {
                 any::<(bool, bool, bool)>(),
                 proptest::option::of(1u32..),
             )
-                .prop_map(|(root, (uid, gid), gids, rlimits, umask, flags, join_pid)| {
-                    ContainerSpec {
+                .prop_map(
+                    |(root, (uid, gid), gids, rlimits, umask, flags, join_pid)| ContainerSpec {
                         root: OsString::from(std::ffi::OsStr::from_bytes(&root)),
                         uid,
                         gid,
@@ -661,8 +661,8 @@ mod tests {
                         no_new_privileges: flags.1,
                         new_pid_namespace: flags.2,
                         join_pid,
-                    }
-                })
+                    },
+                )
         }
 
         proptest! {
