@@ -620,6 +620,109 @@ mod spry {
         assert_eq!(netns.show(), before, "the namespace changed");
     }
 
+    /// A Kubernetes pod's sandbox (pause) container gets no VM: its task runs
+    /// until killed, as pause does, and costs no guest. Needs no Linux guest, so
+    /// it runs wherever containerd does.
+    #[test]
+    fn test_pod_sandbox_container_is_a_placeholder_without_a_vm() {
+        const TEST: &str = "spry::test_pod_sandbox_container_is_a_placeholder_without_a_vm";
+        if let Some(reason) = containerd_unavailable() {
+            skip(TEST, &reason);
+            return;
+        }
+        let scratch = Scratch::new();
+        let path = shim_settings(&scratch, serde_json::json!({}));
+        let s = start(scratch, &path);
+        let ctrd = &s.ctrd;
+
+        let started = ctrd.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            SPRY,
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            crate::common::containerd::IMAGE,
+            "pause",
+            "sleep",
+            "1000",
+        ]);
+        assert!(started.status.success(), "{}", explain(&started));
+        assert!(ctrd.wait_status("pause", "RUNNING", SETTLE));
+        let vms = vms_of(ctrd);
+        let exec = ctrd.ctr(&["task", "exec", "--exec-id", "e1", "pause", "true"]);
+        let kill = ctrd.ctr(&["task", "kill", "pause"]);
+        let stopped = ctrd.wait_status("pause", "STOPPED", SETTLE);
+        let code = ctrd.delete_task("pause");
+
+        // Only the shim: no spry VM.
+        assert!(
+            vms.iter().all(|p| p.contains("containerd-shim-spry-v2")),
+            "{vms:?}"
+        );
+        assert!(!exec.status.success(), "{}", explain(&exec));
+        assert!(
+            String::from_utf8_lossy(&exec.stderr).contains("pod sandbox"),
+            "{}",
+            explain(&exec)
+        );
+        assert!(kill.status.success(), "{}", explain(&kill));
+        assert!(stopped);
+        assert_eq!(code, Ok(143));
+    }
+
+    /// spry runs a VM per container, so a pod's network namespace can feed one
+    /// of them: a second container asking for it gets a clear refusal, and the
+    /// first keeps its network.
+    #[test]
+    fn test_a_second_container_in_a_taken_network_namespace_is_refused() {
+        let Some(s) = containerd(
+            "spry::test_a_second_container_in_a_taken_network_namespace_is_refused",
+            serde_json::json!({}),
+        ) else {
+            return;
+        };
+        let ctrd = &s.ctrd;
+        let netns = Netns::new(8);
+        let with_ns = format!("network:{}", netns.path());
+        let run_in_ns = |id: &str, args: &[&str]| {
+            let mut v = vec!["run", "-d", "--runtime", SPRY, "--with-ns", &with_ns];
+            v.push(crate::common::containerd::IMAGE);
+            v.push(id);
+            v.extend_from_slice(args);
+            ctrd.ctr(&v)
+        };
+        let first = run_in_ns("first", &["sleep", "1000"]);
+        assert!(first.status.success(), "{}", explain(&first));
+        assert!(ctrd.wait_status("first", "RUNNING", SETTLE));
+
+        let second = run_in_ns("second", &["true"]);
+        let ping = ctrd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "p",
+            "first",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "10",
+            "10.201.8.1",
+        ]);
+        let _ = ctrd.ctr(&["task", "kill", "-s", "SIGKILL", "first"]);
+        assert!(ctrd.wait_status("first", "STOPPED", SETTLE));
+        let _ = ctrd.delete_task("first");
+
+        assert!(!second.status.success(), "{}", explain(&second));
+        assert!(
+            String::from_utf8_lossy(&second.stderr).contains("another container of the pod"),
+            "{}",
+            explain(&second)
+        );
+        assert!(ping.status.success(), "{}", explain(&ping));
+    }
+
     /// `jailer` in the settings: each VM runs under spry-jailer as an
     /// unprivileged user with no capabilities, seccomp on, in a cgroup of its
     /// own with the configured limits; the jail and cgroup go with the task.

@@ -29,6 +29,16 @@ pub enum NetworkError {
         /// Its status and error output.
         why: String,
     },
+    /// Another VM already took the namespace's interface.
+    #[error(
+        "network namespace {netns} already has spry's tap {TAP}: another container of the pod \
+         took its network (spry runs one VM per container; only one container per pod gets \
+         the pod's network)"
+    )]
+    Taken {
+        /// The namespace.
+        netns: PathBuf,
+    },
     /// `ip -j` printed something unexpected.
     #[error("cannot read the interfaces of {netns}: {why}")]
     Parse {
@@ -144,6 +154,11 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
     };
     let links: Vec<Link> = serde_json::from_str(&in_netns(netns, "ip", ["-j", "addr", "show"])?)
         .map_err(|e| parse(e.to_string()))?;
+    if links.iter().any(|l| l.ifname == TAP) {
+        return Err(NetworkError::Taken {
+            netns: netns.into(),
+        });
+    }
     let Some(link) = links
         .into_iter()
         .find(|l| l.ifname != "lo" && l.ifname != TAP && l.link_type.as_deref() == Some("ether"))

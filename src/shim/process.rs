@@ -174,6 +174,14 @@ impl Process {
         Ok(guest_pid)
     }
 
+    /// Marks a process that has nothing to run (a pod's sandbox) as running.
+    pub fn start_placeholder(&self) {
+        let mut s = self.state();
+        if s.status == Status::Created {
+            s.status = Status::Running;
+        }
+    }
+
     /// Marks the process ended (also for a VM that went away before it
     /// started).
     pub fn finish(&self, status: u32, at: SystemTime) {

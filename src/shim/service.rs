@@ -37,6 +37,8 @@ const VM_DIR: &str = "spry";
 /// The sandbox a Kubernetes pod's containers share: CRI groups them into one
 /// shim by it.
 const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI marks a pod's sandbox (pause) container with this annotation.
+const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// How long spry gets to stop on SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -127,6 +129,11 @@ struct Container {
     network: Option<GuestNetwork>,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// A Kubernetes pod's sandbox (pause) container: no VM. pause only holds
+    /// namespaces, which a VM does not need (the pod's network namespace is a
+    /// file CNI configured), so its task is a placeholder that runs until it is
+    /// killed, and the pod's containers do not pay for a second VM.
+    placeholder: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -290,6 +297,28 @@ impl Inner {
         }
         let bundle = PathBuf::from(&req.bundle);
         let dir = bundle.join(VM_DIR);
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        if spec::annotation::<String>(&oci, CONTAINER_TYPE_ANNOTATION).as_deref() == Some("sandbox")
+        {
+            log::info!("{}: a pod sandbox: no VM", req.id);
+            return Ok(Container {
+                id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                dir,
+                vm_pid: std::process::id(),
+                vm: Mutex::new(None),
+                vsock: PathBuf::new(),
+                network: None,
+                init: Arc::new(Process::new(init, stdio)),
+                execs: Mutex::new(HashMap::new()),
+                placeholder: true,
+            });
+        }
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let result = self.boot(req, &settings, &oci, &dir);
@@ -305,16 +334,9 @@ impl Inner {
                     vm: Mutex::new(Some(vm)),
                     vsock,
                     network,
-                    init: Arc::new(Process::new(
-                        init,
-                        Stdio {
-                            stdin: req.stdin.clone(),
-                            stdout: req.stdout.clone(),
-                            stderr: req.stderr.clone(),
-                            terminal: req.terminal,
-                        },
-                    )),
+                    init: Arc::new(Process::new(init, stdio)),
                     execs: Mutex::new(HashMap::new()),
+                    placeholder: false,
                 })
             }
             Err(e) => {
@@ -465,6 +487,21 @@ impl containerd_shim::Task for TaskService {
         let inner = Arc::clone(&self.0);
         let c = inner.container(&req.id)?;
         let process = c.process(&req.exec_id)?;
+        if c.placeholder {
+            process.start_placeholder();
+            inner.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: req.id.clone(),
+                    pid: c.vm_pid,
+                    ..Default::default()
+                }),
+            );
+            return Ok(StartResponse {
+                pid: c.vm_pid,
+                ..Default::default()
+            });
+        }
         let (this, container, exec_id) = (Arc::clone(&inner), Arc::clone(&c), req.exec_id.clone());
         let on_exit = move |exit: Exit| {
             this.publish_exit(&container, &exec_id, exit);
@@ -544,6 +581,24 @@ impl containerd_shim::Task for TaskService {
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<api::Empty> {
         let c = self.0.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
+        if c.placeholder && p.status().0 != Status::Stopped {
+            // pause ends on the signals that end a process by default; a
+            // placeholder does the same for any but signal 0.
+            if req.signal != 0 {
+                let now = SystemTime::now();
+                p.finish(128 + req.signal, now);
+                self.0.publish_exit(
+                    &c,
+                    "",
+                    Exit {
+                        status: 128 + req.signal,
+                        at: now,
+                        guest_pid: 0,
+                    },
+                );
+            }
+            return Ok(api::Empty::new());
+        }
         match p.kill(req.signal) {
             Ok(()) => Ok(api::Empty::new()),
             Err(super::process::ProcessError::Finished) => Err(not_found(format!(
@@ -624,6 +679,12 @@ impl containerd_shim::Task for TaskService {
     fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<api::Empty> {
         let inner = &self.0;
         let c = inner.container(&req.id)?;
+        if c.placeholder {
+            return Err(failed(format!(
+                "{} is a pod sandbox, which runs no processes under spry",
+                req.id
+            )));
+        }
         if c.init.status().0 != Status::Running {
             return Err(failed(format!("container {} is not running", req.id)));
         }
