@@ -291,7 +291,7 @@ mod spry {
     /// this build's spry and Linux guest with `settings` on top of the defaults.
     struct SpryContainerd {
         ctrd: Containerd,
-        _scratch: Scratch,
+        scratch: Scratch,
     }
 
     fn shim_settings(scratch: &Scratch, settings: serde_json::Value) -> PathBuf {
@@ -304,6 +304,7 @@ mod spry {
             // A Linux boot is seconds in the nested host, and slower when many
             // share its two emulated CPUs.
             "boot_timeout_s": if in_nested_host() { 900 } else { 60 },
+            "image_cache": scratch.path("images"),
         });
         for (k, v) in settings.as_object().expect("settings are an object") {
             all[k] = v.clone();
@@ -324,10 +325,7 @@ mod spry {
             ),
         ];
         let ctrd = Containerd::start_with_env(env).expect("start containerd");
-        SpryContainerd {
-            ctrd,
-            _scratch: scratch,
-        }
+        SpryContainerd { ctrd, scratch }
     }
 
     /// The containerd for `test`, or `None` (the test skipped, with the reason)
@@ -352,11 +350,43 @@ mod spry {
         }
     }
 
+    /// Without the image cache: the container's tree copied into a disk of its
+    /// own.
     #[test]
     fn test_exit_code_reaches_ctr() {
-        if let Some(s) = containerd("spry::test_exit_code_reaches_ctr", serde_json::json!({})) {
+        if let Some(s) = containerd(
+            "spry::test_exit_code_reaches_ctr",
+            serde_json::json!({ "image_cache": null }),
+        ) {
             cases::exit_code_reaches_ctr(&s.ctrd, SPRY);
         }
+    }
+
+    /// Containers of one image share one cached disk image, each writing to an
+    /// overlay of its own: what one writes, the next does not see.
+    #[test]
+    fn test_containers_of_one_image_share_one_cached_disk_and_not_their_writes() {
+        let Some(s) = containerd(
+            "spry::test_containers_of_one_image_share_one_cached_disk_and_not_their_writes",
+            serde_json::json!({}),
+        ) else {
+            return;
+        };
+        let script =
+            "cat /etc/mark 2>/dev/null || echo none; echo written > /etc/mark; cat /etc/mark";
+
+        let first = s.ctrd.run(SPRY, "one", &["sh", "-c", script]);
+        let second = s.ctrd.run(SPRY, "two", &["sh", "-c", script]);
+
+        assert_eq!(stdout(&first), "none\nwritten\n", "{}", explain(&first));
+        assert_eq!(stdout(&second), "none\nwritten\n", "{}", explain(&second));
+        let images: Vec<_> = std::fs::read_dir(s.scratch.path("images"))
+            .expect("the image cache")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(images.len(), 1, "{images:?}");
+        assert!(images[0].ends_with(".ext4"), "{images:?}");
     }
 
     #[test]

@@ -187,7 +187,10 @@ struct Daemon {
 impl Daemon {
     fn start(env: &Env, shim_config: &Path) -> Result<Daemon, ContainerdBenchError> {
         let env_tool = env.repo.join("tools/containerd/containerd-env");
-        let dir = std::env::temp_dir().join(format!("spry-bench-ctrd-{}", std::process::id()));
+        // /run: a tmpfs here and in the nested host's L1 (whose /tmp is this
+        // host's, shared over virtiofs), where overlayfs works and paths stay
+        // short.
+        let dir = PathBuf::from(format!("/run/spry-bench-ctrd-{}", std::process::id()));
         let shim_dir = env.spry.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut cmd = Command::new(&env_tool);
         cmd.arg("start")
@@ -316,6 +319,7 @@ pub fn measure(env: &Env, settings: &Settings) -> Result<Report, ContainerdBench
         "initramfs": guest.join("initramfs.cpio"),
         "mem_mib": settings.mem_mib,
         "boot_timeout_s": if emulated { 1800 } else { 60 },
+        "image_cache": scratch.join("images"),
     });
     std::fs::write(&shim_config, config.to_string()).map_err(|e| {
         ContainerdBenchError::Host(format!("cannot write {}: {e}", shim_config.display()))

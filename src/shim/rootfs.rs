@@ -209,57 +209,143 @@ pub fn unmount_snapshot(target: &Path) {
     }
 }
 
-/// Copies each host `file` to its `destination` inside `tree`, without
-/// following any symbolic link in the tree (an image's `/etc/resolv.conf` may
-/// be a link, and the tree is the container's own writable layer: a link must
-/// never lead a write out of it). A destination behind a link, or with `..`,
-/// is skipped and returned.
-pub fn place_files(tree: &Path, files: &[(PathBuf, PathBuf)]) -> Vec<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// The files a spec binds in (CRI's /etc/hosts and the like), as a small
+/// ext4 disk with each at its path in the container: the guest's init binds
+/// them over those paths (`spry.files_disk`). Built from a directory of the
+/// shim's own, so nothing is ever written into the container's tree on the
+/// host. Destinations with `..` are left out and returned.
+pub fn files_disk(
+    files: &[(PathBuf, PathBuf)],
+    dir: &Path,
+) -> Result<(Option<PathBuf>, Vec<PathBuf>), RootfsError> {
     let mut skipped = Vec::new();
-    'files: for (source, destination) in files {
-        let mut at = tree.to_path_buf();
-        let parts: Vec<_> = destination.components().collect();
-        for (i, part) in parts.iter().enumerate() {
-            let std::path::Component::Normal(name) = part else {
-                if matches!(part, std::path::Component::RootDir) {
-                    continue;
-                }
-                skipped.push(destination.clone());
-                continue 'files;
-            };
-            at.push(name);
-            let last = i + 1 == parts.len();
-            match std::fs::symlink_metadata(&at) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    skipped.push(destination.clone());
-                    continue 'files;
-                }
-                Ok(_) => {}
-                Err(_) if !last => {
-                    if std::fs::create_dir(&at).is_err() {
-                        skipped.push(destination.clone());
-                        continue 'files;
-                    }
-                }
-                Err(_) => {}
+    if files.is_empty() {
+        return Ok((None, skipped));
+    }
+    let tree = dir.join("files");
+    let create = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Create { path, source }
+    };
+    for (source, destination) in files {
+        let mut at = tree.clone();
+        let mut fine = true;
+        for part in destination.components() {
+            match part {
+                std::path::Component::Normal(name) => at.push(name),
+                std::path::Component::RootDir => {}
+                _ => fine = false,
             }
         }
-        let copied = std::fs::read(source).and_then(|bytes| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&at)?;
-            std::io::Write::write_all(&mut f, &bytes)
-        });
-        if copied.is_err() {
+        if !fine || at == tree {
             skipped.push(destination.clone());
+            continue;
+        }
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(create(parent))?;
+        }
+        std::fs::copy(source, &at).map_err(create(&at))?;
+    }
+    let image = dir.join("files.ext4");
+    let made = make_image(&tree, &image, 1);
+    let _ = std::fs::remove_dir_all(&tree);
+    made?;
+    Ok((Some(image), skipped))
+}
+
+/// The image layers under a fresh container's snapshot: containerd's overlay
+/// snapshotter hands one overlay mount whose `lowerdir`s are the image's
+/// committed (immutable) layers and whose `upperdir` is the container's own,
+/// still empty. `None` for anything else (another snapshotter, or a container
+/// that has written to its layer already), which is then copied whole.
+pub fn image_layers(mounts: &[Mount]) -> Option<Vec<PathBuf>> {
+    let [m] = mounts else {
+        return None;
+    };
+    if m.type_ != "overlay" {
+        return None;
+    }
+    let option = |key: &str| m.options.iter().find_map(|o| o.strip_prefix(key));
+    if let Some(upper) = option("upperdir=") {
+        if std::fs::read_dir(upper).ok()?.next().is_some() {
+            return None;
         }
     }
-    skipped
+    let layers: Vec<PathBuf> = option("lowerdir=")?.split(':').map(PathBuf::from).collect();
+    layers.iter().all(|l| l.is_absolute()).then_some(layers)
+}
+
+/// The cache key of an image: its layers and how it is built.
+fn layers_key(layers: &[PathBuf], slack_mib: u64) -> u64 {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let format = format!("spry-image-v1 slack={slack_mib}");
+    let bytes = layers
+        .iter()
+        .flat_map(|l| l.as_os_str().as_encoded_bytes().iter().chain(&[0]))
+        .chain(format.as_bytes());
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// An ext4 image of `layers` merged, in `cache`: built on first use (and
+/// `true` returned), then shared read-only by every container of that image,
+/// each writing to a copy-on-write overlay of its own. The image is built
+/// under a temporary name and renamed, so a concurrent build or a crash never
+/// leaves a half image under the real one.
+pub fn cached_image(
+    cache: &Path,
+    layers: &[PathBuf],
+    slack_mib: u64,
+) -> Result<(PathBuf, bool), RootfsError> {
+    let key = layers_key(layers, slack_mib);
+    let image = cache.join(format!("{key:016x}.ext4"));
+    if image.is_file() {
+        return Ok((image, false));
+    }
+    let create = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Create { path, source }
+    };
+    std::fs::create_dir_all(cache).map_err(create(cache))?;
+    let unique = format!("{key:016x}.{}", std::process::id());
+    let tree = cache.join(format!("{unique}.mnt"));
+    std::fs::create_dir_all(&tree).map_err(create(&tree))?;
+    // One layer is a directory to bind; more are an overlay without an upper
+    // layer, which the kernel mounts read-only.
+    let lower = layers
+        .iter()
+        .map(|l| l.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mount = match layers {
+        [one] => Mount {
+            type_: "bind".into(),
+            source: one.to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "ro".into()],
+            ..Default::default()
+        },
+        _ => Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("lowerdir={lower}")],
+            ..Default::default()
+        },
+    };
+    let tmp = cache.join(format!("{unique}.ext4.tmp"));
+    let built = mount_snapshot(std::slice::from_ref(&mount), &tree)
+        .and_then(|()| make_image(&tree, &tmp, slack_mib));
+    unmount_snapshot(&tree);
+    let _ = std::fs::remove_dir(&tree);
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &image).map_err(create(&image))?;
+    Ok((image, true))
 }
 
 /// Copies `tree` into a new sparse ext4 image at `image`, owned as it is in the
@@ -337,38 +423,94 @@ mod tests {
     }
 
     #[test]
-    fn file_mounts_are_copied_in_but_never_through_a_link() {
+    fn files_disk_holds_each_file_at_its_path_and_refuses_dot_dot() {
         let dir = std::env::temp_dir().join(format!("spry-shim-files-{}", std::process::id()));
-        let tree = dir.join("tree");
-        let outside = dir.join("outside");
-        std::fs::create_dir_all(tree.join("etc")).unwrap();
-        std::fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, tree.join("run")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
         std::fs::write(&hosts, "10.0.0.2 box\n").unwrap();
         let files = [
             (hosts.clone(), PathBuf::from("/etc/hosts")),
-            (hosts.clone(), PathBuf::from("/new/dir/file")),
-            (hosts.clone(), PathBuf::from("/run/escape")),
-            (hosts.clone(), PathBuf::from("/etc/../escape2")),
+            (hosts.clone(), PathBuf::from("/etc/../escape")),
         ];
+        let (image, skipped) = files_disk(&files, &dir).unwrap();
+        let image = image.unwrap();
+        assert_eq!(skipped, [PathBuf::from("/etc/../escape")]);
+        assert!(!dir.join("files").exists(), "the staging tree is removed");
+        let cat = Command::new("debugfs")
+            .args(["-R", "cat /etc/hosts"])
+            .arg(&image)
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "10.0.0.2 box\n");
+        assert_eq!(files_disk(&[], &dir).unwrap(), (None, vec![]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
-        let skipped = place_files(&tree, &files);
+    fn overlay(options: &[&str]) -> Mount {
+        Mount {
+            type_: "overlay".into(),
+            source: "overlay".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
 
+    #[test]
+    fn only_a_fresh_overlay_snapshot_is_served_from_the_image_cache() {
+        let dir = std::env::temp_dir().join(format!("spry-shim-layers-{}", std::process::id()));
+        let upper = dir.join("upper");
+        std::fs::create_dir_all(&upper).unwrap();
+        let upper_opt = format!("upperdir={}", upper.display());
+        let fresh = overlay(&["index=off", "lowerdir=/l/2:/l/1", &upper_opt, "workdir=/w"]);
         assert_eq!(
-            std::fs::read_to_string(tree.join("etc/hosts")).unwrap(),
-            "10.0.0.2 box\n"
+            image_layers(std::slice::from_ref(&fresh)),
+            Some(vec![PathBuf::from("/l/2"), PathBuf::from("/l/1")])
         );
-        assert!(tree.join("new/dir/file").is_file());
-        assert_eq!(
-            skipped,
-            [
-                PathBuf::from("/run/escape"),
-                PathBuf::from("/etc/../escape2")
-            ]
+        std::fs::write(upper.join("changed"), b"x").unwrap();
+        assert_eq!(image_layers(&[fresh]), None, "the container wrote already");
+        let bind = Mount {
+            type_: "bind".into(),
+            source: "/s".into(),
+            ..Default::default()
+        };
+        assert_eq!(image_layers(&[bind]), None);
+        assert_eq!(image_layers(&[]), None);
+        assert_ne!(
+            layers_key(&[PathBuf::from("/a")], 64),
+            layers_key(&[PathBuf::from("/a")], 65)
         );
-        assert!(!outside.join("escape").exists());
-        assert!(!dir.join("escape2").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cached_image_is_built_once_from_its_layer() {
+        let dir = std::env::temp_dir().join(format!("spry-shim-cache-{}", std::process::id()));
+        let layer = dir.join("layer");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::write(layer.join("etc/os"), b"busybox\n").unwrap();
+        let cache = dir.join("cache");
+        // Mounting needs root; the rest of the suite runs as root.
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            return;
+        }
+        let (image, built) = cached_image(&cache, std::slice::from_ref(&layer), 1).unwrap();
+        assert!(built);
+        let (again, built) = cached_image(&cache, std::slice::from_ref(&layer), 1).unwrap();
+        assert_eq!((again.as_path(), built), (image.as_path(), false));
+        let names: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary left: {names:?}");
+        let cat = Command::new("debugfs")
+            .args(["-R", "cat /etc/os"])
+            .arg(&image)
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "busybox\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

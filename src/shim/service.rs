@@ -203,6 +203,15 @@ impl Container {
             network::detach(net);
         }
         rootfs::unmount_snapshot(&Path::new(&self.bundle).join("rootfs"));
+        // The VM's own directory (a jail is removed with its VM).
+        if let Ok(files) = std::fs::read(self.dir.join("files")) {
+            let files = PathBuf::from(std::ffi::OsString::from_vec(files));
+            if let Err(e) = std::fs::remove_dir_all(&files) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {e}", files.display());
+                }
+            }
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("cannot remove {}: {e}", self.dir.display());
@@ -235,6 +244,9 @@ fn clean_leftovers(bundle: &Path) {
         if let Some(jail_dir) = root.parent() {
             let _ = std::fs::remove_dir_all(jail_dir);
         }
+    }
+    if let Ok(files) = std::fs::read(dir.join("files")) {
+        let _ = std::fs::remove_dir_all(PathBuf::from(std::ffi::OsString::from_vec(files)));
     }
     if let Ok(text) = std::fs::read_to_string(dir.join("network.json")) {
         if let Ok(net) = serde_json::from_str::<GuestNetwork>(&text) {
@@ -357,43 +369,70 @@ impl Inner {
         let tree = PathBuf::from(&req.bundle).join("rootfs");
         std::fs::create_dir_all(&tree)
             .map_err(|e| format!("cannot create {}: {e}", tree.display()))?;
-        rootfs::mount_snapshot(&req.rootfs, &tree).map_err(|e| e.to_string())?;
-        let (files, volumes) = spec::file_mounts(oci);
-        for path in rootfs::place_files(&tree, &files).iter().chain(&volumes) {
+        // A jailed VM's files live in its jail; the shim builds the jail's root
+        // before the jailer runs.
+        // Otherwise they live in a short directory of their own: a bundle's path
+        // (containerd's state directory, a namespace, a 64-digit id) leaves no
+        // room for a Unix socket's 107 bytes.
+        let key = jail::jail_id(&self.namespace, &req.id);
+        let (files, record) = match &settings.jailer {
+            Some(js) => (jail::jail_root(js, &settings.spry_binary(), &key), "jail"),
+            None => (settings.run_dir.join(&key), "files"),
+        };
+        let jail_id = settings.jailer.as_ref().map(|_| key.clone());
+        std::fs::write(dir.join(record), files.as_os_str().as_encoded_bytes())
+            .map_err(|e| format!("cannot record the VM's directory: {e}"))?;
+        std::fs::create_dir_all(&files)
+            .map_err(|e| format!("cannot create {}: {e}", files.display()))?;
+        let read_only = oci
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        let (file_mounts, volumes) = spec::file_mounts(oci);
+        let (files_disk, skipped) =
+            rootfs::files_disk(&file_mounts, &files).map_err(|e| e.to_string())?;
+        for path in skipped.iter().chain(&volumes) {
             log::warn!(
-                "{}: mount {} is not in the VM (only single files are copied in)",
+                "{}: mount {} is not in the VM (only single files are bound in)",
                 req.id,
                 path.display()
             );
         }
-        // A jailed VM's files live in its jail; the shim builds the jail's root
-        // before the jailer runs.
-        let jail_id = settings
-            .jailer
+        let layers = settings
+            .image_cache
             .as_ref()
-            .map(|_| jail::jail_id(&self.namespace, &req.id));
-        let files = match (&settings.jailer, &jail_id) {
-            (Some(js), Some(id)) => jail::jail_root(js, &settings.spry_binary(), id),
-            _ => dir.to_path_buf(),
+            .and_then(|cache| Some((cache, rootfs::image_layers(&req.rootfs)?)));
+        let (disk, cow) = match layers {
+            Some((cache, layers)) => {
+                let (image, built) = rootfs::cached_image(cache, &layers, settings.disk_slack_mib)
+                    .map_err(|e| e.to_string())?;
+                log::info!(
+                    "{}: image {} ({}) after {} ms",
+                    req.id,
+                    image.display(),
+                    if built { "built" } else { "cached" },
+                    t0.elapsed().as_millis()
+                );
+                (image, true)
+            }
+            None => {
+                rootfs::mount_snapshot(&req.rootfs, &tree).map_err(|e| e.to_string())?;
+                let disk = files.join(DISK);
+                let made = rootfs::make_image(&tree, &disk, settings.disk_slack_mib);
+                if !req.rootfs.is_empty() {
+                    rootfs::unmount_snapshot(&tree);
+                }
+                let disk_bytes = made.map_err(|e| e.to_string())?;
+                log::info!(
+                    "{}: root disk of {} MiB copied in {} ms",
+                    req.id,
+                    disk_bytes >> 20,
+                    t0.elapsed().as_millis()
+                );
+                (disk, false)
+            }
         };
-        std::fs::create_dir_all(&files)
-            .map_err(|e| format!("cannot create {}: {e}", files.display()))?;
-        if files != dir {
-            std::fs::write(dir.join("jail"), files.as_os_str().as_encoded_bytes())
-                .map_err(|e| format!("cannot record the jail: {e}"))?;
-        }
-        let disk = files.join(DISK);
-        let made = rootfs::make_image(&tree, &disk, settings.disk_slack_mib);
-        if !req.rootfs.is_empty() {
-            rootfs::unmount_snapshot(&tree);
-        }
-        let disk_bytes = made.map_err(|e| e.to_string())?;
-        log::info!(
-            "{}: root disk of {} MiB built in {} ms",
-            req.id,
-            disk_bytes >> 20,
-            t0.elapsed().as_millis()
-        );
         let network = match spec::netns(oci) {
             Some(netns) => network::attach(&netns).map_err(|e| e.to_string())?,
             None => None,
@@ -418,11 +457,9 @@ impl Inner {
             files: &files,
             jail_id: jail_id.as_deref(),
             disk: &disk,
-            read_only: oci
-                .root()
-                .as_ref()
-                .and_then(|r| r.readonly())
-                .unwrap_or(false),
+            cow,
+            files_disk: files_disk.as_deref(),
+            read_only,
             hostname: &hostname,
             vcpus: spec::annotation(oci, "io.spry.vcpus").unwrap_or(settings.vcpus),
             mem_mib: spec::annotation(oci, "io.spry.mem_mib").unwrap_or(settings.mem_mib),

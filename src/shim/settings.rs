@@ -67,6 +67,16 @@ pub struct Settings {
     /// More kernel command line, appended to the shim's own.
     #[serde(default)]
     pub extra_boot_args: String,
+    /// Where images built from containerd's layers are kept, each shared
+    /// read-only by the containers of that image (each writes to an overlay of
+    /// its own); `null`: every container's tree is copied into a disk of its
+    /// own instead.
+    #[serde(default = "default_image_cache")]
+    pub image_cache: Option<PathBuf>,
+    /// Where each unjailed VM's files (config, sockets, disks) go, in a
+    /// directory of its own.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
     /// Run each VM under spry-jailer with these settings (recommended on a
     /// production node); absent: spry runs as the shim's child, with seccomp.
     #[serde(default)]
@@ -87,6 +97,12 @@ fn default_disk_slack_mib() -> u64 {
 }
 fn default_boot_timeout_s() -> u64 {
     60
+}
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/spry-shim")
+}
+fn default_image_cache() -> Option<PathBuf> {
+    Some(PathBuf::from("/var/lib/spry/image-cache"))
 }
 fn default_log_level() -> String {
     "warn".into()

@@ -19,6 +19,10 @@ use super::settings::Settings;
 
 /// The container's disk, in the VM's files.
 pub const DISK: &str = "rootfs.ext4";
+/// The copy-on-write overlay of a disk from the image cache.
+const OVERLAY: &str = "rootfs.cow";
+/// The disk of files the spec binds in.
+const FILES: &str = "files.ext4";
 const KERNEL: &str = "vmlinux";
 const INITRAMFS: &str = "initramfs.cpio";
 
@@ -75,8 +79,13 @@ pub struct VmSpec<'a> {
     pub files: &'a Path,
     /// The jail's id, when the VM is jailed.
     pub jail_id: Option<&'a str>,
-    /// The container's root disk, in `files`.
+    /// The container's root disk: in `files`, or an image in the image cache.
     pub disk: &'a Path,
+    /// Open the disk copy-on-write (a cached image that containers share),
+    /// with the overlay in `files`.
+    pub cow: bool,
+    /// The disk of files the spec binds in, in `files`.
+    pub files_disk: Option<&'a Path>,
     /// Mount the root read-only.
     pub read_only: bool,
     /// The guest's host name.
@@ -121,9 +130,16 @@ impl Vm {
                 jail::place(&spec.settings.kernel, &spec.files.join(KERNEL))?;
                 jail::place(&spec.settings.initramfs, &spec.files.join(INITRAMFS))?;
                 jail::place_libraries(&binary, spec.files)?;
-                // The jailed user opens the disk read-write.
-                std::os::unix::fs::chown(spec.disk, Some(settings.uid), Some(settings.gid))
-                    .map_err(write)?;
+                if spec.disk.parent() == Some(spec.files) {
+                    // Built in the jail for this VM alone: the jailed user
+                    // opens it read-write.
+                    std::os::unix::fs::chown(spec.disk, Some(settings.uid), Some(settings.gid))
+                        .map_err(write)?;
+                } else {
+                    // A cached image, shared: linked in, opened read-only by
+                    // spry (the overlay takes the writes), never chowned.
+                    jail::place(spec.disk, &spec.files.join(DISK))?;
+                }
                 Some((settings.clone(), spec.files.to_path_buf(), id.to_string()))
             }
             _ => None,
@@ -292,6 +308,10 @@ fn vm_config(spec: &VmSpec) -> serde_json::Value {
     if let Some(net) = spec.network {
         args.push_str(&net.boot_args());
     }
+    if spec.files_disk.is_some() {
+        // The second drive.
+        args.push_str(" spry.files_disk=/dev/vdb");
+    }
     if !spec.settings.extra_boot_args.is_empty() {
         args.push(' ');
         args.push_str(&spec.settings.extra_boot_args);
@@ -310,7 +330,10 @@ fn vm_config(spec: &VmSpec) -> serde_json::Value {
         },
         "drives": [{
             "drive_id": "rootfs",
-            "path_on_host": spry_path(spec, DISK),
+            "path_on_host": match spec.jail_id {
+                Some(_) => spry_path(spec, DISK),
+                None => spec.disk.to_path_buf(),
+            },
             "is_root_device": false,
             "is_read_only": spec.read_only,
         }],
@@ -323,6 +346,22 @@ fn vm_config(spec: &VmSpec) -> serde_json::Value {
             "uds_path": spry_path(spec, "vsock.sock"),
         },
     });
+    if spec.cow && !spec.read_only {
+        config["drives"][0]["copy_on_write"] = serde_json::json!({
+            "overlay_type": "File",
+            "overlay_path": spry_path(spec, OVERLAY),
+        });
+    }
+    if spec.files_disk.is_some() {
+        if let Some(drives) = config["drives"].as_array_mut() {
+            drives.push(serde_json::json!({
+                "drive_id": "files",
+                "path_on_host": spry_path(spec, FILES),
+                "is_root_device": false,
+                "is_read_only": true,
+            }));
+        }
+    }
     if let Some(net) = spec.network {
         config["network-interfaces"] = serde_json::json!([{
             "iface_id": "eth0",
@@ -350,6 +389,8 @@ mod tests {
             extra_boot_args: "loglevel=4".into(),
             log_level: "warn".into(),
             jailer: None,
+            image_cache: None,
+            run_dir: "/run/spry-shim".into(),
         };
         let spec = VmSpec {
             settings: &settings,
@@ -357,6 +398,8 @@ mod tests {
             files: Path::new("/d"),
             jail_id: None,
             disk: Path::new("/d/rootfs.ext4"),
+            cow: false,
+            files_disk: None,
             read_only: true,
             hostname: "box",
             vcpus: 2,
@@ -381,6 +424,27 @@ mod tests {
         assert_eq!(c["boot-source"]["kernel_image_path"], "/vmlinux");
         assert_eq!(c["drives"][0]["path_on_host"], "/rootfs.ext4");
         assert_eq!(c["vsock"]["uds_path"], "/vsock.sock");
+        // A cached image: shared read-only, the writes in an overlay; the
+        // spec's files on a second, read-only drive.
+        let cached = VmSpec {
+            disk: Path::new("/cache/0123.ext4"),
+            cow: true,
+            read_only: false,
+            files_disk: Some(Path::new("/d/files.ext4")),
+            jail_id: None,
+            ..jailed
+        };
+        let c = vm_config(&cached);
+        assert_eq!(c["drives"][0]["path_on_host"], "/cache/0123.ext4");
+        assert_eq!(c["drives"][0]["copy_on_write"]["overlay_type"], "File");
+        assert_eq!(
+            c["drives"][0]["copy_on_write"]["overlay_path"],
+            "/d/rootfs.cow"
+        );
+        assert_eq!(c["drives"][1]["path_on_host"], "/d/files.ext4");
+        assert_eq!(c["drives"][1]["is_read_only"], true);
+        let args = c["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.contains(" spry.files_disk=/dev/vdb"), "{args}");
     }
 
     #[test]
