@@ -281,6 +281,18 @@ impl Inner {
             .ok_or_else(|| not_found(format!("container {id}")))
     }
 
+    /// Ends a container's init that runs nothing in a guest (a placeholder, or
+    /// one killed before its start) as `signal` would have.
+    fn end_unstarted(&self, c: &Container, init: &Process, signal: u32) {
+        let exit = Exit {
+            status: 128 + signal,
+            at: SystemTime::now(),
+            guest_pid: 0,
+        };
+        init.finish(exit.status, exit.at);
+        self.publish_exit(c, "", exit);
+    }
+
     fn publish_exit(&self, c: &Container, exec_id: &str, exit: Exit) {
         self.publish(
             topics::TASK_EXIT_EVENT_TOPIC,
@@ -526,33 +538,24 @@ impl containerd_shim::Task for TaskService {
         let process = c.process(&req.exec_id)?;
         if c.placeholder {
             process.start_placeholder();
-            inner.publish(
-                topics::TASK_START_EVENT_TOPIC,
-                Box::new(TaskStart {
-                    container_id: req.id.clone(),
-                    pid: c.vm_pid,
-                    ..Default::default()
-                }),
-            );
-            return Ok(StartResponse {
-                pid: c.vm_pid,
-                ..Default::default()
-            });
-        }
-        let (this, container, exec_id) = (Arc::clone(&inner), Arc::clone(&c), req.exec_id.clone());
-        let on_exit = move |exit: Exit| {
-            this.publish_exit(&container, &exec_id, exit);
-            if exec_id.is_empty() {
-                // The container's init is gone: so is the container, as with
-                // runc, where its pid namespace takes every other process along.
-                for (exec_id, exit) in container.stop_vm() {
-                    this.publish_exit(&container, &exec_id, exit);
+        } else {
+            let (this, container, exec_id) =
+                (Arc::clone(&inner), Arc::clone(&c), req.exec_id.clone());
+            let on_exit = move |exit: Exit| {
+                this.publish_exit(&container, &exec_id, exit);
+                if exec_id.is_empty() {
+                    // The container's init is gone: so is the container, as
+                    // with runc, where its pid namespace takes every other
+                    // process along.
+                    for (exec_id, exit) in container.stop_vm() {
+                        this.publish_exit(&container, &exec_id, exit);
+                    }
                 }
-            }
-        };
-        process
-            .start(&c.vsock, on_exit)
-            .map_err(|e| other(format!("spry: cannot start {}: {e}", req.id)))?;
+            };
+            process
+                .start(&c.vsock, on_exit)
+                .map_err(|e| other(format!("spry: cannot start {}: {e}", req.id)))?;
+        }
         if req.exec_id.is_empty() {
             inner.publish(
                 topics::TASK_START_EVENT_TOPIC,
@@ -622,17 +625,7 @@ impl containerd_shim::Task for TaskService {
             // pause ends on the signals that end a process by default; a
             // placeholder does the same for any but signal 0.
             if req.signal != 0 {
-                let now = SystemTime::now();
-                p.finish(128 + req.signal, now);
-                self.0.publish_exit(
-                    &c,
-                    "",
-                    Exit {
-                        status: 128 + req.signal,
-                        at: now,
-                        guest_pid: 0,
-                    },
-                );
+                self.0.end_unstarted(&c, &p, req.signal);
             }
             return Ok(api::Empty::new());
         }
@@ -650,18 +643,8 @@ impl containerd_shim::Task for TaskService {
             Err(super::process::ProcessError::NotStarted) if req.exec_id.is_empty() => {
                 // A container killed before it started never runs: end it as
                 // the signal would have.
-                let now = SystemTime::now();
-                p.finish(128 + req.signal, now);
                 c.stop_vm();
-                self.0.publish_exit(
-                    &c,
-                    "",
-                    Exit {
-                        status: 128 + req.signal,
-                        at: now,
-                        guest_pid: 0,
-                    },
-                );
+                self.0.end_unstarted(&c, &p, req.signal);
                 Ok(api::Empty::new())
             }
             Err(e) => Err(failed(format!("spry: kill {}: {e}", req.id))),
