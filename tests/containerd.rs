@@ -428,6 +428,54 @@ mod spry {
         }
     }
 
+    /// `ctr run -t`: the process runs on a terminal in the guest, and its
+    /// output comes back through the one FIFO a terminal has. `script` gives
+    /// ctr the terminal it insists on.
+    #[test]
+    fn test_a_terminal_task_runs_on_a_terminal_in_the_guest() {
+        let Some(s) = containerd(
+            "spry::test_a_terminal_task_runs_on_a_terminal_in_the_guest",
+            serde_json::json!({}),
+        ) else {
+            return;
+        };
+        let ctr = s.ctrd.ctr_command();
+        let mut line: Vec<String> = std::iter::once(ctr.get_program())
+            .chain(ctr.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        line.extend(
+            [
+                "run",
+                "--rm",
+                "-t",
+                "--runtime",
+                SPRY,
+                crate::common::containerd::IMAGE,
+                "tty",
+                "sh",
+                "-c",
+                "tty; exit 5",
+            ]
+            .map(str::to_owned),
+        );
+        let envs: Vec<_> = ctr
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect();
+
+        let out = Command::new("script")
+            .args(["-qec", &line.join(" "), "/dev/null"])
+            .envs(envs)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script");
+
+        let text = stdout(&out);
+        assert!(text.contains("/dev/pts/"), "{}", explain(&out));
+        assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    }
+
     /// Twenty VMs boot, run and go at once; one vCPU each, as the nested host's
     /// emulator faults with many vCPUs in flight.
     #[test]
