@@ -56,6 +56,12 @@ pub enum VmError {
         /// The console's last lines.
         console: String,
     },
+    /// The guest's init could not set up the container.
+    #[error("the guest could not set up the container; the console ended with:\n{console}")]
+    Failed {
+        /// The console's last lines.
+        console: String,
+    },
     /// The guest did not become ready in time.
     #[error(
         "the guest agent did not answer within {seconds} s; the console ended with:\n{console}"
@@ -210,8 +216,15 @@ impl Vm {
 
     /// Waits until the guest agent answers on its port, or the VM ends, or
     /// `timeout` passes.
+    ///
+    /// It watches the console for the agent's listening line (or init's line
+    /// saying the container failed) before it connects: each connection tried
+    /// before the agent listens costs the booting guest a reset to answer, and
+    /// with many VMs starting at once, probing every few milliseconds slows
+    /// every boot.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), VmError> {
         let start = Instant::now();
+        let mut console = ConsoleWatch::default();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(VmError::Ended {
@@ -219,9 +232,17 @@ impl Vm {
                     console: self.console_tail(),
                 });
             }
-            if let Ok(stream) = client::connect(&self.vsock, protocol::DEFAULT_PORT) {
-                drop::<UnixStream>(stream);
-                return Ok(());
+            console.read_more(&self.console);
+            if console.saw(CONTAINER_FAILED) {
+                return Err(VmError::Failed {
+                    console: self.console_tail(),
+                });
+            }
+            if console.saw(AGENT_LISTENING) {
+                if let Ok(stream) = client::connect(&self.vsock, protocol::DEFAULT_PORT) {
+                    drop::<UnixStream>(stream);
+                    return Ok(());
+                }
             }
             if start.elapsed() >= timeout {
                 return Err(VmError::Timeout {
@@ -278,6 +299,38 @@ impl Drop for Vm {
         if let Some((settings, root, id)) = self.jail.take() {
             jail::remove(&settings, &root, &id);
         }
+    }
+}
+
+/// The agent's line once it listens (resources/guest/spry-agent.c).
+const AGENT_LISTENING: &str = "spry-agent: listening on vsock port";
+/// init's line when the container could not be set up (resources/guest/init).
+const CONTAINER_FAILED: &str = "spry-guest: container failed";
+
+/// What the console has printed so far, read as it grows.
+#[derive(Default)]
+struct ConsoleWatch {
+    offset: u64,
+    text: String,
+}
+
+impl ConsoleWatch {
+    fn read_more(&mut self, path: &Path) {
+        let Ok(mut f) = File::open(path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut more = Vec::new();
+        if let Ok(n) = f.read_to_end(&mut more) {
+            self.offset += n as u64;
+            self.text.push_str(&String::from_utf8_lossy(&more));
+        }
+    }
+
+    fn saw(&self, line: &str) -> bool {
+        self.text.contains(line)
     }
 }
 
@@ -445,6 +498,24 @@ mod tests {
         assert_eq!(c["drives"][1]["is_read_only"], true);
         let args = c["boot-source"]["boot_args"].as_str().unwrap();
         assert!(args.contains(" spry.files_disk=/dev/vdb"), "{args}");
+    }
+
+    #[test]
+    fn the_console_is_watched_as_it_grows() {
+        let path = std::env::temp_dir().join(format!("spry-shim-watch-{}", std::process::id()));
+        std::fs::write(&path, "booting\nspry-agent: listen").unwrap();
+        let mut watch = ConsoleWatch::default();
+        watch.read_more(&path);
+        assert!(!watch.saw(AGENT_LISTENING));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"ing on vsock port 52\n").unwrap();
+        watch.read_more(&path);
+        assert!(watch.saw(AGENT_LISTENING));
+        assert!(!watch.saw(CONTAINER_FAILED));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
