@@ -305,6 +305,10 @@ mod spry {
             // share its two emulated CPUs.
             "boot_timeout_s": if in_nested_host() { 900 } else { 60 },
             "image_cache": scratch.path("images"),
+            // Jailed, as by default, in a jail directory of the test's own
+            // (on TMPDIR: in the nested host L1's tmpfs, where device nodes
+            // can be made).
+            "jailer": { "chroot_base": scratch.path("jails") },
         });
         for (k, v) in settings.as_object().expect("settings are an object") {
             all[k] = v.clone();
@@ -483,6 +487,7 @@ mod spry {
         if let Some(s) = containerd("spry::test_twenty_tasks_in_parallel", serde_json::json!({})) {
             cases::tasks_in_parallel(&s.ctrd, SPRY, 20);
             assert!(vms_of(&s.ctrd).is_empty(), "VMs left running");
+            assert_eq!(jails_of(&s.scratch), Vec::<PathBuf>::new(), "jails left");
         }
     }
 
@@ -517,6 +522,14 @@ mod spry {
             }
         }
         found
+    }
+
+    /// The jails left in the test's jail directory (a jailed VM's command
+    /// line names only paths inside its jail).
+    fn jails_of(scratch: &Scratch) -> Vec<PathBuf> {
+        std::fs::read_dir(scratch.path("jails").join("spry"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     fn mounts_under(dir: &Path) -> Vec<String> {
@@ -559,15 +572,13 @@ mod spry {
             "{}",
             explain(&out)
         );
-        // spry's own line from the VM's console says why: the kernel.
-        assert!(
-            err.contains("\nspry: ") && err.contains("kernel"),
-            "{}",
-            explain(&out)
-        );
+        // spry's own line from the VM's console says why (a kernel that is
+        // not one; on PVM, Linux failing in KVM's emulator).
+        assert!(err.contains("\nspry: "), "{}", explain(&out));
         assert_eq!(stdout(&ctrd.ctr(&["container", "ls", "-q"])), "");
         assert_eq!(stdout(&ctrd.ctr(&["task", "ls", "-q"])), "");
         assert_eq!(vms_of(ctrd), Vec::<String>::new());
+        assert_eq!(jails_of(&s.scratch), Vec::<PathBuf>::new());
         assert_eq!(mounts_under(ctrd.dir()), Vec::<String>::new());
         let tasks = ctrd
             .dir()

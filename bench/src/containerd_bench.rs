@@ -329,6 +329,9 @@ pub fn measure(env: &Env, settings: &Settings) -> Result<Report, ContainerdBench
         "mem_mib": settings.mem_mib,
         "boot_timeout_s": if emulated { 1800 } else { 60 },
         "image_cache": scratch.join("images"),
+        // Jailed, as by default; on /run, a tmpfs here and in the nested host
+        // (whose /tmp is virtiofs, where the jail's device nodes cannot be made).
+        "jailer": { "chroot_base": format!("/run/spry-bench-jails-{}", std::process::id()) },
     });
     std::fs::write(&shim_config, config.to_string()).map_err(|e| {
         ContainerdBenchError::Host(format!("cannot write {}: {e}", shim_config.display()))

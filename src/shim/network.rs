@@ -147,7 +147,10 @@ where
 /// Finds the namespace's interface (the first one with an Ethernet address
 /// that is not loopback) and joins a new tap to it. Returns `None` when the
 /// namespace has no such interface (a container without a network).
-pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
+///
+/// `owner` is the uid of a jailed spry, which has no capability to attach to
+/// a tap it does not own.
+pub fn attach(netns: &Path, owner: Option<u32>) -> Result<Option<GuestNetwork>, NetworkError> {
     let parse = |why: String| NetworkError::Parse {
         netns: netns.into(),
         why,
@@ -189,7 +192,7 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
         address,
         gateway,
     };
-    if let Err(e) = join(&net) {
+    if let Err(e) = join(&net, owner) {
         // Leave the namespace as CNI made it.
         detach(&net);
         return Err(e);
@@ -197,14 +200,21 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNetwork>, NetworkError> {
     Ok(Some(net))
 }
 
-fn join(net: &GuestNetwork) -> Result<(), NetworkError> {
+fn join(net: &GuestNetwork, owner: Option<u32>) -> Result<(), NetworkError> {
     let netns = net.netns.as_path();
     // The guest answers for the address now; the namespace's own stack must not
     // (it would answer ARP with the same MAC from two places).
     if let Some(address) = &net.address {
         in_netns(netns, "ip", ["addr", "del", address, "dev", &net.interface])?;
     }
-    in_netns(netns, "ip", ["tuntap", "add", TAP, "mode", "tap"])?;
+    let mut tuntap = vec!["tuntap", "add", TAP, "mode", "tap"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    if let Some(uid) = owner {
+        tuntap.extend(["user".to_string(), uid.to_string()]);
+    }
+    in_netns(netns, "ip", &tuntap)?;
     in_netns(netns, "ip", ["link", "set", TAP, "up"])?;
     for (from, to) in [(net.interface.as_str(), TAP), (TAP, net.interface.as_str())] {
         in_netns(netns, "tc", ["qdisc", "add", "dev", from, "ingress"])?;

@@ -446,7 +446,10 @@ impl Inner {
             }
         };
         let network = match spec::netns(oci) {
-            Some(netns) => network::attach(&netns).map_err(|e| e.to_string())?,
+            Some(netns) => {
+                let owner = settings.jailer.as_ref().map(|js| js.ids(&key).0);
+                network::attach(&netns, owner).map_err(|e| e.to_string())?
+            }
             None => None,
         };
         if let Some(net) = &network {

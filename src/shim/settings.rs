@@ -77,9 +77,10 @@ pub struct Settings {
     /// directory of its own.
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
-    /// Run each VM under spry-jailer with these settings (recommended on a
-    /// production node); absent: spry runs as the shim's child, with seccomp.
-    #[serde(default)]
+    /// Run each VM under spry-jailer with these settings (the default: `{}`,
+    /// a uid of its own per VM in `/srv/jailer`); `null`: spry runs as the
+    /// shim's child, still with seccomp.
+    #[serde(default = "default_jailer")]
     pub jailer: Option<super::jail::JailSettings>,
     /// spry's log level (`--log-level`).
     #[serde(default = "default_log_level")]
@@ -97,6 +98,9 @@ fn default_disk_slack_mib() -> u64 {
 }
 fn default_boot_timeout_s() -> u64 {
     60
+}
+fn default_jailer() -> Option<super::jail::JailSettings> {
+    Some(super::jail::JailSettings::default())
 }
 fn default_run_dir() -> PathBuf {
     PathBuf::from("/run/spry-shim")

@@ -139,8 +139,8 @@ impl Vm {
                 if spec.disk.parent() == Some(spec.files) {
                     // Built in the jail for this VM alone: the jailed user
                     // opens it read-write.
-                    std::os::unix::fs::chown(spec.disk, Some(settings.uid), Some(settings.gid))
-                        .map_err(write)?;
+                    let (uid, gid) = settings.ids(id);
+                    std::os::unix::fs::chown(spec.disk, Some(uid), Some(gid)).map_err(write)?;
                 } else {
                     // A cached image, shared: linked in, opened read-only by
                     // spry (the overlay takes the writes), never chowned.
