@@ -180,9 +180,8 @@ impl Vm {
                 binary: binary.clone(),
                 source,
             })?;
-            // SAFETY: the closure runs in the forked child before exec and only
-            // calls setns(2), which is async-signal-safe, on a descriptor the
-            // parent opened and keeps open until spawn returns.
+            // SAFETY: the closure runs in the forked child before exec, calling
+            // only setns(2) (async-signal-safe) on a descriptor the parent holds.
             unsafe {
                 cmd.pre_exec(move || {
                     use std::os::fd::AsRawFd;
