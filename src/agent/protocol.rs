@@ -587,7 +587,11 @@ mod tests {
     #[test]
     fn test_container_umask_none_is_all_ones_and_a_nul_in_root_is_refused() {
         let keep = ContainerSpec::default().encode().unwrap();
-        assert_eq!(keep[keep.len() - 8..], [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        // umask (none), flags, join pid (none).
+        assert_eq!(
+            keep[keep.len() - 12..],
+            [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
         let nul = ContainerSpec {
             root: "/a\0b".into(),
             ..ContainerSpec::default()
@@ -598,9 +602,16 @@ mod tests {
     #[test]
     fn test_malformed_container_payloads_are_refused() {
         let good = sample_container().encode().unwrap();
-        // Every truncation, including one that cuts the root's NUL.
-        for len in 0..good.len() {
+        // Every truncation before the flags' end, including one that cuts the
+        // root's NUL; the join pid after them may be left out (or cut, and
+        // then ignored, as the agent does).
+        let flags_end = good.len() - 4;
+        for len in 0..flags_end {
             assert!(ContainerSpec::decode(&good[..len]).is_err(), "len {len}");
+        }
+        for len in flags_end..good.len() {
+            let spec = ContainerSpec::decode(&good[..len]).expect("decodes without a join pid");
+            assert_eq!(spec.join_pid, None, "len {len}");
         }
         // A count far beyond the payload (ngroups = u32::MAX).
         let mut lying = good.clone();
@@ -608,7 +619,7 @@ mod tests {
         assert!(ContainerSpec::decode(&lying).is_err());
         // An unknown flag (bit 3).
         let mut flagged = good.clone();
-        let at = flagged.len() - 4;
+        let at = flagged.len() - 8;
         flagged[at] |= 0b1000;
         assert!(ContainerSpec::decode(&flagged).is_err());
         // Bytes a later version appended are ignored.
