@@ -18,6 +18,7 @@ mod cases {
     use std::time::{Duration, Instant};
 
     use crate::common::containerd::Containerd;
+    use crate::common::in_nested_host;
 
     /// Long enough for a container to start here and in the nested test host.
     pub const SETTLE: Duration = Duration::from_secs(600);
@@ -135,7 +136,7 @@ mod cases {
 
     pub fn tasks_in_parallel(ctrd: &Containerd, runtime: &str, n: i32) {
         let t = Instant::now();
-        let outs: Vec<_> = std::thread::scope(|s| {
+        let mut outs: Vec<_> = std::thread::scope(|s| {
             let runs: Vec<_> = (0..n)
                 .map(|i| {
                     s.spawn(move || {
@@ -150,6 +151,27 @@ mod cases {
                 .collect()
         });
         eprintln!("{runtime}: {n} tasks at once took {:?}", t.elapsed());
+        // In the nested host, and only there, a guest that triple-faulted under
+        // QEMU's TCG (a fault of the emulator that the Linux tests rerun too)
+        // runs again, at most twice, loudly.
+        for (i, out) in (0..n).zip(outs.iter_mut()) {
+            for attempt in 1..=2 {
+                let faulted = String::from_utf8_lossy(&out.stderr).contains("triple-faulted");
+                if !(in_nested_host() && faulted) {
+                    break;
+                }
+                eprintln!(
+                    "RETRYING par{i} (emulator fault, attempt {attempt}): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                let script = format!("echo task {i}; exit {i}");
+                *out = ctrd.run(
+                    runtime,
+                    &format!("par{i}-again{attempt}"),
+                    &["sh", "-c", &script],
+                );
+            }
+        }
         let results: Vec<_> = outs.iter().map(|o| (o.status.code(), stdout(o))).collect();
 
         let expected: Vec<_> = (0..n).map(|i| (Some(i), format!("task {i}\n"))).collect();
