@@ -32,7 +32,8 @@ use super::settings::Settings;
 use super::spec;
 use super::vm::{Vm, VmSpec, DISK};
 
-/// The directory in a bundle where the shim keeps a container's VM files.
+/// The directory in a bundle where the shim keeps its records of a
+/// container's VM: console log, pid, where the VM's own files are.
 const VM_DIR: &str = "spry";
 /// The sandbox a Kubernetes pod's containers share: CRI groups them into one
 /// shim by it.
