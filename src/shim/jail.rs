@@ -106,16 +106,9 @@ impl JailSettings {
 
     /// The jailer to run.
     pub fn jailer_binary(&self) -> PathBuf {
-        if let Some(path) = &self.binary {
-            return path.clone();
-        }
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("spry-jailer")));
-        match beside {
-            Some(path) if path.exists() => path,
-            _ => PathBuf::from("spry-jailer"),
-        }
+        self.binary
+            .clone()
+            .unwrap_or_else(|| super::settings::beside_shim("spry-jailer"))
     }
 }
 

@@ -157,16 +157,19 @@ impl Settings {
 
     /// The spry binary to run.
     pub fn spry_binary(&self) -> PathBuf {
-        if let Some(path) = &self.spry {
-            return path.clone();
-        }
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("spry")));
-        match beside {
-            Some(path) if path.exists() => path,
-            _ => PathBuf::from("spry"),
-        }
+        self.spry.clone().unwrap_or_else(|| beside_shim("spry"))
+    }
+}
+
+/// The program `name` beside the shim's own binary, as installed together;
+/// else `name`, looked up in PATH.
+pub fn beside_shim(name: &str) -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)));
+    match beside {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from(name),
     }
 }
 
