@@ -55,8 +55,9 @@ use crate::snapshot::vm::{
 use crate::vmm::{ExitSubscriber, MemoryOrigin, SnapshotSources, VirtioDevices, Vmm, VsockHandles};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
+use crate::vstate::prepared::{PrepareError, PreparedKvm};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
-use crate::vstate::vcpu_state::{VcpuStateError, VcpuStateSupport};
+use crate::vstate::vcpu_state::VcpuStateError;
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::vm_state::{ClockRestore, VmStateError};
 
@@ -166,6 +167,9 @@ pub enum BuildError {
     /// What this host's KVM can save of a vCPU could not be probed.
     #[error(transparent)]
     VcpuState(#[from] VcpuStateError),
+    /// KVM could not be opened or the VM created.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
     /// The load request itself is wrong.
     #[error(transparent)]
     LoadParams(#[from] LoadParamsError),
@@ -251,14 +255,20 @@ pub fn check_host_can_run(res: &VmResources, host: HostKvm) -> Result<(), BuildE
 /// Builds the VM `res` describes and starts its vCPUs, each confined by the `vcpu`
 /// filter of `seccomp` before its first `KVM_RUN`. `console` receives the guest's
 /// serial output; `console_input` (a pollable fd, normally stdin) feeds it.
+/// `prepared` is KVM opened ahead of time, if the caller had time for it.
 pub fn build_and_start(
     mut res: VmResources,
     console: Box<dyn Write + Send>,
     console_input: Option<std::os::fd::RawFd>,
     seccomp: &SeccompFilters,
+    prepared: Option<PreparedKvm>,
 ) -> Result<Vmm, BuildError> {
     check_host_can_run(&res, HostKvm::detect())?;
-    let kvm = KvmContext::new()?;
+    let PreparedKvm {
+        kvm,
+        vm,
+        vcpu_support,
+    } = PreparedKvm::or_new(prepared)?;
     let vcpu_count = res.machine.vcpu_count;
     if usize::from(vcpu_count.get()) > kvm.max_vcpus {
         return Err(BuildError::TooManyVcpus {
@@ -272,7 +282,6 @@ pub fn build_and_start(
     if res.machine.transparent_huge_pages {
         advise_huge_pages(&guest_memory);
     }
-    let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, res.machine.track_dirty_pages)?;
     if res.machine.track_dirty_pages {
         device_writes().enable();
@@ -344,7 +353,7 @@ pub fn build_and_start(
     };
     let sources = SnapshotSources {
         serial: legacy.serial,
-        vcpu_support: Arc::new(VcpuStateSupport::probe(&kvm.kvm)?),
+        vcpu_support,
         track_dirty_pages: res.machine.track_dirty_pages,
         diff_base: false,
         origin: MemoryOrigin::Booted,
@@ -378,12 +387,17 @@ pub fn restore_and_start(
     console: Box<dyn Write + Send>,
     console_input: Option<std::os::fd::RawFd>,
     seccomp: &SeccompFilters,
+    prepared: Option<PreparedKvm>,
 ) -> Result<Vmm, BuildError> {
     let started = Instant::now();
     let source = params.memory_source()?;
     let snap: VmSnapshot = format::read_file(&params.snapshot_path)?;
     let read_us = started.elapsed().as_micros();
-    let kvm = KvmContext::new()?;
+    let PreparedKvm {
+        kvm,
+        vm,
+        vcpu_support: support,
+    } = PreparedKvm::or_new(prepared)?;
     let max_vcpus = kvm.max_vcpus.min(usize::from(resources::MAX_VCPUS));
     if snap.vcpus.is_empty() || snap.vcpus.len() > max_vcpus {
         return Err(BuildError::SnapshotVcpus {
@@ -420,7 +434,6 @@ pub fn restore_and_start(
         }
     };
     let mapped_us = started.elapsed().as_micros();
-    let vm = Vm::new(&kvm.kvm)?;
     vm.register_memory(&guest_memory, track_dirty_pages)?;
     if track_dirty_pages {
         device_writes().enable();
@@ -483,7 +496,6 @@ pub fn restore_and_start(
     };
     let devices_us = started.elapsed().as_micros();
     let buses = Arc::new(buses);
-    let support = Arc::new(VcpuStateSupport::probe(&kvm.kvm)?);
     let mut vcpus = Vec::with_capacity(snap.vcpus.len());
     // At most MAX_VCPUS (checked above).
     let vcpu_count = u8::try_from(snap.vcpus.len()).unwrap_or(u8::MAX);

@@ -190,6 +190,7 @@ fn boot_config_file(config_path: &Path, filters: &SeccompFilters) -> Result<Boot
         Box::new(std::io::stdout()),
         Some(libc::STDIN_FILENO),
         filters,
+        None,
     )?;
     Ok(Booted { vmm, metrics })
 }

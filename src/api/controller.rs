@@ -27,6 +27,7 @@ use crate::snapshot::vm::SnapshotError;
 use crate::snapshot::vm::SnapshotLoadParams;
 use crate::sync::lock;
 use crate::vmm::{RunHook, Vmm, VmmError};
+use crate::vstate::prepared::PreparedKvm;
 
 /// `app_name` in `GET /`.
 pub const APP_NAME: &str = "spry";
@@ -142,6 +143,8 @@ pub struct PrebootController {
     seccomp: SeccompFilters,
     /// A call configured a boot, so a snapshot can no longer be loaded.
     boot_path: bool,
+    /// KVM opened while waiting for the first request, for the boot or load.
+    prepared: Option<PreparedKvm>,
 }
 
 const WAKE_API: u64 = 0;
@@ -162,6 +165,7 @@ impl PrebootController {
             console_input,
             seccomp,
             boot_path: false,
+            prepared: None,
         }
     }
 
@@ -181,6 +185,7 @@ impl PrebootController {
         if let Some(signals) = crate::exit::signal_event() {
             watch(signals.as_raw_fd(), WAKE_SIGNAL)?;
         }
+        self.prepare_kvm();
         let mut events = [EpollEvent::default(); 2];
         loop {
             if let Some(signal) = crate::exit::caught_signal() {
@@ -202,6 +207,21 @@ impl PrebootController {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ControllerError::Wait(e)),
             }
+        }
+    }
+
+    /// Opens KVM and creates the empty VM now, while the client is still sending its
+    /// requests (the boot or load needs them anyway; a request that arrives meanwhile
+    /// waits at most this long). A failure is only logged: the boot or load tries
+    /// again and reports it.
+    fn prepare_kvm(&mut self) {
+        let started = std::time::Instant::now();
+        match PreparedKvm::new() {
+            Ok(prepared) => {
+                log::debug!("KVM prepared in {} us", started.elapsed().as_micros());
+                self.prepared = Some(prepared);
+            }
+            Err(e) => log::debug!("KVM not prepared ahead: {}", crate::error_line(&e)),
         }
     }
 
@@ -290,6 +310,7 @@ impl PrebootController {
             Box::new(std::io::stdout()),
             self.console_input,
             &self.seccomp,
+            self.prepared.take(),
         )?;
         Ok(Outcome::Started(Box::new(Booted {
             vmm,
@@ -310,6 +331,7 @@ impl PrebootController {
             Box::new(std::io::stdout()),
             self.console_input,
             &self.seccomp,
+            self.prepared.take(),
         )?;
         Ok(Outcome::Started(Box::new(Booted {
             vmm,

@@ -3,6 +3,7 @@
 pub mod kvm;
 pub mod memory;
 pub mod msrs;
+pub mod prepared;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;
