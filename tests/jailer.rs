@@ -538,6 +538,49 @@ fn test_jailed_spry_sees_only_the_jail_in_its_own_mount_namespace() {
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// `--share-exec-file`: spry runs the host's binary itself (same inode, its pages
+/// shared with every other spry), mounted read-only, nosuid and nodev in the jail's
+/// mount namespace alone; the host sees only the empty file it is mounted on.
+#[test]
+fn test_shared_exec_file_is_the_host_binary_mounted_read_only_in_the_jail_alone() {
+    let test = "test_shared_exec_file_is_the_host_binary_mounted_read_only_in_the_jail_alone";
+    if !running_as_root(test) {
+        return;
+    }
+    let (jail, running) = Jail::new("shared").start_console(&["--share-exec-file"], &[]);
+    let pid = running.pid();
+
+    let runs = std::fs::metadata(format!("/proc/{pid}/exe")).expect("stat spry's binary");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let host_mounts = std::fs::read_to_string(MOUNTINFO).expect("the host's mountinfo");
+    let write_through = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/root/spry"))
+        .is_ok();
+    let out = stop_console(running);
+
+    let host = std::fs::metadata(&jail.exec_file).expect("stat the exec file");
+    assert_eq!((runs.dev(), runs.ino()), (host.dev(), host.ino()));
+    let exec_mount = mountinfo
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|m| m[4] == "/spry")
+        .unwrap_or_else(|| panic!("no mount at /spry: {mountinfo}"));
+    let options: Vec<&str> = exec_mount[5].split(',').collect();
+    for option in ["ro", "nosuid", "nodev"] {
+        assert!(options.contains(&option), "{mountinfo}");
+    }
+    // Not writable even by root, through the jail's own view of it.
+    assert!(!write_through);
+    let in_jail = jail.root().join("spry");
+    assert_eq!(std::fs::metadata(&in_jail).expect("stat").len(), 0);
+    assert!(
+        !host_mounts.contains(&format!("/spry/{}/root/spry", jail.id)),
+        "{host_mounts}"
+    );
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 /// An API client that names host files outside the jail, in every way it can
 /// (absolute host paths, `..` past the jail's root, symlinks planted in the jail
 /// pointing out of it), for every path the API opens or creates: kernel, drive,
@@ -955,6 +998,169 @@ fn test_spinning_guest_stays_within_its_cpu_quota() {
         .and_then(|n| n.parse().ok())
         .expect("nr_throttled in cpu.stat");
     assert!(throttled > 0, "{cpu_stat}");
+}
+
+/// A loop device over a file of `mib` MiB in `scratch`, detached on drop.
+struct LoopDevice {
+    path: PathBuf,
+}
+
+impl LoopDevice {
+    fn new(scratch: &Scratch, name: &str, mib: u64) -> Result<LoopDevice, String> {
+        let file = scratch.path(name);
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(mib << 20))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("losetup: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let device = LoopDevice {
+            path: String::from_utf8_lossy(&out.stdout).trim().into(),
+        };
+        // No readahead: each guest read is one read of the device, never a window
+        // of megabytes that a throttle would hold past the probe's 1 s wait.
+        let ra = Command::new("blockdev")
+            .args(["--setra", "0"])
+            .arg(&device.path)
+            .status()
+            .map_err(|e| format!("blockdev: {e}"))?;
+        if !ra.success() {
+            return Err(format!(
+                "blockdev --setra 0 {}: {ra}",
+                device.path.display()
+            ));
+        }
+        Ok(device)
+    }
+
+    /// Its device number.
+    fn rdev(&self) -> u64 {
+        std::fs::metadata(&self.path)
+            .expect("stat the loop device")
+            .rdev()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
+    }
+}
+
+/// Boots the blkbench probe in a fresh jail, reading `disk`'s 8 MiB once as fast as
+/// it can (128 requests of 64 KiB, one at a time: spry merges adjacent queued reads
+/// into one `preadv`, which under a throttle would complete seconds later, past the
+/// probe's 1 s wait for a completion); `jail_args` go to the jailer. Returns the
+/// guest's own measure of the reads (kvmclock), and the run.
+fn jailed_disk_read(tag: &str, disk: &LoopDevice, jail_args: &[&str]) -> (Duration, Outcome) {
+    let jail = Jail::new(tag).with_probe(
+        "probe.mode=blkbench probe.bench_op=read probe.bench_size=65536 probe.bench_reqs=128 \
+         probe.bench_depth=1",
+    );
+    // The drive is the host's block device itself: a node in the jail, the jailed
+    // user's, as a deployment's tooling would make it.
+    let node = jail.root().join("disk");
+    let c_node = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: `c_node` is NUL-terminated and outlives the call.
+    let made = unsafe { libc::mknod(c_node.as_ptr(), libc::S_IFBLK | 0o600, disk.rdev()) };
+    assert_eq!(made, 0, "mknod {}", node.display());
+    std::os::unix::fs::chown(&node, Some(UID), Some(GID)).expect("chown the disk node");
+    let vm = std::fs::read_to_string(jail.root().join("vm.json")).expect("vm.json");
+    let mut vm: serde_json::Value = serde_json::from_str(&vm).expect("vm.json is JSON");
+    vm["drives"] = serde_json::json!([{
+        "drive_id": "disk",
+        "path_on_host": "/disk",
+        "is_root_device": false,
+        "is_read_only": true,
+    }]);
+    std::fs::write(jail.root().join("vm.json"), vm.to_string()).expect("write vm.json");
+
+    let out = jail.jailer(jail_args, &["--config-file", "/vm.json"]).run();
+
+    let lines = out.probe_lines();
+    let done = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("probe: blkbench done 128 requests 65536 bytes in "))
+        .unwrap_or_else(|| panic!("no blkbench result: {out}"));
+    let ns: u64 = done
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time on {done:?}"));
+    (Duration::from_nanos(ns), out)
+}
+
+/// A guest that reads its drive as fast as it can is held to the cgroup's read
+/// bandwidth (v2 `io.max`, else v1 `blkio.throttle.read_bps_device`): 8 MiB at
+/// 2 MiB/s takes seconds, where the same reads unlimited take a fraction of one.
+/// Each run reads a fresh loop device, so nothing comes from the page cache.
+#[test]
+fn test_io_limit_holds_a_guest_reading_its_drive_to_the_cgroup_s_bandwidth() {
+    let test = "test_io_limit_holds_a_guest_reading_its_drive_to_the_cgroup_s_bandwidth";
+    if !running_as_root(test) {
+        return;
+    }
+    const BPS: u64 = 2 << 20;
+    let v2_offers_io = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "io");
+    let version = if v2_offers_io {
+        "2"
+    } else if cgroup1_hierarchy("blkio").is_some() {
+        "1"
+    } else {
+        common::skip(test, "no cgroup hierarchy offers the io (blkio) controller");
+        return;
+    };
+    let scratch = Scratch::new();
+    let (free, limited) = match (
+        LoopDevice::new(&scratch, "free.img", 8),
+        LoopDevice::new(&scratch, "limited.img", 8),
+    ) {
+        (Ok(free), Ok(limited)) => (free, limited),
+        (Err(why), _) | (_, Err(why)) => {
+            common::skip(test, &format!("no loop device: {why}"));
+            return;
+        }
+    };
+    let rdev = limited.rdev();
+    let device = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    let setting = if version == "2" {
+        format!("io.max={device} rbps={BPS}")
+    } else {
+        format!("blkio.throttle.read_bps_device={device} {BPS}")
+    };
+    let cgroup = TestCgroup::new("io");
+
+    let (unlimited, out_free) = jailed_disk_read("io-free", &free, &[]);
+    let args = [
+        "--cgroup-version",
+        version,
+        "--parent-cgroup",
+        &cgroup.parent,
+        "--cgroup",
+        &setting,
+    ];
+    let (held, out_limited) = jailed_disk_read("io-limited", &limited, &args);
+
+    eprintln!("8 MiB read by the guest: {unlimited:?} unlimited, {held:?} under {setting}");
+    assert_eq!(out_free.code(), Some(0), "{out_free}");
+    assert_eq!(out_limited.code(), Some(0), "{out_limited}");
+    // 4 s at the limit; the throttle lets the first slice through at once.
+    assert!(
+        held >= Duration::from_millis(2500),
+        "{held:?} under {setting}"
+    );
+    assert!(
+        unlimited * 4 < held,
+        "{unlimited:?} unlimited, {held:?} limited"
+    );
 }
 
 /// A guest that says "touch", writes a byte to every 4 KiB page from 32 MiB to

@@ -130,11 +130,18 @@ pub enum Variant {
     NoSeccomp,
     /// spry under spry-jailer (root mode, a fresh jail per boot), filters on.
     Jailed,
+    /// The same with `--share-exec-file`: spry's binary bind-mounted, not copied.
+    JailedShared,
 }
 
 impl Variant {
     /// Every variant, in the order boots take turns.
-    pub const ALL: [Variant; 3] = [Variant::Default, Variant::NoSeccomp, Variant::Jailed];
+    pub const ALL: [Variant; 4] = [
+        Variant::Default,
+        Variant::NoSeccomp,
+        Variant::Jailed,
+        Variant::JailedShared,
+    ];
 
     /// The name in tables and progress lines.
     pub fn label(self) -> &'static str {
@@ -142,6 +149,7 @@ impl Variant {
             Variant::Default => "spry (seccomp on, the default)",
             Variant::NoSeccomp => "spry --no-seccomp",
             Variant::Jailed => "spry under spry-jailer (seccomp on)",
+            Variant::JailedShared => "spry under spry-jailer --share-exec-file (seccomp on)",
         }
     }
 
@@ -151,7 +159,13 @@ impl Variant {
             Variant::Default => "default",
             Variant::NoSeccomp => "--no-seccomp",
             Variant::Jailed => "jailed",
+            Variant::JailedShared => "jailed, shared binary",
         }
+    }
+
+    /// Whether spry-jailer runs it.
+    fn jailed(self) -> bool {
+        matches!(self, Variant::Jailed | Variant::JailedShared)
     }
 }
 
@@ -192,7 +206,7 @@ pub fn choose_variants(
                 seen
             });
             match why_not {
-                Some(why) if variants.contains(&Variant::Jailed) => Err(BootError::NoJail(why)),
+                Some(why) if variants.iter().any(|v| v.jailed()) => Err(BootError::NoJail(why)),
                 _ => Ok(VariantChoice {
                     variants,
                     note: None,
@@ -202,7 +216,7 @@ pub fn choose_variants(
         None => match why_not {
             Some(why) => Ok(VariantChoice {
                 variants: vec![Variant::Default, Variant::NoSeccomp],
-                note: Some(format!("the jailed variant is left out: {why}")),
+                note: Some(format!("the jailed variants are left out: {why}")),
             }),
             None => Ok(VariantChoice {
                 variants: Variant::ALL.to_vec(),
@@ -344,7 +358,7 @@ impl BootReport {
 
     /// The medians side by side and the differences against `--no-seccomp`.
     fn render_added(&self) -> String {
-        use Variant::{Default, Jailed, NoSeccomp};
+        use Variant::{Default, Jailed, JailedShared, NoSeccomp};
         let ran: Vec<Variant> = self.variants.iter().map(|v| v.variant).collect();
         let mut headers = vec!["metric (medians)", "unit"];
         headers.extend(ran.iter().map(|v| v.short()));
@@ -352,6 +366,7 @@ impl BootReport {
             "seccomp adds",
             "jail adds (with seccomp)",
             "jail alone",
+            "shared-binary jail adds",
             "aim < 0.3 ms added",
         ]);
         let cell = |x: Option<f64>, f: fn(f64) -> String| x.map_or_else(|| "–".to_owned(), f);
@@ -362,14 +377,20 @@ impl BootReport {
                 cells.extend(ran.iter().map(|&v| cell(self.median(v, metric), num)));
                 let seccomp = self.added(Default, NoSeccomp, metric);
                 let jail = self.added(Jailed, NoSeccomp, metric);
+                let shared = self.added(JailedShared, NoSeccomp, metric);
                 cells.push(cell(seccomp, signed));
                 cells.push(cell(jail, signed));
                 cells.push(cell(self.added(Jailed, Default, metric), signed));
-                let judged: Vec<String> = [("seccomp", seccomp), ("jail", jail)]
-                    .into_iter()
-                    .filter(|_| aim)
-                    .filter_map(|(what, added)| Some(format!("{what} {}", verdict(added?))))
-                    .collect();
+                cells.push(cell(shared, signed));
+                let judged: Vec<String> = [
+                    ("seccomp", seccomp),
+                    ("jail", jail),
+                    ("shared-binary jail", shared),
+                ]
+                .into_iter()
+                .filter(|_| aim)
+                .filter_map(|(what, added)| Some(format!("{what} {}", verdict(added?))))
+                .collect();
                 cells.push(judged.join(", "));
                 cells
             })
@@ -377,14 +398,19 @@ impl BootReport {
         let mut out = format!(
             "\nWhat confinement adds (differences of medians against spry --no-seccomp; \
              \"jail alone\" against the default; the jail's share includes spry-jailer \
-             copying spry's binary{} into each fresh jail)\n\n{}",
+             copying spry's binary{} into each fresh jail; the shared-binary jail \
+             bind-mounts it instead)\n\n{}",
             self.spry_bytes
                 .map(|b| format!(" ({} MiB)", num(b as f64 / (1024.0 * 1024.0))))
                 .unwrap_or_default(),
             markdown_table(&headers, &rows)
         );
         let start: Metric = COMPARED[0].2;
-        for (what, of) in [("seccomp", Default), ("the jail (with seccomp)", Jailed)] {
+        for (what, of) in [
+            ("seccomp", Default),
+            ("the jail (with seccomp)", Jailed),
+            ("the shared-binary jail (with seccomp)", JailedShared),
+        ] {
             if let Some(added) = self.added(of, NoSeccomp, start) {
                 out.push_str(&format!(
                     "\n{what} adds {} ms to start → guest boot-timer write: aim < {START_AIM_MS} \
@@ -630,8 +656,12 @@ fn system(
             dir,
             timeout,
         )?),
-        // choose_variants keeps the jailed variant out without a jailer.
-        (Variant::Jailed, None) => {
+        (Variant::JailedShared, Some(jailer)) => Box::new(
+            JailedSpry::new(jailer, env.spry.clone(), guest.clone(), dir, timeout)?
+                .sharing_exec_file(),
+        ),
+        // choose_variants keeps the jailed variants out without a jailer.
+        (Variant::Jailed | Variant::JailedShared, None) => {
             return Err(SystemError::Command {
                 command: "spry-jailer".into(),
                 detail: format!("not found next to {}", env.spry.display()),

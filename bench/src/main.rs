@@ -106,8 +106,8 @@ enum Bench {
         memory_runs: usize,
         /// How spry is run, comma-separated, boots alternated between them: default
         /// (seccomp on, as users run it), no-seccomp, jailed (under spry-jailer, root
-        /// only). Default: all three as root with spry-jailer next to spry, else the
-        /// first two.
+        /// only), jailed-shared (spry-jailer --share-exec-file). Default: all four as
+        /// root with spry-jailer next to spry, else the first two.
         #[arg(long, value_delimiter = ',', value_enum)]
         variants: Option<Vec<boot::Variant>>,
     },

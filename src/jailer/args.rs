@@ -67,6 +67,12 @@ pub struct Cli {
     /// bind-mounted; no --netns.
     #[arg(long)]
     rootless: bool,
+    /// Bind-mount the exec file read-only into the jail instead of copying it
+    /// (spry's addition): no copy at start, and every jail shares the binary's
+    /// pages with other spry processes, as unjailed ones do. The default copy keeps
+    /// each jail's pages its own, as Firecracker does.
+    #[arg(long)]
+    share_exec_file: bool,
     /// Arguments for spry.
     #[arg(last = true, value_name = "SPRY ARGS")]
     spry_args: Vec<OsString>,
@@ -100,6 +106,8 @@ pub struct JailSpec {
     pub limits: Limits,
     /// Whether to build the jail in a user namespace, without root.
     pub rootless: bool,
+    /// Whether the exec file is bind-mounted rather than copied.
+    pub share_exec_file: bool,
     /// Arguments passed to spry after `--id`.
     pub spry_args: Vec<OsString>,
 }
@@ -154,6 +162,7 @@ impl JailSpec {
             },
             limits,
             rootless: cli.rootless,
+            share_exec_file: cli.share_exec_file,
             spry_args: cli.spry_args,
         })
     }

@@ -1,5 +1,6 @@
-//! The jail: its directory, spry's private copy, the move into it (a new mount
-//! namespace whose root is the jail) and the few device nodes spry needs there.
+//! The jail: its directory, spry's private copy (or its read-only bind mount), the
+//! move into it (a new mount namespace whose root is the jail) and the few device
+//! nodes spry needs there.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -81,29 +82,84 @@ pub fn create_jail_dir(chroot_dir: &Path) -> Result<(), JailError> {
 /// a reflink: a file of its own made in no time and no space. Returns the path
 /// spry will have inside the jail.
 pub fn copy_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<PathBuf, JailError> {
-    let to = chroot_dir.join(name);
-    let failed = |source| JailError::CopyExecFile {
+    let mut dst = new_exec_file(from, chroot_dir, name)?;
+    let failed = |source| copy_failed(from, chroot_dir, name, source);
+    let mut src = File::open(from).map_err(failed)?;
+    io::copy(&mut src, &mut dst).map_err(failed)?;
+    Ok(PathBuf::from("/").join(name))
+}
+
+/// Makes the empty file [`bind_exec_file`] mounts the exec file on (`--share-exec-file`).
+/// Returns the path spry will have inside the jail.
+pub fn exec_mount_point(from: &Path, chroot_dir: &Path, name: &str) -> Result<PathBuf, JailError> {
+    new_exec_file(from, chroot_dir, name)?;
+    Ok(PathBuf::from("/").join(name))
+}
+
+fn copy_failed(from: &Path, chroot_dir: &Path, name: &str, source: io::Error) -> JailError {
+    JailError::CopyExecFile {
         from: from.to_owned(),
-        to: to.clone(),
+        to: chroot_dir.join(name),
         source,
-    };
+    }
+}
+
+/// A new, empty `<chroot_dir>/<name>`, owned by root and not writable by the jailed
+/// user.
+fn new_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<File, JailError> {
+    let failed = |source| copy_failed(from, chroot_dir, name, source);
+    let to = chroot_dir.join(name);
     // A file left by an earlier jail of the same id is replaced, never written
     // through: it could be a link to a host file.
     match std::fs::remove_file(&to) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(failed(e)),
         _ => {}
     }
-    let mut src = File::open(from).map_err(failed)?;
-    // Owned by root and not writable by the jailed user.
-    let mut dst = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o555)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&to)
-        .map_err(failed)?;
-    io::copy(&mut src, &mut dst).map_err(failed)?;
-    Ok(PathBuf::from("/").join(name))
+        .map_err(failed)
+}
+
+/// Bind-mounts the host's exec file onto its mount point in the jail, read-only,
+/// without setuid or device files. Call in the jail's own mount namespace (after
+/// [`isolate_mounts`]): the mount is then the jail's alone and goes with it.
+pub fn bind_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<(), JailError> {
+    let step = |name| jail_step(chroot_dir, name);
+    let to = chroot_dir.join(name);
+    let c_path = |path: &Path| {
+        CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| step("path to C string")(io::ErrorKind::InvalidInput.into()))
+    };
+    let (source, target) = (c_path(from)?, c_path(&to)?);
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    })
+    .map_err(step("bind-mounting the exec file"))?;
+    let flags =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    // SAFETY: as above.
+    check(unsafe {
+        libc::mount(
+            std::ptr::null(),
+            target.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    })
+    .map_err(step("making the exec file's mount read-only"))?;
+    Ok(())
 }
 
 /// A jail step's error.

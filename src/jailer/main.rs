@@ -71,9 +71,14 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
     // 1. Where the cgroup goes, so a missing hierarchy or controller is named before
     //    anything is created.
     let cgroup = spec.cgroup.place(&spec.id)?;
-    // 2. The jail directory and spry's own copy of its binary.
+    // 2. The jail directory and spry's own copy of its binary (or, shared, the file
+    //    it is mounted on once the jail has a mount namespace).
     chroot::create_jail_dir(&spec.chroot_dir)?;
-    let jailed_exec = chroot::copy_exec_file(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?;
+    let jailed_exec = if spec.share_exec_file {
+        chroot::exec_mount_point(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?
+    } else {
+        chroot::copy_exec_file(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?
+    };
     // 3. The network namespace: its handle is a host path, so before the jail.
     if let Some(netns) = &spec.netns {
         namespaces::join_netns(netns)?;
@@ -99,6 +104,9 @@ fn run(spec: &JailSpec) -> Result<std::convert::Infallible, JailError> {
         rootless::enter_user_namespace(spec.uid, spec.gid)?;
     }
     chroot::isolate_mounts(&spec.chroot_dir)?;
+    if spec.share_exec_file {
+        chroot::bind_exec_file(&spec.exec_file, &spec.chroot_dir, &spec.exec_name)?;
+    }
     if spec.rootless {
         rootless::bind_devices(&spec.chroot_dir, &nodes)?;
     }

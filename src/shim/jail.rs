@@ -63,6 +63,12 @@ pub struct JailSettings {
     /// The cgroup that holds the VMs' cgroups (`--parent-cgroup`).
     #[serde(default)]
     pub parent_cgroup: Option<String>,
+    /// Bind-mount spry's binary into each jail instead of copying it
+    /// (`--share-exec-file`): a faster start, and the binary's pages (about 2 MiB
+    /// resident) shared by every VM instead of each holding its own; off by default,
+    /// as Firecracker keeps each jail's binary pages apart.
+    #[serde(default)]
+    pub share_exec_file: bool,
 }
 
 fn default_chroot_base() -> PathBuf {
@@ -86,6 +92,7 @@ impl Default for JailSettings {
             chroot_base: default_chroot_base(),
             cgroups: Vec::new(),
             parent_cgroup: None,
+            share_exec_file: false,
         }
     }
 }
@@ -235,6 +242,9 @@ pub fn command(
     for setting in &settings.cgroups {
         cmd.arg("--cgroup").arg(setting);
     }
+    if settings.share_exec_file {
+        cmd.arg("--share-exec-file");
+    }
     if let Some(netns) = netns {
         cmd.arg("--netns").arg(netns);
     }
@@ -335,5 +345,15 @@ mod tests {
             "--id id1 --exec-file /bin/spry --uid 1000 --gid 1000 --chroot-base-dir /srv/jailer \
              --cgroup-version 2 --cgroup memory.max=1000000 --netns /n -- --config-file /vm.json"
         );
+    }
+
+    #[test]
+    fn shared_exec_file_is_asked_of_the_jailer() {
+        let settings: JailSettings =
+            serde_json::from_str(r#"{"share_exec_file": true}"#).expect("settings");
+        let cmd = command(&settings, Path::new("/bin/spry"), "id1", None, &[]);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert!(args.iter().any(|a| a == "--share-exec-file"), "{args:?}");
+        assert!(!JailSettings::default().share_exec_file);
     }
 }

@@ -67,6 +67,8 @@ pub struct JailedSpry {
     timeout: Duration,
     /// Makes every jail id fresh.
     started: AtomicUsize,
+    /// `--share-exec-file`: spry's binary bind-mounted rather than copied.
+    share_exec_file: bool,
 }
 
 /// Hard-links `from` to `to` (same file system: the scratch directory), else copies.
@@ -156,6 +158,7 @@ impl JailedSpry {
             idle_config,
             timeout,
             started: AtomicUsize::new(0),
+            share_exec_file: false,
         })
     }
 
@@ -164,6 +167,13 @@ impl JailedSpry {
         self.spry
             .file_name()
             .map_or_else(|| "spry".into(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// The same jails, with spry's binary bind-mounted into each (`--share-exec-file`)
+    /// rather than copied.
+    pub fn sharing_exec_file(mut self) -> JailedSpry {
+        self.share_exec_file = true;
+        self
     }
 
     /// The jailer's command for jail `id`; spry gets the arguments it gets unjailed,
@@ -179,8 +189,11 @@ impl JailedSpry {
             .arg("--gid")
             .arg(JAIL_GID.to_string())
             .arg("--chroot-base-dir")
-            .arg(&self.base)
-            .arg("--");
+            .arg(&self.base);
+        if self.share_exec_file {
+            cmd.arg("--share-exec-file");
+        }
+        cmd.arg("--");
         let spry = vmm_command(Vmm::Spry, &self.spry, Path::new(JAILED_CONFIG));
         cmd.args(spry.get_args());
         cmd
@@ -222,11 +235,19 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, SystemError> {
 
 impl Sandbox for JailedSpry {
     fn name(&self) -> &str {
-        "spry jailed"
+        if self.share_exec_file {
+            "spry jailed, shared binary"
+        } else {
+            "spry jailed"
+        }
     }
 
     fn phrase(&self) -> String {
-        "spry under spry-jailer".into()
+        if self.share_exec_file {
+            "spry under spry-jailer --share-exec-file".into()
+        } else {
+            "spry under spry-jailer".into()
+        }
     }
 
     fn kind(&self) -> Kind {
