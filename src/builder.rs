@@ -278,7 +278,10 @@ pub fn build_and_start(
     }
 
     // Memory slots go in before the irqchip exists: afterwards each costs milliseconds.
-    let guest_memory = memory::create_guest_memory(res.machine.mem_size)?;
+    let guest_memory = match &res.machine.memory_file_dir {
+        Some(dir) => memory::create_guest_memory_in_file(res.machine.mem_size, dir)?,
+        None => memory::create_guest_memory(res.machine.mem_size)?,
+    };
     if res.machine.transparent_huge_pages {
         advise_huge_pages(&guest_memory);
     }
@@ -356,7 +359,11 @@ pub fn build_and_start(
         vcpu_support,
         track_dirty_pages: res.machine.track_dirty_pages,
         diff_base: false,
-        origin: MemoryOrigin::Booted,
+        origin: if res.machine.memory_file_dir.is_some() {
+            MemoryOrigin::SharedFile
+        } else {
+            MemoryOrigin::Booted
+        },
         restored: None,
     };
     let mut vmm = Vmm::new(

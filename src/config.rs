@@ -137,6 +137,11 @@ pub struct MachineConfig {
     /// Firecracker's huge page setting: `None` or `Transparent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
+    /// spry's addition: keep guest RAM in an unnamed file in this directory, on a
+    /// tmpfs, mapped shared, so that a Full snapshot whose memory file is on the
+    /// same file system links that file instead of writing memory (a live fork).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file_dir: Option<PathBuf>,
 }
 
 impl Default for MachineConfig {
@@ -148,6 +153,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: None,
+            memory_file_dir: None,
         }
     }
 }

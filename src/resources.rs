@@ -546,7 +546,7 @@ pub fn vsock_from_config(c: &VsockConfig) -> Result<VsockDevice, ResourcesError>
 }
 
 /// Validated machine shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
     /// vCPU count, 1 to [`MAX_VCPUS`].
     pub vcpu_count: NonZeroU8,
@@ -558,6 +558,8 @@ pub struct Machine {
     pub track_dirty_pages: bool,
     /// Ask for transparent huge pages on guest RAM.
     pub transparent_huge_pages: bool,
+    /// Guest RAM in a shared file in this tmpfs directory (a live fork links it).
+    pub memory_file_dir: Option<PathBuf>,
 }
 
 /// Validated boot source.
@@ -624,6 +626,7 @@ impl Machine {
             smt: c.smt,
             track_dirty_pages: c.track_dirty_pages,
             transparent_huge_pages,
+            memory_file_dir: c.memory_file_dir.clone(),
         })
     }
 }

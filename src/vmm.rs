@@ -28,10 +28,11 @@ use crate::snapshot::vm::{
     VsockSnapshot,
 };
 use crate::sync::lock;
-use crate::vstate::memory::GuestMemory;
+use crate::vstate::memory::{self as memory_backing, GuestMemory};
 use crate::vstate::vcpu::{VcpuEvent, VcpuHandle, VcpuResponse};
 use crate::vstate::vcpu_state::{VcpuState, VcpuStateSupport};
 use crate::vstate::vm::Vm;
+use crate::vstate::vm_state::ClockRestore;
 use crate::vstate::vm_state::VmState;
 
 /// How long a vCPU may take to acknowledge a pause or resume. A vCPU leaves KVM_RUN
@@ -201,6 +202,10 @@ pub enum MemoryOrigin {
     /// Anonymous memory a page-fault handler fills (a `Uffd` load): pages not
     /// present yet are not zero, they are still with the handler.
     Uffd(UffdBackend),
+    /// A boot's memory in an unnamed shared file on a tmpfs
+    /// (`machine-config.memory_file_dir`): pages never touched are holes, zero.
+    /// Its first Full snapshot links the file (a live fork) and makes it `File`.
+    SharedFile,
 }
 
 /// A built VM with running vCPUs.
@@ -391,12 +396,36 @@ impl Vmm {
         // to memory it does not describe. Best effort: it may not exist.
         let _ = std::fs::remove_file(&params.snapshot_path);
         let started = Instant::now();
-        let written = self.write_memory(params.snapshot_type, &params.mem_file_path, &state);
+        let forked = matches!(self.snapshot.origin, MemoryOrigin::SharedFile)
+            && params.snapshot_type == SnapshotType::Full
+            && self.link_memory(&params.mem_file_path)?;
+        let written = if forked {
+            Ok(memory::WriteStats {
+                pages_written: 0,
+                file_size: MemoryState::of(&self.guest_memory).size(),
+            })
+        } else {
+            self.write_memory(params.snapshot_type, &params.mem_file_path, &state)
+        };
         // A failed write may have used up the dirty log: until a Full succeeds, a
         // Diff would miss pages.
         self.snapshot.diff_base = written.is_ok();
         let written = written?;
         format::write_file(&params.snapshot_path, &state)?;
+        if forked {
+            // This VM now runs on a private mapping of the snapshot's memory file,
+            // as if loaded from it: it can roll back to this point.
+            self.snapshot.restored = Some(Arc::new(Restored {
+                snapshot: state,
+                clock: ClockRestore::Continue,
+            }));
+            log::info!(
+                "Full snapshot by live fork: guest RAM's file linked, no memory written, in \
+                 {} us",
+                started.elapsed().as_micros()
+            );
+            return Ok(());
+        }
         log::info!(
             "{:?} snapshot: {} pages of memory written in {} us",
             params.snapshot_type,
@@ -404,6 +433,51 @@ impl Vmm {
             started.elapsed().as_micros()
         );
         Ok(())
+    }
+
+    /// A live fork: guest RAM already is a file (`MemoryOrigin::SharedFile`), so it is
+    /// linked at `path` (under a temporary name, then renamed over it) and then
+    /// mapped privately at the same addresses, so the guest's writes from here on
+    /// stay in this process and the file keeps the snapshot's memory. `false` when
+    /// the file cannot be linked there (another file system, or no `/proc` to name it
+    /// by, as in a jail): memory is then written as for any Full snapshot.
+    fn link_memory(&mut self, path: &Path) -> Result<bool, SnapshotError> {
+        let Some(file) = memory_backing::backing_file(&self.guest_memory) else {
+            return Ok(false);
+        };
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".fork-{}", std::process::id()));
+        let temporary = std::path::PathBuf::from(temporary);
+        if let Err(e) = memory_backing::link_file(&file, &temporary) {
+            log::info!(
+                "live fork: cannot link guest RAM's file to {} ({e}); writing memory instead",
+                temporary.display()
+            );
+            return Ok(false);
+        }
+        if self.snapshot.track_dirty_pages {
+            // The file is this snapshot's memory: a Diff from here holds what changes
+            // from now on.
+            DirtyPages::take(self.vm.fd(), &self.guest_memory)?;
+            device_writes().take();
+        }
+        if let Err(source) = memory_backing::make_private(&self.guest_memory) {
+            let _ = std::fs::remove_file(&temporary);
+            self.inconsistent = true;
+            return Err(SnapshotError::Fork {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        self.snapshot.origin = MemoryOrigin::File;
+        if let Err(e) = std::fs::rename(&temporary, path) {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(SnapshotError::Memory(memory::MemoryFileError::Write(
+                path.to_owned(),
+                e,
+            )));
+        }
+        Ok(true)
     }
 
     /// Writes guest memory for a snapshot of `kind` to `path`.
@@ -415,7 +489,9 @@ impl Vmm {
     ) -> Result<memory::WriteStats, SnapshotError> {
         let full = |mem| match self.snapshot.origin {
             MemoryOrigin::Uffd(_) => memory::write_full_reading_every_page(mem, path),
-            MemoryOrigin::Booted | MemoryOrigin::File => memory::write_full(mem, path),
+            MemoryOrigin::Booted | MemoryOrigin::File | MemoryOrigin::SharedFile => {
+                memory::write_full(mem, path)
+            }
         };
         if !self.snapshot.track_dirty_pages {
             return Ok(full(&self.guest_memory)?);

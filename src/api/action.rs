@@ -149,6 +149,9 @@ pub struct MachineConfigUpdate {
     /// New huge page setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
+    /// New directory for guest RAM's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file_dir: Option<std::path::PathBuf>,
 }
 
 impl MachineConfigUpdate {
@@ -172,6 +175,9 @@ impl MachineConfigUpdate {
         }
         if let Some(v) = &self.huge_pages {
             next.huge_pages = Some(v.clone());
+        }
+        if let Some(v) = &self.memory_file_dir {
+            next.memory_file_dir = Some(v.clone());
         }
         next
     }

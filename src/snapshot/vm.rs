@@ -62,6 +62,20 @@ pub enum SnapshotError {
     /// The memory file could not be written.
     #[error(transparent)]
     Memory(#[from] MemoryFileError),
+    /// Guest RAM's file was linked at the memory file's path, but could not then be
+    /// mapped privately: the VM cannot run again.
+    #[error(
+        "live fork: cannot map guest RAM privately after linking it to {}; the microVM \
+         cannot run again",
+        .path.display()
+    )]
+    Fork {
+        /// The memory file's path.
+        path: std::path::PathBuf,
+        /// What the host said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The state file could not be written.
     #[error(transparent)]
     Format(#[from] SnapshotFormatError),

@@ -1,7 +1,16 @@
-//! Guest RAM: layout around the 32-bit MMIO gap and the anonymous mapping behind it.
+//! Guest RAM: layout around the 32-bit MMIO gap and the mapping behind it: anonymous,
+//! or a shared unnamed file on a tmpfs that a snapshot can link (a live fork).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegion;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 use crate::arch::x86_64::layout::{high_ram_size, low_ram_end, MMIO_GAP_END};
 
@@ -34,7 +43,31 @@ pub enum MemoryError {
     /// The size does not fit in this host's address space.
     #[error("guest memory size {0} bytes does not fit in the host address space")]
     TooLarge(u64),
+    /// The memory file could not be made in `memory_file_dir`.
+    #[error("machine-config memory_file_dir {}: cannot make guest RAM's file there", .dir.display())]
+    File {
+        /// The directory.
+        dir: PathBuf,
+        /// What the host said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `memory_file_dir` is not on a tmpfs.
+    #[error(
+        "machine-config memory_file_dir {}: not a tmpfs (file system magic {magic:#x}); guest RAM \
+         there would be written back to disk",
+        .dir.display()
+    )]
+    NotTmpfs {
+        /// The directory.
+        dir: PathBuf,
+        /// Its file system's magic number.
+        magic: i64,
+    },
 }
+
+/// `statfs`'s magic number of a tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 /// The RAM ranges of a guest with `mem_size` bytes: everything below the MMIO gap
 /// first, the remainder from 4 GiB up.
@@ -44,6 +77,66 @@ pub fn ram_ranges(mem_size: u64) -> Vec<(GuestAddress, u64)> {
         ranges.push((GuestAddress(MMIO_GAP_END), high_ram_size(mem_size)));
     }
     ranges
+}
+
+/// Maps guest RAM in an unnamed file (`O_TMPFILE`) in `dir`, which must be on a
+/// tmpfs, shared: the file holds the guest's memory, regions end to end as in a
+/// snapshot's memory file, so a Full snapshot on the same file system can link it
+/// instead of writing memory (see `Vmm::create_snapshot`). Nothing is touched here;
+/// the file is sparse until the guest writes.
+pub fn create_guest_memory_in_file(mem_size: u64, dir: &Path) -> Result<GuestMemory, MemoryError> {
+    let file_err = |source| MemoryError::File {
+        dir: dir.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .map_err(file_err)?;
+    let magic = fs_magic(&file).map_err(file_err)?;
+    if magic != TMPFS_MAGIC {
+        return Err(MemoryError::NotTmpfs {
+            dir: dir.to_owned(),
+            magic,
+        });
+    }
+    file.set_len(mem_size).map_err(file_err)?;
+    let file = Arc::new(file);
+    let mut offset = 0u64;
+    let regions = ram_ranges(mem_size)
+        .into_iter()
+        .map(|(start, len)| {
+            let size = usize::try_from(len).map_err(|_| MemoryError::TooLarge(mem_size))?;
+            let at = FileOffset::from_arc(file.clone(), offset);
+            offset += len;
+            let mapping = map_file_aligned(at, size, libc::MAP_SHARED).map_err(|source| {
+                MemoryError::Map {
+                    size_mib: len >> 20,
+                    source,
+                }
+            })?;
+            GuestRegionMmap::new(mapping, start).ok_or(MemoryError::Layout {
+                start: start.0,
+                len,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Overlap)
+}
+
+/// The `statfs` magic number of the file system holding `file`.
+fn fs_magic(file: &File) -> std::io::Result<i64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call and `st` is writable.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_type)
 }
 
 /// Maps guest RAM. The mapping is anonymous, private and unreserved: nothing is
@@ -100,17 +193,97 @@ pub fn map_file_private_aligned(
     offset: vm_memory::FileOffset,
     size: usize,
 ) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
+    map_file_aligned(offset, size, libc::MAP_PRIVATE)
+}
+
+/// `size` bytes of the file at `offset`, mapped `MAP_PRIVATE` or `MAP_SHARED`
+/// (`sharing`), on a 2 MiB boundary when the host allows.
+fn map_file_aligned(
+    offset: vm_memory::FileOffset,
+    size: usize,
+    sharing: i32,
+) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError> {
     let hole = AlignedHole::reserve(size);
     let mapping = MmapRegion::build(
         Some(offset),
         size,
         libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        sharing | libc::MAP_NORESERVE,
     )?;
     if hole.is_some() && mapping.as_ptr() as usize % HUGE_PAGE != 0 {
-        log::debug!("restored guest RAM of {size:#x} bytes mapped off a 2 MiB boundary");
+        log::debug!("file-backed guest RAM of {size:#x} bytes mapped off a 2 MiB boundary");
     }
     Ok(mapping)
+}
+
+/// The file behind guest RAM, if it is file-backed.
+pub fn backing_file(mem: &GuestMemory) -> Option<Arc<File>> {
+    mem.iter()
+        .next()
+        .and_then(|r| r.file_offset())
+        .map(|at| at.arc().clone())
+}
+
+/// Gives the unnamed (`O_TMPFILE`) file a name: `to`, which must not exist and be
+/// on the same file system. Named through `/proc/self/fd`, as `linkat(2)` allows
+/// without privilege; fails where `/proc` is not mounted (a jail).
+pub fn link_file(file: &File, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(std::io::Error::other)?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated and outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turns every region of `mem`, a shared mapping of its memory file, into a private
+/// copy-on-write mapping of the same file at the same address: from here on the
+/// guest's writes stay in this process and the file keeps what it holds now. KVM's
+/// memory slots keep their host addresses; the kernel drops KVM's mappings of the
+/// old pages (MMU notifiers) and the guest faults in the new ones. Call with every
+/// vCPU paused and no device serving. Returns the memory file.
+pub fn make_private(mem: &GuestMemory) -> std::io::Result<Arc<File>> {
+    use std::os::fd::AsRawFd;
+    let mut file = None;
+    for region in mem.iter() {
+        let Some(at) = region.file_offset() else {
+            return Err(std::io::Error::other("guest RAM is not file-backed"));
+        };
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
+        let offset = libc::off_t::try_from(at.start()).map_err(std::io::Error::other)?;
+        let host = region.as_ptr();
+        // SAFETY: MAP_FIXED replaces exactly the region's own mapping (same address
+        // and length, owned by `mem`, which unmaps that range on drop) with a mapping
+        // of the same file that shows the same bytes; no other memory is touched.
+        let mapped = unsafe {
+            libc::mmap(
+                host.cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                at.file().as_raw_fd(),
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        file = Some(at.arc().clone());
+    }
+    file.ok_or_else(|| std::io::Error::other("guest RAM has no regions"))
 }
 
 /// Guard mappings on both sides of a free, 2 MiB-aligned hole of a given size; the
