@@ -51,6 +51,7 @@ mod linux_guest {
         drives: Vec<serde_json::Value>,
         nets: Vec<serde_json::Value>,
         vsock: Option<PathBuf>,
+        memory_file_dir: Option<PathBuf>,
     }
 
     impl Vm {
@@ -74,6 +75,7 @@ mod linux_guest {
                 drives: Vec::new(),
                 nets: Vec::new(),
                 vsock: None,
+                memory_file_dir: None,
             }
         }
 
@@ -108,6 +110,12 @@ mod linux_guest {
             self
         }
 
+        /// Guest RAM in a shared file in `dir`, a tmpfs (live fork).
+        fn memory_file_dir(mut self, dir: &Path) -> Vm {
+            self.memory_file_dir = Some(dir.to_owned());
+            self
+        }
+
         fn vsock_section(&self) -> serde_json::Value {
             match &self.vsock {
                 Some(uds) => serde_json::json!({"guest_cid": 3, "uds_path": uds}),
@@ -126,7 +134,13 @@ mod linux_guest {
         }
 
         fn machine(&self) -> serde_json::Value {
-            serde_json::json!({"vcpu_count": self.vcpus, "mem_size_mib": self.mem_mib, "smt": self.smt})
+            let mut machine = serde_json::json!({
+                "vcpu_count": self.vcpus, "mem_size_mib": self.mem_mib, "smt": self.smt,
+            });
+            if let Some(dir) = &self.memory_file_dir {
+                machine["memory_file_dir"] = serde_json::json!(dir);
+            }
+            machine
         }
 
         fn config(&self) -> String {
@@ -1081,6 +1095,100 @@ mod linux_guest {
         });
     }
 
+    /// A fresh directory on a tmpfs (`/dev/shm`, else `/run`), removed on drop.
+    struct TmpfsDir(PathBuf);
+
+    impl TmpfsDir {
+        fn new(tag: &str) -> Option<TmpfsDir> {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+            let tmpfs = |dir: &str| {
+                mounts.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(1) == Some(&dir) && f.get(2) == Some(&"tmpfs")
+                })
+            };
+            let base = ["/dev/shm", "/run"].into_iter().find(|d| tmpfs(d))?;
+            let dir = PathBuf::from(format!("{base}/spry-fork-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).ok()?;
+            Some(TmpfsDir(dir))
+        }
+    }
+
+    impl Drop for TmpfsDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn test_live_fork_of_a_shell_gives_a_clone_its_memory_and_the_parent_a_rollback_point() {
+        let test =
+            "test_live_fork_of_a_shell_gives_a_clone_its_memory_and_the_parent_a_rollback_point";
+        require_linux!(
+            "test_live_fork_of_a_shell_gives_a_clone_its_memory_and_the_parent_a_rollback_point"
+        );
+        let Some(shm) = TmpfsDir::new("linux") else {
+            skip(test, "no tmpfs at /dev/shm or /run");
+            return;
+        };
+        retry_emulator_faults(ATTEMPTS, || {
+            let scratch = Scratch::new();
+            let vm = Vm::initramfs("vmlinux", "spry.mode=shell")
+                .vcpus(1, false)
+                .memory_file_dir(&shm.0);
+            let mut parent = boot_over_api(&scratch, &vm);
+            parent.wait_for_line(BOOT_TIMEOUT, |l| l.contains("Exit the shell to reboot"));
+            // A file in the guest's tmpfs: guest memory, nothing on a disk.
+            shell_run(&mut parent, "echo forked-$((1+1)) > /tmp/mem", "ready");
+            let (status, answer) = curl(&parent.socket, "PATCH", "/vm", r#"{"state": "Paused"}"#);
+            assert_eq!(status, 204, "{answer}");
+            let state = scratch.path("fork.snap");
+            let mem = shm.0.join("fork.mem");
+            let create = serde_json::json!({"snapshot_path": state, "mem_file_path": mem});
+            let (status, answer) = curl(
+                &parent.socket,
+                "PUT",
+                "/snapshot/create",
+                &create.to_string(),
+            );
+            assert_eq!(status, 204, "{answer}\n{}", parent.stderr());
+            let forked =
+                parent.wait_for_log(Duration::from_secs(5), |l| l.contains("by live fork"));
+            assert!(forked.contains("no memory written"), "{forked}");
+            let (status, answer) = curl(&parent.socket, "PATCH", "/vm", r#"{"state": "Resumed"}"#);
+            assert_eq!(status, 204, "{answer}");
+            shell_run(&mut parent, "echo later > /tmp/mem", "moved");
+
+            // The clone has the fork point's memory, not what the parent wrote since.
+            let mut clone = SpryApi::start(&scratch.path("clone.sock"), &["--log-level", "info"]);
+            let load = serde_json::json!({
+                "snapshot_path": state,
+                "mem_backend": {"backend_type": "File", "backend_path": mem},
+                "resume_vm": true,
+            });
+            let (status, answer) = curl(&clone.socket, "PUT", "/snapshot/load", &load.to_string());
+            assert_eq!(status, 204, "{answer}\n{}", clone.stderr());
+            let seen = shell_run(&mut clone, "echo C-$(cat /tmp/mem)", "clone");
+            assert!(seen.contains("\nC-forked-2"), "{seen}");
+
+            // The parent goes back to the fork point.
+            let (status, answer) = curl(&parent.socket, "PUT", "/snapshot/rollback", "{}");
+            assert_eq!(status, 204, "{answer}\n{}", parent.stderr());
+            let back = shell_run(&mut parent, "echo P-$(cat /tmp/mem)", "back");
+            assert!(back.contains("\nP-forked-2"), "{back}");
+            assert_clean_kernel_log(&seen);
+            assert_clean_kernel_log(&back);
+            for spry in [&mut clone, &mut parent] {
+                assert_eq!(
+                    spry.terminate(),
+                    Some(128 + libc::SIGTERM),
+                    "{}",
+                    spry.stderr()
+                );
+            }
+        });
+    }
+
     #[test]
     fn test_send_ctrl_alt_del_shuts_the_guest_down_cleanly() {
         require_linux!("test_send_ctrl_alt_del_shuts_the_guest_down_cleanly");
@@ -1331,6 +1439,7 @@ mod linux_guest {
             drives: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            memory_file_dir: None,
         }
         .drive("data", &disk, false, false);
         vm.run(&scratch)

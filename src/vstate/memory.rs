@@ -89,6 +89,16 @@ pub fn create_guest_memory_in_file(mem_size: u64, dir: &Path) -> Result<GuestMem
         dir: dir.to_owned(),
         source,
     };
+    // Checked on the directory first: some file systems refuse O_TMPFILE outright.
+    let magic = File::open(dir)
+        .and_then(|d| fs_magic(&d))
+        .map_err(file_err)?;
+    if magic != TMPFS_MAGIC {
+        return Err(MemoryError::NotTmpfs {
+            dir: dir.to_owned(),
+            magic,
+        });
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -96,13 +106,6 @@ pub fn create_guest_memory_in_file(mem_size: u64, dir: &Path) -> Result<GuestMem
         .custom_flags(libc::O_TMPFILE)
         .open(dir)
         .map_err(file_err)?;
-    let magic = fs_magic(&file).map_err(file_err)?;
-    if magic != TMPFS_MAGIC {
-        return Err(MemoryError::NotTmpfs {
-            dir: dir.to_owned(),
-            magic,
-        });
-    }
     file.set_len(mem_size).map_err(file_err)?;
     let file = Arc::new(file);
     let mut offset = 0u64;

@@ -383,7 +383,7 @@ impl Vcpu {
                 }
                 Ok(VcpuEvent::RestoreState(state, support)) => {
                     let restored = state
-                        .restore(&self.fd, &support)
+                        .restore_in_place(&self.fd, &support)
                         .map_err(|e| format!("vCPU {}: {}", self.index, crate::error_line(&e)));
                     let _ = responses.send(VcpuResponse::Restored(restored));
                 }

@@ -72,6 +72,10 @@ pub enum VcpuStateError {
     /// Saving or restoring the MSRs failed.
     #[error("cannot save or restore the vCPU's MSRs")]
     Msrs(#[source] MsrError),
+    /// A vCPU that has run was given a CPUID other than its own; KVM allows no
+    /// change after KVM_RUN.
+    #[error("the saved CPUID differs from this vCPU's, which cannot change once it has run: {0}")]
+    CpuidChanged(String),
     /// The saved CPUID has more leaves than KVM takes.
     #[error("the saved CPUID has {0} leaves, KVM takes at most {KVM_MAX_CPUID_ENTRIES}")]
     CpuidTooLong(usize),
@@ -236,6 +240,43 @@ fn saved<T>(piece: VcpuPiece, result: Result<T, kvm_ioctls::Error>) -> Result<T,
     result.map_err(|e| VcpuStateError::Save(piece, e))
 }
 
+/// The first leaf in which two CPUIDs differ, ignoring the bits KVM updates from
+/// the vCPU's registers (leaf 1 ECX OSXSAVE and EDX APIC, leaf 7 ECX OSPKE, the
+/// XSAVE area sizes of leaf 0xD): `None` if they are the same model.
+fn cpuid_difference(saved: &[kvm_cpuid_entry2], current: &[kvm_cpuid_entry2]) -> Option<String> {
+    const OSXSAVE: u32 = 1 << 27;
+    const APIC: u32 = 1 << 9;
+    const OSPKE: u32 = 1 << 4;
+    let model = |e: &kvm_cpuid_entry2| {
+        let (mut ebx, mut ecx, mut edx) = (e.ebx, e.ecx, e.edx);
+        match (e.function, e.index) {
+            (1, _) => {
+                ecx &= !OSXSAVE;
+                edx &= !APIC;
+            }
+            (7, 0) => ecx &= !OSPKE,
+            (0xd, 0 | 1) => ebx = 0,
+            _ => {}
+        }
+        (e.function, e.index, e.flags, e.eax, ebx, ecx, edx)
+    };
+    if saved.len() != current.len() {
+        return Some(format!(
+            "{} leaves saved, {} in the vCPU",
+            saved.len(),
+            current.len()
+        ));
+    }
+    saved.iter().zip(current).find_map(|(s, c)| {
+        (model(s) != model(c)).then(|| {
+            format!(
+                "leaf {:#x}.{}: saved {:08x} {:08x} {:08x} {:08x}, the vCPU's {:08x} {:08x} {:08x} {:08x}",
+                s.function, s.index, s.eax, s.ebx, s.ecx, s.edx, c.eax, c.ebx, c.ecx, c.edx
+            )
+        })
+    })
+}
+
 fn restored<T>(
     piece: VcpuPiece,
     result: Result<T, kvm_ioctls::Error>,
@@ -304,6 +345,32 @@ impl VcpuState {
         let cpuid = CpuId::from_entries(&self.cpuid)
             .map_err(|_| VcpuStateError::CpuidTooLong(self.cpuid.len()))?;
         restored(VcpuPiece::Cpuid, vcpu.set_cpuid2(&cpuid))?;
+        self.restore_after_cpuid(vcpu, support)
+    }
+
+    /// Restores this state into `vcpu`, a vCPU of the same VM that has run (a
+    /// rollback). Its CPUID cannot change once it has run, so it is checked, not set:
+    /// the snapshot was taken of this vCPU or loaded into it, so it matches except
+    /// for the bits KVM keeps in step with the registers (OSXSAVE with CR4, the
+    /// XSAVE sizes with XCR0, ...), which the registers restored below bring back.
+    pub fn restore_in_place(
+        &self,
+        vcpu: &VcpuFd,
+        support: &VcpuStateSupport,
+    ) -> Result<(), VcpuStateError> {
+        let current = saved(VcpuPiece::Cpuid, vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        if let Some(difference) = cpuid_difference(&self.cpuid, current.as_slice()) {
+            return Err(VcpuStateError::CpuidChanged(difference));
+        }
+        self.restore_after_cpuid(vcpu, support)
+    }
+
+    /// Everything but the CPUID, in KVM's order (see [`VcpuState::restore`]).
+    fn restore_after_cpuid(
+        &self,
+        vcpu: &VcpuFd,
+        support: &VcpuStateSupport,
+    ) -> Result<(), VcpuStateError> {
         self.restore_tsc_khz(vcpu, support)?;
         restored(VcpuPiece::MpState, vcpu.set_mp_state(self.mp_state))?;
         restored(VcpuPiece::Regs, vcpu.set_regs(&self.regs))?;
@@ -376,6 +443,34 @@ impl VcpuState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn leaf(function: u32, index: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn test_cpuid_differing_only_in_register_driven_bits_is_the_same_model() {
+        let saved = [leaf(1, 0, 0, 1 << 27, 1 << 9), leaf(0xd, 0, 0x340, 0, 0)];
+        let now = [leaf(1, 0, 0, 0, 0), leaf(0xd, 0, 0x240, 0, 0)];
+        assert_eq!(cpuid_difference(&saved, &now), None);
+    }
+
+    #[test]
+    fn test_cpuid_with_another_feature_or_leaf_count_is_named() {
+        let saved = [leaf(7, 0, 1 << 5, 0, 0)];
+        let now = [leaf(7, 0, 0, 0, 0)];
+        let named = cpuid_difference(&saved, &now).expect("a difference");
+        assert!(named.starts_with("leaf 0x7.0"), "{named}");
+        let fewer = cpuid_difference(&saved, &[]).expect("a difference");
+        assert_eq!(fewer, "1 leaves saved, 0 in the vCPU");
+    }
 
     fn sample_state() -> VcpuState {
         let mut xsave = vec![0u32; 1024];
