@@ -472,6 +472,8 @@ impl Vmm {
         self.snapshot.origin = MemoryOrigin::File;
         if let Err(e) = std::fs::rename(&temporary, path) {
             let _ = std::fs::remove_file(&temporary);
+            // The dirty log was taken for a snapshot that did not happen.
+            self.snapshot.diff_base = false;
             return Err(SnapshotError::Memory(memory::MemoryFileError::Write(
                 path.to_owned(),
                 e,
