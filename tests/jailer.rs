@@ -1633,6 +1633,31 @@ fn test_rootless_jail_boots_the_probe_as_the_user_in_its_own_user_namespace() {
     assert_eq!(out.code(), Some(0), "{out}");
 }
 
+/// `--share-exec-file` works without root too: the bind mount is made in the jail's
+/// mount namespace, which its user namespace owns.
+#[test]
+fn test_rootless_jail_with_a_shared_exec_file_runs_the_host_binary() {
+    let test = "test_rootless_jail_with_a_shared_exec_file_runs_the_host_binary";
+    if !running_as_root(test) || !have_util_linux(test) {
+        return;
+    }
+    let jail = Jail::new("rootless-shared").with_probe("probe.mode=console");
+    let mut running = rootless_jailer(
+        &jail,
+        &["--share-exec-file"],
+        &["--config-file", "/vm.json"],
+    )
+    .start();
+    let ready = running.wait_for(|l| l == "probe: console ready", Duration::from_secs(20));
+    assert!(ready.is_some(), "the jailed guest never got ready");
+    let runs = std::fs::metadata(format!("/proc/{}/exe", running.pid())).expect("stat spry");
+    let out = stop_console(running);
+
+    let host = std::fs::metadata(&jail.exec_file).expect("stat the exec file");
+    assert_eq!((runs.dev(), runs.ino()), (host.dev(), host.ino()));
+    assert_eq!(out.code(), Some(0), "{out}");
+}
+
 #[test]
 fn test_rootless_with_another_users_ids_is_refused() {
     let test = "test_rootless_with_another_users_ids_is_refused";
