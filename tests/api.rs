@@ -66,15 +66,6 @@ fn assert_guest_echoes(spry: &mut SpryApi, marker: &str) {
     spry.wait_for_line(Duration::from_secs(10), |l| l.contains(marker));
 }
 
-/// The numbers of the `probe: count N` lines so far.
-fn counts(spry: &SpryApi) -> Vec<u64> {
-    spry.lines()
-        .iter()
-        .filter_map(|l| l.strip_prefix("probe: count "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 fn scratch_disk(scratch: &Scratch, name: &str, size: usize) -> PathBuf {
     scratch.write(name, &vec![0u8; size])
 }
@@ -193,10 +184,10 @@ fn test_pause_stops_the_count_and_resume_continues_it() {
     let pause = spry.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     // A line the guest wrote just before the pause may still be on its way.
     std::thread::sleep(Duration::from_millis(100));
-    let at_pause = counts(&spry).len();
+    let at_pause = spry.probe_counts().len();
     let state = spry.call("GET", "/", "").json()["state"].clone();
     std::thread::sleep(Duration::from_millis(600));
-    let after_wait = counts(&spry).len();
+    let after_wait = spry.probe_counts().len();
     let resume = spry.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let next = format!("probe: count {}", at_pause + 2);
     spry.wait_for_line(Duration::from_secs(10), |l| l == next);
@@ -204,7 +195,7 @@ fn test_pause_stops_the_count_and_resume_continues_it() {
     assert_eq!((pause.status, resume.status), (204, 204));
     assert_eq!(state, "Paused");
     assert_eq!(after_wait, at_pause, "the count went on while paused");
-    let seen = counts(&spry);
+    let seen = spry.probe_counts();
     let expected: Vec<u64> = (0..seen.len() as u64).collect();
     assert_eq!(
         seen, expected,

@@ -179,6 +179,14 @@ fn cgroup2_root() -> PathBuf {
     PathBuf::from(line.split_whitespace().nth(4).expect("a mount point"))
 }
 
+/// Whether the v2 hierarchy offers `controller` (listed in its `cgroup.controllers`).
+fn v2_offers(controller: &str) -> bool {
+    std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == controller)
+}
+
 /// Every cgroup v1 hierarchy: (mount point, its controllers).
 fn cgroup1_hierarchies() -> Vec<(PathBuf, Vec<String>)> {
     let info = std::fs::read_to_string(MOUNTINFO).expect("read mountinfo");
@@ -948,11 +956,7 @@ fn test_spinning_guest_stays_within_its_cpu_quota() {
     }
     // A fifth of one CPU: 20 ms in every 100 ms, through whichever hierarchy has
     // the cpu controller here.
-    let v2_offers_cpu = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|c| c == "cpu");
-    let (version, setting, cpu_root) = if v2_offers_cpu {
+    let (version, setting, cpu_root) = if v2_offers("cpu") {
         ("2", "cpu.max=20000 100000", cgroup2_root())
     } else if let Some(mount) = cgroup1_hierarchy("cpu") {
         ("1", "cpu.cfs_quota_us=20000", mount)
@@ -1106,11 +1110,7 @@ fn test_io_limit_holds_a_guest_reading_its_drive_to_the_cgroup_s_bandwidth() {
         return;
     }
     const BPS: u64 = 2 << 20;
-    let v2_offers_io = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|c| c == "io");
-    let version = if v2_offers_io {
+    let version = if v2_offers("io") {
         "2"
     } else if cgroup1_hierarchy("blkio").is_some() {
         "1"
@@ -1184,11 +1184,7 @@ fn test_guest_touching_more_ram_than_its_memory_limit_is_stopped_at_the_limit() 
     // hierarchy has the memory controller here (v1 without swap accounting: the
     // limit then bounds RAM; swap is off on our hosts).
     const LIMIT: u64 = 32 << 20;
-    let v2_offers_memory = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|c| c == "memory");
-    let (version, settings, memory_root) = if v2_offers_memory {
+    let (version, settings, memory_root) = if v2_offers("memory") {
         let settings = vec![
             format!("memory.max={LIMIT}"),
             "memory.swap.max=0".to_owned(),
@@ -1254,11 +1250,7 @@ fn test_pids_limit_stops_spry_at_the_thread_over_it() {
     if !running_as_root(test) {
         return;
     }
-    let v2_offers_pids = std::fs::read_to_string(cgroup2_root().join("cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .any(|c| c == "pids");
-    let (version, pids_root) = if v2_offers_pids {
+    let (version, pids_root) = if v2_offers("pids") {
         ("2", cgroup2_root())
     } else if let Some(mount) = cgroup1_hierarchy("pids") {
         ("1", mount)

@@ -293,18 +293,6 @@ mod linux_guest {
         assert!(to.exists(), "debugfs could not dump {file}: {out:?}");
     }
 
-    fn sha256(path: &Path) -> String {
-        let out = Command::new("sha256sum")
-            .arg(path)
-            .output()
-            .expect("sha256sum");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_owned()
-    }
-
     // --- boot paths -----------------------------------------------------------------
 
     #[test]
@@ -464,7 +452,7 @@ mod linux_guest {
             let guest_sum = tagged(&out, "sum:");
             assert_eq!(
                 guest_sum.first().and_then(|s| s.split_whitespace().next()),
-                Some(sha256(&copy).as_str()),
+                Some(common::sha256(&copy).as_str()),
                 "{out}"
             );
         });
@@ -476,7 +464,7 @@ mod linux_guest {
         retry_emulator_faults(ATTEMPTS, || {
             let scratch = Scratch::new();
             let rootfs = writable_rootfs(&scratch);
-            let before = sha256(&rootfs);
+            let before = common::sha256(&rootfs);
             let cmd = guest_cmd(
             "grep ' / ' /proc/mounts | sed 's/^/mount: /'; echo ro: $(cat /sys/block/vda/ro); \
              if touch /new-file; then echo WRITE-SUCCEEDED; fi; \
@@ -495,7 +483,7 @@ mod linux_guest {
             );
             assert_eq!(tagged(&out, "ro:"), vec!["1"], "{out}");
             assert!(!printed(&out, "WRITE-SUCCEEDED"), "{out}");
-            assert_eq!(sha256(&rootfs), before);
+            assert_eq!(common::sha256(&rootfs), before);
         });
     }
 
@@ -507,7 +495,7 @@ mod linux_guest {
             let rootfs = writable_rootfs(&scratch);
             let data = scratch.path("data.ext4");
             std::fs::copy(linux_artifact("rootfs.ext4"), &data).expect("copy data image");
-            let before = sha256(&data);
+            let before = common::sha256(&data);
             let cmd = guest_cmd(
             "echo ro: $(cat /sys/block/vdb/ro) && mkdir -p /tmp/m && mount -o ro /dev/vdb /tmp/m \
              && ls /tmp/m/sbin/init \
@@ -521,7 +509,7 @@ mod linux_guest {
             assert!(out.stdout.contains("spry-guest: run exit=0"), "{out}");
             assert_eq!(tagged(&out, "ro:"), vec!["1"], "{out}");
             assert!(!printed(&out, "WRITE-SUCCEEDED"), "{out}");
-            assert_eq!(sha256(&data), before);
+            assert_eq!(common::sha256(&data), before);
         });
     }
 
@@ -608,8 +596,8 @@ mod linux_guest {
                     .and_then(|s| s.split_whitespace().next())
                     .map(str::to_owned)
             };
-            assert_eq!(first_word("out:"), Some(sha256(&received)), "{out}");
-            assert_eq!(first_word("in:"), Some(sha256(&sent)), "{out}");
+            assert_eq!(first_word("out:"), Some(common::sha256(&received)), "{out}");
+            assert_eq!(first_word("in:"), Some(common::sha256(&sent)), "{out}");
         });
     }
 
@@ -948,7 +936,7 @@ mod linux_guest {
             let mut image = b"base-data".to_vec();
             image.resize(4 << 20, 0);
             let base = scratch.write("base.img", &image);
-            let base_sum = sha256(&base);
+            let base_sum = common::sha256(&base);
             // Reads the drive's first sector around the guest's page cache (the
             // root is the initramfs, so the drive is the first virtio disk).
             let read = "dd if=/dev/vda bs=512 count=1 iflag=direct 2>/dev/null | head -c 9";
@@ -1025,7 +1013,11 @@ mod linux_guest {
                     clone.stderr()
                 );
             }
-            assert_eq!(sha256(&base), base_sum, "a clone wrote the shared base");
+            assert_eq!(
+                common::sha256(&base),
+                base_sum,
+                "a clone wrote the shared base"
+            );
         });
     }
 
@@ -1048,7 +1040,7 @@ mod linux_guest {
                 "ready",
             );
             let (state, mem) = snapshot_and_stop(&mut golden, &scratch, "golden");
-            let disk = sha256(&rootfs);
+            let disk = common::sha256(&rootfs);
 
             // A clone whose root drive is copy-on-write over the golden disk.
             let mut clone = SpryApi::start(&scratch.path("clone.sock"), &["--log-level", "info"]);
@@ -1091,7 +1083,11 @@ mod linux_guest {
                 "{}",
                 clone.stderr()
             );
-            assert_eq!(sha256(&rootfs), disk, "the clone wrote its base disk");
+            assert_eq!(
+                common::sha256(&rootfs),
+                disk,
+                "the clone wrote its base disk"
+            );
         });
     }
 
@@ -1271,7 +1267,7 @@ mod linux_guest {
             assert_eq!(out.status.code(), Some(0), "{out:?}");
             assert_eq!(
                 text(&out.stdout).split_whitespace().next(),
-                Some(sha256(&payload).as_str())
+                Some(common::sha256(&payload).as_str())
             );
             let out = spry_agent(&api, &["exec", "--", "cat", "/tmp/p.bin"], b"");
             assert!(
@@ -1364,7 +1360,10 @@ mod linux_guest {
                 b"",
             );
             assert!(out.status.success(), "{out:?}");
-            assert_eq!(sha256(&back.join("sub/p.bin")), sha256(&payload));
+            assert_eq!(
+                common::sha256(&back.join("sub/p.bin")),
+                common::sha256(&payload)
+            );
             let mode = std::fs::metadata(back.join("run.sh"))
                 .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
             assert_eq!(mode.ok(), Some(0o751));

@@ -73,15 +73,6 @@ fn boot_counting_probe(spry: &SpryApi, memory_file_dir: &Path) -> api_support::R
     spry.call("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#)
 }
 
-/// The numbers of the `probe: count N` lines so far.
-fn counts(spry: &SpryApi) -> Vec<u64> {
-    spry.lines()
-        .iter()
-        .filter_map(|l| l.strip_prefix("probe: count "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 /// Pauses the counting `parent` after its third count and takes a Full snapshot
 /// into `state` and `mem`; returns the last count it printed.
 fn pause_and_snapshot(parent: &SpryApi, state: &Path, mem: &Path) -> u64 {
@@ -95,7 +86,10 @@ fn pause_and_snapshot(parent: &SpryApi, state: &Path, mem: &Path) -> u64 {
     assert_eq!(create.status, 204, "{create:?}\n{}", parent.stderr());
     // A line the guest wrote just before the pause may still be on its way.
     std::thread::sleep(Duration::from_millis(100));
-    *counts(parent).last().expect("a count before the pause")
+    *parent
+        .probe_counts()
+        .last()
+        .expect("a count before the pause")
 }
 
 /// Loads the snapshot in a fresh spry and checks it counts on from `last`.
@@ -110,20 +104,8 @@ fn clone_counts_on(scratch: &Scratch, socket: &str, state: &Path, mem: &Path, la
     assert_eq!(load.status, 204, "{load:?}\n{}", clone.stderr());
     let next = format!("probe: count {}", last + 2);
     clone.wait_for_line(Duration::from_secs(10), |l| l == next);
-    let seen = counts(&clone);
+    let seen = clone.probe_counts();
     assert_eq!(seen[..2], [last + 1, last + 2], "{socket}: {seen:?}");
-}
-
-fn sha256(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]
@@ -153,7 +135,7 @@ fn test_live_fork_links_guest_ram_and_clones_count_on_from_the_fork_point() {
         "{} bytes",
         file.blocks() * 512
     );
-    let frozen = sha256(&mem);
+    let frozen = common::sha256(&mem);
     // The parent runs on; its writes stay its own.
     let resume = parent.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     assert_eq!(resume.status, 204, "{resume:?}");
@@ -173,11 +155,15 @@ fn test_live_fork_links_guest_ram_and_clones_count_on_from_the_fork_point() {
             std::time::Instant::now() < deadline,
             "the parent did not count {} again after its rollback: {:?}",
             last + 1,
-            counts(&parent)
+            parent.probe_counts()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(sha256(&mem), frozen, "the fork's memory file changed");
+    assert_eq!(
+        common::sha256(&mem),
+        frozen,
+        "the fork's memory file changed"
+    );
 }
 
 #[test]

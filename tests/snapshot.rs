@@ -77,15 +77,6 @@ fn boot_counting_probe_on(
     }
 }
 
-/// The numbers of the `probe: count N` lines so far.
-fn counts(spry: &SpryApi) -> Vec<u64> {
-    spry.lines()
-        .iter()
-        .filter_map(|l| l.strip_prefix("probe: count "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 fn create_body(state: &PathBuf, mem: &PathBuf) -> String {
     serde_json::json!({"snapshot_path": state, "mem_file_path": mem, "snapshot_type": "Full"})
         .to_string()
@@ -111,7 +102,7 @@ fn snapshotted_probe(scratch: &Scratch) -> (PathBuf, PathBuf, u64) {
     let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
     // A line the guest wrote just before the pause may still be on its way.
     std::thread::sleep(Duration::from_millis(100));
-    let last = *counts(&first).last().unwrap();
+    let last = *first.probe_counts().last().unwrap();
     assert_eq!(pause.status, 204);
     assert_eq!(create.status, 204, "{create:?}\n{}", first.stderr());
     first.terminate();
@@ -133,7 +124,7 @@ fn test_counting_probe_snapshotted_mid_run_counts_on_in_a_new_process() {
     let restored = second.wait_for_log(Duration::from_secs(1), |l| l.contains("snapshot restored"));
     eprintln!("PUT /snapshot/load answered in {loaded_in:?}; {restored}");
     assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
-    let seen = counts(&second);
+    let seen = second.probe_counts();
     assert_eq!(seen[..2], [last + 1, last + 2], "{seen:?}");
     let info = second.call("GET", "/", "").json();
     assert_eq!(info["state"], "Running");
@@ -150,7 +141,7 @@ fn test_loaded_without_resume_the_vm_stays_paused_until_resumed() {
 
     let load = second.call("PUT", "/snapshot/load", &body);
     std::thread::sleep(Duration::from_millis(300));
-    let while_paused = counts(&second).len();
+    let while_paused = second.probe_counts().len();
     let info = second.call("GET", "/", "").json();
     let resume = second.call("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let next = format!("probe: count {}", last + 1);
@@ -295,7 +286,7 @@ fn test_diff_layered_on_full_restores_the_later_count() {
     });
     let diff = first.call("PUT", "/snapshot/create", &diff_body.to_string());
     std::thread::sleep(Duration::from_millis(100));
-    let last = *counts(&first).last().unwrap();
+    let last = *first.probe_counts().last().unwrap();
     first.terminate();
     let full_size = std::fs::metadata(&full_mem).unwrap();
     let diff_size = std::fs::metadata(&diff_mem).unwrap();
@@ -315,7 +306,7 @@ fn test_diff_layered_on_full_restores_the_later_count() {
     );
     assert_eq!((full.status, diff.status), (204, 204), "{diff:?}");
     assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
-    assert_eq!(counts(&second)[0], last + 1);
+    assert_eq!(second.probe_counts()[0], last + 1);
     assert!(diff_size.blocks() < full_size.blocks());
 }
 
@@ -453,7 +444,7 @@ fn snapshotted_probe_with_drive(scratch: &Scratch) -> (PathBuf, PathBuf, PathBuf
     first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
     std::thread::sleep(Duration::from_millis(100));
-    let last = *counts(&first).last().unwrap();
+    let last = *first.probe_counts().last().unwrap();
     assert_eq!(create.status, 204, "{create:?}");
     first.terminate();
     (state, mem, disk, last)
@@ -543,7 +534,7 @@ fn test_two_vcpu_probe_counts_on_after_a_load() {
     first.call("PATCH", "/vm", r#"{"state": "Paused"}"#);
     let create = first.call("PUT", "/snapshot/create", &create_body(&state, &mem));
     std::thread::sleep(Duration::from_millis(100));
-    let last = *counts(&first).last().unwrap();
+    let last = *first.probe_counts().last().unwrap();
     first.terminate();
     let second = spry_without_vm(&scratch, "second.sock");
 
@@ -556,7 +547,7 @@ fn test_two_vcpu_probe_counts_on_after_a_load() {
     assert_eq!(create.status, 204, "{create:?}");
     assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
     assert_eq!(snap["vcpus"].as_array().unwrap().len(), 2);
-    assert_eq!(counts(&second)[0], last + 1);
+    assert_eq!(second.probe_counts()[0], last + 1);
 }
 
 #[test]

@@ -21,15 +21,6 @@ fn spry_without_vm(scratch: &Scratch, socket: &str) -> SpryApi {
     SpryApi::start(&scratch.path(socket), &["--log-level", "info"])
 }
 
-/// The numbers of the `probe: count N` lines so far.
-fn counts(spry: &SpryApi) -> Vec<u64> {
-    spry.lines()
-        .iter()
-        .filter_map(|l| l.strip_prefix("probe: count "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
 /// A counting probe (every 20 ms, 128 MiB), paused after its third count and
 /// snapshotted; returns the files and the last count it printed.
 fn snapshotted_probe(scratch: &Scratch) -> (PathBuf, PathBuf, u64) {
@@ -65,7 +56,7 @@ fn snapshotted_probe(scratch: &Scratch) -> (PathBuf, PathBuf, u64) {
     // A line the guest wrote just before the pause may still be on its way (a busy
     // host delays it).
     std::thread::sleep(Duration::from_millis(300));
-    let last = *counts(&first).last().unwrap();
+    let last = *first.probe_counts().last().unwrap();
     assert_eq!(pause.status, 204);
     assert_eq!(create.status, 204, "{create:?}\n{}", first.stderr());
     first.terminate();
@@ -138,7 +129,7 @@ fn test_counting_probe_counts_on_after_a_uffd_load_in_a_new_process() {
     let served = handler.next_line(Duration::from_secs(10));
 
     assert_eq!(load.status, 204, "{load:?}\n{}", second.stderr());
-    let seen = counts(&second);
+    let seen = second.probe_counts();
     assert_eq!(seen[..2], [last + 1, last + 2], "{seen:?}");
     // The probe touches a few dozen pages; every one came from the handler.
     let pages: u64 = served
@@ -212,7 +203,7 @@ fn test_handler_that_exits_without_serving_stops_the_vm_with_a_clear_error() {
         "{}",
         spry.stderr()
     );
-    assert!(counts(&spry).is_empty());
+    assert!(spry.probe_counts().is_empty());
 }
 
 #[test]
@@ -231,7 +222,7 @@ fn test_full_snapshot_of_a_uffd_vm_holds_the_pages_the_guest_never_touched() {
     let body = serde_json::json!({"snapshot_path": state2, "mem_file_path": mem2});
     let create = second.call("PUT", "/snapshot/create", &body.to_string());
     std::thread::sleep(Duration::from_millis(300));
-    let last = *counts(&second).last().unwrap();
+    let last = *second.probe_counts().last().unwrap();
     second.terminate();
     let third = spry_without_vm(&scratch, "third.sock");
     let file_load = serde_json::json!({
@@ -478,7 +469,7 @@ fn test_diff_of_a_uffd_vm_with_dirty_tracking_layers_on_the_handler_s_file() {
     });
     let diff = second.call("PUT", "/snapshot/create", &diff_body.to_string());
     std::thread::sleep(Duration::from_millis(300));
-    let last = *counts(&second).last().unwrap();
+    let last = *second.probe_counts().last().unwrap();
     second.terminate();
     // The handler's file is the Diff's base: layered on it, it holds the memory at
     // the Diff's time.
@@ -494,7 +485,7 @@ fn test_diff_of_a_uffd_vm_with_dirty_tracking_layers_on_the_handler_s_file() {
     assert_eq!(pause.status, 204);
     assert_eq!(diff.status, 204, "{diff:?}");
     assert_eq!(load3.status, 204, "{load3:?}\n{}", third.stderr());
-    assert_eq!(counts(&third)[0], last + 1);
+    assert_eq!(third.probe_counts()[0], last + 1);
     // A Diff holds only what changed: far less than the 128 MiB of guest RAM.
     assert!(
         data_pages(&diff_mem) < 1024,

@@ -130,36 +130,31 @@ fn new_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<File, Jai
 pub fn bind_exec_file(from: &Path, chroot_dir: &Path, name: &str) -> Result<(), JailError> {
     let step = |name| jail_step(chroot_dir, name);
     let to = chroot_dir.join(name);
+    mount(Some(from), &to, libc::MS_BIND).map_err(step("bind-mounting the exec file"))?;
+    let read_only =
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+    mount(None, &to, read_only).map_err(step("making the exec file's mount read-only"))
+}
+
+/// `mount(2)` of `source` (none for a remount) on `target`, with no file system
+/// type or data: the bind mounts and remounts a jail is made of.
+pub fn mount(source: Option<&Path>, target: &Path, flags: libc::c_ulong) -> io::Result<()> {
     let c_path = |path: &Path| {
         CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| step("path to C string")(io::ErrorKind::InvalidInput.into()))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
     };
-    let (source, target) = (c_path(from)?, c_path(&to)?);
+    let source = source.map(c_path).transpose()?;
+    let target = c_path(target)?;
     // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
     check(unsafe {
         libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    })
-    .map_err(step("bind-mounting the exec file"))?;
-    let flags =
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-    // SAFETY: as above.
-    check(unsafe {
-        libc::mount(
-            std::ptr::null(),
+            source.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             target.as_ptr(),
             std::ptr::null(),
             flags,
             std::ptr::null(),
         )
     })
-    .map_err(step("making the exec file's mount read-only"))?;
-    Ok(())
 }
 
 /// A jail step's error.

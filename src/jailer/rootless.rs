@@ -7,11 +7,10 @@
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::chroot::DeviceNode;
+use crate::chroot::{self, DeviceNode};
 use crate::error::JailError;
 
 /// Enters a new user namespace in which the caller's uid and gid map to
@@ -77,26 +76,5 @@ fn bind_device(chroot_dir: &Path, node: &DeviceNode) -> Result<(), JailError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&target)
         .map_err(failed)?;
-    let source = c_path(Path::new(node.path)).map_err(failed)?;
-    let target = c_path(&target).map_err(failed)?;
-    // SAFETY: both paths are NUL-terminated and outlive the call; the other
-    // arguments are null or flags.
-    let ret = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if ret != 0 {
-        return Err(failed(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
-    std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::ErrorKind::InvalidInput.into())
+    chroot::mount(Some(Path::new(node.path)), &target, libc::MS_BIND).map_err(failed)
 }

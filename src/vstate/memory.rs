@@ -108,19 +108,29 @@ pub fn create_guest_memory_in_file(mem_size: u64, dir: &Path) -> Result<GuestMem
         .map_err(file_err)?;
     file.set_len(mem_size).map_err(file_err)?;
     let file = Arc::new(file);
+    map_regions(mem_size, |offset, size| {
+        let at = FileOffset::from_arc(file.clone(), offset);
+        map_file_aligned(at, size, libc::MAP_SHARED)
+    })
+}
+
+/// Guest RAM of `mem_size` bytes laid out by [`ram_ranges`], each region mapped by
+/// `map(offset, size)`, where `offset` is where it starts in a memory file laid out
+/// end to end.
+fn map_regions(
+    mem_size: u64,
+    mut map: impl FnMut(u64, usize) -> Result<MmapRegion, vm_memory::mmap::MmapRegionError>,
+) -> Result<GuestMemory, MemoryError> {
     let mut offset = 0u64;
     let regions = ram_ranges(mem_size)
         .into_iter()
         .map(|(start, len)| {
             let size = usize::try_from(len).map_err(|_| MemoryError::TooLarge(mem_size))?;
-            let at = FileOffset::from_arc(file.clone(), offset);
-            offset += len;
-            let mapping = map_file_aligned(at, size, libc::MAP_SHARED).map_err(|source| {
-                MemoryError::Map {
-                    size_mib: len >> 20,
-                    source,
-                }
+            let mapping = map(offset, size).map_err(|source| MemoryError::Map {
+                size_mib: len >> 20,
+                source,
             })?;
+            offset += len;
             GuestRegionMmap::new(mapping, start).ok_or(MemoryError::Layout {
                 start: start.0,
                 len,
@@ -147,21 +157,7 @@ fn fs_magic(file: &File) -> std::io::Result<i64> {
 /// starts on a 2 MiB host boundary where the host allows it (see
 /// [`map_huge_aligned`]).
 pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemory, MemoryError> {
-    let regions = ram_ranges(mem_size)
-        .into_iter()
-        .map(|(start, len)| {
-            let size = usize::try_from(len).map_err(|_| MemoryError::TooLarge(mem_size))?;
-            let mapping = map_huge_aligned(size).map_err(|source| MemoryError::Map {
-                size_mib: len >> 20,
-                source,
-            })?;
-            GuestRegionMmap::new(mapping, start).ok_or(MemoryError::Layout {
-                start: start.0,
-                len,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Overlap)
+    map_regions(mem_size, |_, size| map_huge_aligned(size))
 }
 
 /// The size of a huge page, and of a nested (EPT/NPT) large page.

@@ -298,6 +298,15 @@ impl SpryApi {
         lock(&self.out.lines).clone()
     }
 
+    /// The numbers of the counting probe's `probe: count N` lines so far.
+    pub fn probe_counts(&self) -> Vec<u64> {
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix("probe: count "))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    }
+
     pub fn stderr(&self) -> String {
         lock(&self.out.stderr).clone()
     }

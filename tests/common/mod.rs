@@ -738,3 +738,16 @@ pub fn recv_guest_frame(
         }
     }
 }
+
+/// The sha256 of the file at `path`, in hex (`sha256sum`).
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
