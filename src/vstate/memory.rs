@@ -264,9 +264,10 @@ pub fn make_private(mem: &GuestMemory) -> std::io::Result<Arc<File>> {
         let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
         let offset = libc::off_t::try_from(at.start()).map_err(std::io::Error::other)?;
         let host = region.as_ptr();
-        // SAFETY: MAP_FIXED replaces exactly the region's own mapping (same address
-        // and length, owned by `mem`, which unmaps that range on drop) with a mapping
-        // of the same file that shows the same bytes; no other memory is touched.
+        // MAP_FIXED replaces exactly the region's own mapping (same address and
+        // length, owned by `mem`, which unmaps that range on drop).
+        // SAFETY: the new mapping of the same file shows the same bytes; nothing else
+        // is touched.
         let mapped = unsafe {
             libc::mmap(
                 host.cast(),
